@@ -1,0 +1,1 @@
+"""Checkpoint conversion: key map, FP8 dequantization, quantization recipes, shard writer."""

@@ -1,0 +1,29 @@
+"""Typed errors. Every message names the file, key or option at fault and how to fix it."""
+
+
+class MlxseekError(Exception):
+    """Base class for every error mlxseek raises on bad input."""
+
+
+class ConfigError(MlxseekError):
+    """config.json is missing, malformed, or describes a model mlxseek cannot build."""
+
+
+class CheckpointError(MlxseekError):
+    """A checkpoint folder, shard, index or header is missing or corrupt."""
+
+
+class WeightMismatchError(CheckpointError):
+    """Checkpoint keys or shapes do not match the model built from config.json."""
+
+
+class FormatVersionError(CheckpointError):
+    """A converted folder was written by an incompatible mlxseek format version."""
+
+
+class ConversionError(MlxseekError):
+    """`mlxseek convert` cannot proceed (bad options, no disk space, existing output)."""
+
+
+class GenerationError(MlxseekError):
+    """Bad generation arguments (empty prompt, prompt longer than the context, ...)."""

@@ -1,0 +1,69 @@
+"""Routed experts stacked into (E, out, in) tensors and run with gather_mm / gather_qmm.
+
+Shapes: T tokens (flattened leading dims), K experts per token, E experts, D hidden, I moe_intermediate.
+Parameter paths `switch_mlp.{gate,up,down}_proj.weight` follow mlx-lm's layout, so mlx-community
+checkpoints load unchanged; mlx-lm's SwitchLinear provides the (quantizable) stacked weight.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models.switch_layers import SwitchLinear
+
+# Sorting tokens by expert makes gathered matmuls read each expert once; it only pays for many rows.
+SORT_THRESHOLD = 64
+
+
+def _sort_by_expert(x: mx.array, inds: mx.array):
+    """x (T, 1, D), inds (T, K) -> rows (T*K, 1, D) grouped by expert, their ids, and the inverse order."""
+    flat = inds.flatten()
+    order = mx.argsort(flat)
+    inv = mx.argsort(order)
+    return x[order // inds.shape[-1]], flat[order], inv
+
+
+class RoutedExperts(nn.Module):
+    def __init__(self, hidden_size: int, intermediate_size: int, num_experts: int):
+        super().__init__()
+        self.gate_proj = SwitchLinear(hidden_size, intermediate_size, num_experts, bias=False)
+        self.up_proj = SwitchLinear(hidden_size, intermediate_size, num_experts, bias=False)
+        self.down_proj = SwitchLinear(intermediate_size, hidden_size, num_experts, bias=False)
+
+    def _glu(self, x, idx, sorted_indices):
+        g = self.gate_proj(x, idx, sorted_indices=sorted_indices)
+        u = self.up_proj(x, idx, sorted_indices=sorted_indices)
+        return self.down_proj(nn.silu(g) * u, idx, sorted_indices=sorted_indices)
+
+    def __call__(self, x: mx.array, inds: mx.array) -> mx.array:
+        """x (..., D), inds (..., K) -> per-expert outputs (..., K, D)."""
+        lead, K, D = x.shape[:-1], inds.shape[-1], x.shape[-1]
+        xt, it = x.reshape(-1, 1, D), inds.reshape(-1, K)
+        if it.size >= SORT_THRESHOLD:
+            xs, idx, inv = _sort_by_expert(xt, it)
+            y = self._glu(xs, idx, True)[inv]  # (T*K, 1, D) back in token order
+        else:
+            y = self._glu(xt[:, None], it, False)  # x (T, 1, 1, D) broadcasts over K
+        return y.reshape(*lead, K, D)
+
+    def reference(self, x: mx.array, inds: mx.array) -> mx.array:
+        """Slow path: loop over experts with dense weights. Same contract as __call__."""
+        lead, K, D = x.shape[:-1], inds.shape[-1], x.shape[-1]
+        xt, it = x.reshape(-1, D), inds.reshape(-1, K)
+        out = mx.zeros((xt.shape[0], K, D), dtype=x.dtype)
+        for e in sorted(set(it.flatten().tolist())):
+            w = [_dense(p, e) for p in (self.gate_proj, self.up_proj, self.down_proj)]
+            h = nn.silu(xt @ w[0].T) * (xt @ w[1].T)
+            y = h @ w[2].T  # (T, D): expert e applied to every token
+            out = mx.where((it == e)[..., None], y[:, None, :], out)
+        return out.reshape(*lead, K, D)
+
+
+def _dense(layer, e: int) -> mx.array:
+    """Expert e's weight (out, in) as a dense matrix, dequantizing if the stack is quantized."""
+    if "scales" in layer:
+        return mx.dequantize(
+            layer.weight[e], layer.scales[e], layer.get("biases")[e] if "biases" in layer else None,
+            group_size=layer.group_size, bits=layer.bits, mode=getattr(layer, "mode", "affine"),
+        )
+    return layer.weight[e]

@@ -1,0 +1,155 @@
+"""`mlxseek.load`: a checkpoint folder -> (model, tokenizer), strictly.
+
+Accepts an official Hugging Face DeepSeek folder (bf16/fp16/fp32 or FP8 128x128 blocks), a folder
+written by `mlx_lm.convert` (mlx-community layout, quantized or not), or `mlxseek convert` output.
+Every checkpoint key is used exactly once and every parameter is filled; mismatches are named.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from .config import ModelConfig
+from .convert.keymap import Materializer, Plan, build_plan, quant_params
+from .errors import CheckpointError, FormatVersionError, WeightMismatchError
+from .model import Model
+from .store import WeightStore
+
+FORMAT_VERSION = 1  # of the `mlxseek` block that `mlxseek convert` writes into config.json
+_DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
+
+
+def default_dtype() -> mx.Dtype:
+    """Compute dtype for this device. MLX's CPU backend runs quantized matmuls ~8x faster with float32
+    activations than bf16 and has no bf16 gather_mm at all; Metal kernels want half precision."""
+    if mx.default_device() == mx.gpu and mx.metal.is_available():
+        return mx.bfloat16
+    return mx.float32
+
+
+def resolve_dtype(dtype: Any) -> mx.Dtype:
+    if dtype is None:
+        return default_dtype()
+    if isinstance(dtype, mx.Dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(_DTYPES)} or None (per device), got {dtype!r}")
+    return _DTYPES[dtype]
+
+
+def _keep_fp32(name: str) -> bool:
+    # The router and its correction bias decide expert choice: keep them in float32 everywhere.
+    return ".mlp.gate." in name
+
+
+def check_format(cfg: ModelConfig, folder: Path) -> None:
+    block = cfg.extra.get("mlxseek")
+    if block is None:
+        return
+    version = block.get("format_version") if isinstance(block, dict) else None
+    if version != FORMAT_VERSION:
+        raise FormatVersionError(
+            f"{folder / 'config.json'}: mlxseek.format_version {version!r} is not supported by this mlxseek "
+            f"(reads version {FORMAT_VERSION}); re-run `mlxseek convert` on the original checkpoint"
+        )
+
+
+def _quantize(model: Model, cfg: ModelConfig, produced: set[str]) -> None:
+    """Quantize exactly the modules the checkpoint stores quantized, with the recorded parameters."""
+    if not cfg.quantization:
+        return
+
+    def predicate(path: str, module: nn.Module):
+        if not hasattr(module, "to_quantized") or f"{path}.scales" not in produced:
+            return False
+        return quant_params(cfg, path) or False
+
+    nn.quantize(model, class_predicate=predicate)
+
+
+def _check_names(model: Model, plan: Plan, shapes: dict[str, tuple], store: WeightStore) -> None:
+    expected = {k: tuple(v.shape) for k, v in tree_flatten(model.parameters())}
+    src = lambda k: plan.source_of.get(k, k)  # noqa: E731
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    bad = [
+        f"{k}: checkpoint {shapes[k]} vs model {expected[k]}" for k in sorted(set(shapes) & set(expected))
+        if shapes[k] != expected[k]
+    ]
+    if missing or unexpected or bad:
+        parts = []
+        if missing:
+            parts.append(f"missing from the checkpoint ({len(missing)}): {', '.join(missing[:10])}")
+        if unexpected:
+            parts.append(f"not used by the model ({len(unexpected)}): {', '.join(src(k) for k in unexpected[:10])}")
+        if bad:
+            parts.append(f"shape mismatch vs config.json ({len(bad)}): {'; '.join(bad[:10])}")
+        raise WeightMismatchError(f"{store.folder}: checkpoint does not match config.json: " + " | ".join(parts))
+
+
+def load_model(path: str | Path, *, dtype: Any = None, with_mtp: bool = True) -> Model:
+    """Build the model described by `path/config.json` and fill it from the folder's shards."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: not a folder; pass a local checkpoint folder (HF or converted)")
+    cfg = ModelConfig.from_file(folder)
+    check_format(cfg, folder)
+    dt = resolve_dtype(dtype)
+    store = WeightStore(folder)
+    plan = build_plan(store.keys(), cfg)
+    if not with_mtp or not plan.has_mtp:
+        # mlx-lm's converter drops the MTP layer; a folder without it loads without `model.mtp`.
+        plan.dropped.extend(k for k in plan.source_of if k.startswith("mtp."))
+        plan.targets = [t for t in plan.targets if not t.outputs[0].startswith("mtp.")]
+    mat = Materializer(store, cfg, plan, dtype=dt, keep_fp32=_keep_fp32)
+    lazy = {}
+    for t in plan.targets:
+        lazy.update(mat.materialize(t))
+    unused_scales = sorted(k for k in store.keys() if k.endswith("_scale_inv") and k not in mat.used_scales)
+    if unused_scales:
+        raise WeightMismatchError(f"{store.folder}: scale tensors with no float8 weight: {', '.join(unused_scales[:10])}")
+    model = Model(cfg, with_mtp=with_mtp and plan.has_mtp)
+    _quantize(model, cfg, set(lazy))
+    _check_names(model, plan, {k: tuple(v.shape) for k, v in lazy.items()}, store)
+    _load_in_batches(model, lazy)
+    model.eval()
+    return model
+
+
+def _load_in_batches(model: Model, lazy: dict[str, mx.array]) -> None:
+    """Evaluate one decoder layer's weights at a time, so FP8 dequant and expert stacking never hold
+    more than one layer's temporaries in memory."""
+    groups: dict[str, list] = {}
+    for k, v in lazy.items():
+        head = ".".join(k.split(".")[:3]) if k.startswith("model.layers.") else k.split(".")[0]
+        groups.setdefault(head, []).append((k, v))
+    for items in groups.values():
+        mx.eval([v for _, v in items])
+        model.load_weights(items, strict=False)
+
+
+def load_tokenizer(path: str | Path):
+    """mlx-lm's TokenizerWrapper (tokenizers/transformers underneath, streaming detokenizer included),
+    or None when the folder ships no tokenizer files (e.g. the tiny test checkpoints)."""
+    folder = Path(path)
+    if not any((folder / f).exists() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
+        return None
+    from mlx_lm.tokenizer_utils import load as load_tok
+
+    return load_tok(folder, eos_token_ids=ModelConfig.from_file(folder).eos_token_ids or None)
+
+
+def load(path: str | Path, *, dtype: Any = None, with_mtp: bool = True, tokenizer: bool = True):
+    """Load a DeepSeek checkpoint folder. Returns (model, tokenizer); tokenizer is None when the folder
+    has no tokenizer files or `tokenizer=False`.
+
+    dtype: compute dtype ("float32", "bfloat16", "float16" or an mx.Dtype); None picks per device
+    (float32 on MLX's CPU backend, bfloat16 on Metal).
+    """
+    model = load_model(path, dtype=dtype, with_mtp=with_mtp)
+    return model, (load_tokenizer(path) if tokenizer else None)

@@ -1,0 +1,84 @@
+import json
+
+import pytest
+
+from mlxseek.config import ModelConfig
+from mlxseek.errors import ConfigError
+
+# DeepSeek-V3's published config.json values (REFERENCES.md), trimmed to what the model reads.
+V3 = {
+    "model_type": "deepseek_v3", "vocab_size": 129280, "hidden_size": 7168, "intermediate_size": 18432,
+    "moe_intermediate_size": 2048, "num_hidden_layers": 61, "num_attention_heads": 128,
+    "num_key_value_heads": 128, "n_shared_experts": 1, "n_routed_experts": 256, "routed_scaling_factor": 2.5,
+    "kv_lora_rank": 512, "q_lora_rank": 1536, "qk_rope_head_dim": 64, "v_head_dim": 128, "qk_nope_head_dim": 128,
+    "topk_method": "noaux_tc", "n_group": 8, "topk_group": 4, "num_experts_per_tok": 8, "moe_layer_freq": 1,
+    "first_k_dense_replace": 3, "norm_topk_prob": True, "scoring_func": "sigmoid", "rope_theta": 10000,
+    "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 1.0, "mscale_all_dim": 1.0,
+                     "original_max_position_embeddings": 4096, "type": "yarn"},
+    "num_nextn_predict_layers": 1, "auto_map": {"AutoConfig": "configuration_deepseek.DeepseekV3Config"},
+    "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                            "weight_block_size": [128, 128]},
+}
+V2_LITE = {
+    "model_type": "deepseek_v2", "vocab_size": 102400, "hidden_size": 2048, "intermediate_size": 10944,
+    "moe_intermediate_size": 1408, "num_hidden_layers": 27, "num_attention_heads": 16, "n_shared_experts": 2,
+    "n_routed_experts": 64, "num_experts_per_tok": 6, "kv_lora_rank": 512, "q_lora_rank": None,
+    "qk_rope_head_dim": 64, "v_head_dim": 128, "qk_nope_head_dim": 128, "topk_method": "greedy",
+    "n_group": 1, "topk_group": 1, "first_k_dense_replace": 1, "norm_topk_prob": False,
+    "scoring_func": "softmax", "routed_scaling_factor": 1.0,
+}
+
+
+def test_v3_derived_values():
+    cfg = ModelConfig.from_dict(V3)
+    assert cfg.q_head_dim == 192
+    assert cfg.mtp_layer_index == 61  # derived from num_hidden_layers, not a literal
+    assert cfg.fp8_block_size == (128, 128)
+    assert [cfg.is_moe_layer(i) for i in range(5)] == [False, False, False, True, True]
+
+
+def test_unknown_keys_round_trip():
+    cfg = ModelConfig.from_dict(V3)
+    assert cfg.extra["auto_map"] == V3["auto_map"]
+    again = ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg
+
+
+def test_v2_lite_direct_q_proj_and_family_defaults():
+    cfg = ModelConfig.from_dict(V2_LITE)
+    assert cfg.q_lora_rank is None
+    d = {k: v for k, v in V2_LITE.items() if k not in ("scoring_func", "topk_method", "norm_topk_prob")}
+    cfg2 = ModelConfig.from_dict(d)
+    assert (cfg2.scoring_func, cfg2.topk_method, cfg2.norm_topk_prob) == ("softmax", "greedy", False)
+
+
+def test_v31_scale_fmt_kept():
+    d = json.loads(json.dumps(V3))
+    d["quantization_config"]["scale_fmt"] = "ue8m0"
+    assert ModelConfig.from_dict(d).quantization_config["scale_fmt"] == "ue8m0"
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ({"model_type": "llama"}, "model_type"),
+        ({"kv_lora_rank": None}, "kv_lora_rank"),
+        ({"topk_method": "best"}, "topk_method"),
+        ({"n_group": 7}, "n_group"),
+        ({"topk_group": 9}, "topk_group"),
+        ({"num_experts_per_tok": 300}, "num_experts_per_tok"),
+        ({"n_group": 256}, "n_group"),  # noaux_tc needs >= 2 experts per group
+        ({"quantization_config": {"quant_method": "gptq"}}, "quant_method"),
+    ],
+)
+def test_validation_names_the_key(change, key):
+    with pytest.raises(ConfigError, match=key):
+        ModelConfig.from_dict({**V3, **change}, source="x/config.json")
+
+
+def test_missing_and_malformed_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="config.json: not found"):
+        ModelConfig.from_file(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="invalid JSON"):
+        ModelConfig.from_file(tmp_path)
