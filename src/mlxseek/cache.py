@@ -15,8 +15,44 @@ class LatentCache(KVCache):
     """MLA latent cache: (kv_lora_rank + qk_rope_head_dim) values per token per layer."""
 
 
+class DSACache(LatentCache):
+    """V3.2 (DSA) cache: the MLA latent cache plus the lightning indexer's keys (index_head_dim per token).
+
+    Both grow by the same tokens and `trim` rolls both back, so speculative rollback keeps them in step.
+    The indexer keys reuse a KVCache (keys (B, 1, S, Di); zero-width values, so no memory)."""
+
+    def __init__(self):
+        super().__init__()
+        self.index = KVCache()
+
+    def update_index_keys(self, keys):
+        """Append the new tokens' indexer keys (B, 1, L, Di); returns all of them, (B, 1, S, Di)."""
+        return self.index.update_and_fetch(keys, keys[..., :0])[0]
+
+    def trim(self, n: int) -> int:
+        n = super().trim(n)
+        self.index.trim(n)
+        return n
+
+    @property
+    def state(self):
+        return self.keys, self.values, self.offset, self.index.keys
+
+    @state.setter
+    def state(self, v):
+        self.keys, self.values, self.offset, index_keys = v
+        self.index = KVCache()
+        if index_keys is not None:
+            self.index.state = (index_keys, index_keys[..., :0], self.offset)
+
+    @property
+    def nbytes(self) -> int:
+        return super().nbytes + self.index.nbytes
+
+
 def make_cache(cfg: ModelConfig, num_layers: int | None = None) -> list[LatentCache]:
-    return [LatentCache() for _ in range(cfg.num_hidden_layers if num_layers is None else num_layers)]
+    cls = DSACache if cfg.uses_dsa else LatentCache
+    return [cls() for _ in range(cfg.num_hidden_layers if num_layers is None else num_layers)]
 
 
 def latent_values_per_token(cfg: ModelConfig) -> int:

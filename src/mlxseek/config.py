@@ -13,9 +13,9 @@ from typing import Any, Optional
 
 from .errors import ConfigError
 
-SUPPORTED_MODEL_TYPES = ("deepseek_v2", "deepseek_v3")
+SUPPORTED_MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "deepseek_v32", "deepseek_v4")
 TOPK_METHODS = ("greedy", "group_limited_greedy", "noaux_tc")
-SCORING_FUNCS = ("softmax", "sigmoid")
+SCORING_FUNCS = ("softmax", "sigmoid", "sqrtsoftplus")
 
 # Keys every DeepSeek MLA config must carry; a missing one is named in the error.
 REQUIRED_KEYS = (
@@ -28,11 +28,32 @@ REQUIRED_KEYS = (
     "qk_rope_head_dim",
     "v_head_dim",
 )
+# DeepSeek-V4 has no MLA latent: one shared KV head of head_dim, grouped output projection, compressors.
+V4_REQUIRED_KEYS = (
+    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "head_dim", "qk_rope_head_dim",
+    "q_lora_rank", "o_groups", "o_lora_rank", "n_routed_experts", "moe_intermediate_size", "compress_ratios",
+)
+
+
+def required_keys(model_type: str) -> tuple[str, ...]:
+    return V4_REQUIRED_KEYS if model_type == "deepseek_v4" else REQUIRED_KEYS
 
 # Defaults differ by family where DeepSeek's own configuration_deepseek.py files differ.
 _FAMILY_DEFAULTS = {
     "deepseek_v2": {"topk_method": "greedy", "scoring_func": "softmax", "norm_topk_prob": False},
     "deepseek_v3": {"topk_method": "noaux_tc", "scoring_func": "sigmoid", "norm_topk_prob": True},
+    # V3.2 = the V3.1 body + DSA; indexer defaults from DeepSeek-V3.2-Exp inference/model.py ModelArgs.
+    "deepseek_v32": {
+        "topk_method": "noaux_tc", "scoring_func": "sigmoid", "norm_topk_prob": True,
+        "index_n_heads": 64, "index_head_dim": 128, "index_topk": 2048,
+    },
+    # V4 defaults: transformers' DeepseekV4Config (the official config.json files set every one of them).
+    "deepseek_v4": {
+        "topk_method": "noaux_tc", "scoring_func": "sqrtsoftplus", "norm_topk_prob": True,
+        "index_n_heads": 64, "index_head_dim": 128, "index_topk": 512, "sliding_window": 128,
+        "compress_rope_theta": 160000.0, "hc_mult": 4, "hc_sinkhorn_iters": 20, "hc_eps": 1e-6,
+        "num_hash_layers": 3, "swiglu_limit": 10.0,
+    },
 }
 
 
@@ -43,10 +64,10 @@ class ModelConfig:
     hidden_size: int
     num_hidden_layers: int
     num_attention_heads: int
-    kv_lora_rank: int
-    qk_nope_head_dim: int
-    qk_rope_head_dim: int
-    v_head_dim: int
+    kv_lora_rank: Optional[int] = None  # MLA (V2/V3/V3.2) only; required per family, see required_keys()
+    qk_nope_head_dim: Optional[int] = None
+    qk_rope_head_dim: Optional[int] = None
+    v_head_dim: Optional[int] = None
     intermediate_size: int = 0
     moe_intermediate_size: int = 0
     num_key_value_heads: Optional[int] = None
@@ -72,6 +93,20 @@ class ModelConfig:
     bos_token_id: Optional[int] = None
     eos_token_id: Any = None
     num_nextn_predict_layers: int = 0
+    index_n_heads: Optional[int] = None  # DSA lightning indexer (deepseek_v32)
+    index_head_dim: Optional[int] = None
+    index_topk: Optional[int] = None
+    head_dim: Optional[int] = None  # DeepSeek-V4 (deepseek_v4) from here on
+    o_groups: Optional[int] = None
+    o_lora_rank: Optional[int] = None
+    sliding_window: Optional[int] = None
+    compress_ratios: Optional[list] = None  # per layer (MTP layers appended): 0 sliding, 4 CSA, 128 HCA
+    compress_rope_theta: Optional[float] = None
+    hc_mult: Optional[int] = None
+    hc_sinkhorn_iters: Optional[int] = None
+    hc_eps: Optional[float] = None
+    num_hash_layers: Optional[int] = None
+    swiglu_limit: Optional[float] = None
     quantization_config: Optional[dict] = None  # HF: the official FP8 block format
     quantization: Optional[dict] = None  # MLX: packed affine groups (mlx-lm's key)
     extra: dict = field(default_factory=dict)
@@ -87,7 +122,7 @@ class ModelConfig:
                 f"{source}: unsupported model_type {mt!r}; mlxseek supports "
                 f"{', '.join(SUPPORTED_MODEL_TYPES)}"
             )
-        missing = [k for k in REQUIRED_KEYS if d.get(k) is None]
+        missing = [k for k in required_keys(mt) if d.get(k) is None]
         if missing:
             raise ConfigError(f"{source}: missing required key(s) {', '.join(missing)}")
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
@@ -125,8 +160,8 @@ class ModelConfig:
         def bad(key, why):
             raise ConfigError(f"{source}: key {key!r} = {getattr(self, key)!r}: {why}")
 
-        for key in REQUIRED_KEYS:
-            if not isinstance(getattr(self, key), int) or getattr(self, key) <= 0:
+        for key in required_keys(self.model_type):
+            if key != "compress_ratios" and (not isinstance(getattr(self, key), int) or getattr(self, key) <= 0):
                 bad(key, "must be a positive integer")
         if self.topk_method not in TOPK_METHODS:
             bad("topk_method", f"must be one of {', '.join(TOPK_METHODS)}")
@@ -143,6 +178,10 @@ class ModelConfig:
                 bad("topk_group", f"must be in 1..n_group ({self.num_groups})")
             if self.topk_method == "noaux_tc" and self.n_routed_experts // self.num_groups < 2:
                 bad("n_group", "noaux_tc scores a group by its top-2 experts: need >= 2 experts per group")
+        if self.uses_dsa:
+            self._validate_dsa(bad)
+        if self.model_type == "deepseek_v4":
+            self._validate_v4(bad)
         if self.moe_layer_freq < 1:
             bad("moe_layer_freq", "must be >= 1")
         if self.rope_scaling is not None and not isinstance(self.rope_scaling, dict):
@@ -157,7 +196,51 @@ class ModelConfig:
                     "is not supported; mlxseek reads DeepSeek's 'fp8' block format"
                 )
 
+    def _validate_dsa(self, bad) -> None:
+        for key in ("index_n_heads", "index_head_dim", "index_topk"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) <= 0:
+                bad(key, "DeepSeek sparse attention needs a positive integer")
+        if self.q_lora_rank is None:
+            bad("q_lora_rank", "the DSA indexer reads the query's low-rank latent; V3.2 needs q_lora_rank")
+        if self.index_head_dim < self.qk_rope_head_dim:
+            bad("index_head_dim", f"must be >= qk_rope_head_dim ({self.qk_rope_head_dim}): its head starts with the rotary part")
+
+    def _validate_v4(self, bad) -> None:
+        ratios = self.compress_ratios
+        if not isinstance(ratios, list) or not all(isinstance(r, int) and r >= 0 for r in ratios):
+            bad("compress_ratios", "must be a list of non-negative integers (0 sliding-only, 4 CSA, 128 HCA)")
+        if len(ratios) < self.num_hidden_layers:
+            bad("compress_ratios", f"needs one entry per layer (num_hidden_layers = {self.num_hidden_layers})")
+        if not 0 < self.qk_rope_head_dim < self.head_dim or self.qk_rope_head_dim % 2:
+            bad("qk_rope_head_dim", f"must be even and below head_dim ({self.head_dim}): RoPE rotates its trailing pairs")
+        if (self.num_attention_heads * self.head_dim) % self.o_groups:
+            bad("o_groups", "must divide num_attention_heads * head_dim (the grouped output projection splits heads)")
+        if 4 in ratios[: self.num_hidden_layers] and not (self.index_head_dim or 0) > self.qk_rope_head_dim:
+            bad("index_head_dim", "ratio-4 layers carry an indexer whose head must exceed qk_rope_head_dim")
+        for key in ("sliding_window", "hc_mult", "hc_sinkhorn_iters"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                bad(key, "must be a positive integer")
+        if not 0 <= self.num_hash_layers <= self.num_hidden_layers:
+            bad("num_hash_layers", f"must be in 0..num_hidden_layers ({self.num_hidden_layers})")
+
     # ---- derived ------------------------------------------------------------------------------
+    def compress_ratio(self, idx: int) -> int:
+        """V4 layer `idx`'s KV compression: 0 sliding window only, 4 CSA (+ indexer), 128 HCA.
+        MTP layers (idx >= num_hidden_layers) read their entries appended after the main stack's."""
+        if idx >= len(self.compress_ratios):
+            raise ConfigError(f"config.json: compress_ratios has {len(self.compress_ratios)} entries; layer {idx} "
+                              "(an MTP layer) needs one more: append its ratio (0 in DeepSeek's releases)")
+        return self.compress_ratios[idx]
+
+    def is_hash_layer(self, idx: int) -> bool:
+        """V4: the first `num_hash_layers` MoE layers pick experts by token id (tid2eid), not by score."""
+        return idx < (self.num_hash_layers or 0)
+
+    @property
+    def uses_dsa(self) -> bool:
+        """DeepSeek Sparse Attention (V3.2): every MLA layer has a lightning indexer and attends top-k keys."""
+        return self.model_type == "deepseek_v32"
+
     @property
     def q_head_dim(self) -> int:
         return self.qk_nope_head_dim + self.qk_rope_head_dim

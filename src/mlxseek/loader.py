@@ -7,6 +7,7 @@ Every checkpoint key is used exactly once and every parameter is filled; mismatc
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from mlx.utils import tree_flatten
 from .config import ModelConfig
 from .convert.keymap import Materializer, Plan, build_plan, quant_params
 from .errors import CheckpointError, FormatVersionError, WeightMismatchError
-from .model import Model
+from .model import Model, build_model
 from .store import WeightStore
 
 FORMAT_VERSION = 1  # of the `mlxseek` block that `mlxseek convert` writes into config.json
@@ -42,9 +43,14 @@ def resolve_dtype(dtype: Any) -> mx.Dtype:
     return _DTYPES[dtype]
 
 
+# DeepSeek-V4 ships these in float32 and its reference computes them in float32 (mHC mixing, sinks,
+# compressor position biases).
+_V4_FP32 = re.compile(r"(^|\.)(attn_hc|ffn_hc|hc_head)\.|\.sinks$|\.position_bias$")
+
+
 def _keep_fp32(name: str) -> bool:
     # The router and its correction bias decide expert choice: keep them in float32 everywhere.
-    return ".mlp.gate." in name
+    return ".mlp.gate." in name or _V4_FP32.search(name) is not None
 
 
 def check_format(cfg: ModelConfig, folder: Path) -> None:
@@ -92,8 +98,9 @@ def _check_names(model: Model, plan: Plan, shapes: dict[str, tuple], store: Weig
         raise WeightMismatchError(f"{store.folder}: checkpoint does not match config.json: " + " | ".join(parts))
 
 
-def load_model(path: str | Path, *, dtype: Any = None, with_mtp: bool = True) -> Model:
-    """Build the model described by `path/config.json` and fill it from the folder's shards."""
+def load_model(path: str | Path, *, dtype: Any = None, with_mtp: bool = True, cpu_layout: Any = None) -> Model:
+    """Build the model described by `path/config.json` and fill it from the folder's shards.
+    cpu_layout: see `load`."""
     folder = Path(path)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: not a folder; pass a local checkpoint folder (HF or converted)")
@@ -102,6 +109,8 @@ def load_model(path: str | Path, *, dtype: Any = None, with_mtp: bool = True) ->
     dt = resolve_dtype(dtype)
     store = WeightStore(folder)
     plan = build_plan(store.keys(), cfg)
+    if plan.quantization:  # weights the key map imports packed (V4 FP4 experts as mxfp4), recorded per path
+        cfg = cfg.replace(quantization={**(cfg.quantization or {}), **plan.quantization})
     if not with_mtp or not plan.has_mtp:
         # mlx-lm's converter drops the MTP layer; a folder without it loads without `model.mtp`.
         plan.dropped.extend(k for k in plan.source_of if k.startswith("mtp."))
@@ -110,15 +119,30 @@ def load_model(path: str | Path, *, dtype: Any = None, with_mtp: bool = True) ->
     lazy = {}
     for t in plan.targets:
         lazy.update(mat.materialize(t))
-    unused_scales = sorted(k for k in store.keys() if k.endswith("_scale_inv") and k not in mat.used_scales)
+    scales = {s for k, s in plan.source_of.items() if k.endswith("_scale_inv")}  # V3 `*_scale_inv`, V4 `*.scale`
+    unused_scales = sorted(scales - mat.used_scales)
     if unused_scales:
         raise WeightMismatchError(f"{store.folder}: scale tensors with no float8 weight: {', '.join(unused_scales[:10])}")
-    model = Model(cfg, with_mtp=with_mtp and plan.has_mtp)
+    model = build_model(cfg, with_mtp=with_mtp and plan.has_mtp)
     _quantize(model, cfg, set(lazy))
     _check_names(model, plan, {k: tuple(v.shape) for k, v in lazy.items()}, store)
     _load_in_batches(model, lazy)
+    _choose_layout(model, cpu_layout)
     model.eval()
     return model
+
+
+def _choose_layout(model, cpu_layout: Any) -> None:
+    """Record (and on MLX's CPU backend, by default, apply) the quantized-weight layout."""
+    if cpu_layout not in (None, True, False):
+        raise ValueError(f"cpu_layout must be None (auto), True or False, got {cpu_layout!r}")
+    on_cpu = mx.default_device() == mx.cpu or not mx.metal.is_available()
+    model.kernel_layout = "checkpoint"
+    if cpu_layout or (cpu_layout is None and on_cpu):
+        from .cpu_layout import LAYOUT_BITS, apply_cpu_layout
+
+        if apply_cpu_layout(model):
+            model.kernel_layout = f"kmajor-int{LAYOUT_BITS}"
 
 
 def _load_in_batches(model: Model, lazy: dict[str, mx.array]) -> None:
@@ -135,21 +159,25 @@ def _load_in_batches(model: Model, lazy: dict[str, mx.array]) -> None:
 
 def load_tokenizer(path: str | Path):
     """mlx-lm's TokenizerWrapper (tokenizers/transformers underneath, streaming detokenizer included),
-    or None when the folder ships no tokenizer files (e.g. the tiny test checkpoints)."""
-    folder = Path(path)
-    if not any((folder / f).exists() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
-        return None
-    from mlx_lm.tokenizer_utils import load as load_tok
+    or None when the folder ships no tokenizer files (e.g. the tiny test checkpoints).
+    DeepSeek's V3/R1 chat format is used when the tokenizer config has no chat template."""
+    from .tokenizer import load_tokenizer as load_tok
 
+    folder = Path(path)
     return load_tok(folder, eos_token_ids=ModelConfig.from_file(folder).eos_token_ids or None)
 
 
-def load(path: str | Path, *, dtype: Any = None, with_mtp: bool = True, tokenizer: bool = True):
+def load(
+    path: str | Path, *, dtype: Any = None, with_mtp: bool = True, tokenizer: bool = True, cpu_layout: Any = None
+):
     """Load a DeepSeek checkpoint folder. Returns (model, tokenizer); tokenizer is None when the folder
     has no tokenizer files or `tokenizer=False`.
 
     dtype: compute dtype ("float32", "bfloat16", "float16" or an mx.Dtype); None picks per device
     (float32 on MLX's CPU backend, bfloat16 on Metal).
+    cpu_layout: for quantized checkpoints, re-lay weights once into MLX CPU's fast quantized layout
+    (K-major, 8-bit; see `mlxseek.cpu_layout`). None = on the CPU backend only; False = never.
+    The layout in use is `model.kernel_layout`.
     """
-    model = load_model(path, dtype=dtype, with_mtp=with_mtp)
+    model = load_model(path, dtype=dtype, with_mtp=with_mtp, cpu_layout=cpu_layout)
     return model, (load_tokenizer(path) if tokenizer else None)

@@ -14,6 +14,7 @@ from .layers.block import DecoderLayer
 from .layers.mla import ATTENTION_IMPLS, MultiHeadLatentAttention
 from .layers.mtp import MultiTokenPrediction
 from .layers.norms import RMSNorm
+from .model_v4 import V4Model
 
 
 def causal_mask(L: int, offset: int) -> Optional[mx.array]:
@@ -72,3 +73,11 @@ class Model(nn.Module):
         for _, m in self.named_modules():
             if isinstance(m, MultiHeadLatentAttention):
                 m.impl = impl
+
+
+# model_type -> model class; later families (deepseek_v32, deepseek_v4) register here.
+MODEL_CLASSES: dict[str, type] = {"deepseek_v2": Model, "deepseek_v3": Model, "deepseek_v4": V4Model, "deepseek_v32": Model}
+
+
+def build_model(cfg: ModelConfig, *, with_mtp: bool = True) -> nn.Module:
+    return MODEL_CLASSES[cfg.model_type](cfg, with_mtp=with_mtp)

@@ -18,7 +18,7 @@ from .errors import CheckpointError
 
 INDEX_NAME = "model.safetensors.index.json"
 # safetensors dtypes MLX can load (F8_E4M3 arrives as uint8 bits and is dequantized by the key map).
-SUPPORTED_DTYPES = {"F32", "F16", "BF16", "F8_E4M3", "U8", "I8", "U32", "I32", "I64", "U16", "I16", "BOOL"}
+SUPPORTED_DTYPES = {"F32", "F16", "BF16", "F8_E4M3", "F8_E8M0", "U8", "I8", "U32", "I32", "I64", "U16", "I16", "BOOL"}
 
 
 def read_header(path: Path) -> dict:

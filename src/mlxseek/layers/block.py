@@ -9,6 +9,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..config import ModelConfig
+from .dsa import SparseLatentAttention
 from .mla import MultiHeadLatentAttention
 from .mlp import MLP
 from .moe import DeepSeekMoE
@@ -18,7 +19,7 @@ from .norms import RMSNorm
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
-        self.self_attn = MultiHeadLatentAttention(cfg)
+        self.self_attn = SparseLatentAttention(cfg) if cfg.uses_dsa else MultiHeadLatentAttention(cfg)
         self.mlp = DeepSeekMoE(cfg) if cfg.is_moe_layer(layer_idx) else MLP(cfg.hidden_size, cfg.intermediate_size)
         self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)

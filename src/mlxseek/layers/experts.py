@@ -30,10 +30,13 @@ class RoutedExperts(nn.Module):
         self.up_proj = SwitchLinear(hidden_size, intermediate_size, num_experts, bias=False)
         self.down_proj = SwitchLinear(intermediate_size, hidden_size, num_experts, bias=False)
 
+    def _activate(self, g: mx.array, u: mx.array) -> mx.array:
+        return nn.silu(g) * u  # SwiGLU; V4 overrides it with its clamped variant
+
     def _glu(self, x, idx, sorted_indices):
         g = self.gate_proj(x, idx, sorted_indices=sorted_indices)
         u = self.up_proj(x, idx, sorted_indices=sorted_indices)
-        return self.down_proj(nn.silu(g) * u, idx, sorted_indices=sorted_indices)
+        return self.down_proj(self._activate(g, u), idx, sorted_indices=sorted_indices)
 
     def __call__(self, x: mx.array, inds: mx.array) -> mx.array:
         """x (..., D), inds (..., K) -> per-expert outputs (..., K, D)."""
@@ -53,7 +56,7 @@ class RoutedExperts(nn.Module):
         out = mx.zeros((xt.shape[0], K, D), dtype=x.dtype)
         for e in sorted(set(it.flatten().tolist())):
             w = [_dense(p, e) for p in (self.gate_proj, self.up_proj, self.down_proj)]
-            h = nn.silu(xt @ w[0].T) * (xt @ w[1].T)
+            h = self._activate(xt @ w[0].T, xt @ w[1].T)
             y = h @ w[2].T  # (T, D): expert e applied to every token
             out = mx.where((it == e)[..., None], y[:, None, :], out)
         return out.reshape(*lead, K, D)
@@ -61,6 +64,8 @@ class RoutedExperts(nn.Module):
 
 def _dense(layer, e: int) -> mx.array:
     """Expert e's weight (out, in) as a dense matrix, dequantizing if the stack is quantized."""
+    if hasattr(layer, "dense_weight"):  # device-specific layouts know their own storage
+        return layer.dense_weight(e)
     if "scales" in layer:
         return mx.dequantize(
             layer.weight[e], layer.scales[e], layer.get("biases")[e] if "biases" in layer else None,

@@ -5,6 +5,8 @@ Shapes: T tokens (any leading dims), E routed experts, G groups, K experts per t
 - V2: softmax scores; "greedy" top-k, or "group_limited_greedy" (best topk_group groups by max score).
 - V3: sigmoid scores; "noaux_tc": the bias-corrected scores pick groups (by the sum of their top-2)
   and experts, but the uncorrected scores weight them (DeepSeek-V3 report, section 2.1.2).
+- V4: "sqrtsoftplus" scores sqrt(softplus(logit)) with noaux_tc and a single group; its hash-routed
+  layers pick experts by token id instead (`hash_router.py`) and weight them with the same scores.
 """
 
 from __future__ import annotations
@@ -12,10 +14,15 @@ from __future__ import annotations
 from functools import partial
 
 import mlx.core as mx
+import mlx.nn as nn
+
+SCORINGS = ("softmax", "sigmoid", "sqrtsoftplus")
 
 
 def score(logits: mx.array, scoring_func: str) -> mx.array:
     logits = logits.astype(mx.float32)  # routing is always done in float32
+    if scoring_func == "sqrtsoftplus":
+        return mx.sqrt(nn.softplus(logits))
     return mx.softmax(logits, axis=-1) if scoring_func == "softmax" else mx.sigmoid(logits)
 
 
@@ -35,8 +42,9 @@ def limit_groups(choice: mx.array, n_group: int, topk_group: int, group_score: s
 
 @partial(mx.compile, shapeless=False)
 def _route(logits, bias, top_k, n_group, topk_group, method_id, scoring_id, norm, scale, scale_after_norm):
-    scores = score(logits, "softmax" if scoring_id == 0 else "sigmoid")
-    choice = scores + bias if method_id == 2 else scores
+    scores = score(logits, SCORINGS[scoring_id])
+    # Selection only (the weights below come from `scores`): no gradient, so the model can be trained.
+    choice = mx.stop_gradient(scores + bias if method_id == 2 else scores)
     choice = limit_groups(choice, n_group, topk_group, "top2_sum" if method_id == 2 else "max")
     inds = mx.argpartition(-choice, kth=top_k - 1, axis=-1)[..., :top_k]
     weights = mx.take_along_axis(scores, inds, axis=-1)
@@ -78,6 +86,6 @@ def route(
         n_group = topk_group = 1
     return _route(
         logits, bias.astype(mx.float32), top_k, n_group, topk_group, method,
-        0 if scoring_func == "softmax" else 1, bool(norm_topk_prob), float(routed_scaling_factor),
+        SCORINGS.index(scoring_func), bool(norm_topk_prob), float(routed_scaling_factor),
         bool(scale_after_norm),
     )

@@ -1,0 +1,103 @@
+"""Peak RSS, wall time and throughput of `mlxseek convert` vs `mlx_lm.convert` on the same input.
+
+    python benchmarks/make_synthetic_fp8.py --out /tmp/fp8-2gb --target-gb 2
+    python benchmarks/convert_memory.py --input /tmp/fp8-2gb --mlx-lm --work /tmp/convert-bench
+
+Each converter runs in its own child process (4-bit, group 64, uniform, bf16 scales: both tools'
+defaults for a bf16-typed config); the peak RSS is the child's own `ru_maxrss` from wait4(2), and the
+parent also polls /proc so it can stop a child that grows past --rss-limit-gb (the machine is shared).
+Prints one JSON line per run. The bound the issue sets is 1.5 GB + 3 x the largest single expert tensor
+(taken as float32, the dtype it is dequantized to).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+OURS = ("import sys, mlxseek; mlxseek.convert(hf_path=sys.argv[1], mlx_path=sys.argv[2], quantize=True, "
+        "q_bits=4, q_group_size=64, quiet=True)")
+MLX_LM = ("import sys; from mlx_lm import convert; "
+          "convert(sys.argv[1], sys.argv[2], quantize=True, q_bits=4, q_group_size=64)")
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run(code: str, src: Path, dst: Path, limit: int) -> dict:
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.rmtree(dst.with_name(dst.name + ".partial"), ignore_errors=True)
+    log = dst.with_name(dst.name + ".stderr")
+    t0 = time.perf_counter()
+    with open(log, "wb") as err_file:
+        child = subprocess.Popen([sys.executable, "-c", code, str(src), str(dst)],
+                                 stdout=subprocess.DEVNULL, stderr=err_file)
+        killed = False
+        while True:  # wait4, not Popen.poll: the child's own rusage is needed
+            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+            if pid:
+                break
+            if _rss_bytes(child.pid) > limit:
+                child.send_signal(signal.SIGKILL)
+                killed = True
+            time.sleep(0.2)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t0
+    err = log.read_text(errors="replace")
+    out = {"wall_s": round(wall, 1), "peak_rss_gb": round(usage.ru_maxrss * 1024 / 1e9, 3),
+           "exit": child.returncode, "killed_over_limit": killed}
+    if child.returncode != 0:
+        out["stderr_tail"] = err[-500:]
+    elif dst.exists():
+        out["output_gb"] = round(sum(p.stat().st_size for p in dst.glob("*.safetensors")) / 1e9, 3)
+    return out
+
+
+def describe(src: Path) -> dict:
+    cfg = json.loads((src / "config.json").read_text())
+    index = json.loads((src / "model.safetensors.index.json").read_text())
+    source = sum((src / f).stat().st_size for f in set(index["weight_map"].values()))
+    expert = cfg["moe_intermediate_size"] * cfg["hidden_size"]  # one routed expert matrix, elements
+    return {"input": str(src), "input_gb": round(source / 1e9, 3), "layers": cfg["num_hidden_layers"],
+            "largest_expert_fp32_mb": round(expert * 4 / 1e6, 1),
+            "bound_gb": round((1.5e9 + 3 * expert * 4) / 1e9, 3), "_source_bytes": source}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--input", type=Path, action="append", required=True)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/convert-bench"))
+    ap.add_argument("--mlx-lm", action="store_true", help="also run mlx_lm.convert on the same input")
+    ap.add_argument("--rss-limit-gb", type=float, default=16.0)
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    tools = [("mlxseek", OURS)] + ([("mlx_lm", MLX_LM)] if args.mlx_lm else [])
+    for src in args.input:
+        info = describe(src)
+        source_bytes = info.pop("_source_bytes")
+        for tool, code in tools:
+            dst = args.work / f"{src.name}-{tool}"
+            r = run(code, src, dst, int(args.rss_limit_gb * 1e9))
+            r["source_gb_per_s"] = round(source_bytes / 1e9 / r["wall_s"], 4) if r["exit"] == 0 else None
+            if tool == "mlxseek" and r["exit"] == 0:
+                r["within_bound"] = r["peak_rss_gb"] < info["bound_gb"]
+            print(json.dumps({"tool": tool, **info, **r}), flush=True)
+            shutil.rmtree(dst, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""`mlxseek info DIR`: layers, parameters, bytes on disk and per decoded token, and quantization of a checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .. import info as info_mod
+from . import library_errors, main
+from .estimate import gb, params
+
+
+def report(i: dict) -> str:
+    q = i["quantization"]
+    if q["format"] == "mlx":
+        extra = ", ".join(f"{n} paths {label}" for label, n in q["overrides"].items())
+        quant = f"{q['mode']} {q['bits']}-bit, group {q['group_size']}"
+        quant += (f", recipe {q['recipe']}" if q["recipe"] else "") + (f" ({extra})" if extra else "")
+    elif q["format"] == "fp8":
+        quant = f"FP8 {q['fmt']} blocks {q['weight_block_size']}"
+        quant += f", {q['scale_fmt']} scales" if q["scale_fmt"] else ""
+    else:
+        quant = f"none ({q['dtype']})"
+    lay = i["layers"]
+    mtp = ""
+    if lay["mtp"]:
+        mtp = f", MTP {lay['mtp']}" + ("" if lay["mtp_in_checkpoint"] else " (not in this checkpoint)")
+    return "\n".join([
+        f"{i['path']}: {i['architecture']} ({i['model_type']})",
+        f"layers         {lay['total']} ({lay['dense']} dense, {lay['moe']} MoE){mtp}",
+        f"parameters     {params(i['total_params'])} total, {params(i['active_params'])} active per token"
+        + (f"; MTP {params(i['mtp_params'])}" if i["mtp_params"] else ""),
+        f"on disk        {gb(i['bytes_on_disk'])} ({i['bits_per_weight']:.2f} bits/weight)",
+        f"per token      {gb(i['bytes_per_token'])} of weights read per decoded token",
+        f"quantization   {quant}",
+    ])
+
+
+@main.command()
+@click.argument("path", metavar="DIR")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@library_errors
+def info(path, as_json):
+    """What a checkpoint folder holds, from config.json and the safetensors headers (no weights are read)."""
+    i = info_mod.info(path)
+    click.echo(json.dumps(i, indent=2) if as_json else report(i))

@@ -1,0 +1,269 @@
+"""`mlxseek.convert`: an official DeepSeek checkpoint (bf16, or FP8 e4m3 in 128x128 blocks) to an MLX
+folder, optionally quantized to affine groups, streaming with memory bounded by about one tensor.
+
+Pipeline: SourceReader (validated headers, fresh reads) -> key map (build_plan / Materializer: renames,
+FP8 dequantization in float32, expert stacking, kv_b split, MTP kept as `mtp.*`) -> recipe
+(quantize.py) -> ShardWriter (preallocated shards filled piece by piece). The output layout is fixed
+up front (layout.py), so the output size is known before the first byte and every name and shape is
+checked against the model built from config.json.
+
+Safety: output goes to `DST.partial/`, renamed to DST only when complete; finished shards are recorded
+with their sha256 in a manifest there, so a re-run after Ctrl-C or SIGKILL resumes (manifest.py).
+The source folder is only ever opened read-only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+from mlx import nn
+from tqdm import tqdm
+
+from ..config import ModelConfig
+from ..errors import ConversionError
+from ..loader import FORMAT_VERSION
+from ..model import build_model
+from .finalize import finish, output_config
+from .keymap import build_plan
+from .layout import assign_shards, check_against_model, plan_jobs, shard_names
+from .manifest import Progress
+from .quantize import QuantPlan, check_options, plan_quantization, size_summary
+from .reader import SourceReader
+from .report import build_report, merge, summary_lines
+from .stream import PIECE_BYTES, Source, write_shard
+
+DEFAULT_SHARD_BYTES = 5 << 30  # mlx-lm's shard size
+SHARD_DELAY_ENV = "MLXSEEK_CONVERT_SHARD_DELAY"  # test hook: seconds to pause after each finished shard
+_DTYPES = {"float16": mx.float16, "bfloat16": mx.bfloat16, "float32": mx.float32}
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    path: Path
+    shards: int
+    resumed_shards: int
+    output_bytes: int
+    source_bytes: int
+    bits_per_weight: float
+    seconds: float
+
+
+def convert(
+    *,
+    hf_path: str | Path,
+    mlx_path: str | Path,
+    quantize: bool = False,
+    q_bits: int = 4,
+    q_group_size: int = 64,
+    dtype: str | None = None,
+    recipe: str = "uniform",
+    drop_mtp: bool = False,
+    force: bool = False,
+    quiet: bool = False,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+) -> ConversionResult:
+    """Convert the Hugging Face DeepSeek folder `hf_path` into an MLX folder at `mlx_path`.
+
+    quantize: affine group quantization with `q_bits` (2, 3, 4, 5, 6, 8) and `q_group_size` (32, 64,
+    128), per-module choices from `recipe` ("uniform", "experts", "mixed"; see mlxseek.convert.quantize).
+    dtype: float dtype of unquantized weights, scales and biases ("float16", "bfloat16", "float32");
+    None keeps config.json's torch_dtype (bfloat16 for DeepSeek's releases). The router stays float32.
+    drop_mtp: leave out the multi-token-prediction layer (what mlx-lm's own converter does).
+    force: replace an existing `mlx_path`. An interrupted run resumes from `mlx_path`.partial/.
+    Returns a ConversionResult; raises ConversionError/CheckpointError/ConfigError on bad input.
+    """
+    t0 = time.perf_counter()
+    log = (lambda *_: None) if quiet else (lambda msg: tqdm.write(str(msg)))
+    src, dst = _check_paths(Path(hf_path), Path(mlx_path), force)
+    if quantize:
+        check_options(recipe, q_bits, q_group_size)
+    options = {"recipe": recipe if quantize else None, "bits": q_bits if quantize else None,
+               "group_size": q_group_size if quantize else None, "dtype": dtype, "drop_mtp": drop_mtp}
+    job = _plan(src, dst, options, max_shard_bytes)
+    progress, done = _open_partial(job, log)
+    _write_shards(job, progress, done, quiet)
+    report = _finish(job, progress)
+    for line in summary_lines(report):
+        log(line)
+    seconds = time.perf_counter() - t0
+    source_bytes = sum(j.source_bytes for j in job.jobs)
+    log(f"wrote {dst} ({len(job.names)} shard(s)) in {seconds:.1f}s: {source_bytes / 1e9 / seconds:.3f} source GB/s")
+    return ConversionResult(dst, len(job.names), len(done), report["output_bytes"], source_bytes,
+                            report["bits_per_weight"], seconds)
+
+
+@dataclass
+class _Conversion:
+    """Everything decided before the first byte is written."""
+
+    src: Path
+    dst: Path
+    raw_cfg: dict
+    source: Source  # reader, config, key-map plan, output dtype
+    skeleton: nn.Module  # the model built from config.json, parameters never evaluated
+    qplan: QuantPlan | None
+    options: dict
+    jobs: list
+    shards: list  # list of lists of jobs
+    names: list[str]
+
+    @property
+    def partial(self) -> Path:
+        return self.dst.with_name(self.dst.name + ".partial")
+
+    def fingerprint(self) -> str:
+        layout = [[n, [[s.name, str(s.dtype), list(s.shape)] for j in js for s in j.outputs]]
+                  for n, js in zip(self.names, self.shards)]
+        return _sha256_json({"format_version": FORMAT_VERSION, "source": self.source.reader.fingerprint(),
+                             "options": self.options, "layout": layout})
+
+
+def _plan(src: Path, dst: Path, options: dict, max_shard_bytes: int) -> _Conversion:
+    raw_cfg, cfg = _read_config(src)
+    dtype = _resolve_dtype(options["dtype"], raw_cfg)
+    options = {**options, "dtype": _dtype_name(dtype)}
+    reader = SourceReader(src)
+    plan = build_plan(reader.keys(), cfg)
+    if options["drop_mtp"]:
+        _drop_mtp(plan)
+    skeleton = build_model(cfg, with_mtp=plan.has_mtp)
+    qplan = None
+    if options["recipe"]:
+        qplan = plan_quantization(skeleton, cfg, recipe=options["recipe"], bits=options["bits"],
+                                  group_size=options["group_size"])
+    jobs, float_shapes = plan_jobs(reader, cfg, plan, qplan, dtype)
+    check_against_model(float_shapes, skeleton, src)
+    shards = assign_shards(jobs, max_shard_bytes)
+    return _Conversion(src, dst, raw_cfg, Source(reader, cfg, plan, dtype), skeleton, qplan, options,
+                       jobs, shards, shard_names(len(shards)))
+
+
+def _open_partial(job: _Conversion, log) -> tuple[Progress, set[str]]:
+    """Resume or start DST.partial; check the disk has room for what is left to write."""
+    progress = Progress.open(job.partial, job.fingerprint(), log)
+    done = {n for n in job.names if progress.finished(n)}
+    todo = sum(j.nbytes for n, js in zip(job.names, job.shards) if n not in done for j in js)
+    try:
+        _check_disk(job.partial, todo)
+    except ConversionError:
+        if not progress.shards:  # nothing worth resuming: leave no trace
+            shutil.rmtree(job.partial, ignore_errors=True)
+        raise
+    if done:
+        log(f"resuming {job.partial}: {len(done)} of {len(job.names)} shards already written and verified")
+    return progress, done
+
+
+def _finish(job: _Conversion, progress: Progress) -> dict:
+    size = size_summary(job.skeleton, job.qplan, job.source.dtype)
+    output_bytes = sum(j.nbytes for j in job.jobs)
+    report = build_report(options=job.options, size=size, skipped=dict(job.qplan.skipped) if job.qplan else {},
+                          tensors=merge([progress.shards[n]["report"] for n in job.names]), output_bytes=output_bytes)
+    block = {"format_version": FORMAT_VERSION, "source": str(job.src),
+             "source_index_sha256": _index_sha256(job.src, job.source.reader),
+             **{k: v for k, v in job.options.items() if k != "drop_mtp"}, "mtp": job.source.plan.has_mtp}
+    config = output_config(job.raw_cfg, job.qplan.config_entry() if job.qplan else None, block)
+    weight_map = {s.name: n for n, js in zip(job.names, job.shards) for j in js for s in j.outputs}
+    finish(job.partial, job.dst, job.src, config=config, report=report, weight_map=weight_map,
+           total_size=output_bytes, total_parameters=size["parameters"])
+    return report
+
+
+def _write_shards(job: _Conversion, progress: Progress, done: set[str], quiet: bool) -> None:
+    total = sum(j.source_bytes for j in job.jobs)
+    initial = sum(j.source_bytes for n, js in zip(job.names, job.shards) if n in done for j in js)
+    delay = float(os.environ.get(SHARD_DELAY_ENV) or 0)
+    # Keep freed buffers for the next piece (a piece needs ~7 float32 buffers of its size: dequantize,
+    # cast, quantize, error terms); returning them to the OS each time doubles the run time on CPU.
+    old_limit = mx.set_cache_limit(8 * PIECE_BYTES)
+    t0, count = time.perf_counter(), [0]
+    try:
+        with tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
+                  desc="convert", disable=quiet, dynamic_ncols=True) as bar:
+
+            def on_piece(nbytes: int, ntensors: int) -> None:
+                count[0] += ntensors
+                bar.set_postfix_str(f"{count[0] / max(1e-9, time.perf_counter() - t0):.1f} tensors/s", refresh=False)
+                bar.update(nbytes)
+
+            for name, jobs in zip(job.names, job.shards):
+                if name in done:
+                    continue
+                progress.forget(name)
+                tmp = progress.folder / (name + ".tmp")
+                entries = write_shard(tmp, jobs, job.source, on_piece)
+                os.replace(tmp, progress.folder / name)
+                progress.record(name, entries)
+                if delay:
+                    time.sleep(delay)
+    finally:
+        mx.set_cache_limit(old_limit)
+
+
+def _check_paths(src: Path, dst: Path, force: bool) -> tuple[Path, Path]:
+    src, dst = src.expanduser().resolve(), dst.expanduser().resolve()
+    if not src.is_dir():
+        raise ConversionError(f"--hf-path {src}: not a folder; pass a local Hugging Face checkpoint folder")
+    if dst == src or src in dst.parents or dst in src.parents:
+        raise ConversionError(f"--mlx-path {dst}: must not be, contain or lie inside --hf-path {src} "
+                              "(the source is never modified)")
+    if dst.exists() and not force:
+        raise ConversionError(f"--mlx-path {dst}: already exists; pass --force to replace it, or choose another path")
+    return src, dst
+
+
+def _read_config(src: Path) -> tuple[dict, ModelConfig]:
+    cfg = ModelConfig.from_file(src)
+    if cfg.quantization:
+        raise ConversionError(f"{src / 'config.json'}: already an MLX-quantized checkpoint ('quantization' is set); "
+                              "convert the original Hugging Face release instead")
+    return json.loads((src / "config.json").read_text()), cfg
+
+
+def _resolve_dtype(dtype: str | None, raw_cfg: dict) -> mx.Dtype:
+    if dtype is None:
+        dtype = raw_cfg.get("torch_dtype") or raw_cfg.get("dtype")
+        dtype = dtype if dtype in _DTYPES else "bfloat16"
+    if dtype not in _DTYPES:
+        raise ConversionError(f"--dtype {dtype!r}: choose one of {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def _dtype_name(dtype: mx.Dtype) -> str:
+    return next(k for k, v in _DTYPES.items() if v == dtype)
+
+
+def _drop_mtp(plan) -> None:
+    mtp = [t for t in plan.targets if t.outputs[0].startswith("mtp.")]
+    plan.targets = [t for t in plan.targets if t not in mtp]
+    plan.dropped.extend(k for t in mtp for k in t.sources)
+    plan.has_mtp = False
+
+
+def _check_disk(folder: Path, need: int) -> None:
+    free = shutil.disk_usage(folder).free
+    margin = 64 << 20  # config, index, report, tokenizer files
+    if need + margin > free:
+        raise ConversionError(f"{folder}: the output needs about {(need + margin) / 1e9:.2f} GB more but the "
+                              f"filesystem has {free / 1e9:.2f} GB free; free some space or choose another --mlx-path")
+
+
+def _index_sha256(src: Path, reader: SourceReader) -> str:
+    index = src / "model.safetensors.index.json"
+    return _sha256_bytes(index.read_bytes()) if index.exists() else reader.fingerprint()
+
+
+def _sha256_bytes(b: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(b).hexdigest()
+
+
+def _sha256_json(obj) -> str:
+    return _sha256_bytes(json.dumps(obj, sort_keys=True).encode())

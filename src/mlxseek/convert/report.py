@@ -1,0 +1,100 @@
+"""Quantization error per tensor, measured while converting, summarised and written as JSON.
+
+For each quantized weight W (a stack: over all experts) with dequantized Q = dequant(quant(W)):
+  max_abs_err   max |Q - W|
+  mean_abs_err  mean |Q - W|
+  rel_rms_err   ||Q - W|| / ||W||  (Frobenius; comparable across tensors, used to rank the worst)
+W is the float weight that was quantized (already cast to the output dtype).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import mlx.core as mx
+import numpy as np
+
+from ..errors import ConversionError
+
+REPORT_NAME = "convert_report.json"
+
+
+def error_terms(w: mx.array, packed: tuple, params: dict) -> mx.array:
+    """Lazy (4, rows) float32 per row of `w`: max |err|, sum |err|, sum err^2, sum w^2.
+
+    Rows are summed in float64 by TensorError, so the totals do not depend on how a tensor was
+    split into pieces."""
+    q = mx.dequantize(*packed, group_size=params["group_size"], bits=params["bits"], mode=params["mode"])
+    w32 = w.astype(mx.float32)
+    d = q.astype(mx.float32) - w32
+    ad = mx.abs(d)
+    return mx.stack([ad.max(axis=-1), ad.sum(axis=-1), (d * d).sum(axis=-1), (w32 * w32).sum(axis=-1)]).reshape(4, -1)
+
+
+@dataclass
+class TensorError:
+    shape: tuple
+    bits: int
+    group_size: int
+    max_abs: float = 0.0
+    sum_abs: float = 0.0
+    sum_sq_err: float = 0.0
+    sum_sq_w: float = 0.0
+    count: int = 0
+
+    def add(self, terms: np.ndarray, count: int) -> None:
+        self.max_abs = max(self.max_abs, float(terms[0].max()))
+        sums = terms[1:].astype(np.float64).sum(axis=1)
+        self.sum_abs += float(sums[0])
+        self.sum_sq_err += float(sums[1])
+        self.sum_sq_w += float(sums[2])
+        self.count += count
+
+    def to_dict(self) -> dict:
+        r = lambda x: float(f"{x:.6g}")
+        rel = math.sqrt(self.sum_sq_err / self.sum_sq_w) if self.sum_sq_w else 0.0
+        return {"shape": list(self.shape), "bits": self.bits, "group_size": self.group_size,
+                "max_abs_err": r(self.max_abs), "mean_abs_err": r(self.sum_abs / max(1, self.count)),
+                "rel_rms_err": r(rel)}
+
+
+def build_report(*, options: dict, size: dict, skipped: dict, tensors: dict[str, dict], output_bytes: int) -> dict:
+    worst = sorted(tensors, key=lambda k: -tensors[k]["rel_rms_err"])
+    return {
+        **options,
+        "parameters": size["parameters"],
+        "bits_per_weight": float(f"{size['bits_per_weight']:.4f}"),
+        "output_bytes": output_bytes,
+        "unquantized_modules": skipped,
+        "worst_tensors": worst[:20],
+        "tensors": tensors,
+    }
+
+
+def summary_lines(report: dict, top: int = 10) -> list[str]:
+    head = (f"{report['parameters'] / 1e9:.3f}B parameters, {report['bits_per_weight']:.3f} bits/weight, "
+            f"{report['output_bytes'] / 2**30:.2f} GiB")
+    lines = [head]
+    if report["unquantized_modules"]:
+        lines.append(f"{len(report['unquantized_modules'])} quantizable module(s) left in float:")
+        lines += [f"  {p}: {why}" for p, why in list(report["unquantized_modules"].items())[:top]]
+    tensors = report["tensors"]
+    if tensors:
+        lines.append(f"worst {min(top, len(tensors))} of {len(tensors)} quantized tensors (relative RMS error):")
+        for name in report["worst_tensors"][:top]:
+            t = tensors[name]
+            lines.append(f"  {name} [{t['bits']}b g{t['group_size']}]: rel_rms {t['rel_rms_err']:.4f}, "
+                         f"max {t['max_abs_err']:.3g}, mean {t['mean_abs_err']:.3g}")
+    return lines
+
+
+def merge(entries: list[dict]) -> dict[str, dict]:
+    """Per-shard report entries -> one {tensor: stats} dict; a tensor appears in exactly one shard."""
+    out: dict[str, dict] = {}
+    for e in entries:
+        for k, v in e.items():
+            if k in out:
+                raise ConversionError(f"conversion report: tensor {k} reported by two shards")
+            out[k] = v
+    return out

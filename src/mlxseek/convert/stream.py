@@ -1,0 +1,109 @@
+"""Streaming one shard: read a piece of the source, run it through the key map, quantize, write, forget.
+
+A piece is what keeps memory bounded: one expert of a `stack_experts` target (written at its slot
+of the preallocated (E, out, in) stack), one block of rows of a large matrix (FP8-block aligned, so
+dequantization is unchanged), or a whole small target (`split_kv_b`, norms). Every piece goes through
+`Materializer.materialize`, the same code the loader uses, and is then quantized with the recorded
+parameters. Since groups run along rows' last axis, the bytes equal quantizing the whole tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import mlx.core as mx
+import numpy as np
+
+from ..config import ModelConfig
+from .keymap import Materializer, Plan, Target
+from .layout import Job, TensorSpec
+from .quantize import is_router, quantize
+from .reader import RowWindow, SourceReader
+from .report import TensorError, error_terms
+from .writer import ShardWriter
+
+# Largest float32 piece of one matrix processed at once. A DeepSeek-V3 expert matrix (2048 x 7168)
+# is 56 MiB in float32, so an expert is one piece, while a 1.85 GB embedding table is ~30 pieces.
+PIECE_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class Source:
+    reader: SourceReader
+    cfg: ModelConfig
+    plan: Plan
+    dtype: mx.Dtype
+
+    def materializer(self, store) -> Materializer:
+        return Materializer(store, self.cfg, self.plan, dtype=self.dtype, keep_fp32=is_router)
+
+
+def _row_pieces(src: Source, out: str, key: str) -> Iterator[tuple[int, dict[str, mx.array]]]:
+    """(first row, {out: lazy array}) for renamed source `key` copied into output `out`, block by block."""
+    orig = src.plan.source_of[key]
+    shape = src.reader.shape(orig)
+    target = Target("copy", (out,), (key,))
+    if len(shape) != 2 or shape[0] * shape[1] * 4 <= PIECE_BYTES:
+        yield 0, src.materializer(src.reader).materialize(target)
+        return
+    block = src.cfg.fp8_block_size if src.reader.dtype(orig) == "F8_E4M3" else None
+    bm = block[0] if block else 1
+    step = max(bm, PIECE_BYTES // (4 * shape[1]) // bm * bm)
+    for r in range(0, shape[0], step):
+        window = RowWindow(src.reader, orig, r, r + step, bm)
+        yield r, src.materializer(window).materialize(target)
+
+
+def pieces(job: Job, src: Source) -> Iterator[tuple[int, dict[str, mx.array], int]]:
+    """(first flat row, {float output: lazy array}, source tensors done) for every piece of `job`."""
+    t = job.target
+    if t.op == "copy":
+        for row, arrays in _row_pieces(src, t.outputs[0], t.sources[0]):
+            yield row, arrays, 0
+        yield 0, {}, 1
+    elif t.op == "stack_experts":
+        out = t.outputs[0]
+        rows = job.float_shapes[out][1]  # (E, rows, cols): expert e's row r is flat row e * rows + r
+        for e, key in enumerate(t.sources):
+            for row, arrays in _row_pieces(src, out, key):
+                yield e * rows + row, arrays, 0
+            yield 0, {}, 1
+    else:
+        yield 0, src.materializer(src.reader).materialize(t), len(t.sources)
+
+
+def write_shard(path, jobs: list[Job], src: Source, on_piece: Callable[[int, int], None]) -> dict[str, dict]:
+    """Write `jobs` into a new shard at `path`; returns the quantization error entries of its tensors."""
+    specs: list[TensorSpec] = [s for j in jobs for s in j.outputs]
+    errors: dict[str, TensorError] = {}
+    with ShardWriter(path, specs) as writer:
+        for job in jobs:
+            done_bytes = 0
+            for row, arrays, n_done in pieces(job, src):
+                for name, a in arrays.items():
+                    _emit(writer, job, name, a, row, errors)
+                if n_done:
+                    share = job.source_bytes * n_done // len(job.target.sources)
+                    on_piece(share, n_done)
+                    done_bytes += share
+            if done_bytes < job.source_bytes:
+                on_piece(job.source_bytes - done_bytes, 0)
+            mx.clear_cache()
+    return {k: v.to_dict() for k, v in errors.items()}
+
+
+def _emit(writer: ShardWriter, job: Job, name: str, a: mx.array, row: int, errors: dict) -> None:
+    params = job.quant.get(name)
+    if params is None:
+        mx.eval(a)
+        writer.write(name, a, row)
+        return
+    packed = quantize(a, params)
+    terms = error_terms(a, packed, params)
+    mx.eval(packed, terms)
+    base = name[: -len("weight")]
+    for suffix, q in zip(("weight", "scales", "biases"), packed):
+        writer.write(base + suffix, q, row)
+    stats = errors.setdefault(name, TensorError(job.float_shapes[name], params["bits"], params["group_size"]))
+    stats.add(np.array(terms), a.size)

@@ -1,0 +1,260 @@
+"""Token generation: `generate_step` (tokens), `stream_generate` (small records), `generate` (text).
+
+The decode loop keeps the device busy: step t+1 is built and queued with `mx.async_eval` before token t
+is handed to the caller, so detokenizing and printing overlap with the next forward pass. Samplers and
+logits processors come from `mlx_lm.sample_utils` (built once by the caller), the streaming
+detokenizer from mlx-lm's TokenizerWrapper. Every model that follows mlx-lm's protocol
+(`model(inputs, cache)`, `model.make_cache()`) works here, and `mlx_lm.stream_generate` drives ours.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Generator, Iterable, Optional, Sequence, Union
+
+import mlx.core as mx
+from mlx_lm.generate import wired_limit
+from mlx_lm.sample_utils import make_sampler
+
+from .errors import GenerationError
+from .tokenizer import ReasoningSplitter, held_prefix, prompt_opens_reasoning
+
+Sampler = Callable[[mx.array], mx.array]
+LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
+
+DEFAULT_PREFILL_STEP = 512  # prompt tokens per forward pass: bounds activation memory for long prompts
+
+
+@dataclass
+class GenerationResponse:
+    """One streamed step. `text` is the newly printable text (may be empty); `reasoning`/`content`
+    split it at R1's `<think>...</think>`. Speeds are tokens per second, `peak_memory` is in GB."""
+
+    text: str
+    token: int
+    logprobs: mx.array
+    prompt_tokens: int
+    prompt_tps: float
+    generation_tokens: int
+    generation_tps: float
+    peak_memory: float
+    finish_reason: Optional[str] = None  # "stop" (EOS or stop string), "length", or None mid-stream
+    reasoning: str = ""
+    content: str = ""
+
+
+def make_prompt_cache(model) -> list:
+    """A fresh per-layer cache for `model`; pass it as `prompt_cache` to keep context across calls."""
+    return model.make_cache()
+
+
+def _last_logits(model, tokens: mx.array, cache) -> mx.array:
+    """Logits (1, V) for the last position only: with `hidden_states`, skip the LM head on the rest."""
+    if hasattr(model, "hidden_states") and hasattr(model, "lm_head"):
+        return model.lm_head(model.hidden_states(tokens, cache)[:, -1, :])
+    return model(tokens, cache=cache)[:, -1, :]
+
+
+def generate_step(
+    prompt: mx.array,
+    model,
+    *,
+    max_tokens: int,
+    sampler: Optional[Sampler] = None,
+    logits_processors: Optional[Sequence[LogitsProcessor]] = None,
+    prompt_cache: Optional[list] = None,
+    prefill_step_size: int = DEFAULT_PREFILL_STEP,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> Generator[tuple[int, mx.array], None, None]:
+    """Yield (token, logprobs (V,)) for up to `max_tokens` new tokens after `prompt` (1-D int array).
+
+    The prompt is prefilled in chunks of `prefill_step_size`; `prompt_cache` (if given) is extended in
+    place, so a later call continues the same context. No EOS handling here: see `stream_generate`.
+    """
+    cache = prompt_cache if prompt_cache is not None else make_prompt_cache(model)
+    sampler = sampler or make_sampler()  # temp 0: argmax
+    history = None  # tokens fed so far, for logits processors (repetition penalties look back over them)
+    n_prompt = prompt.size
+
+    def step(tokens: mx.array, first: bool) -> tuple[mx.array, mx.array]:
+        nonlocal history
+        logits = _last_logits(model, tokens[None], cache)  # (1, V)
+        if logits_processors:
+            history = prompt if first else mx.concatenate([history, tokens])
+            for proc in logits_processors:
+                logits = proc(history, logits)
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        return sampler(logprobs), logprobs[0]
+
+    done = 0
+    while n_prompt - done > prefill_step_size:
+        model(prompt[done : done + prefill_step_size][None], cache=cache)
+        mx.eval([c.state for c in cache])  # only the cache: the chunk's logits are never computed
+        done += prefill_step_size
+        if progress:
+            progress(done, n_prompt)
+        mx.clear_cache()
+    y, logprobs = step(prompt[done:], True)
+    mx.async_eval(y, logprobs)
+    for n in range(max_tokens):
+        if n + 1 < max_tokens:  # queue step n+1 before handing token n out
+            next_y, next_logprobs = step(y, False)
+            mx.async_eval(next_y, next_logprobs)
+        if n == 0 and progress:
+            mx.eval(y)
+            progress(n_prompt, n_prompt)
+        yield y.item(), logprobs
+        if n + 1 < max_tokens:
+            y, logprobs = next_y, next_logprobs
+        if n % 256 == 255:
+            mx.clear_cache()
+
+
+class _StopFilter:
+    """Holds back text that could be the start of a stop string; reports the first full match."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = [s for s in stops if s]
+        self.buf = ""
+
+    def push(self, text: str) -> tuple[str, bool]:
+        self.buf += text
+        hits = [i for i in (self.buf.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out, self.buf = self.buf[: min(hits)], ""
+            return out, True
+        keep = max((held_prefix(self.buf, s) for s in self.stops), default=0)
+        out, self.buf = self.buf[: len(self.buf) - keep], self.buf[len(self.buf) - keep:]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.buf = self.buf, ""
+        return out
+
+
+def encode_prompt(tokenizer, prompt: Union[str, Sequence[int], mx.array]) -> mx.array:
+    """A prompt string or token ids -> 1-D int array; the string goes through the tokenizer as is."""
+    if isinstance(prompt, str):
+        if tokenizer is None:
+            raise GenerationError("prompt is a string but the model folder has no tokenizer; pass token ids")
+        bos = getattr(tokenizer, "bos_token", None)
+        ids = tokenizer.encode(prompt, add_special_tokens=not (bos and prompt.startswith(bos)))
+    else:
+        ids = prompt.tolist() if isinstance(prompt, mx.array) else list(prompt)
+    if len(ids) == 0:
+        raise GenerationError("prompt is empty: give at least one token")
+    return mx.array(ids, dtype=mx.uint32)
+
+
+def _context_length(model) -> Optional[int]:
+    cfg = getattr(model, "config", None) or getattr(model, "args", None)
+    return getattr(cfg, "max_position_embeddings", None)
+
+
+def _check_lengths(model, n_prompt: int, cached: int, max_tokens: int) -> int:
+    if not isinstance(max_tokens, int) or max_tokens < 1:
+        raise GenerationError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+    ctx = _context_length(model)
+    if ctx is None:
+        return max_tokens
+    if cached + n_prompt >= ctx:
+        raise GenerationError(
+            f"prompt is {n_prompt} tokens (+{cached} already in the prompt cache) but the model's context is "
+            f"{ctx} tokens (config.json max_position_embeddings); shorten the prompt or reset the chat"
+        )
+    return min(max_tokens, ctx - cached - n_prompt)
+
+
+class _Records:
+    """Builds GenerationResponse records: clocks, text filters (stop strings, reasoning split)."""
+
+    def __init__(self, n_prompt: int, stops: _StopFilter, think: ReasoningSplitter):
+        self.n_prompt, self.stops, self.think = n_prompt, stops, think
+        self.tic = time.perf_counter()
+        self.t_first, self.prompt_tps = self.tic, 0.0
+
+    def first_token(self) -> None:
+        self.t_first = time.perf_counter()
+        self.prompt_tps = self.n_prompt / max(self.t_first - self.tic, 1e-9)
+
+    def make(self, text: str, token: int, logprobs: mx.array, n: int, finish: Optional[str] = None):
+        reasoning, content = self.think.feed(text)
+        if finish:
+            r, c = self.think.flush()
+            reasoning, content = reasoning + r, content + c
+        return GenerationResponse(
+            text=text, token=token, logprobs=logprobs, prompt_tokens=self.n_prompt, prompt_tps=self.prompt_tps,
+            generation_tokens=n, generation_tps=n / max(time.perf_counter() - self.t_first, 1e-9),
+            peak_memory=mx.get_peak_memory() / 1e9, finish_reason=finish, reasoning=reasoning, content=content,
+        )
+
+
+def stream_generate(
+    model,
+    tokenizer,
+    prompt: Union[str, Sequence[int], mx.array],
+    *,
+    max_tokens: int = 256,
+    sampler: Optional[Sampler] = None,
+    logits_processors: Optional[Sequence[LogitsProcessor]] = None,
+    prompt_cache: Optional[list] = None,
+    stop: Optional[Iterable[str]] = None,
+    seed: Optional[int] = None,
+    prefill_step_size: int = DEFAULT_PREFILL_STEP,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> Generator[GenerationResponse, None, None]:
+    """Stream GenerationResponse records for `prompt` (a string or token ids).
+
+    Greedy unless a `sampler` (e.g. `mlx_lm.sample_utils.make_sampler(temp=0.7, top_p=0.9)`) is given;
+    `seed` seeds MLX's global PRNG first. Stops at an EOS token, at any string in `stop` (not included
+    in the text), or after `max_tokens` (capped by the model's context). A `prompt_cache` from
+    `make_prompt_cache(model)` is extended in place, so the next call only prefills its new tokens.
+    """
+    ids = encode_prompt(tokenizer, prompt)
+    budget = _check_lengths(model, ids.size, prompt_cache[0].offset if prompt_cache else 0, max_tokens)
+    if seed is not None:
+        mx.random.seed(seed)
+    eos = set(tokenizer.eos_token_ids) if tokenizer is not None else set()
+    detok = tokenizer.detokenizer if tokenizer is not None else None
+    mx.reset_peak_memory()
+    records = _Records(ids.size, _StopFilter(list(stop or [])),
+                       ReasoningSplitter(prompt_opens_reasoning(tokenizer, ids[-4:].tolist())))
+    steps = generate_step(
+        ids, model, max_tokens=budget, sampler=sampler, logits_processors=logits_processors,
+        prompt_cache=prompt_cache, prefill_step_size=prefill_step_size, progress=progress,
+    )
+    # On Metal, wire the model's memory for the duration (no-op on the CPU backend).
+    with wired_limit(model):
+        yield from _decode(steps, records, detok, eos, budget)
+
+
+def _decode(steps, records: _Records, detok, eos: set, budget: int) -> Generator[GenerationResponse, None, None]:
+    stops = records.stops
+    token, logprobs, n, text = None, None, 0, ""
+    for n, (token, logprobs) in enumerate(steps, start=1):
+        if n == 1:
+            records.first_token()
+        if token in eos:
+            text = ""
+            break
+        if detok is not None:
+            detok.add_token(token)
+        text, hit = stops.push(detok.last_segment if detok is not None else "")
+        if hit:
+            yield records.make(text, token, logprobs, n, "stop")
+            return
+        if n == budget:
+            break
+        yield records.make(text, token, logprobs, n)
+    hit = False
+    if detok is not None:  # text held back by the detokenizer or a partial stop string
+        detok.finalize()
+        more, hit = stops.push(detok.last_segment)
+        text += more if hit else more + stops.flush()
+    yield records.make(text, token, logprobs, n, "stop" if hit or token in eos else "length")
+
+
+def generate(model, tokenizer, prompt: Union[str, Sequence[int], mx.array], **kwargs) -> str:
+    """The whole completion as one string; takes the keyword arguments of `stream_generate`."""
+    return "".join(r.text for r in stream_generate(model, tokenizer, prompt, **kwargs))
