@@ -29,7 +29,7 @@ CATEGORIES = [  # (substring of the module path, category); first match wins
     ("mlp.", "dense_mlp"),
 ]
 MATMUL_TYPES = ("Linear", "QuantizedLinear", "SwitchLinear", "QuantizedSwitchLinear", "MultiLinear",
-                "QuantizedMultiLinear", "MoEGate")
+                "QuantizedMultiLinear", "MoEGate", "KMajorQuantizedLinear", "KMajorQuantizedSwitchLinear")
 
 
 def category(path: str) -> str:

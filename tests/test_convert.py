@@ -34,6 +34,11 @@ def convert(src, dst, **kw):
     return mlxseek.convert(hf_path=src, mlx_path=dst, **kw)
 
 
+def load_as_stored(path, **kw):
+    """mlxseek.load keeping the checkpoint's quantized layout (no CPU re-layout), to compare bits."""
+    return mlxseek.load(path, cpu_layout=False, **kw)
+
+
 def params(model) -> dict:
     return dict(tree_flatten(model.parameters()))
 
@@ -93,7 +98,7 @@ def experts_predicate(group_size, bits):
 ])
 def test_quantized_output_is_bit_identical_to_mx_quantize(name, recipe, dtype, tmp_path):
     result = convert(FIXTURES / name, tmp_path / "q", quantize=True, q_bits=4, q_group_size=32, recipe=recipe, dtype=dtype)
-    ours, _ = mlxseek.load(result.path, dtype=dtype)
+    ours, _ = load_as_stored(result.path, dtype=dtype)
     ref = mlx_lm_quantized(name, dtype, 32, 4, experts_predicate(32, 4) if recipe == "experts" else None)
     a, b = params(ours), params(ref)
     assert sorted(a) == sorted(b)
@@ -116,7 +121,7 @@ def test_group_size_not_dividing_input_dim_is_recorded_float(tmp_path):
     assert cfg["quantization_config"] == q and cfg["mlxseek"]["format_version"] == 1
     report = json.loads((result.path / "convert_report.json").read_text())
     assert "not a multiple of group size 64" in report["unquantized_modules"]["model.layers.1.self_attn.embed_q"]
-    ours, _ = mlxseek.load(result.path, dtype="float32")
+    ours, _ = load_as_stored(result.path, dtype="float32")
     assert "scales" not in ours.layers[1].self_attn.embed_q and "scales" in ours.layers[1].mlp.switch_mlp.up_proj
     ref = mlx_lm_quantized("v3", "float32", 64, 4)
     assert mx.array_equal(ours(prompt()), ref(prompt())).item()
@@ -142,7 +147,7 @@ def test_mlx_lm_load_reads_drop_mtp_output(tmp_path):
     assert not any(k.startswith("mtp.") for k in json.loads((out / "model.safetensors.index.json").read_text())["weight_map"])
     ref, tok = mlx_lm_load(str(out))
     ref.update(tree_map(lambda a: a.astype(mx.float32) if mx.issubdtype(a.dtype, mx.floating) else a, ref.parameters()))
-    ours, our_tok = mlxseek.load(out, dtype="float32")
+    ours, our_tok = load_as_stored(out, dtype="float32")
     assert tok is not None and our_tok is not None and "mtp" not in ours
     diff = float(mx.abs(ours(prompt("v3_fp8")) - ref(prompt("v3_fp8"))).max())
     print(f"mlxseek.load vs mlx_lm.load on our --drop-mtp mixed 4-bit output: max |diff| = {diff:.2e}")
@@ -307,7 +312,7 @@ def test_cli_runner_converts_and_reports_errors(tmp_path):
             "--q-group-size", "32", "--recipe", "experts", "--dtype", "float32", "--quiet"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
-    ours, _ = mlxseek.load(tmp_path / "o", dtype="float32")
+    ours, _ = load_as_stored(tmp_path / "o", dtype="float32")
     ref = mlx_lm_quantized("v3", "float32", 32, 4, experts_predicate(32, 4))
     assert mx.array_equal(ours(prompt()), ref(prompt())).item()
     again = CliRunner().invoke(cli, args)

@@ -78,11 +78,11 @@ def _mlx_lm_steps(prompt, model, n):
     return generate_step(prompt, model, max_tokens=n)
 
 
-def _load(engine: str, folder: Path):
+def _load(engine: str, folder: Path, load_options: Optional[dict] = None):
     if engine == "mlxseek":
         from .loader import load_model
 
-        return load_model(folder)
+        return load_model(folder, **(load_options or {}))
     from mlx_lm.utils import load_model as mlx_lm_load_model
 
     model = mlx_lm_load_model(folder)[0]
@@ -100,7 +100,7 @@ def _one_line(msg: str, limit: int = 240) -> str:
 
 
 def measure(engine: str, folder: Path, cfg: ModelConfig, prompt: mx.array, *, gen_tokens: int, runs: int,
-            bandwidth: float) -> dict:
+            bandwidth: float, load_options: Optional[dict] = None) -> dict:
     """Load `folder` with `engine`, warm up, time `runs` runs; one flat JSON-able dict."""
     gc.collect()
     mx.clear_cache()
@@ -108,7 +108,9 @@ def measure(engine: str, folder: Path, cfg: ModelConfig, prompt: mx.array, *, ge
     row = {"engine": engine, "model": str(folder), "prompt_tokens": int(prompt.size), "gen_tokens": gen_tokens,
            "runs": runs}
     try:
-        model = _load(engine, folder)
+        if load_options and engine != "mlxseek":  # mlx-lm would load the whole model on every rank
+            raise ValueError("--distributed / --expert-memory-gb apply to mlxseek only; drop --vs")
+        model = _load(engine, folder, load_options)
     except Exception as e:  # mlx-lm may reject a folder mlxseek reads (MTP layer, bf16 gather_mm on CPU)
         return {**row, "error": _one_line(f"{engine} could not load {folder}: {type(e).__name__}: {e}")}
     step_fn = _ours_steps if engine == "mlxseek" else _mlx_lm_steps
@@ -133,7 +135,7 @@ def measure(engine: str, folder: Path, cfg: ModelConfig, prompt: mx.array, *, ge
 
 def bench(model: str | Path, *, prompt_tokens: int = 512, gen_tokens: int = 128, runs: int = 3,
           vs: Sequence[str] = (), bandwidth: Optional[float] = None, seed: int = 0,
-          on_row: Optional[Callable[[dict], None]] = None) -> list[dict]:
+          on_row: Optional[Callable[[dict], None]] = None, load_options: Optional[dict] = None) -> list[dict]:
     """Measure mlxseek (and each engine in `vs`: "mlx-lm", "mlx-lm-fp32") on the checkpoint `model`.
 
     Returns one dict per engine; rows after the first carry `decode_speedup`/`prefill_speedup`
@@ -158,7 +160,8 @@ def bench(model: str | Path, *, prompt_tokens: int = 512, gen_tokens: int = 128,
     common = {"device": f"{mx.default_device()} ({chip_name()})", "bandwidth_gbps": gbps, "bandwidth_source": source}
     rows = []
     for engine in ("mlxseek", *[e for e in vs if e != "mlxseek"]):
-        row = {**measure(engine, folder, cfg, prompt, gen_tokens=gen_tokens, runs=runs, bandwidth=gbps), **common}
+        row = {**measure(engine, folder, cfg, prompt, gen_tokens=gen_tokens, runs=runs, bandwidth=gbps,
+                         load_options=load_options), **common}
         if rows and "error" not in row and "error" not in rows[0]:
             row["decode_speedup"] = rows[0]["decode_tps"] / row["decode_tps"]
             row["prefill_speedup"] = rows[0]["prefill_tps"] / row["prefill_tps"]

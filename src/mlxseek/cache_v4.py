@@ -21,6 +21,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import _BaseCache
 
 DEFAULT_TRIM_SLACK = 16  # tokens of extra history per layer: the deepest rollback `trim` can undo
+ENTRY_STEP = 256  # compressed entries are stored in a buffer grown in steps, as mlx-lm's KVCache does
 
 
 def _cat(old: Optional[mx.array], new: mx.array) -> mx.array:
@@ -52,12 +53,21 @@ class CompressorState:
 
     def __init__(self, ratio: int, overlap: bool, slack: int):
         self.ratio, self.overlap, self.slack = ratio, overlap, slack
-        self.kv = self.gate = self.entries = None
-        self.start = self.offset = 0
+        self.kv = self.gate = self._buf = None
+        self.start = self.offset = self.count = 0
 
     @property
-    def count(self) -> int:
-        return 0 if self.entries is None else self.entries.shape[1]
+    def entries(self) -> Optional[mx.array]:
+        return None if self._buf is None else self._buf[:, : self.count]
+
+    def _append(self, new: mx.array) -> None:
+        """Write new entries (B, n, d) after the current ones, growing the buffer (not re-copying it) per step."""
+        B, n, d = new.shape
+        if self._buf is None or self.count + n > self._buf.shape[1]:
+            grow = mx.zeros((B, ENTRY_STEP * (n // ENTRY_STEP + 1), d), new.dtype)
+            self._buf = grow if self._buf is None else mx.concatenate([self._buf[:, : self.count], grow], axis=1)
+        self._buf[:, self.count : self.count + n] = new
+        self.count += n
 
     def extend(self, kv: mx.array, gate: mx.array) -> tuple[mx.array, mx.array, int, int]:
         """Append one call's projections; returns (raw kv, raw gate, their first position, entries so far)."""
@@ -66,7 +76,7 @@ class CompressorState:
         return self.kv, self.gate, self.start, self.count
 
     def add_entries(self, new: mx.array) -> mx.array:
-        self.entries = _cat(self.entries, new)
+        self._append(new)
         # Keep raw rows from the window before the one holding position offset - slack: enough to
         # rebuild the open window and its overlap after a rollback of up to `slack` tokens.
         r = self.ratio
@@ -78,8 +88,8 @@ class CompressorState:
 
     def trim(self, n: int) -> None:
         self.offset -= n
-        if self.entries is not None:
-            self.entries = self.entries[:, : self.offset // self.ratio]
+        if self.kv is not None:
+            self.count = min(self.count, self.offset // self.ratio)
             self.kv, self.gate = self.kv[:, : self.offset - self.start], self.gate[:, : self.offset - self.start]
 
     def arrays(self) -> list[mx.array]:

@@ -123,6 +123,9 @@ class ModelConfig:
                 f"{', '.join(SUPPORTED_MODEL_TYPES)}"
             )
         missing = [k for k in required_keys(mt) if d.get(k) is None]
+        if mt == "deepseek_v4" and "compress_ratios" in missing and "layer_types" in d:
+            raise ConfigError(f"{source}: a transformers-saved V4 config (layer_types, rope_parameters) is not "
+                              "supported; use the official config.json (compress_ratios, num_hash_layers, rope_scaling)")
         if missing:
             raise ConfigError(f"{source}: missing required key(s) {', '.join(missing)}")
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}

@@ -42,6 +42,16 @@ class GenerationResponse:
     finish_reason: Optional[str] = None  # "stop" (EOS or stop string), "length", or None mid-stream
     reasoning: str = ""
     content: str = ""
+    # --- MTP speculation (draft="mtp"/"auto"; mlxseek.speculative): running totals, 0 without drafting.
+    draft_tokens: int = 0  # tokens the MTP module proposed
+    accepted_tokens: int = 0  # ... that the model accepted
+    verify_steps: int = 0  # model forward passes in the decode loop
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Accepted / drafted tokens (0.0 before any draft)."""
+        return self.accepted_tokens / self.draft_tokens if self.draft_tokens else 0.0
+    # --- end MTP speculation
 
 
 def make_prompt_cache(model) -> list:
@@ -173,6 +183,7 @@ class _Records:
         self.n_prompt, self.stops, self.think = n_prompt, stops, think
         self.tic = time.perf_counter()
         self.t_first, self.prompt_tps = self.tic, 0.0
+        self.stats = None  # mlxseek.speculative.DraftStats when drafting
 
     def first_token(self) -> None:
         self.t_first = time.perf_counter()
@@ -187,6 +198,8 @@ class _Records:
             text=text, token=token, logprobs=logprobs, prompt_tokens=self.n_prompt, prompt_tps=self.prompt_tps,
             generation_tokens=n, generation_tps=n / max(time.perf_counter() - self.t_first, 1e-9),
             peak_memory=mx.get_peak_memory() / 1e9, finish_reason=finish, reasoning=reasoning, content=content,
+            **({} if self.stats is None else {"draft_tokens": self.stats.draft_tokens, "verify_steps": self.stats.verify_steps,
+                                              "accepted_tokens": self.stats.accepted_tokens}),
         )
 
 
@@ -203,6 +216,8 @@ def stream_generate(
     seed: Optional[int] = None,
     prefill_step_size: int = DEFAULT_PREFILL_STEP,
     progress: Optional[Callable[[int, int], None]] = None,
+    draft: Optional[str] = None,
+    num_draft: int = 1,
 ) -> Generator[GenerationResponse, None, None]:
     """Stream GenerationResponse records for `prompt` (a string or token ids).
 
@@ -210,6 +225,9 @@ def stream_generate(
     `seed` seeds MLX's global PRNG first. Stops at an EOS token, at any string in `stop` (not included
     in the text), or after `max_tokens` (capped by the model's context). A `prompt_cache` from
     `make_prompt_cache(model)` is extended in place, so the next call only prefills its new tokens.
+    draft="mtp" drafts `num_draft` tokens per step with the model's MTP module and verifies them in one
+    forward (greedy output unchanged; sampling needs `mlxseek.speculative.make_sampler`); "auto" drafts
+    only where it measures a speedup. Records then carry draft_tokens/accepted_tokens/verify_steps.
     """
     ids = encode_prompt(tokenizer, prompt)
     budget = _check_lengths(model, ids.size, prompt_cache[0].offset if prompt_cache else 0, max_tokens)
@@ -220,10 +238,20 @@ def stream_generate(
     mx.reset_peak_memory()
     records = _Records(ids.size, _StopFilter(list(stop or [])),
                        ReasoningSplitter(prompt_opens_reasoning(tokenizer, ids[-4:].tolist())))
-    steps = generate_step(
-        ids, model, max_tokens=budget, sampler=sampler, logits_processors=logits_processors,
-        prompt_cache=prompt_cache, prefill_step_size=prefill_step_size, progress=progress,
-    )
+    if draft is not None:  # MTP self-speculative decoding (mlxseek.speculative)
+        from .speculative import DraftStats, speculative_generate_step
+
+        records.stats = DraftStats()
+        steps = speculative_generate_step(
+            ids, model, max_tokens=budget, draft=draft, num_draft=num_draft, sampler=sampler,
+            logits_processors=logits_processors, prompt_cache=prompt_cache, prefill_step_size=prefill_step_size,
+            progress=progress, stats=records.stats,
+        )
+    else:
+        steps = generate_step(
+            ids, model, max_tokens=budget, sampler=sampler, logits_processors=logits_processors,
+            prompt_cache=prompt_cache, prefill_step_size=prefill_step_size, progress=progress,
+        )
     # On Metal, wire the model's memory for the duration (no-op on the CPU backend).
     with wired_limit(model):
         yield from _decode(steps, records, detok, eos, budget)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -19,6 +19,7 @@ from .config import ModelConfig
 from .convert.keymap import Materializer, Plan, build_plan, quant_params
 from .errors import CheckpointError, FormatVersionError, WeightMismatchError
 from .model import Model, build_model
+from .placement import placement_for
 from .store import WeightStore
 
 FORMAT_VERSION = 1  # of the `mlxseek` block that `mlxseek convert` writes into config.json
@@ -98,9 +99,10 @@ def _check_names(model: Model, plan: Plan, shapes: dict[str, tuple], store: Weig
         raise WeightMismatchError(f"{store.folder}: checkpoint does not match config.json: " + " | ".join(parts))
 
 
-def load_model(path: str | Path, *, dtype: Any = None, with_mtp: bool = True, cpu_layout: Any = None) -> Model:
+def load_model(path: str | Path, *, dtype: Any = None, with_mtp: bool = True, cpu_layout: Any = None,
+               group: Any = None, parallel: str = "pipeline", expert_memory_gb: Optional[float] = None) -> Model:
     """Build the model described by `path/config.json` and fill it from the folder's shards.
-    cpu_layout: see `load`."""
+    cpu_layout, group, parallel, expert_memory_gb: see `load`."""
     folder = Path(path)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: not a folder; pass a local checkpoint folder (HF or converted)")
@@ -115,6 +117,10 @@ def load_model(path: str | Path, *, dtype: Any = None, with_mtp: bool = True, cp
         # mlx-lm's converter drops the MTP layer; a folder without it loads without `model.mtp`.
         plan.dropped.extend(k for k in plan.source_of if k.startswith("mtp."))
         plan.targets = [t for t in plan.targets if not t.outputs[0].startswith("mtp.")]
+    placement = placement_for(cfg, store, plan, group=group, parallel=parallel, expert_memory_gb=expert_memory_gb,
+                              dtype=dt, keep_fp32=_keep_fp32)
+    if placement:  # one rank's share, or everything but the paged experts: read only what stays resident
+        store, plan = placement.restrict(store, plan)
     mat = Materializer(store, cfg, plan, dtype=dt, keep_fp32=_keep_fp32)
     lazy = {}
     for t in plan.targets:
@@ -123,11 +129,14 @@ def load_model(path: str | Path, *, dtype: Any = None, with_mtp: bool = True, cp
     unused_scales = sorted(scales - mat.used_scales)
     if unused_scales:
         raise WeightMismatchError(f"{store.folder}: scale tensors with no float8 weight: {', '.join(unused_scales[:10])}")
-    model = build_model(cfg, with_mtp=with_mtp and plan.has_mtp)
+    build = placement.build if placement else build_model
+    model = build(cfg, with_mtp=with_mtp and plan.has_mtp)
     _quantize(model, cfg, set(lazy))
     _check_names(model, plan, {k: tuple(v.shape) for k, v in lazy.items()}, store)
     _load_in_batches(model, lazy)
     _choose_layout(model, cpu_layout)
+    if placement:
+        placement.finish(model)
     model.eval()
     return model
 
@@ -168,7 +177,8 @@ def load_tokenizer(path: str | Path):
 
 
 def load(
-    path: str | Path, *, dtype: Any = None, with_mtp: bool = True, tokenizer: bool = True, cpu_layout: Any = None
+    path: str | Path, *, dtype: Any = None, with_mtp: bool = True, tokenizer: bool = True, cpu_layout: Any = None,
+    group: Any = None, parallel: str = "pipeline", expert_memory_gb: Optional[float] = None,
 ):
     """Load a DeepSeek checkpoint folder. Returns (model, tokenizer); tokenizer is None when the folder
     has no tokenizer files or `tokenizer=False`.
@@ -178,6 +188,12 @@ def load(
     cpu_layout: for quantized checkpoints, re-lay weights once into MLX CPU's fast quantized layout
     (K-major, 8-bit; see `mlxseek.cpu_layout`). None = on the CPU backend only; False = never.
     The layout in use is `model.kernel_layout`.
+    group: an `mx.distributed.Group` (e.g. `mlxseek.rank.join().group`); with more than one rank, this
+    rank loads and runs only its share, `parallel="pipeline"` (contiguous layers) or `"expert"` (a slice
+    of every MoE layer's routed experts). See `mlxseek.distributed`.
+    expert_memory_gb: keep at most this many GB of routed experts resident and read the others from the
+    checkpoint on demand (LRU; outputs unchanged). `model.pager.stats()` has hits and bytes read.
     """
-    model = load_model(path, dtype=dtype, with_mtp=with_mtp, cpu_layout=cpu_layout)
+    model = load_model(path, dtype=dtype, with_mtp=with_mtp, cpu_layout=cpu_layout, group=group,
+                       parallel=parallel, expert_memory_gb=expert_memory_gb)
     return model, (load_tokenizer(path) if tokenizer else None)

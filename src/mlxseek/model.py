@@ -63,8 +63,9 @@ class Model(nn.Module):
     def layers(self) -> list:
         return self.model.layers
 
-    def make_cache(self) -> list:
-        return make_cache(self.config)
+    def make_cache(self, *, kv_bits: int | None = None, kv_group_size: int = 64) -> list:
+        """Per-layer latent caches; kv_bits=8 or 4 quantizes the latent along its width."""
+        return make_cache(self.config, kv_bits=kv_bits, kv_group_size=kv_group_size)
 
     def set_attention_impl(self, impl: str) -> None:
         """'auto' (default), 'naive' or 'absorbed' for every MLA layer (the MTP block included)."""

@@ -10,6 +10,7 @@ from typing import Optional
 import click
 
 from . import library_errors, main
+from .distributed import placement_options
 
 
 @main.command()
@@ -25,8 +26,9 @@ from . import library_errors, main
                    "else a NumPy probe).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per measurement.")
 @library_errors
+@placement_options
 def bench(model_dir: Path, prompt_tokens: int, gen_tokens: int, runs: int, vs: tuple[str, ...],
-          bandwidth: Optional[float], as_json: bool) -> None:
+          bandwidth: Optional[float], as_json: bool, load_options: dict) -> None:
     """Measure generation speed against the memory roofline."""
     from ..bench import bench as run_bench
     from ..bench import format_table
@@ -38,6 +40,6 @@ def bench(model_dir: Path, prompt_tokens: int, gen_tokens: int, runs: int, vs: t
             click.echo(f"measured {row['engine']}", err=True)
 
     rows = run_bench(model_dir, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, runs=runs, vs=vs,
-                     bandwidth=bandwidth, on_row=on_row)
+                     bandwidth=bandwidth, on_row=on_row, load_options=load_options)
     if not as_json:
         click.echo(format_table(rows))

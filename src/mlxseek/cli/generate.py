@@ -8,6 +8,7 @@ from typing import Optional
 import click
 
 from . import library_errors, main
+from .distributed import placement_options
 
 
 def sampling_options(fn):
@@ -28,12 +29,12 @@ def sampling_options(fn):
     return fn
 
 
-def load_for_text(model_dir: Path):
+def load_for_text(model_dir: Path, **load_options):
     """(model, tokenizer); a folder without a tokenizer is refused with the fix named."""
     from ..errors import CheckpointError
     from ..loader import load
 
-    model, tokenizer = load(model_dir)
+    model, tokenizer = load(model_dir, **load_options)
     if tokenizer is None:
         raise CheckpointError(
             f"{model_dir}: no tokenizer.json or tokenizer.model; copy the source checkpoint's tokenizer files here"
@@ -61,13 +62,14 @@ def print_stats(r) -> None:
 @click.option("--raw", is_flag=True, help="Feed --prompt as is, without the chat template.")
 @click.option("--stop", multiple=True, help="Stop at this string (repeatable); it is not printed.")
 @library_errors
+@placement_options
 def generate(model_dir: Path, prompt: str, max_tokens: int, temp: float, top_p: float, seed: Optional[int],
-             system: Optional[str], raw: bool, stop: tuple[str, ...]) -> None:
+             system: Optional[str], raw: bool, stop: tuple[str, ...], load_options: dict) -> None:
     """Generate text for one prompt."""
     from ..generate import stream_generate
     from ..tokenizer import apply_chat_template
 
-    model, tokenizer = load_for_text(model_dir)
+    model, tokenizer = load_for_text(model_dir, **load_options)
     if not raw:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         prompt = apply_chat_template(tokenizer, messages)

@@ -78,7 +78,13 @@ class MultiHeadLatentAttention(nn.Module):
         q_pe, k_pe = self.rope(q_pe, offset), self.rope(k_pe, offset)
         if cache is not None:
             latent, k_pe = cache.update_and_fetch(latent, k_pe)  # (B, 1, S, R), (B, 1, S, Dr)
-        if self._use_absorbed(L, latent.shape[2]):
+        absorbed = self._use_absorbed(L, k_pe.shape[2])
+        if isinstance(latent, tuple):  # a quantized latent cache: (packed, scales, biases)
+            if absorbed:
+                out = self.absorbed_quantized(q_nope, q_pe, latent, k_pe, mask, cache)
+            else:
+                out = self.naive(q_nope, q_pe, cache.dequantized(latent), k_pe, mask)
+        elif absorbed:
             out = self.absorbed(q_nope, q_pe, latent, k_pe, mask)
         else:
             out = self.naive(q_nope, q_pe, latent, k_pe, mask)
@@ -101,4 +107,16 @@ class MultiHeadLatentAttention(nn.Module):
         if mask is not None:
             pe_scores = mx.where(mask, pe_scores, mx.array(-float("inf"), pe_scores.dtype))
         out = mx.fast.scaled_dot_product_attention(q_lat, latent, latent, scale=self.scale, mask=pe_scores)
+        return self.unembed_out(out)  # (B, H, L, Dv)
+
+    def absorbed_quantized(self, q_nope, q_pe, packed, k_pe, mask, cache) -> mx.array:
+        """Absorbed attention reading the packed latent directly (no dequantized copy of the cache)."""
+        qmm = dict(group_size=cache.group_size, bits=cache.bits)
+        q_lat = self.embed_q(q_nope)  # (B, H, L, R)
+        scores = mx.quantized_matmul(q_lat, *packed, transpose=True, **qmm) * self.scale  # (B, H, L, S)
+        scores = scores + (q_pe * self.scale) @ k_pe.swapaxes(-1, -2)
+        if mask is not None:
+            scores = mx.where(mask, scores, mx.array(-float("inf"), scores.dtype))
+        p = mx.softmax(scores.astype(mx.float32), axis=-1).astype(q_lat.dtype)
+        out = mx.quantized_matmul(p, *packed, transpose=False, **qmm)  # (B, H, L, R)
         return self.unembed_out(out)  # (B, H, L, Dv)

@@ -25,6 +25,9 @@ from .compress import Compressor
 from .partial_rope import rope_for_layer
 
 
+HEAD_CHUNK = 16  # index heads scored at once
+
+
 def complete_windows(offset: int, L: int, T: int, ratio: int) -> mx.array:
     """(L, T) bool: entry s is complete for the query at position offset + i."""
     ready = (offset + mx.arange(L) + 1) // ratio
@@ -60,9 +63,13 @@ class V4Indexer(nn.Module):
         B, L, _ = x.shape
         q = self.q_b_proj(q_residual).reshape(B, L, self.n_heads, self.head_dim).transpose(0, 2, 1, 3)
         q = self.rope(q, offset).astype(mx.float32)  # (B, I, L, c)
-        dots = mx.maximum(q @ keys.astype(mx.float32)[:, None].swapaxes(-1, -2), 0) * self.head_dim**-0.5
-        w = self.weights_proj(x).astype(mx.float32) * self.n_heads**-0.5  # (B, L, I)
-        return (dots * w.transpose(0, 2, 1)[..., None]).sum(axis=1)  # (B, L, T)
+        kt = keys.astype(mx.float32)[:, None].swapaxes(-1, -2)  # (B, 1, c, T)
+        w = (self.weights_proj(x).astype(mx.float32) * self.n_heads**-0.5).transpose(0, 2, 1)[..., None]  # (B, I, L, 1)
+        out = None
+        for h in range(0, self.n_heads, HEAD_CHUNK):  # bounds the (B, heads, L, T) temporary on long prompts
+            part = (mx.maximum(q[:, h : h + HEAD_CHUNK] @ kt, 0) * w[:, h : h + HEAD_CHUNK]).sum(axis=1)
+            out = part if out is None else out + part
+        return out * self.head_dim**-0.5  # (B, L, T)
 
     def __call__(self, x: mx.array, q_residual: mx.array, offset: int, state: Optional[object] = None) -> mx.array:
         """x (B, L, D), q_residual (B, L, R) -> (B, L, T) bool: which compressed entries each query reads."""

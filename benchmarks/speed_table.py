@@ -1,0 +1,169 @@
+"""Issue 5's table in one command: mlxseek vs mlx-lm (bf16 default) vs mlx-lm (float32 forced) on the same
+converted weights — decode and prefill tok/s, peak memory, % roofline — plus the kernel-floor ratio with a
+per-op breakdown, and long-context figures (decode at 8192 tokens of context, latent-cache bytes per token
+for full/8-bit/4-bit vs mlx-lm's cache, logits drift of the quantized cache, peak memory of an 8K prompt).
+
+    python benchmarks/speed_table.py [--model DIR] [--runs 3] [--skip-long] [--jsonl out.jsonl]
+
+Prints JSON lines (one per measurement), then a markdown summary. The default model is the ~1 GB random
+V3-shaped 4-bit checkpoint from benchmarks/make_random_v3.py (written on first use).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_vs_mlx_lm import DEFAULT_MODEL, ensure_model  # noqa: E402
+from profile_decode import measure as profile  # noqa: E402
+
+import mlxseek  # noqa: E402
+from mlxseek.bench import bench  # noqa: E402
+
+
+def emit(row: dict, out) -> dict:
+    line = json.dumps(row)
+    print(line, flush=True)
+    if out:
+        with open(out, "a") as f:
+            f.write(line + "\n")
+    return row
+
+
+def load_engine(engine: str, folder: Path):
+    from mlx.utils import tree_map
+
+    if engine == "mlxseek":
+        return mlxseek.load(folder, with_mtp=False, tokenizer=False)[0]
+    from mlx_lm import load as mlx_lm_load
+
+    model = mlx_lm_load(str(folder))[0]
+    if engine == "mlx-lm-fp32":
+        model.update(tree_map(lambda a: a.astype(mx.float32) if mx.issubdtype(a.dtype, mx.floating) else a,
+                              model.parameters()))
+    return model
+
+
+def fill_cache(model, context: int, *, kv_bits=None):
+    """A cache holding `context` tokens of (random) latent + rope key per layer: decode cost depends on
+    the cache's length, not its contents, and an 8K prefill per engine would take minutes on a CPU."""
+    cfg = model.args
+    if hasattr(model, "config"):
+        cache = model.make_cache(kv_bits=kv_bits) if kv_bits else model.make_cache()
+    else:
+        from mlx_lm.models.cache import make_prompt_cache
+
+        cache = make_prompt_cache(model)
+    dt = model.lm_head.scales.dtype if hasattr(model.lm_head, "scales") else model.lm_head.weight.dtype
+    for c in cache:
+        for start in range(0, context, 1024):
+            n = min(1024, context - start)
+            lat = mx.random.normal((1, 1, n, cfg.kv_lora_rank)).astype(dt)
+            pe = mx.random.normal((1, 1, n, cfg.qk_rope_head_dim)).astype(dt)
+            c.update_and_fetch(lat, pe)
+        mx.eval([a for _, a in tree_flatten(c.state) if isinstance(a, mx.array)])
+    return cache
+
+
+def decode_tps(model, cache, steps: int = 8) -> float:
+    tok = mx.array([[11]])
+    mx.eval(model(tok, cache=cache))
+    t = time.perf_counter()
+    for _ in range(steps):
+        mx.eval(model(tok, cache=cache))
+    return steps / (time.perf_counter() - t)
+
+
+def long_context(folder: Path, engines, out) -> None:
+    for engine in engines:
+        model = load_engine(engine, folder)
+        for kv_bits in ((None, 8, 4) if engine == "mlxseek" else (None,)):
+            row = {"measure": "long_context", "engine": engine, "kv_bits": kv_bits}
+            try:
+                short = decode_tps(model, fill_cache(model, 256, kv_bits=kv_bits))
+                cache = fill_cache(model, 8192, kv_bits=kv_bits)
+                row.update(decode_tps_256=short, decode_tps_8192=decode_tps(model, cache),
+                           cache_bytes_per_token=cache_bytes_per_token(cache))
+                row["ratio_8192_vs_256"] = row["decode_tps_8192"] / short
+            except Exception as e:  # mlx-lm's quantized DeepSeek cache is known to fail here
+                row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+            emit(row, out)
+        if engine != "mlxseek":
+            emit(mlx_lm_quantized_cache(model, folder), out)
+        del model
+        gc.collect()
+
+
+def cache_bytes_per_token(cache) -> float:
+    c = cache[0]
+    per_layer = c.bytes_per_token() if hasattr(c, "bytes_per_token") else (
+        sum(a.nbytes for a in c.keys_and_values()) / c.offset)
+    return per_layer * len(cache)
+
+
+def mlx_lm_quantized_cache(model, folder: Path) -> dict:
+    """What mlx-lm's own --kv-bits 8 does to this model past its quantized_kv_start."""
+    from mlx_lm.generate import maybe_quantize_kv_cache
+
+    row = {"measure": "long_context", "engine": "mlx-lm --kv-bits 8", "kv_bits": 8}
+    try:
+        cache = fill_cache(model, 8192)
+        maybe_quantize_kv_cache(cache, quantized_kv_start=0, kv_group_size=64, kv_bits=8)
+        row["decode_tps_8192"] = decode_tps(model, cache)
+    except Exception as e:
+        row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+    return row
+
+
+def prefill_peak(folder: Path, tokens: int, out) -> None:
+    """Peak memory of a chunked prefill of `tokens` through mlxseek's generator."""
+    from mlxseek.generate import generate_step
+
+    model = load_engine("mlxseek", folder)
+    mx.reset_peak_memory()
+    prompt = mx.random.randint(3, model.args.vocab_size, (tokens,)).astype(mx.uint32)
+    t = time.perf_counter()
+    for _ in generate_step(prompt, model, max_tokens=1):
+        pass
+    emit({"measure": "prefill_peak", "engine": "mlxseek", "prompt_tokens": tokens,
+          "seconds": time.perf_counter() - t, "peak_memory_gb": mx.get_peak_memory() / 1e9}, out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--prompt-tokens", type=int, default=512)
+    ap.add_argument("--gen-tokens", type=int, default=128)
+    ap.add_argument("--skip-long", action="store_true", help="skip the long-context measurements")
+    ap.add_argument("--long-prompt", type=int, default=8192, help="prompt length for the prefill peak memory")
+    ap.add_argument("--jsonl", type=Path)
+    args = ap.parse_args()
+    folder = ensure_model(args.model)
+    engines = ("mlxseek", "mlx-lm", "mlx-lm-fp32")
+
+    for row in bench(folder, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens, runs=args.runs,
+                     vs=engines[1:]):
+        emit({"measure": "speed", **row}, args.jsonl)
+    for engine in engines:
+        model = load_engine(engine, folder)
+        emit({"measure": "kernel_floor", "engine": engine, **profile(model, 256, 5)}, args.jsonl)
+        del model
+        gc.collect()
+    if not args.skip_long:
+        long_context(folder, ("mlxseek", "mlx-lm-fp32"), args.jsonl)
+        prefill_peak(folder, args.long_prompt, args.jsonl)
+
+
+if __name__ == "__main__":
+    main()

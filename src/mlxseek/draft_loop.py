@@ -1,0 +1,174 @@
+"""The speculative decode loop behind `mlxseek.speculative` (see its docstring for the algorithm).
+
+Shapes: k drafts per step, V vocab, D hidden; hidden states are (1, n, D); token lists are Python ints.
+Between steps, with y the last emitted token: the main cache holds every emitted token but y; the MTP
+cache holds one entry per main position t (pair h_t, token t+1, the last one pairing with y) and
+`next_draft` holds that last entry's output, the first draft of the next step. `state.pending` is the
+main model's hidden state at its last fed position.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import mlx.core as mx
+
+from .model import causal_mask
+from .speculative import rejection_sample
+
+
+class SpeculativeDecoder:
+    def __init__(self, model, cache: list, state, *, sampler, processors: list, num_draft: int, stats, auto: bool,
+                 keep_state: bool, min_speedup: float, warmup_steps: int):
+        self.model, self.cache, self.state = model, cache, state
+        self.sampler, self.processors, self.k = sampler, processors, num_draft  # sampler None: greedy
+        self.stats, self.auto, self.keep_state = stats, auto, keep_state
+        self.min_speedup, self.warmup_steps = min_speedup, warmup_steps
+        self.history: Optional[mx.array] = None  # tokens fed so far, for logits processors
+        self.next_draft: Optional[tuple[mx.array, mx.array]] = None  # MTP (logits (V,), hidden (1, 1, D))
+        self.in_step = True  # False once the MTP cache stopped following the main cache
+
+    # ---- model calls ----------------------------------------------------------------------------
+    def _mtp(self, hidden: mx.array, tokens: list[int]) -> tuple[mx.array, mx.array]:
+        """Feed MTP pairs (hidden_t, token_{t+1}); returns (last logits (V,), last MTP hidden (1, 1, D))."""
+        c = self.state.cache
+        embeds = self.model.model.embed_tokens(mx.array(tokens, dtype=mx.uint32)[None])
+        logits, h = self.model.mtp(hidden, embeds, causal_mask(len(tokens), c.offset), c)
+        return logits[0, -1], h[:, -1:]
+
+    def _logprobs(self, logits: mx.array, fed: list[int]) -> mx.array:
+        """logits (n, V) right after feeding each of `fed` -> logprobs (n, V), processed as plain decoding
+        does (each row sees the history up to and including its own fed token)."""
+        if self.processors:
+            rows = []
+            for i in range(logits.shape[0]):
+                hist = mx.concatenate([self.history, mx.array(fed[: i + 1], dtype=self.history.dtype)])
+                row = logits[i: i + 1]
+                for proc in self.processors:
+                    row = proc(hist, row)
+                rows.append(row)
+            logits = mx.concatenate(rows)
+        return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+
+    def _sample(self, logprobs: mx.array) -> int:
+        return (mx.argmax(logprobs, axis=-1) if self.sampler is None else self.sampler(logprobs))[0].item()
+
+    # ---- phases ----------------------------------------------------------------------------------
+    def prefill(self, prompt: mx.array, step_size: int, progress) -> tuple[int, mx.array]:
+        """Feed the prompt in the plain decoder's chunks, and every (h_t, token_{t+1}) pair to the MTP."""
+        n, done, h = prompt.size, 0, None
+        while done < n:
+            end = done + step_size if n - done > step_size else n
+            chunk = prompt[done:end]
+            h = self.model.hidden_states(chunk[None], self.cache)  # (1, n_chunk, D)
+            pending, self.state.pending = self.state.pending, h[:, -1:]
+            # Pairs: (pending, chunk[0]) when a previous position waits for its next token, then (h_t, chunk[t+1]).
+            pairs_h = h[:, :-1] if pending is None else mx.concatenate([pending, h[:, :-1]], axis=1)
+            pairs_t = chunk.tolist()[0 if pending is not None else 1:]
+            if pairs_t:
+                self._mtp(pairs_h, pairs_t)
+            mx.eval([c.state for c in self.cache], self.state.cache.state, self.state.pending)
+            done = end
+            if progress:
+                progress(done, n)
+        logits = self.model.lm_head(h[0, -1:])  # (1, V)
+        for proc in self.processors:  # plain decoding's first step: the history is the prompt
+            logits = proc(prompt, logits)
+        self.history = prompt
+        lp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        return self._sample(lp), lp[0]
+
+    def _draft(self, k: int) -> tuple[list[int], Optional[mx.array]]:
+        """k draft tokens after y (and their draft distributions (k, V) when sampling)."""
+        logits, g = self.next_draft
+        drafts, qs = [], []
+        for i in range(k):
+            if self.sampler is None:
+                d = mx.argmax(logits, axis=-1).item()
+            else:
+                q = self.sampler.probs(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+                d = mx.random.categorical(mx.log(q)).item()
+                qs.append(q)
+            drafts.append(d)
+            if i + 1 < k:  # chain: the MTP's own hidden state stands in for the model's
+                logits, g = self._mtp(g, [d])
+        return drafts, (mx.stack(qs) if qs else None)
+
+    def _accept(self, drafts: list[int], lp: mx.array, q: Optional[mx.array]) -> tuple[int, int]:
+        """(number of drafts accepted, the model's own token after them)."""
+        k = len(drafts)
+        if self.sampler is None:
+            target = mx.argmax(lp, axis=-1).tolist()  # (k+1,)
+            a = next((i for i in range(k) if drafts[i] != target[i]), k)
+            return a, target[a]
+        if k == 0:
+            return 0, self._sample(lp)
+        a, nxt = rejection_sample(mx.array(drafts)[None], self.sampler.probs(lp)[None], q[None])
+        return a.item(), nxt.item()
+
+    def step(self, y: int, k: int, left: int, drafting: bool) -> list[tuple[int, mx.array]]:
+        """One main-model forward over y and k drafts (k = 0: a plain decode step); the emitted tokens."""
+        if drafting and self.next_draft is None:  # right after prefill: the MTP entry (h_{P-1}, y)
+            self.next_draft = self._mtp(self.state.pending, [y])
+        drafts, q = self._draft(k) if k else ([], None)
+        fed = [y, *drafts]
+        h = self.model.hidden_states(mx.array(fed, dtype=mx.uint32)[None], self.cache)  # (1, k+1, D)
+        lp = self._logprobs(self.model.lm_head(h[0]), fed)  # (k+1, V)
+        a, nxt = self._accept(drafts, lp, q)
+        for c in self.cache:
+            c.trim(k - a)  # roll back the rejected drafts
+        if self.processors:
+            self.history = mx.concatenate([self.history, mx.array(fed[: a + 1], dtype=self.history.dtype)])
+        emitted = [*drafts[:a], nxt]
+        self.next_draft = None
+        if drafting and (left > len(emitted) or self.keep_state):
+            if k > 1:
+                self.state.cache.trim(k - 1)  # the chained entries saw the MTP's hidden state, not h
+            # The accepted positions with the model's true hidden states; the last entry drafts next.
+            self.next_draft = self._mtp(h[:, : a + 1], emitted)
+        else:
+            self.in_step = False
+        self.state.pending = h[:, a: a + 1]
+        s = self.stats
+        s.verify_steps += 1
+        s.draft_tokens += k
+        s.accepted_tokens += a
+        s.first_drafts += k > 0
+        s.first_accepted += k > 0 and a > 0
+        return [(t, lp[i]) for i, t in enumerate(emitted)]
+
+    def run(self, prompt: mx.array, max_tokens: int, step_size: int, progress):
+        y, lp = self.prefill(prompt, step_size, progress)
+        yield y, lp
+        left = max_tokens - 1
+        while left > 0:
+            drafting = self.stats.drafting and self.in_step
+            out = self.step(y, min(self.k, left - 1) if drafting else 0, left, drafting)
+            left -= len(out)
+            yield from out
+            y = out[-1][0]
+            if self.auto and drafting:
+                self._judge()
+            if self.stats.verify_steps % 256 == 0:
+                mx.clear_cache()
+
+    def _judge(self) -> None:
+        """draft="auto": stop drafting once the measured tokens per step cannot pay for the step's cost."""
+        s = self.stats
+        if s.verify_steps >= self.warmup_steps:
+            s.expected_speedup = s.costs.speedup(s.tokens_per_step, self.k)
+            if s.expected_speedup <= self.min_speedup:
+                s.drafting = False
+
+    def settle(self):
+        """The MTP state to keep with the prompt cache, in resting form (MTP one entry behind the main
+        cache, `pending` = the hidden state at the main cache's last position), or None if out of step."""
+        if not self.in_step or not self.stats.drafting or self.state.pending is None:
+            return None
+        c, P = self.state.cache, self.cache[0].offset
+        if c.offset == P:
+            c.trim(1)  # its last entry pairs h with a token the model has not been fed yet
+        if c.offset != P - 1:
+            return None
+        self.state.offset = P
+        return self.state

@@ -1,0 +1,69 @@
+"""Quantized MLA latent cache (8/4-bit groups along the latent) vs the full-precision cache."""
+
+import mlx.core as mx
+import pytest
+
+import mlxseek
+from conftest import FIXTURES, golden
+from mlxseek.cache import LatentCache, QuantizedLatentCache
+
+
+@pytest.fixture(scope="module")
+def model_and_prompt():
+    model, _ = mlxseek.load(FIXTURES / "v3", with_mtp=False)
+    return model, mx.array(golden("v3")["prompt"])[None]
+
+
+def run(model, x, cache):
+    parts = [model(x[:, :6], cache)] + [model(x[:, i : i + 1], cache) for i in range(6, x.shape[1])]
+    return mx.concatenate(parts, axis=1)
+
+
+@pytest.mark.parametrize("bits, tol", [(8, 0.15), (4, 2.5)])
+def test_quantized_cache_tracks_full_cache(model_and_prompt, bits, tol):
+    model, x = model_and_prompt
+    full = run(model, x, model.make_cache())
+    quant = run(model, x, model.make_cache(kv_bits=bits, kv_group_size=32))
+    drift = float(mx.abs(quant - full).max())
+    print(f"{bits}-bit latent cache: max logit drift {drift:.3e} (logit range {float(mx.abs(full).max()):.2f})")
+    assert drift < tol
+    # Same argmax for most positions: the cache error is small next to the logit gaps.
+    agree = float((quant.argmax(-1) == full.argmax(-1)).mean())
+    assert agree >= (0.9 if bits == 8 else 0.6)
+
+
+def test_quantized_absorbed_equals_dequantized_naive(model_and_prompt):
+    """The packed-latent absorbed path is exact w.r.t. attending over the dequantized cache."""
+    model, x = model_and_prompt
+    outs = {}
+    for impl in ("absorbed", "naive"):
+        model.set_attention_impl(impl)
+        outs[impl] = run(model, x, model.make_cache(kv_bits=8, kv_group_size=32))
+    model.set_attention_impl("auto")
+    assert float(mx.abs(outs["absorbed"] - outs["naive"]).max()) < 1e-4
+
+
+def test_cache_bytes_per_token(model_and_prompt):
+    model, x = model_and_prompt
+    cfg = model.config
+    sizes = {}
+    for bits in (None, 8, 4):
+        cache = model.make_cache(kv_bits=bits, kv_group_size=32)
+        model(x, cache)
+        c = cache[0]
+        sizes[bits] = c.bytes_per_token() if bits else sum(a.nbytes for a in c.keys_and_values()) / x.shape[1]
+    R, Dr = cfg.kv_lora_rank, cfg.qk_rope_head_dim
+    assert sizes[None] == (R + Dr) * 4  # float32 compute dtype on CPU
+    # packed latent + one float32 scale and bias per 32 values, rotary key unquantized
+    assert sizes[8] == R + 2 * 4 * R / 32 + Dr * 4
+    assert sizes[4] == R / 2 + 2 * 4 * R / 32 + Dr * 4
+
+
+def test_to_quantized_keeps_tokens_and_trims(model_and_prompt):
+    model, x = model_and_prompt
+    cache = model.make_cache()
+    model(x[:, :8], cache)
+    q = [c.to_quantized(group_size=32, bits=8) for c in cache]
+    assert isinstance(q[0], QuantizedLatentCache) and q[0].offset == 8
+    assert q[0].trim(3) == 3 and q[0].offset == 5
+    assert isinstance(cache[0], LatentCache)
