@@ -58,7 +58,9 @@ def run(code: str, src: Path, dst: Path, limit: int) -> dict:
     child.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0
     err = log.read_text(errors="replace")
-    out = {"wall_s": round(wall, 1), "peak_rss_gb": round(usage.ru_maxrss * 1024 / 1e9, 3),
+    # CPU seconds (user + system) are steadier than wall time on a machine shared with other jobs.
+    out = {"wall_s": round(wall, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+           "peak_rss_gb": round(usage.ru_maxrss * 1024 / 1e9, 3),
            "exit": child.returncode, "killed_over_limit": killed}
     if child.returncode != 0:
         out["stderr_tail"] = err[-500:]

@@ -33,7 +33,8 @@ def _peak_rss_bytes() -> int:
     return rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, KB on Linux
 
 
-def run_one(model_dir: str, parallel: str, group, prompt_tokens: int, gen_tokens: int, die_after: int) -> dict:
+def run_one(model_dir: str, parallel: str, group, prompt_tokens: int, gen_tokens: int, die_after: int,
+            prefill_step: int = 512) -> dict:
     """Load (this rank's share of) the model, decode greedily, report tokens, memory and speed."""
     import mlx.core as mx
     import numpy as np
@@ -53,7 +54,7 @@ def run_one(model_dir: str, parallel: str, group, prompt_tokens: int, gen_tokens
     prompt = mx.array(np.random.default_rng(0).integers(3, vocab, prompt_tokens), dtype=mx.uint32)
     tokens, t1 = [], None
     t0 = time.perf_counter()
-    for n, (tok, _) in enumerate(generate_step(prompt, model, max_tokens=gen_tokens)):
+    for n, (tok, _) in enumerate(generate_step(prompt, model, max_tokens=gen_tokens, prefill_step_size=prefill_step)):
         if n == 0:
             t1 = time.perf_counter()
         tokens.append(tok)
@@ -74,7 +75,8 @@ def worker(args) -> None:
     die = args.die_after if rank.rank == args.die_rank else 0
     with rank.lost_peer_is_fatal():
         for mode in args.modes:
-            print(json.dumps(run_one(args.model, mode, rank.group, args.prompt_tokens, args.gen_tokens, die)), flush=True)
+            row = run_one(args.model, mode, rank.group, args.prompt_tokens, args.gen_tokens, die, args.prefill_step)
+            print(json.dumps(row), flush=True)
 
 
 def driver(args) -> None:
@@ -92,13 +94,11 @@ def driver(args) -> None:
         if res.returncode != 0 or len(rows) != args.ranks:
             print(json.dumps({"mode": mode, "error": res.summary(), "stderr": [r.stderr[-2000:] for r in res.ranks]}))
             continue
-        print(json.dumps({
-            "summary": mode, "ranks": args.ranks, "tokens_equal_single": all(r["tokens"] == single["tokens"] for r in rows),
-            "max_param_bytes_per_rank": max(r["param_bytes"] for r in rows), "single_param_bytes": single["param_bytes"],
-            "max_load_peak_bytes": max(r["load_peak_bytes"] for r in rows), "single_load_peak_bytes": single["load_peak_bytes"],
-            "decode_tps": min(r["decode_tps"] for r in rows), "single_decode_tps": single["decode_tps"],
-            "prefill_tps": min(r["prefill_tps"] for r in rows), "single_prefill_tps": single["prefill_tps"],
-        }), flush=True)
+        summary = {"summary": mode, "ranks": args.ranks,
+                   "tokens_equal_single": all(r["tokens"] == single["tokens"] for r in rows)}
+        for k, pick in (("param_bytes", max), ("load_peak_bytes", max), ("decode_tps", min), ("prefill_tps", min)):
+            summary[f"{k}_per_rank"], summary[f"single_{k}"] = pick(r[k] for r in rows), single[k]
+        print(json.dumps(summary), flush=True)
 
 
 def run_single(args) -> dict:
@@ -133,6 +133,7 @@ def main() -> None:
     ap.add_argument("--die-rank", type=int, default=-1)
     ap.add_argument("--die-after", type=int, default=0)
     ap.add_argument("--connect-timeout", type=float, default=120.0)
+    ap.add_argument("--prefill-step", type=int, default=512, help="prompt tokens per forward (chunked prefill)")
     args = ap.parse_args()
     if args.make_model:
         make_model(args.make_model)

@@ -87,6 +87,10 @@ def arrays(kind: str, shape: tuple, rng) -> list[tuple[str, str, np.ndarray]]:
     return [("", "BF16", (bits >> 16).astype(np.uint16))]
 
 
+def nbytes(tensors: dict[str, tuple[str, tuple]]) -> int:
+    return sum(int(np.prod(shape)) * (1 if kind == "fp8" else 2) for kind, shape in tensors.values())
+
+
 def write_shard(path: Path, tensors: dict[str, tuple[str, tuple]], rng) -> list[str]:
     data = [(key + suffix, dt, a) for key, (kind, shape) in tensors.items() for suffix, dt, a in arrays(kind, shape, rng)]
     header, offset = {}, 0
@@ -110,7 +114,6 @@ def main() -> None:
     ap.add_argument("--layers", type=int, help="number of decoder layers (overrides --target-gb)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    nbytes = lambda ts: sum(np.prod(s) * (1 if k == "fp8" else 2) for k, s in ts.values())  # noqa: E731
     c = config(2)
     base = 2 * c["vocab_size"] * c["hidden_size"] * 2 + nbytes(layer_tensors(c, 0))
     moe = nbytes(layer_tensors(c, 1))

@@ -78,6 +78,9 @@ def parse_args():
                     help="where to write a slice of the held-out text (for `mlxseek eval`)")
     ap.add_argument("--steps", type=int, default=360)
     ap.add_argument("--time-budget", type=float, default=1020.0, help="seconds; stop early if reached")
+    ap.add_argument("--stop-after", type=int, default=None,
+                    help="stop after this many steps without changing the --steps schedule (reproduces a run "
+                         "that hit --time-budget: training.json records `steps`)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--lr", type=float, default=3e-3)
@@ -122,7 +125,7 @@ def main() -> None:
                       bias_rate=args.bias_rate)
     rng = np.random.default_rng(args.seed)
     t_train, steps_done = time.perf_counter(), 0
-    for step in range(args.steps):
+    for step in range(min(args.steps, args.stop_after or args.steps)):
         starts = rng.integers(0, train_ids.size - args.seq - 2, args.batch)
         windows = np.stack([train_ids[s: s + args.seq + 2] for s in starts])  # (B, L+2): inputs, t+1, t+2
         main, mtp, imbalance = trainer.step(mx.array(windows))
@@ -150,7 +153,7 @@ def main() -> None:
                                                     "quant_method": "fp8", "weight_block_size": FP8_BLOCK}}
     write_official(args.fp8_out, to_fp8_official(official, tuple(FP8_BLOCK)), fp8_config)
     report = {
-        "steps": steps_done, "batch": args.batch, "seq": args.seq, "train_tokens": steps_done * args.batch * args.seq,
+        "steps": steps_done, "schedule_steps": args.steps, "batch": args.batch, "seq": args.seq, "train_tokens": steps_done * args.batch * args.seq,
         "train_seconds": round(train_seconds, 1), "seed": args.seed, "lr": args.lr, "mtp_lambda": args.mtp_lambda,
         "bias_rate": args.bias_rate, "blas": os.environ.get("MLXSEEK_TRAIN_BLAS", "bundled"),
         "heldout_files": held_names, "heldout_tokens": held["tokens"], "heldout_ppl": round(held["ppl"], 3),

@@ -95,6 +95,8 @@ def experts_predicate(group_size, bits):
 @pytest.mark.parametrize("name,recipe,dtype", [
     ("v3_fp8", "uniform", "float32"), ("v3_fp8", "experts", "float32"),
     ("v3", "uniform", "bfloat16"), ("v3", "experts", "float32"),
+    ("v2_lite", "uniform", "float32"), ("v32_fp8", "uniform", "bfloat16"),
+    ("v4_fp4", "uniform", "float32"),  # V4's FP4 experts are kept packed (mxfp4), the rest quantized
 ])
 def test_quantized_output_is_bit_identical_to_mx_quantize(name, recipe, dtype, tmp_path):
     result = convert(FIXTURES / name, tmp_path / "q", quantize=True, q_bits=4, q_group_size=32, recipe=recipe, dtype=dtype)
@@ -130,11 +132,20 @@ def test_group_size_not_dividing_input_dim_is_recorded_float(tmp_path):
 
 
 def test_pieces_give_the_same_bytes_as_whole_tensors(tmp_path, monkeypatch):
-    """Row blocks (FP8-block aligned, with a partial edge block) write exactly what one piece writes."""
-    whole = convert(FIXTURES / "v3_fp8", tmp_path / "whole", quantize=True, q_group_size=32)
-    monkeypatch.setattr(stream, "PIECE_BYTES", 128 * 128 * 4)  # 320-row matrices -> 128 + 128 + 64 rows
-    pieces = convert(FIXTURES / "v3_fp8", tmp_path / "pieces", quantize=True, q_group_size=32)
-    assert folder_bytes(pieces.path) == folder_bytes(whole.path)
+    """Row blocks (FP8-block aligned, with a partial edge block) write exactly what one piece writes,
+    and measuring the error on a sample of experts changes only the report."""
+    whole = folder_bytes(convert(FIXTURES / "v3_fp8", tmp_path / "whole", quantize=True, q_group_size=32).path)
+    monkeypatch.setattr(stream, "PIECE_BYTES", 128 * 128 * 4)  # 128 rows: the last FP8 block row is partial
+    monkeypatch.setattr(stream, "MEASURED_EXPERTS", 4)  # 16 experts -> 0, 4, 8, 12
+    pieces = folder_bytes(convert(FIXTURES / "v3_fp8", tmp_path / "pieces", quantize=True, q_group_size=32).path)
+    report, whole_report = (json.loads(r.pop("convert_report.json")) for r in (pieces, whole))
+    assert pieces == whole
+    sampled = report["tensors"]["model.layers.1.mlp.switch_mlp.up_proj.weight"]
+    assert sampled["measured_experts"] == 4 and "measured_experts" not in whole_report["tensors"][
+        "model.layers.1.mlp.switch_mlp.up_proj.weight"]
+    dense = "model.layers.0.mlp.up_proj.weight"  # measured whole, block by block: the same statistics
+    for stat in ("max_abs_err", "mean_abs_err", "rel_rms_err"):
+        assert report["tensors"][dense][stat] == pytest.approx(whole_report["tensors"][dense][stat], rel=1e-4)
 
 
 def test_mlx_lm_load_reads_drop_mtp_output(tmp_path):

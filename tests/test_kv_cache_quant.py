@@ -19,17 +19,20 @@ def run(model, x, cache):
     return mx.concatenate(parts, axis=1)
 
 
-@pytest.mark.parametrize("bits, tol", [(8, 0.15), (4, 2.5)])
-def test_quantized_cache_tracks_full_cache(model_and_prompt, bits, tol):
+def test_quantized_cache_tracks_full_cache(model_and_prompt):
     model, x = model_and_prompt
     full = run(model, x, model.make_cache())
-    quant = run(model, x, model.make_cache(kv_bits=bits, kv_group_size=32))
-    drift = float(mx.abs(quant - full).max())
-    print(f"{bits}-bit latent cache: max logit drift {drift:.3e} (logit range {float(mx.abs(full).max()):.2f})")
-    assert drift < tol
-    # Same argmax for most positions: the cache error is small next to the logit gaps.
-    agree = float((quant.argmax(-1) == full.argmax(-1)).mean())
-    assert agree >= (0.9 if bits == 8 else 0.6)
+    scale = float(mx.abs(full).mean())
+    drift = {}
+    for bits in (8, 4):
+        quant = run(model, x, model.make_cache(kv_bits=bits, kv_group_size=32))
+        drift[bits] = float(mx.abs(quant - full).mean())
+        print(f"{bits}-bit latent cache: mean |logit drift| {drift[bits]:.3e}, max {float(mx.abs(quant - full).max()):.3e}"
+              f" (mean |logit| {scale:.2f})")
+    # A broken cache (wrong groups, stale tokens) drifts by about the logits' own size.
+    assert drift[8] < 0.02 * scale
+    assert drift[4] < 0.3 * scale
+    assert drift[8] < drift[4] / 4  # 16x finer steps: error must shrink accordingly
 
 
 def test_quantized_absorbed_equals_dequantized_naive(model_and_prompt):

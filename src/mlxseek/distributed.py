@@ -113,9 +113,11 @@ def restrict_plan(plan: Plan, shard: Shard, store) -> tuple[Plan, dict[str, tupl
     the loader's strictness checks (every key used once) apply to this rank's share."""
     targets, rows = [], {}
     e0, e1 = shard.experts
+    start, end = shard.layers
     for t in plan.targets:
         i = layer_of(t.outputs[0])
-        if shard.parallel == "pipeline" and (t.outputs[0].startswith("mtp.") or (i is not None and not shard.layers[0] <= i < shard.layers[1])):
+        others = t.outputs[0].startswith("mtp.") or (i is not None and not start <= i < end)
+        if shard.parallel == "pipeline" and others:
             continue
         if shard.parallel == "expert" and ".switch_mlp." in t.outputs[0]:
             if t.op == "copy":  # a stacked (E, ...) tensor: read rows e0:e1 only

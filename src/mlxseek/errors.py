@@ -27,3 +27,7 @@ class ConversionError(MlxseekError):
 
 class GenerationError(MlxseekError):
     """Bad generation arguments (empty prompt, prompt longer than the context, ...)."""
+
+
+class EvaluationError(MlxseekError):
+    """`mlxseek eval` cannot score the data (missing/empty/too short file, mismatched reference model)."""

@@ -131,16 +131,16 @@ def _kill(p: subprocess.Popen, res: RankResult) -> None:
 def _supervise(procs, results, deadline: float, grace: float) -> LaunchResult:
     t0, failed, fail_time = time.monotonic(), None, None
     while True:
-        new = []
         for r, p in enumerate(procs):
-            code = p.poll()
-            results[r].returncode = code
-            if code not in (None, 0) and failed is None:
-                new.append(r)
-        if new:
-            # Ranks that failed within one poll: the cause is the one that did not exit through its
-            # watchdog (EXIT_CODE means "a peer failed", a reaction, not a cause).
-            failed, fail_time = min(new, key=lambda r: results[r].returncode == EXIT_CODE), time.monotonic()
+            results[r].returncode = p.poll()
+        bad = [r for r in range(len(procs)) if results[r].returncode not in (None, 0)]
+        # The cause is a rank that did not exit through its watchdog: EXIT_CODE means "a peer failed",
+        # a reaction. A dying process closes its sockets before it can be reaped, so its peer's reaction
+        # may be seen first; the cause then replaces it.
+        causes = [r for r in bad if results[r].returncode != EXIT_CODE and not results[r].killed]
+        if bad and (failed is None or (results[failed].returncode == EXIT_CODE and causes)):
+            failed = (causes or bad)[0]
+            fail_time = fail_time or time.monotonic()
         if all(p.poll() is not None for p in procs):
             break
         now = time.monotonic()

@@ -125,7 +125,8 @@ def load_model(path: str | Path, *, dtype: Any = None, with_mtp: bool = True, cp
     lazy = {}
     for t in plan.targets:
         lazy.update(mat.materialize(t))
-    scales = {s for k, s in plan.source_of.items() if k.endswith("_scale_inv")}  # V3 `*_scale_inv`, V4 `*.scale`
+    dropped = set(plan.dropped)  # with_mtp=False drops the MTP's FP8 scales along with its weights
+    scales = {s for k, s in plan.source_of.items() if k.endswith("_scale_inv") and k not in dropped}  # V3 `*_scale_inv`, V4 `*.scale`
     unused_scales = sorted(scales - mat.used_scales)
     if unused_scales:
         raise WeightMismatchError(f"{store.folder}: scale tensors with no float8 weight: {', '.join(unused_scales[:10])}")

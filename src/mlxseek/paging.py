@@ -4,9 +4,14 @@ and at most X GB (1e9 bytes) of experts, least recently used first out; the rest
 A read is one whole expert of one MoE layer: its (gate, up, down) rows, with their quantization scales
 and biases or FP8 block scales, straight from the shard (`mlxseek.slices`). It goes through the same
 key map (`Materializer`) and the same CPU re-layout as a resident load, so a paged expert is bit for
-bit the expert the resident model holds. While layer l runs, a background thread reads the experts
-that layer l+1 used at the previous token (consecutive tokens share many experts), so part of the
-I/O overlaps compute; prefetched bytes enter the LRU only when used, so guesses never evict.
+bit the expert the resident model holds, and `layers.paged_experts` runs it on the same kernels.
+
+Prefetch: once layer l's experts are known, layer l+1's router is applied to layer l's MoE input (the
+residual stream changes little from one layer to the next, so this guesses l+1's choice well; the
+previous token's choice would not help: the LRU already holds it whenever the budget fits one token's
+experts). A background thread reads the guessed experts while layer l computes and layer l+1 attends;
+the first MoE layer of the next token is guessed from the current token's. A wrong guess enters the
+LRU only into free room (first out), so guesses never evict anything.
 """
 
 from __future__ import annotations
@@ -20,11 +25,12 @@ from typing import Optional
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from .config import ModelConfig
 from .convert.keymap import SCALE_SUFFIX, Materializer, Plan, Target, quant_params
-from .errors import ConfigError
+from .errors import ConfigError, WeightMismatchError
 from .layers.experts import RoutedExperts
 from .layers.moe import DeepSeekMoE
 from .layers.paged_experts import PagedExperts
@@ -52,9 +58,11 @@ class ExpertPager:
         self._resident = 0
         self._pending: dict[tuple[str, int], Future] = {}
         self._last: dict[str, list[int]] = {}
+        self.gates: dict[str, nn.Module] = {}  # module path -> its layer's router (MoEGate), for guessing
         main = sorted((p for p in targets if _LAYER.match(p)), key=lambda p: int(_LAYER.match(p)[1]))
         # Prefetch follows the forward order, wrapping to the first MoE layer for the next token.
         self._next = {p: main[(i + 1) % len(main)] for i, p in enumerate(main)}
+        self._first = main[0] if main else None
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlxseek-prefetch")
         self._lock = threading.Lock()
         self.reset_stats()
@@ -98,7 +106,8 @@ class ExpertPager:
             self.bytes_read += sum(a.nbytes for a in raw.values())
         return raw
 
-    def _build(self, path: str, e: int, raw: Optional[dict]) -> RoutedExperts:
+    def build_expert(self, path: str, e: int, raw: Optional[dict]) -> RoutedExperts:
+        """Expert `e` of `path` as a one-expert module, from `raw` bits (prefetched) or read now."""
         rows, targets = self._slice(path, e)
         sliced = SlicedStore(self.store, rows, raw)
         mat = Materializer(sliced, self.cfg, self.plan, dtype=self.dtype, keep_fp32=self.keep_fp32)
@@ -111,7 +120,11 @@ class ExpertPager:
         cfg = self.cfg
         module = RoutedExperts(cfg.hidden_size, cfg.moe_intermediate_size, 1)
         local = {k[len(path) + 1:]: v for k, v in arrays.items()}  # "gate_proj.weight", ...
-        nn.quantize(module, class_predicate=lambda p, m: (f"{p}.scales" in local and quant_params(cfg, f"{path}.{p}")) or False)
+
+        def quantized(p: str, _) -> dict | bool:  # as the loader quantizes the stack: recorded parameters
+            return (f"{p}.scales" in local and quant_params(cfg, f"{path}.{p}")) or False
+
+        nn.quantize(module, class_predicate=quantized)
         module.load_weights(list(local.items()))
         if self.kmajor:
             from .cpu_layout import apply_cpu_layout
@@ -122,7 +135,7 @@ class ExpertPager:
 
     # ---- the LRU
     def get(self, path: str, ids: list[int]) -> dict[int, RoutedExperts]:
-        """Expert modules for `ids` of `path` (reading the missing ones), then prefetch the next layer."""
+        """Expert modules for `ids` of `path`: resident, prefetched, or read now."""
         out = {}
         for e in ids:
             key = (path, e)
@@ -132,16 +145,38 @@ class ExpertPager:
                 self.hits += 1
             else:
                 future = self._pending.pop(key, None)
-                module = self._build(path, e, future.result() if future else None)
+                module = self.build_expert(path, e, future.result() if future else None)
                 self.prefetch_used += future is not None
                 self.misses += future is None
                 self._insert(key, module)
             out[e] = module
         self._evict()
+        self._keep_wrong_guesses(path)
         self._last[path] = list(ids)
-        if path in self._next:
-            self._prefetch(self._next[path])
         return out
+
+    def _keep_wrong_guesses(self, path: str) -> None:
+        """Experts read ahead for `path` but not picked: keep them while the budget has free room (they
+        were read anyway; guessed again next token, they would be read again), never evicting for them."""
+        for key in [k for k in self._pending if k[0] == path]:
+            future = self._pending.pop(key)
+            if future.done() and self._resident + self.expert_bytes <= self.budget:
+                self._insert(key, self.build_expert(*key, future.result()))
+                self._lru.move_to_end(key, last=False)  # first out if room runs short
+
+    def guess_next(self, path: str, x: mx.array) -> None:
+        """Queue reads of the experts the layer after `path` will likely pick for MoE input `x` (..., D)."""
+        nxt = self._next.get(path)
+        if nxt is None:
+            return
+        if nxt != self._first and nxt in self.gates:
+            inds = np.array(self.gates[nxt](x)[0]).reshape(-1)
+            ids, votes = np.unique(inds, return_counts=True)
+            # Long prompts want most experts: read ahead only the most voted, at most 2 tokens' worth.
+            ids = ids[np.argsort(-votes, kind="stable")][: 2 * self.cfg.num_experts_per_tok].tolist()
+        else:  # the first MoE layer of the next token: what it picked for this one
+            ids = self._last.get(nxt, [])
+        self._prefetch(nxt, ids)
 
     def _insert(self, key, module: RoutedExperts) -> None:
         nbytes = sum(v.nbytes for _, v in tree_flatten(module.parameters()))
@@ -153,14 +188,39 @@ class ExpertPager:
             _, module = self._lru.popitem(last=False)
             self._resident -= sum(v.nbytes for _, v in tree_flatten(module.parameters()))
 
-    def _prefetch(self, path: str) -> None:
-        wanted = [e for e in self._last.get(path, []) if (path, e) not in self._lru]
+    def _prefetch(self, path: str, ids: list[int]) -> None:
+        wanted = [e for e in ids if (path, e) not in self._lru]
         for key in [k for k in self._pending if k[0] == path and k[1] not in wanted]:
             del self._pending[key]  # stale guesses for this layer
         for e in wanted:
             if (path, e) not in self._pending:
                 self._pending[path, e] = self._io.submit(self._read_raw, path, e)
                 self.prefetched += 1
+
+
+def _check_experts(store, cfg: ModelConfig, plan: Plan, by_module: dict[str, list[Target]]) -> None:
+    """Paged stacks are read one expert at a time, long after loading: check their headers now.
+    Every MoE layer must store n_routed_experts experts of the same shapes (the first paged expert,
+    built at load, is checked against config.json by the strict weight load)."""
+
+    def layout(ts: list[Target]) -> list:
+        out = []
+        for t in sorted(ts, key=lambda t: t.outputs[0]):
+            src = plan.source_of[t.sources[0]]
+            shape = store.shape(src)
+            n, shape = (shape[0], shape[1:]) if t.op == "copy" else (len(t.sources), shape)
+            if n != cfg.n_routed_experts:
+                raise WeightMismatchError(f"{store.file_of(src)}: {src} holds {n} experts but config.json "
+                                          f"n_routed_experts is {cfg.n_routed_experts}")
+            out.append((t.outputs[0].rsplit(".", 2)[1:], shape, store.dtype(src)))
+        return out
+
+    layouts = {path: layout(ts) for path, ts in by_module.items()}
+    first = next(iter(layouts), None)
+    for path, lay in layouts.items():
+        if lay != layouts[first]:
+            raise WeightMismatchError(f"{store.folder}: the routed experts of {path} differ in shape or dtype from "
+                                      f"those of {first}; the checkpoint does not match config.json")
 
 
 class PagedPlacement:
@@ -171,7 +231,8 @@ class PagedPlacement:
             raise ConfigError(f"{cfg.model_type}: expert_memory_gb supports {', '.join(SUPPORTED_TYPES)}; "
                               "load this model without it")
         if not isinstance(budget_gb, (int, float)) or budget_gb < 0:
-            raise ConfigError(f"expert_memory_gb must be a number >= 0 (GB of routed experts to keep resident), got {budget_gb!r}")
+            raise ConfigError(f"expert_memory_gb must be a number >= 0 (GB of routed experts to keep resident), "
+                              f"got {budget_gb!r}")
         self.cfg, self.budget, self.dtype, self.keep_fp32 = cfg, int(budget_gb * 1e9), dtype, keep_fp32
         self.pager: Optional[ExpertPager] = None
 
@@ -182,6 +243,7 @@ class PagedPlacement:
             by_module.setdefault(_module_of(t.outputs[0]), []).append(t)
         self.pager = ExpertPager(store, self.cfg, plan, by_module, budget_bytes=self.budget, dtype=self.dtype,
                                  keep_fp32=self.keep_fp32)
+        _check_experts(store, self.cfg, plan, by_module)
         paged = {s for t in experts for s in t.sources}
         paged |= {s + SCALE_SUFFIX for s in paged}
         rest = Plan([t for t in plan.targets if t not in experts], plan.dropped,
@@ -190,16 +252,17 @@ class PagedPlacement:
 
     def build(self, cfg: ModelConfig, *, with_mtp: bool):
         model = build_model(cfg, with_mtp=with_mtp)
-        swaps = [(f"{p}.switch_mlp", PagedExperts(self.pager, f"{p}.switch_mlp"))
-                 for p, m in model.named_modules() if isinstance(m, DeepSeekMoE) and f"{p}.switch_mlp" in self.pager.targets]
-        model.update_modules(tree_unflatten(swaps))
+        moes = {f"{p}.switch_mlp": m for p, m in model.named_modules()
+                if isinstance(m, DeepSeekMoE) and f"{p}.switch_mlp" in self.pager.targets}
+        self.pager.gates = {p: m.gate for p, m in moes.items()}
+        model.update_modules(tree_unflatten([(p, PagedExperts(self.pager, p)) for p in moes]))
         return model
 
     def finish(self, model) -> None:
         pager = self.pager
         pager.kmajor = getattr(model, "kernel_layout", "checkpoint") != "checkpoint"
         if pager.targets:  # one expert, built and dropped, gives the resident size of every expert
-            probe = pager._build(next(iter(pager.targets)), 0, None)
+            probe = pager.build_expert(next(iter(pager.targets)), 0, None)
             pager.expert_bytes = sum(v.nbytes for _, v in tree_flatten(probe.parameters()))
             pager.reset_stats()
         model.pager = pager

@@ -26,6 +26,9 @@ class Placement(Protocol):
 def placement_for(cfg: ModelConfig, store, plan, *, group=None, parallel: str = "pipeline",
                   expert_memory_gb: Optional[float] = None, dtype=None, keep_fp32=None) -> Optional[Placement]:
     """The placement for these `load` options, or None for the default (everything resident)."""
+    if parallel not in ("pipeline", "expert"):
+        raise ConfigError(f"parallel={parallel!r}: choose 'pipeline' (contiguous layers per rank) or 'expert' "
+                          "(a slice of every MoE layer's experts per rank)")
     sharded = group is not None and group.size() > 1
     if sharded and expert_memory_gb is not None:
         raise ConfigError("expert_memory_gb and a distributed group cannot be combined yet; "

@@ -1,8 +1,11 @@
 """The rank side of a distributed run: join MLX's group under a deadline, with a watchdog running.
 
 Any launcher works: `mlxseek launch` / `mlxseek generate --distributed ...` (local ranks), `mlx.launch`
-(ring over TCP/Thunderbolt, MPI), `mpirun`. A process that was not launched as a rank gets a group of
-size 1, and `mlxseek.load(..., group=...)` then loads the whole model as usual.
+(ring over TCP/Thunderbolt, MPI), `mpirun`. A process that was not launched as a rank (or is the only
+one) gets `group=None`, and `mlxseek.load(..., group=None)` loads the whole model as usual.
+
+    rank = mlxseek.rank.join()
+    model, tok = mlxseek.load(path, group=rank.group, parallel="expert")
 """
 
 from __future__ import annotations
@@ -36,18 +39,18 @@ def _env_rank() -> int:
 
 @dataclass
 class Rank:
-    """This process's place in the group; `watchdog` is None for a single process."""
+    """This process's place in the group; `group` and `watchdog` are None for a single process."""
 
-    group: mx.distributed.Group
+    group: mx.distributed.Group | None
     watchdog: Watchdog | None
 
     @property
     def rank(self) -> int:
-        return self.group.rank()
+        return self.group.rank() if self.group is not None else 0
 
     @property
     def size(self) -> int:
-        return self.group.size()
+        return self.group.size() if self.group is not None else 1
 
     def barrier(self, what: str = "waiting for every rank", timeout: float = 120.0) -> None:
         """Return once every rank got here; a dead or stuck peer ends this process (named) instead."""
@@ -74,8 +77,8 @@ def join(*, backend: str = "any", connect_timeout: float = 120.0, peer_timeout: 
     Connecting must finish within `connect_timeout` seconds (a peer that never starts would otherwise
     block forever); afterwards a peer whose heartbeat stops for `peer_timeout` seconds, or whose process
     is gone, ends this process with a named error (see `mlxseek.watchdog`)."""
-    if not launched_as_rank():
-        return Rank(mx.distributed.init(), None)
+    if not launched_as_rank() or _world_size() == 1:
+        return Rank(None, None)  # (MLX's init fails on mlx.launch's empty hostfile for one host)
     wd = Watchdog.from_env(_env_rank(), _world_size(), peer_timeout=peer_timeout).start()
     what = f"connecting to the other ranks (backend {backend})"
     t0 = time.monotonic()
@@ -83,7 +86,7 @@ def join(*, backend: str = "any", connect_timeout: float = 120.0, peer_timeout: 
         wd.wait_for_peers()  # with our launcher's heartbeats: never enter init while a peer is missing
         left = max(connect_timeout - (time.monotonic() - t0), 1.0)
         # init blocks holding the GIL (the watchdog thread cannot run): a helper process keeps the deadline.
-        with native_deadline(f"{wd.prefix()}: {what} did not finish within {connect_timeout:.0f} s "
+        with native_deadline(f"{wd.prefix()}: {what} did not finish within {connect_timeout:g} s "
                              "(blocked in mx.distributed.init: is every rank started, and the hostfile right?)", left):
             group = mx.distributed.init(strict=True, backend=backend)
         wd.rank, wd.size = group.rank(), group.size()
@@ -97,6 +100,8 @@ def _world_size() -> int | None:
         if v in os.environ:
             return int(os.environ[v])
     hostfile = os.environ.get("MLX_HOSTFILE")
+    if hostfile == "":  # mlx.launch with a single host
+        return 1
     if hostfile:
         import json
 

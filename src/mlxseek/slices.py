@@ -50,7 +50,8 @@ def row_nbytes(store: WeightStore, key: str) -> int:
 
 def tensor_nbytes(store: WeightStore, key: str) -> int:
     """Bytes of `key` as stored."""
-    return store.shape(key)[0] * row_nbytes(store, key) if store.shape(key) else np.dtype(_RAW[store.dtype(key)][0]).itemsize
+    shape = store.shape(key)
+    return shape[0] * row_nbytes(store, key) if shape else np.dtype(_RAW[store.dtype(key)][0]).itemsize
 
 
 def read_rows_raw(store: WeightStore, key: str, start: int, stop: int) -> np.ndarray:

@@ -87,7 +87,8 @@ class Watchdog:
     @classmethod
     def from_env(cls, rank: int, size: Optional[int], **kw) -> "Watchdog":
         pid = os.environ.get(LAUNCHER_ENV)
-        return cls(rank, size, heartbeat_dir=os.environ.get(HEARTBEAT_ENV), launcher_pid=int(pid) if pid else None, **kw)
+        beats = os.environ.get(HEARTBEAT_ENV)
+        return cls(rank, size, heartbeat_dir=beats, launcher_pid=int(pid) if pid else None, **kw)
 
     def start(self) -> "Watchdog":
         self._beat()
@@ -180,7 +181,7 @@ class Watchdog:
         if armed and now > armed[2]:
             missing = [r for r, info in self._peers().items() if info is None]
             hint = f"; ranks that never started: {missing}" if missing else ""
-            self.fail(f"{armed[0]} did not finish within {armed[2] - armed[1]:.0f} s{hint}")
+            self.fail(f"{armed[0]} did not finish within {armed[2] - armed[1]:g} s{hint}")
         if self.launcher_pid and not pid_alive(self.launcher_pid):
             self.fail(f"the launcher (pid {self.launcher_pid}) is gone")
         for r, info in self._peers().items():

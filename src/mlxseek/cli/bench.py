@@ -11,6 +11,7 @@ import click
 
 from . import library_errors, main
 from .distributed import placement_options
+from .draft_options import draft_options, run_draft_bench
 
 
 @main.command()
@@ -25,11 +26,20 @@ from .distributed import placement_options
               help="Memory bandwidth in GB/s for the roofline (default: the chip's published figure on a Mac, "
                    "else a NumPy probe).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per measurement.")
+@draft_options  # --- MTP speculation (mlxseek.draft_bench): with --draft, plain vs drafting, --runs prompts
+@click.option("--prompt-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="With --draft: cut the prompts from this text file (default: random token ids).")
 @library_errors
 @placement_options
 def bench(model_dir: Path, prompt_tokens: int, gen_tokens: int, runs: int, vs: tuple[str, ...],
-          bandwidth: Optional[float], as_json: bool, load_options: dict) -> None:
+          bandwidth: Optional[float], as_json: bool, load_options: dict, draft: Optional[str] = None,
+          num_draft: int = 1, prompt_file: Optional[Path] = None) -> None:
     """Measure generation speed against the memory roofline."""
+    if draft is not None:
+        return run_draft_bench(model_dir, draft=draft, num_draft=num_draft, prompt_file=prompt_file, prompts=runs,
+                               prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, as_json=as_json,
+                               load_options=load_options)
+    # --- end MTP speculation
     from ..bench import bench as run_bench
     from ..bench import format_table
 

@@ -9,6 +9,7 @@ import click
 
 from . import library_errors, main
 from .distributed import placement_options
+from .draft_options import draft_options
 
 
 def sampling_options(fn):
@@ -43,7 +44,7 @@ def load_for_text(model_dir: Path, **load_options):
 
 
 def make_sampler_for(temp: float, top_p: float):
-    from mlx_lm.sample_utils import make_sampler
+    from ..speculative import make_sampler  # mlx-lm's sampler that also exposes its distribution (for --draft)
 
     return make_sampler(temp=temp, top_p=top_p if top_p < 1.0 else 0.0)
 
@@ -51,7 +52,9 @@ def make_sampler_for(temp: float, top_p: float):
 def print_stats(r) -> None:
     click.echo(
         f"prompt: {r.prompt_tokens} tokens, {r.prompt_tps:.1f} tok/s | generation: {r.generation_tokens} tokens, "
-        f"{r.generation_tps:.1f} tok/s | peak memory {r.peak_memory:.2f} GB | finish: {r.finish_reason}",
+        f"{r.generation_tps:.1f} tok/s | peak memory {r.peak_memory:.2f} GB | finish: {r.finish_reason}"
+        + (f" | MTP drafts accepted {r.accepted_tokens}/{r.draft_tokens} ({100 * r.acceptance_rate:.0f}%)"
+           if r.draft_tokens else ""),
         err=True,
     )
 
@@ -61,10 +64,12 @@ def print_stats(r) -> None:
 @click.option("--prompt", required=True, help="Prompt text (rendered with the chat template unless --raw).")
 @click.option("--raw", is_flag=True, help="Feed --prompt as is, without the chat template.")
 @click.option("--stop", multiple=True, help="Stop at this string (repeatable); it is not printed.")
+@draft_options
 @library_errors
 @placement_options
 def generate(model_dir: Path, prompt: str, max_tokens: int, temp: float, top_p: float, seed: Optional[int],
-             system: Optional[str], raw: bool, stop: tuple[str, ...], load_options: dict) -> None:
+             system: Optional[str], raw: bool, stop: tuple[str, ...], load_options: dict,
+             draft: Optional[str] = None, num_draft: int = 1) -> None:
     """Generate text for one prompt."""
     from ..generate import stream_generate
     from ..tokenizer import apply_chat_template
@@ -75,7 +80,7 @@ def generate(model_dir: Path, prompt: str, max_tokens: int, temp: float, top_p: 
         prompt = apply_chat_template(tokenizer, messages)
     r = None
     for r in stream_generate(model, tokenizer, prompt, max_tokens=max_tokens, sampler=make_sampler_for(temp, top_p),
-                             seed=seed, stop=list(stop)):
+                             seed=seed, stop=list(stop), draft=draft, num_draft=num_draft):
         click.echo(r.text, nl=False)
     click.echo()
     print_stats(r)

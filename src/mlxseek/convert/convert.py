@@ -1,5 +1,6 @@
-"""`mlxseek.convert`: an official DeepSeek checkpoint (bf16, or FP8 e4m3 in 128x128 blocks) to an MLX
-folder, optionally quantized to affine groups, streaming with memory bounded by about one tensor.
+"""`mlxseek.convert`: an official DeepSeek checkpoint (V2, V3/R1, V3.2, V4; bf16, FP8 e4m3 in 128x128
+blocks, V4's FP4 experts) to an MLX folder, optionally quantized to affine groups, streaming with memory
+bounded by a few MiB pieces of one tensor.
 
 Pipeline: SourceReader (validated headers, fresh reads) -> key map (build_plan / Materializer: renames,
 FP8 dequantization in float32, expert stacking, kv_b split, MTP kept as `mtp.*`) -> recipe
@@ -76,6 +77,8 @@ def convert(
     None keeps config.json's torch_dtype (bfloat16 for DeepSeek's releases). The router stays float32.
     drop_mtp: leave out the multi-token-prediction layer (what mlx-lm's own converter does).
     force: replace an existing `mlx_path`. An interrupted run resumes from `mlx_path`.partial/.
+    max_shard_bytes: output shard size (mlx-lm's 5 GiB by default).
+    V4 FP4 experts are kept as they are (MLX mxfp4, the same encoding) and recorded in `quantization`.
     Returns a ConversionResult; raises ConversionError/CheckpointError/ConfigError on bad input.
     """
     t0 = time.perf_counter()
@@ -134,11 +137,11 @@ def _plan(src: Path, dst: Path, options: dict, max_shard_bytes: int) -> _Convers
         _drop_mtp(plan)
     skeleton = build_model(cfg, with_mtp=plan.has_mtp)
     qplan = None
-    if options["recipe"]:
+    if options["recipe"] or plan.quantization:
         qplan = plan_quantization(skeleton, cfg, recipe=options["recipe"], bits=options["bits"],
-                                  group_size=options["group_size"])
-    jobs, float_shapes = plan_jobs(reader, cfg, plan, qplan, dtype)
-    check_against_model(float_shapes, skeleton, src)
+                                  group_size=options["group_size"], imported=plan.quantization)
+    jobs, shapes = plan_jobs(reader, cfg, plan, qplan, dtype)
+    check_against_model(shapes, _as_stored(cfg, plan), src)
     shards = assign_shards(jobs, max_shard_bytes)
     return _Conversion(src, dst, raw_cfg, Source(reader, cfg, plan, dtype), skeleton, qplan, options,
                        jobs, shards, shard_names(len(shards)))
@@ -237,6 +240,15 @@ def _resolve_dtype(dtype: str | None, raw_cfg: dict) -> mx.Dtype:
 
 def _dtype_name(dtype: mx.Dtype) -> str:
     return next(k for k, v in _DTYPES.items() if v == dtype)
+
+
+def _as_stored(cfg: ModelConfig, plan) -> nn.Module:
+    """The model as the output stores it before our quantization: modules the source already packs
+    (V4 FP4 experts, recorded in plan.quantization) quantized; parameters lazy, never evaluated."""
+    model = build_model(cfg, with_mtp=plan.has_mtp)
+    if plan.quantization:
+        nn.quantize(model, class_predicate=lambda path, m: plan.quantization.get(path, False))
+    return model
 
 
 def _drop_mtp(plan) -> None:

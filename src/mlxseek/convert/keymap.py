@@ -100,6 +100,12 @@ def _v4_rename(key: str) -> str:
     return key
 
 
+def _is_internal(key: str) -> bool:
+    """Already an mlxseek path (a converted folder). Official V4 names never start like this, and
+    renaming again would turn the mHC `model.hc_head.scale` into an FP8 scale."""
+    return key.startswith(("model.", "lm_head.")) or (key.startswith("mtp.") and not key.startswith("mtp.0."))
+
+
 def _fp4_experts(cfg: ModelConfig, keys, source_of: dict) -> bool:
     """V4 releases declare FP4 experts with `expert_dtype: fp4`; each expert weight then has a scale."""
     declared = cfg.extra.get("expert_dtype") or (cfg.quantization_config or {}).get("expert_dtype")
@@ -138,7 +144,7 @@ def build_plan(keys: list[str], cfg: ModelConfig) -> Plan:
     source_of: dict[str, str] = {}
     for k in keys:
         new = k
-        if cfg.model_type == "deepseek_v4":
+        if cfg.model_type == "deepseek_v4" and not _is_internal(k):
             new = _v4_rename(k)
         for pat, repl in renames:
             if pat.search(new):

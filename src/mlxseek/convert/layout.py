@@ -19,7 +19,7 @@ from mlx.utils import tree_flatten
 from ..config import ModelConfig
 from ..errors import CheckpointError, WeightMismatchError
 from .keymap import SCALE_SUFFIX, Materializer, Plan, Target
-from .quantize import QuantPlan, is_router, natural_key, quantize
+from .quantize import QuantPlan, keep_fp32, natural_key, quantize
 from .reader import ShapeOnly, SourceReader
 
 
@@ -56,8 +56,8 @@ def _source_bytes(reader: SourceReader, plan: Plan, keys: tuple[str, ...]) -> in
 
 
 def plan_jobs(reader: SourceReader, cfg: ModelConfig, plan: Plan, quant: QuantPlan | None, dtype: mx.Dtype):
-    """Jobs in layer order, plus each float output's shape (before quantization) for checking."""
-    mat = Materializer(ShapeOnly(reader), cfg, plan, dtype=dtype, keep_fp32=is_router)
+    """Jobs in layer order, plus each key-map output's shape (before our quantization) for checking."""
+    mat = Materializer(ShapeOnly(reader), cfg, plan, dtype=dtype, keep_fp32=keep_fp32)
     jobs, float_shapes = [], {}
     for t in sorted(plan.targets, key=lambda t: natural_key(t.outputs[0])):
         try:

@@ -11,10 +11,12 @@ group_size/bits/mode, plus one entry per path that differs: a params dict, or `f
 left in float), so `mlx_lm.load` and `mlxseek.load` rebuild the same modules without looking at
 shapes. A module whose input dim is not a multiple of the group size stays float (recorded `false`,
 listed in the conversion report). The router (`mlp.gate`: weight and e_score_correction_bias) is
-never quantized and stays float32.
+never quantized and stays float32. Modules the source already stores in an MLX format (V4's FP4
+experts, which are mxfp4 bit for bit) are recorded as they are and never requantized.
 
 Recipes (bits per weight on a DeepSeek-V3-shaped model, MTP included, 16-bit scales and biases,
-group 64: a 4-bit group costs 4 + 32/64 = 4.5 bits; computed by `size_summary`):
+group 64: a 4-bit group costs 4 + 32/64 = 4.5 bits; computed by `size_summary`; at 4 bits the
+683.6B parameters take 385 GB uniform, 394 GB experts, 406 GB mixed):
 
   uniform  every quantizable module at --q-bits.                       q4: 4.50 bpw   q2: 2.51 bpw
   experts  routed experts at --q-bits; attention, shared experts, dense MLPs, embeddings, lm_head
@@ -40,6 +42,9 @@ from mlx.utils import tree_flatten
 
 from ..config import ModelConfig
 from ..errors import ConversionError
+# Parameters stored in float32 whatever --dtype says (router, V4 mHC, sinks): the loader's own rule,
+# so conversion and loading never disagree.
+from ..loader import _keep_fp32 as keep_fp32
 
 MODE = "affine"
 BITS = (2, 3, 4, 5, 6, 8)
@@ -107,14 +112,15 @@ RECIPES: dict[str, Callable[[str, RecipeContext], int | None]] = {
 class QuantPlan:
     """Per-module quantization choices for one model, and their config.json record."""
 
-    recipe: str
+    recipe: str | None
     defaults: dict  # {"group_size", "bits", "mode"}: config.json's global entry
     params: dict[str, dict] = field(default_factory=dict)  # module path -> params, every quantized module
     skipped: dict[str, str] = field(default_factory=dict)  # module path -> why it stays float
+    imported: frozenset = frozenset()  # modules the source already stores packed (V4 FP4 experts)
 
     def for_tensor(self, name: str) -> dict | None:
-        """Params for output tensor `name` if it is the weight of a quantized module."""
-        if not name.endswith(".weight"):
+        """Params for output tensor `name` if it is the weight of a module this conversion quantizes."""
+        if not name.endswith(".weight") or name[: -len(".weight")] in self.imported:
             return None
         return self.params.get(name[: -len(".weight")])
 
@@ -133,13 +139,24 @@ def check_options(recipe: str, bits: int, group_size: int) -> None:
         raise ConversionError(f"--q-group-size {group_size}: choose one of {', '.join(map(str, GROUP_SIZES))}")
 
 
-def plan_quantization(model: nn.Module, cfg: ModelConfig, *, recipe: str, bits: int, group_size: int) -> QuantPlan:
-    """Walk `model` as nn.quantize would and record the recipe's choice for every quantizable module."""
-    check_options(recipe, bits, group_size)
+def plan_quantization(model: nn.Module, cfg: ModelConfig, *, recipe: str | None, bits: int, group_size: int,
+                      imported: dict | None = None) -> QuantPlan:
+    """Walk `model` as nn.quantize would and record the recipe's choice for every quantizable module.
+
+    recipe None quantizes nothing; `imported` ({module path: params}) are modules the source already
+    stores packed in an MLX format (the key map's `Plan.quantization`): recorded, never requantized."""
+    imported = imported or {}
+    if recipe is not None:
+        check_options(recipe, bits, group_size)
+    defaults = {"group_size": group_size, "bits": bits, "mode": MODE}
+    if recipe is None and imported:
+        defaults = dict(next(iter(imported.values())))
+    plan = QuantPlan(recipe, defaults, dict(imported), imported=frozenset(imported))
+    if recipe is None:
+        return plan
     ctx, choose = RecipeContext(cfg, bits), RECIPES[recipe]
-    plan = QuantPlan(recipe, {"group_size": group_size, "bits": bits, "mode": MODE})
     for path, module in model.named_modules():
-        if not hasattr(module, "to_quantized") or is_router(path):
+        if not hasattr(module, "to_quantized") or is_router(path) or path in imported:
             continue
         b = choose(path, ctx)
         in_dim = module.weight.shape[-1]
@@ -166,10 +183,12 @@ def size_summary(model: nn.Module, plan: QuantPlan | None, dtype: mx.Dtype) -> d
         n = math.prod(p.shape)
         params = plan.params.get(module) if plan and leaf == "weight" else None
         if params:
-            # Affine groups carry one scale and one bias in the float dtype per `group_size` weights.
-            bits = n * (params["bits"] + 2 * float_bits / params["group_size"])
+            # Affine groups carry one scale and one bias in the float dtype per `group_size` weights;
+            # the microscaling modes (mxfp4, ...) one 8-bit shared exponent.
+            group_bits = 2 * float_bits if params["mode"] == MODE else 8
+            bits = n * (params["bits"] + group_bits / params["group_size"])
         else:
-            bits = n * (32 if is_router(name) else float_bits)
+            bits = n * (32 if keep_fp32(name) else float_bits)
         total_params += n
         total_bits += bits
     return {"parameters": total_params, "bits": total_bits, "bits_per_weight": total_bits / max(1, total_params)}

@@ -30,7 +30,7 @@ from .keymap import SCALE_SUFFIX
 # F8_E4M3 arrives as uint8 bits, as mx.load gives it; the key map dequantizes it.
 DTYPES = {
     "F32": (np.float32, mx.float32), "F16": (np.float16, mx.float16), "BF16": (np.uint16, mx.bfloat16),
-    "F8_E4M3": (np.uint8, mx.uint8), "U8": (np.uint8, mx.uint8), "I8": (np.int8, mx.int8),
+    "F8_E4M3": (np.uint8, mx.uint8), "F8_E8M0": (np.uint8, mx.uint8), "U8": (np.uint8, mx.uint8), "I8": (np.int8, mx.int8),
     "U16": (np.uint16, mx.uint16), "I16": (np.int16, mx.int16), "U32": (np.uint32, mx.uint32),
     "I32": (np.int32, mx.int32), "I64": (np.int64, mx.int64), "BOOL": (np.bool_, mx.bool_),
 }
@@ -120,14 +120,16 @@ class RowWindow(_View):
     `start` must be a multiple of the FP8 block height, so block b of the window is block
     start // block_rows + b of the full tensor and the dequantized values are unchanged."""
 
-    def __init__(self, reader: SourceReader, key: str, start: int, stop: int, block_rows: int = 1):
+    def __init__(self, reader: SourceReader, key: str, start: int, stop: int, block_rows: int = 1,
+                 scale_key: str | None = None):
         super().__init__(reader)
         self.key, self.start, self.stop, self.block_rows = key, start, stop, block_rows
+        self.scale_key = scale_key or key + SCALE_SUFFIX  # V4 spells it `X.scale`
 
     def get(self, key: str) -> mx.array:
         if key == self.key:
             return self.reader.read_rows(key, self.start, self.stop)
-        if key == self.key + SCALE_SUFFIX:
+        if key == self.scale_key:
             bm = self.block_rows
             return self.reader.read_rows(key, self.start // bm, -(-self.stop // bm))
         return self.reader.get(key)

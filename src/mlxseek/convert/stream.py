@@ -17,9 +17,9 @@ import mlx.core as mx
 import numpy as np
 
 from ..config import ModelConfig
-from .keymap import Materializer, Plan, Target
+from .keymap import SCALE_SUFFIX, Materializer, Plan, Target
 from .layout import Job, TensorSpec
-from .quantize import is_router, quantize
+from .quantize import keep_fp32, quantize
 from .reader import RowWindow, SourceReader
 from .report import TensorError, error_terms
 from .writer import ShardWriter
@@ -42,7 +42,7 @@ class Source:
     dtype: mx.Dtype
 
     def materializer(self, store) -> Materializer:
-        return Materializer(store, self.cfg, self.plan, dtype=self.dtype, keep_fp32=is_router)
+        return Materializer(store, self.cfg, self.plan, dtype=self.dtype, keep_fp32=keep_fp32)
 
 
 class Piece(NamedTuple):
@@ -63,8 +63,9 @@ def _row_pieces(src: Source, out: str, key: str) -> Iterator[tuple[int, dict[str
     block = src.cfg.fp8_block_size if src.reader.dtype(orig) == "F8_E4M3" else None
     bm = block[0] if block else 1
     step = max(bm, PIECE_BYTES // (4 * shape[1]) // bm * bm)
+    scale = src.plan.source_of.get(key + SCALE_SUFFIX)
     for r in range(0, shape[0], step):
-        window = RowWindow(src.reader, orig, r, r + step, bm)
+        window = RowWindow(src.reader, orig, r, r + step, bm, scale)
         yield r, src.materializer(window).materialize(target)
 
 
@@ -87,6 +88,10 @@ def pieces(job: Job, src: Source) -> Iterator[Piece]:
             for row, arrays in _row_pieces(src, out, key):
                 yield Piece(e * rows + row, arrays, measure=e in measured)
             yield Piece(0, {}, done=1)
+    elif t.op == "stack_experts_mxfp4":  # already packed: one expert's bytes at a time, kept as they are
+        rows = job.float_shapes[t.outputs[0]][1]
+        for e, key in enumerate(t.sources):
+            yield Piece(e * rows, src.materializer(src.reader).materialize(Target(t.op, t.outputs, (key,))), done=1)
     else:
         yield Piece(0, src.materializer(src.reader).materialize(t), done=len(t.sources))
 

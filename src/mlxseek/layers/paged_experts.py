@@ -7,7 +7,8 @@ The router's choice must be known before the experts can be fetched, so each cal
 Each expert then runs through the very module type the resident stack uses (gather_mm / gather_qmm /
 the CPU K-major layout) on exactly the rows the resident call gives it, in the same order and grouping
 (per (token, k) pair below SORT_THRESHOLD; per run of one expert in the expert-sorted order above it),
-so the outputs are bit for bit the resident model's.
+so the outputs are bit for bit the resident model's (tested on MLX's CPU backend; Metal's gather kernels
+tile rows by batch size, so there expect at most rounding-level differences).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class PagedExperts(nn.Module):
         starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
         bounds = np.r_[starts, ids.size]
         experts = self.pager.get(self.path, ids[starts].tolist())
+        self.pager.guess_next(self.path, x)  # reads for the next layer overlap this layer's compute
         sort = flat.size >= SORT_THRESHOLD
         rows = xt[order // K]  # (T*K, 1, D) in sorted order
         parts = []

@@ -1,0 +1,42 @@
+"""Shared `--draft` options (MTP self-speculative decoding) for `mlxseek generate` and `mlxseek bench`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import click
+
+
+def draft_options(fn):
+    """--draft/--num-draft: draft with the model's MTP module and verify in one forward pass."""
+    for opt in reversed([
+        click.option("--draft", type=click.Choice(["mtp", "auto"]), default=None,
+                     help="MTP self-speculative decoding: 'mtp' always drafts; 'auto' measures this device's "
+                          "verify cost and drafts only where it pays. Greedy output is unchanged."),
+        click.option("--num-draft", default=1, show_default=True, type=click.IntRange(min=1),
+                     help="Tokens drafted per verify step (chained MTP drafts beyond the first)."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def run_draft_bench(model_dir: Path, *, draft: str, num_draft: int, prompt_file: Optional[Path], prompts: int,
+                    prompt_tokens: int, gen_tokens: int, as_json: bool, load_options: dict) -> None:
+    """`mlxseek bench --draft`: plain decoding vs MTP speculation on the same prompts."""
+    from ..draft_bench import bench_draft, format_rows, random_prompts, text_prompts
+    from ..errors import GenerationError
+    from ..loader import load
+
+    model, tokenizer = load(model_dir, **load_options)
+    if prompt_file is not None:
+        if tokenizer is None:
+            raise GenerationError(f"{model_dir}: --prompt-file needs the model's tokenizer, and the folder has none")
+        batch = text_prompts(tokenizer, prompt_file, prompts, prompt_tokens)
+    else:
+        batch = random_prompts(model.config.vocab_size, prompts, prompt_tokens)
+    row = bench_draft(model, batch, gen_tokens=gen_tokens, num_draft=num_draft, draft=draft)
+    row.pop("plain_runs")
+    row["model"] = str(model_dir)
+    click.echo(json.dumps(row) if as_json else format_rows([row]))
