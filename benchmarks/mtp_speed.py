@@ -39,15 +39,13 @@ def main() -> None:
     for label, folder in (("float32", args.model), ("4-bit g64", q4)):
         model, tok = mlxseek.load(folder, dtype="float32")
         prompts = text_prompts(tok, args.data, args.prompts, args.prompt_tokens)
-        rows, plain = [], None
+        rows = []
         for draft, k in (("mtp", 1), ("mtp", 2), ("mtp", 3), ("auto", 1)):
-            row = bench_draft(model, prompts, gen_tokens=args.gen_tokens, num_draft=k, draft=draft, plain=plain)
-            plain = row.pop("plain_runs")
+            row = bench_draft(model, prompts, gen_tokens=args.gen_tokens, num_draft=k, draft=draft)
             rows.append(row)
             emit(label, row)
         row = bench_draft(model, prompts, gen_tokens=args.gen_tokens, num_draft=1,
                           sampler=make_sampler(temp=0.7), seed=0)
-        row.pop("plain_runs")
         row["draft"] = "mtp temp 0.7"
         rows.append(row)
         emit(label, row)

@@ -147,21 +147,25 @@ def main() -> None:
     ap.add_argument("--gen-tokens", type=int, default=128)
     ap.add_argument("--skip-long", action="store_true", help="skip the long-context measurements")
     ap.add_argument("--long-prompt", type=int, default=8192, help="prompt length for the prefill peak memory")
+    ap.add_argument("--engines", nargs="+", default=["mlxseek", "mlx-lm", "mlx-lm-fp32"],
+                    choices=["mlxseek", "mlx-lm", "mlx-lm-fp32"], help="mlxseek is always measured first")
+    ap.add_argument("--skip-speed", action="store_true", help="only the kernel floor and long-context parts")
     ap.add_argument("--jsonl", type=Path)
     args = ap.parse_args()
     folder = ensure_model(args.model)
-    engines = ("mlxseek", "mlx-lm", "mlx-lm-fp32")
+    engines = ("mlxseek", *[e for e in args.engines if e != "mlxseek"])
 
-    for row in bench(folder, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens, runs=args.runs,
-                     vs=engines[1:]):
-        emit({"measure": "speed", **row}, args.jsonl)
+    if not args.skip_speed:
+        for row in bench(folder, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens, runs=args.runs,
+                         vs=engines[1:]):
+            emit({"measure": "speed", **row}, args.jsonl)
     for engine in engines:
         model = load_engine(engine, folder)
         emit({"measure": "kernel_floor", "engine": engine, **profile(model, 256, 5)}, args.jsonl)
         del model
         gc.collect()
     if not args.skip_long:
-        long_context(folder, ("mlxseek", "mlx-lm-fp32"), args.jsonl)
+        long_context(folder, [e for e in engines if e != "mlx-lm"], args.jsonl)
         prefill_peak(folder, args.long_prompt, args.jsonl)
 
 

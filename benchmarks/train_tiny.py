@@ -25,11 +25,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -104,7 +102,6 @@ def main() -> None:
     from tiny_trainer import Trainer, evaluate, init_weights
 
     from mlxseek.config import ModelConfig
-    from mlxseek.convert.export import to_bf16_official, to_fp8_official, to_official, write_official
     from mlxseek.model import Model
 
     t0 = time.perf_counter()
@@ -123,6 +120,37 @@ def main() -> None:
     init_weights(model, cfg, seed=args.seed)
     trainer = Trainer(model, cfg, lr=args.lr, warmup=args.warmup, steps=args.steps, mtp_lambda=args.mtp_lambda,
                       bias_rate=args.bias_rate)
+    steps_done, train_seconds = train_loop(args, trainer, train_ids)
+    trainer.finish()
+    model.eval()
+    held = evaluate(model, held_ids, seq=args.seq)
+    uniform = cfg.vocab_size
+    print(f"held-out: ppl {held['ppl']:.2f} (uniform {uniform}), MTP (t+2) ppl {held['mtp_ppl']:.2f}, "
+          f"tokens {held['tokens']}", flush=True)
+
+    report = {
+        "steps": steps_done, "schedule_steps": args.steps, "batch": args.batch, "seq": args.seq,
+        "train_tokens": steps_done * args.batch * args.seq,
+        "train_seconds": round(train_seconds, 1), "seed": args.seed, "lr": args.lr, "mtp_lambda": args.mtp_lambda,
+        "bias_rate": args.bias_rate, "blas": os.environ.get("MLXSEEK_TRAIN_BLAS", "bundled"),
+        "heldout_files": held_names, "heldout_tokens": held["tokens"], "heldout_ppl": round(held["ppl"], 3),
+        "heldout_mtp_ppl": round(held["mtp_ppl"], 3), "uniform_ppl": uniform,
+        "expert_load_max_over_mean": {n: round(x, 3) for n, x in zip(trainer.gate_names, trainer.last_imbalance)},
+    }
+    if steps_done < args.steps:
+        report["reproduce"] = f"python benchmarks/train_tiny.py --steps {args.steps} --stop-after {steps_done}"
+    publish(args, model, cfg, config, tok, report)
+    args.heldout_out.write_text("".join(held_texts)[:24000])
+    sample(args.out)
+    print(json.dumps(report))
+    print(f"total {time.perf_counter() - t0:.0f}s", flush=True)
+
+
+def train_loop(args, trainer, train_ids) -> tuple[int, float]:
+    """Seeded random windows of the token stream; returns (steps done, seconds)."""
+    import mlx.core as mx
+    import numpy as np
+
     rng = np.random.default_rng(args.seed)
     t_train, steps_done = time.perf_counter(), 0
     for step in range(min(args.steps, args.stop_after or args.steps)):
@@ -138,35 +166,23 @@ def main() -> None:
         if elapsed > args.time_budget:
             print(f"time budget {args.time_budget:.0f}s reached after {steps_done} steps", flush=True)
             break
-    train_seconds = time.perf_counter() - t_train
+    return steps_done, time.perf_counter() - t_train
 
-    trainer.finish()
-    model.eval()
-    held = evaluate(model, held_ids, seq=args.seq)
-    uniform = cfg.vocab_size
-    print(f"held-out: ppl {held['ppl']:.2f} (uniform {uniform}), MTP (t+2) ppl {held['mtp_ppl']:.2f}, "
-          f"tokens {held['tokens']}", flush=True)
+
+def publish(args, model, cfg, config: dict, tok, report: dict) -> None:
+    """The official HF layout twice (bf16, FP8 blocks), each with the tokenizer and training.json."""
+    import tiny_corpus
+
+    from mlxseek.convert.export import to_bf16_official, to_fp8_official, to_official, write_official
 
     official = to_official(model, cfg)
     write_official(args.out, to_bf16_official(official), config)
     fp8_config = {**config, "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3",
                                                     "quant_method": "fp8", "weight_block_size": FP8_BLOCK}}
     write_official(args.fp8_out, to_fp8_official(official, tuple(FP8_BLOCK)), fp8_config)
-    report = {
-        "steps": steps_done, "schedule_steps": args.steps, "batch": args.batch, "seq": args.seq, "train_tokens": steps_done * args.batch * args.seq,
-        "train_seconds": round(train_seconds, 1), "seed": args.seed, "lr": args.lr, "mtp_lambda": args.mtp_lambda,
-        "bias_rate": args.bias_rate, "blas": os.environ.get("MLXSEEK_TRAIN_BLAS", "bundled"),
-        "heldout_files": held_names, "heldout_tokens": held["tokens"], "heldout_ppl": round(held["ppl"], 3),
-        "heldout_mtp_ppl": round(held["mtp_ppl"], 3), "uniform_ppl": uniform,
-        "expert_load_max_over_mean": {n: round(x, 3) for n, x in zip(trainer.gate_names, trainer.last_imbalance)},
-    }
     for folder in (args.out, args.fp8_out):
         tiny_corpus.save_tokenizer(tok, folder, config["max_position_embeddings"])
         (folder / "training.json").write_text(json.dumps(report, indent=2) + "\n")
-    args.heldout_out.write_text("".join(held_texts)[:24000])
-    sample(args.out)
-    print(json.dumps(report))
-    print(f"total {time.perf_counter() - t0:.0f}s", flush=True)
 
 
 def sample(folder: Path) -> None:

@@ -30,9 +30,10 @@ def test_layout_error_is_small_next_to_quantization_error(mlx_community_v3):
     kmaj = mlxseek.load(mlx_community_v3, cpu_layout=True)[0]
     assert ckpt.kernel_layout == "checkpoint" and kmaj.kernel_layout == "kmajor-int8"
     assert any(isinstance(m, KMajorQuantizedSwitchLinear) for _, m in kmaj.named_modules())
-    quant_err = float(mx.abs(ckpt(x) - full).max())
-    layout_err = float(mx.abs(kmaj(x) - ckpt(x)).max())
-    print(f"4-bit quantization error {quant_err:.3e}; added by the CPU layout {layout_err:.3e}")
+    # Means, not maxima: one routing flip at one position would dominate a max on random weights.
+    quant_err = float(mx.abs(ckpt(x) - full).mean())
+    layout_err = float(mx.abs(kmaj(x) - ckpt(x)).mean())
+    print(f"mean |logit error|: 4-bit quantization {quant_err:.3e}; added by the CPU layout {layout_err:.3e}")
     assert layout_err < 0.2 * quant_err
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import mlx.core as mx
 import numpy as np
 import pytest
 
 import mlxseek
+from click.testing import CliRunner
+from mlxseek.cli import main
 from mlxseek.errors import GenerationError
 from mlxseek.generate import generate_step, stream_generate
 from mlxseek.speculative import DraftStats, make_sampler, rejection_sample, speculative_generate_step
@@ -61,6 +65,15 @@ def test_cache_after_speculation_equals_plain_decoding(loaded, prompts):
         assert diff < 1e-4, diff
 
 
+def test_chunked_prefill_feeds_the_mtp_every_position(loaded, prompts):
+    model, _ = loaded
+    plain = [t for t, _ in generate_step(prompts[1], model, max_tokens=24, prefill_step_size=7)]
+    stats = DraftStats()
+    spec = [t for t, _ in speculative_generate_step(prompts[1], model, max_tokens=24, prefill_step_size=7,
+                                                    stats=stats)]
+    assert spec == plain and stats.accepted_tokens > 0
+
+
 def test_second_turn_on_the_same_cache_matches_plain(loaded, prompts):
     model, _ = loaded
     plain_cache, spec_cache = model.make_cache(), model.make_cache()
@@ -103,11 +116,28 @@ def test_auto_draft_stays_off_when_verify_steps_are_expensive(loaded, prompts, m
 
     model, _ = loaded
     # A device where a 2-token step costs twice a 1-token step (MLX CPU quantized matmul): no gain possible.
-    monkeypatch.setattr(dc, "measure_draft_costs", lambda m, k: dc.DraftCosts(1.0, 2.0, 0.2, k))
+    costs = dc.DraftCosts(step_s=1.0, verify_s=2.0, mtp_s=0.2, cycle_s=2.4, k=1)
+    monkeypatch.setattr(dc, "measure_draft_costs", lambda m, k: costs)
     stats = DraftStats()
     spec = [t for t, _ in speculative_generate_step(prompts[0], model, max_tokens=16, draft="auto", stats=stats)]
     assert spec == _plain(model, prompts[0], 16)
     assert not stats.drafting and stats.draft_tokens == 0 and stats.expected_speedup < 1.05
+    assert stats.verify_steps == 15 and stats.tokens_per_step == 1.0
+
+
+def test_auto_draft_turns_off_mid_stream_when_steps_do_not_pay(loaded, prompts, monkeypatch):
+    import mlxseek.draft_costs as dc
+    import mlxseek.speculative as sp
+
+    model, _ = loaded
+    # Calibration promises a lot, but a plain step "costs" 1 us, so measured drafting steps cannot pay.
+    monkeypatch.setattr(dc, "measure_draft_costs", lambda m, k: dc.DraftCosts(1e-6, 1e-6, 1e-7, 1e-7, k))
+    stats = DraftStats()
+    spec = [t for t, _ in speculative_generate_step(prompts[2], model, max_tokens=30, draft="auto", stats=stats)]
+    assert spec == _plain(model, prompts[2], 30)
+    assert not stats.drafting and stats.draft_tokens == sp.AUTO_WARMUP_STEPS  # one draft per warm-up step
+    assert stats.expected_speedup < 0.01
+    assert 1 + stats.verify_steps + stats.accepted_tokens == 30
 
 
 def test_sampled_speculation_is_seeded_and_valid(loaded, prompts):
@@ -164,3 +194,18 @@ def test_model_without_mtp_is_refused():
     model, tok = mlxseek.load(TRAINED, with_mtp=False)
     with pytest.raises(GenerationError, match="num_nextn_predict_layers"):
         list(stream_generate(model, tok, "def f(", max_tokens=4, draft="mtp"))
+
+
+def test_cli_generate_and_bench_with_draft():
+    runner = CliRunner()
+    args = ["generate", "--model", str(TRAINED), "--prompt", "def __init__(self", "--raw", "--max-tokens", "24"]
+    plain, spec = runner.invoke(main, args), runner.invoke(main, args + ["--draft", "mtp", "--num-draft", "2"])
+    assert plain.exit_code == spec.exit_code == 0, spec.output
+    assert spec.stdout == plain.stdout
+    assert "MTP drafts accepted" in spec.stderr and "MTP drafts" not in plain.stderr
+    out = runner.invoke(main, ["bench", "--model", str(TRAINED), "--draft", "mtp", "--runs", "2", "--prompt-tokens",
+                               "12", "--gen-tokens", "16", "--prompt-file", str(HELDOUT), "--json"])
+    assert out.exit_code == 0, out.output
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    assert row["identical_outputs"] == 2 and row["accepted_tokens"] <= row["draft_tokens"]
+    assert row["tokens_per_step"] == pytest.approx(1 + row["accepted_tokens"] / (2 * 15 - row["accepted_tokens"]))

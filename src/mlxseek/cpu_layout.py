@@ -90,19 +90,24 @@ def _convert(module: nn.Module):
 
 def apply_cpu_layout(model: nn.Module) -> int:
     """Swap every eligible quantized linear / expert stack for its K-major 8-bit twin, in place.
-    Returns how many modules were converted."""
-    swaps = []
-    for path, module in model.named_modules():
-        new = _convert(module)
-        if new is not None:
-            swaps.append((path, new))
-    if swaps:
-        model.update_modules(_nest(swaps))
-    return len(swaps)
-
-
-def _nest(pairs):
-    """[("a.b.0.c", m)] -> {"a": {"b": [{"c": m}]}} as nn.Module.update_modules expects (lists stay lists)."""
+    Returns how many modules were converted. Swaps happen one module at a time, so the old and new
+    copies of the weights coexist for one module only (peak memory ~ model + one matrix)."""
     from mlx.utils import tree_unflatten
 
-    return tree_unflatten(pairs)
+    paths = [p for p, m in model.named_modules() if isinstance(m, (nn.QuantizedLinear, QuantizedSwitchLinear))]
+    converted = 0
+    for path in paths:
+        module = _lookup(model, path)
+        new = _convert(module)
+        if new is not None:
+            model.update_modules(tree_unflatten([(path, new)]))
+            converted += 1
+            del module, new
+    return converted
+
+
+def _lookup(model: nn.Module, path: str) -> nn.Module:
+    m = model
+    for part in path.split("."):
+        m = m[int(part)] if isinstance(m, list) else m[part]
+    return m

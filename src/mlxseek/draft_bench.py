@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import mlx.core as mx
 import numpy as np
@@ -47,20 +47,18 @@ def _run(steps) -> tuple[list[int], float]:
 
 
 def bench_draft(model, prompts: Sequence[mx.array], *, gen_tokens: int = 128, num_draft: int = 1,
-                draft: str = "mtp", sampler=None, seed: int = 0, plain: Optional[list] = None) -> dict:
+                draft: str = "mtp", sampler=None, seed: int = 0) -> dict:
     """One row: plain decoding vs `draft` with `num_draft` drafts over every prompt (same sampler/seed).
-
-    `plain` may pass an earlier call's `row["plain_runs"]` to skip re-running plain decoding."""
+    Plain and drafted runs alternate prompt by prompt, so load from other processes hits both alike."""
     warm = prompts[0][:8]
     list(speculative_generate_step(warm, model, max_tokens=4, draft="mtp", num_draft=num_draft))  # compile/warm
     list(generate_step(warm, model, max_tokens=4))
     stats = DraftStats()
-    plain_runs = plain if plain is not None else []
+    plain_runs = []
     same, spec_s, spec_tokens = 0, 0.0, 0
     for i, prompt in enumerate(prompts):
-        if plain is None:
-            mx.random.seed(seed + i)
-            plain_runs.append(_run(generate_step(prompt, model, max_tokens=gen_tokens, sampler=sampler)))
+        mx.random.seed(seed + i)
+        plain_runs.append(_run(generate_step(prompt, model, max_tokens=gen_tokens, sampler=sampler)))
         mx.random.seed(seed + i)
         toks, secs = _run(speculative_generate_step(prompt, model, max_tokens=gen_tokens, draft=draft,
                                                     num_draft=num_draft, sampler=sampler, stats=stats))
@@ -76,7 +74,6 @@ def bench_draft(model, prompts: Sequence[mx.array], *, gen_tokens: int = 128, nu
         "tokens_per_step": stats.tokens_per_step, "plain_tps": plain_tokens / plain_s,
         "draft_tps": spec_tokens / spec_s, "speedup": (spec_tokens / spec_s) / (plain_tokens / plain_s),
         "drafting": stats.drafting, "greedy": sampler is None or getattr(sampler, "greedy", False),
-        "plain_runs": plain_runs,
     }
     if stats.costs is not None:
         row.update(verify_cost_ratio=stats.costs.verify_ratio, mtp_cost_ratio=stats.costs.mtp_s / stats.costs.step_s,

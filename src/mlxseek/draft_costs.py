@@ -1,11 +1,12 @@
 """What drafting costs on this device, measured once per model: draft="auto" decides from it.
 
-A speculative step with k drafts runs the main model over k+1 tokens and the MTP module about k times
-(the call that catches up on accepted positions plus k-1 chained drafts), and emits on average
-`tokens_per_step` tokens; plain decoding emits one token per 1-token forward. So
-    speedup = tokens_per_step * t(1-token step) / (t(k+1-token step) + k * t(MTP step)).
-On Metal a small batch of rows costs about what one row costs (decode is bandwidth-bound), so drafting
-pays; on MLX's CPU backend quantized matmul cost grows about linearly with rows, so it may not.
+A speculative step with k drafts runs the main model over k+1 tokens (the verify forward), the MTP module
+over the accepted positions (about 2 tokens: it catches up on them and drafts the next token) and k-1
+more 1-token MTP calls (chained drafts); it emits `tokens_per_step` tokens on average, where plain
+decoding emits one token per 1-token forward. So
+    speedup = tokens_per_step * t(1-token step) / t(speculative step's work).
+On Metal a few rows cost about what one row costs (decode is bandwidth-bound), so drafting pays; on
+MLX's CPU backend a 2-row forward of a small model costs ~1.3-1.5x a 1-row one, so it may not.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class DraftCosts:
     step_s: float  # one plain decode step: 1-token forward + LM head
     verify_s: float  # one (k+1)-token forward + LM head on every row
     mtp_s: float  # one 1-token MTP step (block + head)
+    cycle_s: float  # a whole speculative step's work: verify + 2-token MTP catch-up + k-1 chained MTP steps
     k: int
 
     @property
@@ -36,22 +38,26 @@ class DraftCosts:
         return self.verify_s / self.step_s
 
     def speedup(self, tokens_per_step: float, k: int) -> float:
-        """Expected wall speedup over plain decoding at `tokens_per_step` emitted per verify step."""
-        return tokens_per_step * self.step_s / (self.verify_s + k * self.mtp_s)
+        """Expected wall speedup over plain decoding at `tokens_per_step` emitted per verify step (with
+        `k`, the drafts per step these costs were measured for)."""
+        return tokens_per_step * self.step_s / self.cycle_s
 
 
-def _median_time(fn, reps: int, warmup: int = 2) -> float:
+def _median_times(fns: list, reps: int, warmup: int = 2) -> list[float]:
+    """Median seconds of each function, run in turns so that load from other processes hits all alike."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
 
 
-def measure_draft_costs(model, k: int, *, reps: int = 7) -> DraftCosts:
+def measure_draft_costs(model, k: int, *, reps: int = 15) -> DraftCosts:
     """Time a 1-token step, a (k+1)-token verify step and an MTP step on a scratch cache (cached per model
     and k: the first call costs a few dozen forwards)."""
     ref, by_k = _COSTS.get(id(model), (None, {}))
@@ -66,22 +72,27 @@ def measure_draft_costs(model, k: int, *, reps: int = 7) -> DraftCosts:
     h = model.hidden_states(ctx[None, :CONTEXT_TOKENS], cache)
     model.mtp(h, model.model.embed_tokens(ctx[None, 1: CONTEXT_TOKENS + 1]), causal_mask(CONTEXT_TOKENS, 0), mtp_cache)
     mx.eval([c.state for c in cache], mtp_cache.state)
-    embed = model.model.embed_tokens(ctx[None, :1])
+    embed = model.model.embed_tokens(ctx[None, 1: CONTEXT_TOKENS + 1])
 
-    def main_step(n: int):
+    def main(n: int) -> list:
+        hs = model.hidden_states(ctx[None, CONTEXT_TOKENS: CONTEXT_TOKENS + n], cache)
+        return [model.lm_head(hs[0])]
+
+    def mtp(n: int) -> list:
+        logits, g = model.mtp(h[:, -n:], embed[:, -n:], causal_mask(n, mtp_cache.offset), mtp_cache)
+        return [logits, g]
+
+    def timed(*parts):  # (fn, n) pairs evaluated together, then every cache rolled back
         def run():
-            hs = model.hidden_states(ctx[None, CONTEXT_TOKENS: CONTEXT_TOKENS + n], cache)
-            mx.eval(model.lm_head(hs[0]))
+            mx.eval([out for fn, n in parts for out in fn(n)])
             for c in cache:
-                c.trim(n)
+                c.trim(c.offset - CONTEXT_TOKENS)
+            mtp_cache.trim(mtp_cache.offset - CONTEXT_TOKENS)
         return run
 
-    def mtp_step():
-        logits, g = model.mtp(h[:, -1:], embed, None, mtp_cache)
-        mx.eval(logits, g)
-        mtp_cache.trim(1)
-
-    costs = DraftCosts(step_s=_median_time(main_step(1), reps), verify_s=_median_time(main_step(k + 1), reps),
-                       mtp_s=_median_time(mtp_step, reps), k=k)
+    cycle = [(main, k + 1), (mtp, 2)] + [(mtp, 1)] * (k - 1)
+    step_s, verify_s, mtp_s, cycle_s = _median_times(
+        [timed((main, 1)), timed((main, k + 1)), timed((mtp, 1)), timed(*cycle)], reps)
+    costs = DraftCosts(step_s=step_s, verify_s=verify_s, mtp_s=mtp_s, cycle_s=cycle_s, k=k)
     by_k[k] = costs
     return costs

@@ -9,6 +9,7 @@ main model's hidden state at its last fed position.
 
 from __future__ import annotations
 
+import time
 from typing import Optional
 
 import mlx.core as mx
@@ -27,22 +28,24 @@ class SpeculativeDecoder:
         self.history: Optional[mx.array] = None  # tokens fed so far, for logits processors
         self.next_draft: Optional[tuple[mx.array, mx.array]] = None  # MTP (logits (V,), hidden (1, 1, D))
         self.in_step = True  # False once the MTP cache stopped following the main cache
+        self.draft_wall, self.draft_steps = 0.0, 0  # wall seconds inside drafting steps (draft="auto")
 
     # ---- model calls ----------------------------------------------------------------------------
-    def _mtp(self, hidden: mx.array, tokens: list[int]) -> tuple[mx.array, mx.array]:
-        """Feed MTP pairs (hidden_t, token_{t+1}); returns (last logits (V,), last MTP hidden (1, 1, D))."""
+    def _mtp(self, hidden: mx.array, tokens: mx.array) -> tuple[mx.array, mx.array]:
+        """Feed MTP pairs (hidden_t, token_{t+1}), tokens (n,); returns (last logits (V,), last MTP hidden
+        (1, 1, D)). Lazy: drafts stay on the device until the step's one sync."""
         c = self.state.cache
-        embeds = self.model.model.embed_tokens(mx.array(tokens, dtype=mx.uint32)[None])
-        logits, h = self.model.mtp(hidden, embeds, causal_mask(len(tokens), c.offset), c)
+        embeds = self.model.model.embed_tokens(tokens.astype(mx.uint32)[None])
+        logits, h = self.model.mtp(hidden, embeds, causal_mask(tokens.size, c.offset), c)
         return logits[0, -1], h[:, -1:]
 
-    def _logprobs(self, logits: mx.array, fed: list[int]) -> mx.array:
+    def _logprobs(self, logits: mx.array, fed: mx.array) -> mx.array:
         """logits (n, V) right after feeding each of `fed` -> logprobs (n, V), processed as plain decoding
         does (each row sees the history up to and including its own fed token)."""
         if self.processors:
             rows = []
             for i in range(logits.shape[0]):
-                hist = mx.concatenate([self.history, mx.array(fed[: i + 1], dtype=self.history.dtype)])
+                hist = mx.concatenate([self.history, fed[: i + 1].astype(self.history.dtype)])
                 row = logits[i: i + 1]
                 for proc in self.processors:
                     row = proc(hist, row)
@@ -66,7 +69,7 @@ class SpeculativeDecoder:
             pairs_h = h[:, :-1] if pending is None else mx.concatenate([pending, h[:, :-1]], axis=1)
             pairs_t = chunk.tolist()[0 if pending is not None else 1:]
             if pairs_t:
-                self._mtp(pairs_h, pairs_t)
+                self._mtp(pairs_h, mx.array(pairs_t))
             mx.eval([c.state for c in self.cache], self.state.cache.state, self.state.pending)
             done = end
             if progress:
@@ -78,54 +81,58 @@ class SpeculativeDecoder:
         lp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
         return self._sample(lp), lp[0]
 
-    def _draft(self, k: int) -> tuple[list[int], Optional[mx.array]]:
-        """k draft tokens after y (and their draft distributions (k, V) when sampling)."""
+    def _draft(self, k: int) -> tuple[mx.array, Optional[mx.array]]:
+        """k draft tokens (k,) after y, and their draft distributions (k, V) when sampling."""
         logits, g = self.next_draft
         drafts, qs = [], []
         for i in range(k):
             if self.sampler is None:
-                d = mx.argmax(logits, axis=-1).item()
+                d = mx.argmax(logits, axis=-1)
             else:
                 q = self.sampler.probs(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
-                d = mx.random.categorical(mx.log(q)).item()
+                d = mx.random.categorical(mx.log(q))
                 qs.append(q)
-            drafts.append(d)
+            drafts.append(d.astype(mx.uint32))
             if i + 1 < k:  # chain: the MTP's own hidden state stands in for the model's
-                logits, g = self._mtp(g, [d])
-        return drafts, (mx.stack(qs) if qs else None)
+                logits, g = self._mtp(g, drafts[-1][None])
+        return mx.stack(drafts), (mx.stack(qs) if qs else None)
 
-    def _accept(self, drafts: list[int], lp: mx.array, q: Optional[mx.array]) -> tuple[int, int]:
-        """(number of drafts accepted, the model's own token after them)."""
-        k = len(drafts)
+    def _accept(self, drafts: mx.array, lp: mx.array, q: Optional[mx.array]) -> tuple[list[int], int, int]:
+        """One host sync: (the drafts as ints, how many were accepted, the model's own token after them)."""
+        k = drafts.size
         if self.sampler is None:
-            target = mx.argmax(lp, axis=-1).tolist()  # (k+1,)
-            a = next((i for i in range(k) if drafts[i] != target[i]), k)
-            return a, target[a]
+            vals = mx.concatenate([drafts, mx.argmax(lp, axis=-1).astype(mx.uint32)]).tolist()  # drafts, targets
+            d, target = vals[:k], vals[k:]
+            a = next((i for i in range(k) if d[i] != target[i]), k)
+            return d, a, target[a]
         if k == 0:
-            return 0, self._sample(lp)
-        a, nxt = rejection_sample(mx.array(drafts)[None], self.sampler.probs(lp)[None], q[None])
-        return a.item(), nxt.item()
+            return [], 0, self._sample(lp)
+        a, nxt = rejection_sample(drafts[None], self.sampler.probs(lp)[None], q[None])
+        vals = mx.concatenate([drafts, a.astype(mx.uint32), nxt.astype(mx.uint32)]).tolist()
+        return vals[:k], vals[k], vals[k + 1]
 
     def step(self, y: int, k: int, left: int, drafting: bool) -> list[tuple[int, mx.array]]:
         """One main-model forward over y and k drafts (k = 0: a plain decode step); the emitted tokens."""
+        tic = time.perf_counter()
         if drafting and self.next_draft is None:  # right after prefill: the MTP entry (h_{P-1}, y)
-            self.next_draft = self._mtp(self.state.pending, [y])
-        drafts, q = self._draft(k) if k else ([], None)
-        fed = [y, *drafts]
-        h = self.model.hidden_states(mx.array(fed, dtype=mx.uint32)[None], self.cache)  # (1, k+1, D)
+            self.next_draft = self._mtp(self.state.pending, mx.array([y]))
+        drafts, q = self._draft(k) if k else (mx.zeros((0,), mx.uint32), None)
+        fed = mx.concatenate([mx.array([y], dtype=mx.uint32), drafts])
+        h = self.model.hidden_states(fed[None], self.cache)  # (1, k+1, D)
         lp = self._logprobs(self.model.lm_head(h[0]), fed)  # (k+1, V)
-        a, nxt = self._accept(drafts, lp, q)
+        drafts, a, nxt = self._accept(drafts, lp, q)
         for c in self.cache:
             c.trim(k - a)  # roll back the rejected drafts
         if self.processors:
-            self.history = mx.concatenate([self.history, mx.array(fed[: a + 1], dtype=self.history.dtype)])
+            self.history = mx.concatenate([self.history, fed[: a + 1].astype(self.history.dtype)])
         emitted = [*drafts[:a], nxt]
         self.next_draft = None
         if drafting and (left > len(emitted) or self.keep_state):
             if k > 1:
                 self.state.cache.trim(k - 1)  # the chained entries saw the MTP's hidden state, not h
             # The accepted positions with the model's true hidden states; the last entry drafts next.
-            self.next_draft = self._mtp(h[:, : a + 1], emitted)
+            self.next_draft = self._mtp(h[:, : a + 1], mx.array(emitted))
+            mx.async_eval(self.next_draft)  # runs while the caller handles the emitted tokens
         else:
             self.in_step = False
         self.state.pending = h[:, a: a + 1]
@@ -135,6 +142,9 @@ class SpeculativeDecoder:
         s.accepted_tokens += a
         s.first_drafts += k > 0
         s.first_accepted += k > 0 and a > 0
+        if k:
+            self.draft_wall += time.perf_counter() - tic
+            self.draft_steps += 1
         return [(t, lp[i]) for i, t in enumerate(emitted)]
 
     def run(self, prompt: mx.array, max_tokens: int, step_size: int, progress):
@@ -143,6 +153,9 @@ class SpeculativeDecoder:
         left = max_tokens - 1
         while left > 0:
             drafting = self.stats.drafting and self.in_step
+            if not drafting and not self.processors:  # the plain decoder is pipelined: let it finish
+                yield from self._plain(y, left)
+                return
             out = self.step(y, min(self.k, left - 1) if drafting else 0, left, drafting)
             left -= len(out)
             yield from out
@@ -152,11 +165,23 @@ class SpeculativeDecoder:
             if self.stats.verify_steps % 256 == 0:
                 mx.clear_cache()
 
+    def _plain(self, y: int, left: int):
+        """Plain decoding of the remaining tokens (y is emitted but not yet fed)."""
+        from .generate import generate_step
+
+        self.in_step = False
+        for tok, lp in generate_step(mx.array([y], dtype=mx.uint32), self.model, max_tokens=left,
+                                     sampler=self.sampler, prompt_cache=self.cache):
+            self.stats.verify_steps += 1
+            yield tok, lp
+
     def _judge(self) -> None:
-        """draft="auto": stop drafting once the measured tokens per step cannot pay for the step's cost."""
+        """draft="auto": after a few steps, compare what drafting achieves (tokens per step over the wall
+        time of a drafting step, which also counts this loop's own overhead) with a plain step's cost."""
         s = self.stats
-        if s.verify_steps >= self.warmup_steps:
-            s.expected_speedup = s.costs.speedup(s.tokens_per_step, self.k)
+        if self.draft_steps >= self.warmup_steps:
+            per_step = self.draft_wall / self.draft_steps
+            s.expected_speedup = s.tokens_per_step * s.costs.step_s / per_step
             if s.expected_speedup <= self.min_speedup:
                 s.drafting = False
 

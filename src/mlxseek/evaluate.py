@@ -116,7 +116,8 @@ def _load(path: str | Path, dtype: Any, what: str):
 
     model, tokenizer = load(path, dtype=dtype, with_mtp=False)
     if tokenizer is None and what == "--model":
-        raise EvaluationError(f"{path}: no tokenizer.json or tokenizer.model; copy the source checkpoint's tokenizer here")
+        raise EvaluationError(
+            f"{path}: no tokenizer.json or tokenizer.model; copy the source checkpoint's tokenizer files here")
     return model, tokenizer
 
 

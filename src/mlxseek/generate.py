@@ -198,8 +198,9 @@ class _Records:
             text=text, token=token, logprobs=logprobs, prompt_tokens=self.n_prompt, prompt_tps=self.prompt_tps,
             generation_tokens=n, generation_tps=n / max(time.perf_counter() - self.t_first, 1e-9),
             peak_memory=mx.get_peak_memory() / 1e9, finish_reason=finish, reasoning=reasoning, content=content,
-            **({} if self.stats is None else {"draft_tokens": self.stats.draft_tokens, "verify_steps": self.stats.verify_steps,
-                                              "accepted_tokens": self.stats.accepted_tokens}),
+            **({} if self.stats is None else {"draft_tokens": self.stats.draft_tokens,
+                                              "accepted_tokens": self.stats.accepted_tokens,
+                                              "verify_steps": self.stats.verify_steps}),
         )
 
 

@@ -126,7 +126,8 @@ def load_model(path: str | Path, *, dtype: Any = None, with_mtp: bool = True, cp
     for t in plan.targets:
         lazy.update(mat.materialize(t))
     dropped = set(plan.dropped)  # with_mtp=False drops the MTP's FP8 scales along with its weights
-    scales = {s for k, s in plan.source_of.items() if k.endswith("_scale_inv") and k not in dropped}  # V3 `*_scale_inv`, V4 `*.scale`
+    # V3 `*_scale_inv`, V4 `*.scale`
+    scales = {s for k, s in plan.source_of.items() if k.endswith("_scale_inv") and k not in dropped}
     unused_scales = sorted(scales - mat.used_scales)
     if unused_scales:
         raise WeightMismatchError(f"{store.folder}: scale tensors with no float8 weight: {', '.join(unused_scales[:10])}")
@@ -135,6 +136,9 @@ def load_model(path: str | Path, *, dtype: Any = None, with_mtp: bool = True, cp
     _quantize(model, cfg, set(lazy))
     _check_names(model, plan, {k: tuple(v.shape) for k, v in lazy.items()}, store)
     _load_in_batches(model, lazy)
+    # Drop every handle on the checkpoint's arrays (the store caches what it read) before any re-layout,
+    # so the old layout is freed module by module instead of living until load() returns.
+    del lazy, mat, store
     _choose_layout(model, cpu_layout)
     if placement:
         placement.finish(model)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from typing import Generator, Optional, Sequence
+from typing import TYPE_CHECKING, Generator, Optional, Sequence
 
 import mlx.core as mx
 from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, greedy_sampler
@@ -28,6 +28,9 @@ from mlx_lm.sample_utils import make_sampler as mlx_lm_make_sampler
 from .cache import LatentCache
 from .errors import GenerationError
 from .layers.mtp import MultiTokenPrediction
+
+if TYPE_CHECKING:
+    from .draft_costs import DraftCosts
 
 DRAFT_MODES = ("mtp", "auto")
 AUTO_MIN_SPEEDUP = 1.05  # draft="auto" drafts only while the expected speedup exceeds this
@@ -103,7 +106,7 @@ class DraftStats:
     verify_steps: int = 0
     first_drafts: int = 0  # steps that drafted at least one token
     first_accepted: int = 0  # ... whose first draft was accepted
-    drafting: bool = True  # False once draft="auto" (or a missing budget) turned drafting off
+    drafting: bool = True  # False once draft="auto" turned drafting off
     expected_speedup: Optional[float] = None  # draft="auto": its latest estimate
     costs: Optional["DraftCosts"] = None
 
@@ -198,12 +201,17 @@ def speculative_generate_step(
         from .draft_costs import measure_draft_costs
 
         stats.costs = measure_draft_costs(model, num_draft)
-        stats.expected_speedup = stats.costs.speedup(num_draft + 1.0, num_draft)  # every draft accepted
-        if stats.expected_speedup <= AUTO_MIN_SPEEDUP:  # even perfect drafts would not pay here
+        best = stats.costs.speedup(num_draft + 1.0, num_draft)  # every draft accepted
+        if stats.expected_speedup is None or best <= AUTO_MIN_SPEEDUP:
+            stats.expected_speedup = best
+        if best <= AUTO_MIN_SPEEDUP:  # even perfect drafts would not pay here
             stats.drafting = False
-            yield from generate_step(prompt, model, max_tokens=max_tokens, sampler=sampler,
-                                     logits_processors=logits_processors, prompt_cache=prompt_cache,
-                                     prefill_step_size=prefill_step_size, progress=progress)
+            steps = generate_step(prompt, model, max_tokens=max_tokens, sampler=sampler,
+                                  logits_processors=logits_processors, prompt_cache=prompt_cache,
+                                  prefill_step_size=prefill_step_size, progress=progress)
+            for n, out in enumerate(steps):
+                stats.verify_steps += n > 0  # every token after the prefill's is one decode forward
+                yield out
             return
     cache = prompt_cache if prompt_cache is not None else model.make_cache()
     state = _take_state(prompt_cache)

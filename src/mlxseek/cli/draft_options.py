@@ -37,6 +37,5 @@ def run_draft_bench(model_dir: Path, *, draft: str, num_draft: int, prompt_file:
     else:
         batch = random_prompts(model.config.vocab_size, prompts, prompt_tokens)
     row = bench_draft(model, batch, gen_tokens=gen_tokens, num_draft=num_draft, draft=draft)
-    row.pop("plain_runs")
     row["model"] = str(model_dir)
     click.echo(json.dumps(row) if as_json else format_rows([row]))

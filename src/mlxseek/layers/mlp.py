@@ -1,6 +1,7 @@
 """SwiGLU feed-forward (dense layers and the shared expert): down(silu(gate(x)) * up(x))."""
 
 import mlx.nn as nn
+from mlx_lm.models.activations import swiglu  # mx.compile-d silu(g) * u
 
 
 class MLP(nn.Module):
@@ -11,4 +12,4 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
 
     def __call__(self, x):
-        return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
