@@ -79,24 +79,24 @@ def _quantize(model: Model, cfg: ModelConfig, produced: set[str]) -> None:
     nn.quantize(model, class_predicate=predicate)
 
 
-def _check_names(model: Model, plan: Plan, shapes: dict[str, tuple], store: WeightStore) -> None:
+def check_against_model(shapes: dict[str, tuple], model, folder, source_of: dict | None = None) -> None:
+    """Strict: every model parameter is produced once with its shape, and nothing else is. Unused names
+    are reported by their checkpoint key (`source_of`: internal name -> checkpoint key)."""
     expected = {k: tuple(v.shape) for k, v in tree_flatten(model.parameters())}
-    src = lambda k: plan.source_of.get(k, k)  # noqa: E731
+    src = (source_of or {}).get
     missing = sorted(set(expected) - set(shapes))
     unexpected = sorted(set(shapes) - set(expected))
-    bad = [
-        f"{k}: checkpoint {shapes[k]} vs model {expected[k]}" for k in sorted(set(shapes) & set(expected))
-        if shapes[k] != expected[k]
-    ]
-    if missing or unexpected or bad:
-        parts = []
-        if missing:
-            parts.append(f"missing from the checkpoint ({len(missing)}): {', '.join(missing[:10])}")
-        if unexpected:
-            parts.append(f"not used by the model ({len(unexpected)}): {', '.join(src(k) for k in unexpected[:10])}")
-        if bad:
-            parts.append(f"shape mismatch vs config.json ({len(bad)}): {'; '.join(bad[:10])}")
-        raise WeightMismatchError(f"{store.folder}: checkpoint does not match config.json: " + " | ".join(parts))
+    bad = [f"{k}: checkpoint {shapes[k]} vs model {expected[k]}"
+           for k in sorted(set(shapes) & set(expected)) if shapes[k] != expected[k]]
+    parts = []
+    if missing:
+        parts.append(f"missing from the checkpoint ({len(missing)}): {', '.join(missing[:10])}")
+    if unexpected:
+        parts.append(f"not used by the model ({len(unexpected)}): {', '.join(src(k, k) for k in unexpected[:10])}")
+    if bad:
+        parts.append(f"shape mismatch vs config.json ({len(bad)}): {'; '.join(bad[:10])}")
+    if parts:
+        raise WeightMismatchError(f"{folder}: checkpoint does not match config.json: " + " | ".join(parts))
 
 
 def load_model(path: str | Path, *, dtype: Any = None, with_mtp: bool = True, cpu_layout: Any = None,
@@ -134,7 +134,7 @@ def load_model(path: str | Path, *, dtype: Any = None, with_mtp: bool = True, cp
     build = placement.build if placement else build_model
     model = build(cfg, with_mtp=with_mtp and plan.has_mtp)
     _quantize(model, cfg, set(lazy))
-    _check_names(model, plan, {k: tuple(v.shape) for k, v in lazy.items()}, store)
+    check_against_model({k: tuple(v.shape) for k, v in lazy.items()}, model, store.folder, plan.source_of)
     _load_in_batches(model, lazy)
     # Drop every handle on the checkpoint's arrays (the store caches what it read) before any re-layout,
     # so the old layout is freed module by module instead of living until load() returns.

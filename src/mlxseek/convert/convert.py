@@ -32,7 +32,8 @@ from ..loader import FORMAT_VERSION
 from ..model import build_model
 from .finalize import finish, output_config
 from .keymap import build_plan
-from .layout import assign_shards, check_against_model, plan_jobs, shard_names
+from ..loader import check_against_model
+from .layout import assign_shards, plan_jobs, shard_names
 from .manifest import Progress
 from .quantize import QuantPlan, check_options, plan_quantization, size_summary
 from .reader import SourceReader

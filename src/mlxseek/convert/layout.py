@@ -13,8 +13,6 @@ import math
 from dataclasses import dataclass
 
 import mlx.core as mx
-from mlx import nn
-from mlx.utils import tree_flatten
 
 from ..config import ModelConfig
 from ..errors import CheckpointError, WeightMismatchError
@@ -83,24 +81,6 @@ def plan_jobs(reader: SourceReader, cfg: ModelConfig, plan: Plan, quant: QuantPl
     if unused:
         raise WeightMismatchError(f"{reader.folder}: scale tensors with no float8 weight: {', '.join(unused[:10])}")
     return jobs, float_shapes
-
-
-def check_against_model(float_shapes: dict[str, tuple], model: nn.Module, folder) -> None:
-    """Strict: every model parameter is produced once with its shape, and nothing else is."""
-    expected = {k: tuple(v.shape) for k, v in tree_flatten(model.parameters())}
-    missing = sorted(set(expected) - set(float_shapes), key=natural_key)
-    unexpected = sorted(set(float_shapes) - set(expected), key=natural_key)
-    bad = [f"{k}: checkpoint {float_shapes[k]} vs model {expected[k]}"
-           for k in sorted(set(expected) & set(float_shapes), key=natural_key) if float_shapes[k] != expected[k]]
-    parts = []
-    if missing:
-        parts.append(f"missing from the checkpoint ({len(missing)}): {', '.join(missing[:10])}")
-    if unexpected:
-        parts.append(f"not used by the model ({len(unexpected)}): {', '.join(unexpected[:10])}")
-    if bad:
-        parts.append(f"shape mismatch vs config.json ({len(bad)}): {'; '.join(bad[:10])}")
-    if parts:
-        raise WeightMismatchError(f"{folder}: checkpoint does not match config.json: " + " | ".join(parts))
 
 
 def assign_shards(jobs: list[Job], max_bytes: int) -> list[list[Job]]:
