@@ -13,6 +13,21 @@ def golden(name: str) -> dict:
     return dict(np.load(FIXTURES / name / "golden.npz"))
 
 
+@pytest.fixture(scope="module")
+def loaded():
+    """name -> the committed fixture loaded in float32, loaded once per test module."""
+    import mlxseek
+
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = mlxseek.load(FIXTURES / name, dtype="float32")[0]
+        return cache[name]
+
+    return get
+
+
 @pytest.fixture(params=GOLDEN_NAMES)
 def fixture_name(request) -> str:
     return request.param

@@ -6,23 +6,10 @@ import numpy as np
 import pytest
 from mlx_lm.models.cache import make_prompt_cache
 
-import mlxseek
 from conftest import FIXTURES, golden
 from reference import greedy, mlx_lm_model
 
 TOL = 1e-4
-
-
-@pytest.fixture(scope="module")
-def loaded():
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            cache[name] = mlxseek.load(FIXTURES / name, dtype="float32")[0]
-        return cache[name]
-
-    return get
 
 
 def test_logits_match_transformers(fixture_name, loaded):

@@ -27,18 +27,6 @@ SHORT = ["v32", "v32_fp8"]
 
 
 @pytest.fixture(scope="module")
-def loaded():
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            cache[name] = mlxseek.load(FIXTURES / name, dtype="float32")[0]
-        return cache[name]
-
-    return get
-
-
-@pytest.fixture(scope="module")
 def long_golden():
     g = golden("v32_long")
     g["topk"] = json.loads((FIXTURES / "v32_long" / "config.json").read_text())["index_topk"]
