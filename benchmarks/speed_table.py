@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+# mlxseek before mlx.core, so that MLX binds a system OpenBLAS when there is one (mlxseek/blas.py).
+import mlxseek  # noqa: I001
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
@@ -27,7 +29,6 @@ sys.path.insert(0, str(HERE))
 from bench_vs_mlx_lm import DEFAULT_MODEL, ensure_model  # noqa: E402
 from profile_decode import measure as profile  # noqa: E402
 
-import mlxseek  # noqa: E402
 from mlxseek.bench import bench  # noqa: E402
 
 
@@ -153,6 +154,8 @@ def main() -> None:
     ap.add_argument("--jsonl", type=Path)
     args = ap.parse_args()
     folder = ensure_model(args.model)
+    emit({"measure": "environment", "mlx": mx.__version__, "device": str(mx.default_device()),
+          **mlxseek.blas.status()}, args.jsonl)
     engines = ("mlxseek", *[e for e in args.engines if e != "mlxseek"])
 
     if not args.skip_speed:

@@ -35,14 +35,24 @@ def test_quantized_cache_tracks_full_cache(model_and_prompt):
     assert drift[8] < drift[4] / 4  # 16x finer steps: error must shrink accordingly
 
 
-def test_quantized_absorbed_equals_dequantized_naive(model_and_prompt):
-    """The packed-latent absorbed path is exact w.r.t. attending over the dequantized cache."""
+def set_cache_read(model, mode):
+    for _, m in model.named_modules():
+        if hasattr(m, "quantized_cache_read"):
+            m.quantized_cache_read = mode
+
+
+@pytest.mark.parametrize("read", ["packed", "dequantize"])
+def test_quantized_absorbed_equals_dequantized_naive(model_and_prompt, read):
+    """Absorbed attention over the quantized cache, reading the packed bytes (Metal's path) or a
+    dequantized copy (the CPU's), equals naive attention over the dequantized cache."""
     model, x = model_and_prompt
     outs = {}
     for impl in ("absorbed", "naive"):
         model.set_attention_impl(impl)
+        set_cache_read(model, read)
         outs[impl] = run(model, x, model.make_cache(kv_bits=8, kv_group_size=32))
     model.set_attention_impl("auto")
+    set_cache_read(model, "auto")
     assert float(mx.abs(outs["absorbed"] - outs["naive"]).max()) < 1e-4
 
 

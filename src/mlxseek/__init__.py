@@ -1,6 +1,12 @@
 """mlxseek: DeepSeek-family models on Apple Silicon with MLX."""
 
-from .chat import ChatSession
+# Before anything imports mlx.core: on Linux, let MLX's float matmuls use a system OpenBLAS (see blas.py).
+from . import blas as _blas
+
+_blas.choose()
+
+
+from .chat import ChatSession  # noqa: E402
 from .config import ModelConfig
 from .convert.convert import convert
 from .errors import MlxseekError

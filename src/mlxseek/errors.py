@@ -31,3 +31,7 @@ class GenerationError(MlxseekError):
 
 class EvaluationError(MlxseekError):
     """`mlxseek eval` cannot score the data (missing/empty/too short file, mismatched reference model)."""
+
+
+class BlasError(MlxseekError):
+    """MLXSEEK_BLAS names a BLAS library that cannot be used."""

@@ -39,6 +39,8 @@ class MultiHeadLatentAttention(nn.Module):
         self.scale = softmax_scale(self.q_head_dim, cfg.rope_scaling)
         # "auto": absorbed when few query tokens attend over a cache, naive (MHA-style) otherwise.
         self.impl = "auto"
+        # How absorbed attention reads a quantized latent cache: "auto" (per device), "packed", "dequantize".
+        self.quantized_cache_read = "auto"
         H, D, bias = self.num_heads, cfg.hidden_size, cfg.attention_bias
 
         if self.q_lora_rank is None:  # V2-Lite: direct query projection
@@ -61,6 +63,14 @@ class MultiHeadLatentAttention(nn.Module):
         q = q.reshape(B, L, self.num_heads, self.q_head_dim).transpose(0, 2, 1, 3)  # (B, H, L, Dn+Dr)
         return q[..., : self.nope_dim], q[..., self.nope_dim :]
 
+    def _read_packed(self) -> bool:
+        """Attend over a quantized cache with quantized_matmul on the packed bytes (Metal's fast path),
+        or dequantize it first and use float attention (MLX's CPU quantized_matmul with transpose=True
+        is ~7x slower than dequantize + BLAS at 8K tokens: benchmarks/speed_table.py long context)."""
+        if self.quantized_cache_read != "auto":
+            return self.quantized_cache_read == "packed"
+        return mx.default_device() == mx.gpu
+
     def _use_absorbed(self, L: int, S: int) -> bool:
         if self.impl != "auto":
             return self.impl == "absorbed"
@@ -80,10 +90,11 @@ class MultiHeadLatentAttention(nn.Module):
             latent, k_pe = cache.update_and_fetch(latent, k_pe)  # (B, 1, S, R), (B, 1, S, Dr)
         absorbed = self._use_absorbed(L, k_pe.shape[2])
         if isinstance(latent, tuple):  # a quantized latent cache: (packed, scales, biases)
-            if absorbed:
+            if absorbed and self._read_packed():
                 out = self.absorbed_quantized(q_nope, q_pe, latent, k_pe, mask, cache)
             else:
-                out = self.naive(q_nope, q_pe, cache.dequantized(latent), k_pe, mask)
+                dense = cache.dequantized(latent)  # one layer's transient (B, 1, S, R) copy
+                out = (self.absorbed if absorbed else self.naive)(q_nope, q_pe, dense, k_pe, mask)
         elif absorbed:
             out = self.absorbed(q_nope, q_pe, latent, k_pe, mask)
         else:
@@ -101,22 +112,32 @@ class MultiHeadLatentAttention(nn.Module):
 
     def absorbed(self, q_nope, q_pe, latent, k_pe, mask) -> mx.array:
         """Latent-space attention: one shared KV "head" of width R; returns (B, H, L, Dv)."""
-        q_lat = self.embed_q(q_nope)  # (B, H, L, R)
+        B, H, L, _ = q_nope.shape
+        # One KV head, so the heads fold into the query rows: (B, H, L, .) -> (B, 1, H*L, .). The matmuls
+        # become one (H*L, R) x (R, S) product instead of H row-vector products (4-5x faster on CPU at 8K).
+        q_lat = self.embed_q(q_nope).reshape(B, 1, H * L, -1)  # (B, 1, H*L, R)
         # The rotary part of the score enters sdpa as an additive bias, so K and V are both the latent.
-        pe_scores = (q_pe * self.scale) @ k_pe.swapaxes(-1, -2)  # (B, H, L, S)
-        if mask is not None:
-            pe_scores = mx.where(mask, pe_scores, mx.array(-float("inf"), pe_scores.dtype))
+        pe_scores = self._pe_scores(q_pe, k_pe, mask)  # (B, 1, H*L, S)
         out = mx.fast.scaled_dot_product_attention(q_lat, latent, latent, scale=self.scale, mask=pe_scores)
-        return self.unembed_out(out)  # (B, H, L, Dv)
+        return self.unembed_out(out.reshape(B, H, L, -1))  # (B, H, L, Dv)
+
+    def _pe_scores(self, q_pe, k_pe, mask) -> mx.array:
+        """Scaled rotary scores with the mask applied, heads folded: (B, 1, H*L, S)."""
+        B, H, L, _ = q_pe.shape
+        scores = (q_pe.reshape(B, 1, H * L, -1) * self.scale) @ k_pe.swapaxes(-1, -2)
+        if mask is None:
+            return scores
+        scores = scores.reshape(B, H, L, -1)  # a free view: the mask broadcasts over heads here
+        scores = mx.where(mask, scores, mx.array(-float("inf"), scores.dtype))
+        return scores.reshape(B, 1, H * L, -1)
 
     def absorbed_quantized(self, q_nope, q_pe, packed, k_pe, mask, cache) -> mx.array:
         """Absorbed attention reading the packed latent directly (no dequantized copy of the cache)."""
+        B, H, L, _ = q_nope.shape
         qmm = dict(group_size=cache.group_size, bits=cache.bits)
-        q_lat = self.embed_q(q_nope)  # (B, H, L, R)
-        scores = mx.quantized_matmul(q_lat, *packed, transpose=True, **qmm) * self.scale  # (B, H, L, S)
-        scores = scores + (q_pe * self.scale) @ k_pe.swapaxes(-1, -2)
-        if mask is not None:
-            scores = mx.where(mask, scores, mx.array(-float("inf"), scores.dtype))
+        q_lat = self.embed_q(q_nope).reshape(B, 1, H * L, -1)  # heads folded as in `absorbed`
+        scores = mx.quantized_matmul(q_lat, *packed, transpose=True, **qmm) * self.scale  # (B, 1, H*L, S)
+        scores = scores + self._pe_scores(q_pe, k_pe, mask)
         p = mx.softmax(scores.astype(mx.float32), axis=-1).astype(q_lat.dtype)
-        out = mx.quantized_matmul(p, *packed, transpose=False, **qmm)  # (B, H, L, R)
-        return self.unembed_out(out)  # (B, H, L, Dv)
+        out = mx.quantized_matmul(p, *packed, transpose=False, **qmm)  # (B, 1, H*L, R)
+        return self.unembed_out(out.reshape(B, H, L, -1))  # (B, H, L, Dv)
