@@ -41,11 +41,14 @@ def emit(row: dict, out) -> dict:
     return row
 
 
+OURS = None  # --ours: the folder mlxseek reads (same source as --model, mlxseek's kmajor layout)
+
+
 def load_engine(engine: str, folder: Path):
     from mlx.utils import tree_map
 
     if engine == "mlxseek":
-        return mlxseek.load(folder, with_mtp=False, tokenizer=False)[0]
+        return mlxseek.load(OURS or folder, with_mtp=False, tokenizer=False)[0]
     from mlx_lm import load as mlx_lm_load
 
     model = mlx_lm_load(str(folder))[0]
@@ -151,8 +154,12 @@ def main() -> None:
     ap.add_argument("--engines", nargs="+", default=["mlxseek", "mlx-lm", "mlx-lm-fp32"],
                     choices=["mlxseek", "mlx-lm", "mlx-lm-fp32"], help="mlxseek is always measured first")
     ap.add_argument("--skip-speed", action="store_true", help="only the kernel floor and long-context parts")
+    ap.add_argument("--ours", type=Path, help="folder mlxseek reads instead of --model: `mlxseek convert "
+                    "--layout kmajor` of the source --model was converted from (mlx-lm cannot read that layout)")
     ap.add_argument("--jsonl", type=Path)
     args = ap.parse_args()
+    global OURS
+    OURS = args.ours
     folder = ensure_model(args.model)
     emit({"measure": "environment", "mlx": mx.__version__, "device": str(mx.default_device()),
           **mlxseek.blas.status()}, args.jsonl)
@@ -160,7 +167,7 @@ def main() -> None:
 
     if not args.skip_speed:
         for row in bench(folder, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens, runs=args.runs,
-                         vs=engines[1:]):
+                         vs=engines[1:], ours=args.ours):
             emit({"measure": "speed", **row}, args.jsonl)
     for engine in engines:
         model = load_engine(engine, folder)

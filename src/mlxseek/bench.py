@@ -135,8 +135,12 @@ def measure(engine: str, folder: Path, cfg: ModelConfig, prompt: mx.array, *, ge
 
 def bench(model: str | Path, *, prompt_tokens: int = 512, gen_tokens: int = 128, runs: int = 3,
           vs: Sequence[str] = (), bandwidth: Optional[float] = None, seed: int = 0,
-          on_row: Optional[Callable[[dict], None]] = None, load_options: Optional[dict] = None) -> list[dict]:
+          on_row: Optional[Callable[[dict], None]] = None, load_options: Optional[dict] = None,
+          ours: str | Path | None = None) -> list[dict]:
     """Measure mlxseek (and each engine in `vs`: "mlx-lm", "mlx-lm-fp32") on the checkpoint `model`.
+
+    ours: a folder mlxseek reads instead of `model`, e.g. `mlxseek convert --layout kmajor` of the same
+    source as `model` (mlx-lm cannot read that layout); the engines in `vs` still read `model`.
 
     Returns one dict per engine; rows after the first carry `decode_speedup`/`prefill_speedup`
     (mlxseek / that engine). `on_row` is called as each row is ready.
@@ -160,7 +164,8 @@ def bench(model: str | Path, *, prompt_tokens: int = 512, gen_tokens: int = 128,
     common = {"device": f"{mx.default_device()} ({chip_name()})", "bandwidth_gbps": gbps, "bandwidth_source": source}
     rows = []
     for engine in ("mlxseek", *[e for e in vs if e != "mlxseek"]):
-        row = {**measure(engine, folder, cfg, prompt, gen_tokens=gen_tokens, runs=runs, bandwidth=gbps,
+        where = Path(ours) if ours and engine == "mlxseek" else folder
+        row = {**measure(engine, where, cfg, prompt, gen_tokens=gen_tokens, runs=runs, bandwidth=gbps,
                          load_options=load_options), **common}
         if rows and "error" not in row and "error" not in rows[0]:
             row["decode_speedup"] = rows[0]["decode_tps"] / row["decode_tps"]

@@ -7,6 +7,10 @@ quantized_matmul 4-bit transposed ~10-15 ms vs 8-bit (K, N) ~3.3 ms; gather_qmm 
 ~15x faster. The cost: requantizing already-quantized weights adds error (at 8 bits, ~5% of the original
 4-bit RMS error) and 8-bit weights take ~2x the memory of 4-bit ones. So this is applied once, at load
 time, only on the CPU backend, and `load(..., cpu_layout=False)` keeps the checkpoint layout.
+
+`mlxseek convert --layout kmajor` avoids both costs: it quantizes the float source straight into this
+layout at the recipe's bits (4-bit K-major gather_qmm is even faster than 8-bit here), and the loader
+builds these modules from the stored shapes (`stored_kmajor_skeleton`).
 """
 
 from __future__ import annotations
@@ -39,12 +43,12 @@ def _requantize_kmajor(weight, scales, biases, *, group_size, bits, mode) -> tup
 class KMajorQuantizedLinear(nn.Module):
     """y = x @ W (+ bias) with W (in, out) quantized along `out`."""
 
-    def __init__(self, weight, scales, biases, group_size: int, bias=None):
+    def __init__(self, weight, scales, biases, group_size: int, bias=None, bits: int = LAYOUT_BITS):
         super().__init__()
         self.weight, self.scales, self.biases = weight, scales, biases
         if bias is not None:
             self.bias = bias
-        self.group_size, self.bits = group_size, LAYOUT_BITS
+        self.group_size, self.bits = group_size, bits
         self.freeze()
 
     def __call__(self, x: mx.array) -> mx.array:
@@ -58,10 +62,10 @@ class KMajorQuantizedLinear(nn.Module):
 class KMajorQuantizedSwitchLinear(nn.Module):
     """Stacked experts (E, in, out), quantized along `out`, for gather_qmm with transpose=False."""
 
-    def __init__(self, weight, scales, biases, group_size: int):
+    def __init__(self, weight, scales, biases, group_size: int, bits: int = LAYOUT_BITS):
         super().__init__()
         self.weight, self.scales, self.biases = weight, scales, biases
-        self.group_size, self.bits = group_size, LAYOUT_BITS
+        self.group_size, self.bits = group_size, bits
         self.freeze()
 
     def __call__(self, x, indices, sorted_indices=False):
@@ -104,6 +108,32 @@ def apply_cpu_layout(model: nn.Module) -> int:
             converted += 1
             del module, new
     return converted
+
+
+def stored_kmajor_skeleton(model: nn.Module, params_of) -> int:
+    """Swap the quantized modules a converted folder stores K-major (`mlxseek convert --layout kmajor`)
+    for KMajor twins with placeholder arrays of the stored shapes, before the weights are loaded.
+    `params_of(path)` gives the recorded params ({"group_size", "bits", "mode", "layout"}) or None."""
+    from mlx.utils import tree_unflatten
+
+    swaps = []
+    for path, m in model.named_modules():
+        p = params_of(path)
+        if not p or p.get("layout") != "kmajor":
+            continue
+        if not isinstance(m, (nn.QuantizedLinear, QuantizedSwitchLinear)):
+            raise TypeError(f"{path}: recorded as kmajor but is a {type(m).__name__}")
+        g, b = p["group_size"], p["bits"]
+        *lead, n_out, packed_in = m.weight.shape  # (..., out, in * bits / 32)
+        n_in = packed_in * 32 // b
+        w = mx.zeros((*lead, n_in, n_out * b // 32), mx.uint32)  # placeholders: load_weights replaces them
+        sb = mx.zeros((*lead, n_in, n_out // g), m.scales.dtype)
+        new = (KMajorQuantizedLinear(w, sb, sb, g, bias=m.get("bias"), bits=b) if isinstance(m, nn.QuantizedLinear)
+               else KMajorQuantizedSwitchLinear(w, sb, sb, g, bits=b))
+        swaps.append((path, new))
+    if swaps:
+        model.update_modules(tree_unflatten(swaps))
+    return len(swaps)
 
 
 def _lookup(model: nn.Module, path: str) -> nn.Module:

@@ -56,12 +56,15 @@ def quantization(c: dict) -> dict:
         per_path = {k: v for k, v in q.items() if k not in ("bits", "group_size", "mode")}
         overrides: dict[str, int] = {}
         for v in per_path.values():
+            if isinstance(v, dict) and (v.get("bits"), v.get("group_size")) == (q["bits"], q.get("group_size")):
+                continue  # recorded only for its layout
             label = "float" if v is False else f"{v.get('bits')}-bit" if isinstance(v, dict) else None
             if label:
                 overrides[label] = overrides.get(label, 0) + 1
+        kmajor = sum(isinstance(v, dict) and v.get("layout") == "kmajor" for v in per_path.values())
         return {"format": "mlx", "mode": q.get("mode", "affine"), "bits": q["bits"],
                 "group_size": q.get("group_size"), "recipe": (c.get("mlxseek") or {}).get("recipe"),
-                "overrides": overrides}
+                "overrides": overrides, "layout": f"kmajor ({kmajor} modules)" if kmajor else "transposed"}
     qc = c.get("quantization_config") or {}
     if qc.get("quant_method") == "fp8":
         return {"format": "fp8", "fmt": qc.get("fmt"), "weight_block_size": qc.get("weight_block_size"),
@@ -108,4 +111,14 @@ def info(path: Union[str, Path]) -> dict:
         "tensor_bytes": tensor_bytes, "bytes_by_dtype": by_dtype, "bytes_per_token": round(per_token),
         "bits_per_weight": 8 * tensor_bytes / max(1, sum(params.values())),
         "quantization": quantization(c),
+        "runtime": runtime(),
     }
+
+
+def runtime() -> dict:
+    """What this process would run the model on: MLX version, default device, BLAS (see mlxseek.blas)."""
+    import mlx.core as mx
+
+    from . import blas
+
+    return {"mlx": mx.__version__, "device": str(mx.default_device()), **blas.status()}

@@ -77,6 +77,11 @@ def _quantize(model: Model, cfg: ModelConfig, produced: set[str]) -> None:
         return quant_params(cfg, path) or False
 
     nn.quantize(model, class_predicate=predicate)
+    from .convert.keymap import quant_layout
+    from .cpu_layout import stored_kmajor_skeleton
+
+    stored_kmajor_skeleton(model, lambda p: {**quant_params(cfg, p), "layout": "kmajor"}
+                           if f"{p}.scales" in produced and quant_layout(cfg, p) == "kmajor" else None)
 
 
 def check_against_model(shapes: dict[str, tuple], model, folder, source_of: dict | None = None) -> None:
@@ -135,7 +140,7 @@ def load_model(path: str | Path, *, dtype: Any = None, with_mtp: bool = True, cp
     model = build(cfg, with_mtp=with_mtp and plan.has_mtp)
     _quantize(model, cfg, set(lazy))
     check_against_model({k: tuple(v.shape) for k, v in lazy.items()}, model, store.folder, plan.source_of)
-    _load_in_batches(model, lazy)
+    _load_in_batches(model, lazy, store)
     # Drop every handle on the checkpoint's arrays (the store caches what it read) before any re-layout,
     # so the old layout is freed module by module instead of living until load() returns.
     del lazy, mat, store
@@ -151,17 +156,19 @@ def _choose_layout(model, cpu_layout: Any) -> None:
     if cpu_layout not in (None, True, False):
         raise ValueError(f"cpu_layout must be None (auto), True or False, got {cpu_layout!r}")
     on_cpu = mx.default_device() == mx.cpu or not mx.metal.is_available()
-    model.kernel_layout = "checkpoint"
+    from .cpu_layout import LAYOUT_BITS, KMajorQuantizedLinear, KMajorQuantizedSwitchLinear, apply_cpu_layout
+
+    stored = any(isinstance(m, (KMajorQuantizedLinear, KMajorQuantizedSwitchLinear)) for _, m in model.named_modules())
+    model.kernel_layout = "kmajor (stored)" if stored else "checkpoint"
     if cpu_layout or (cpu_layout is None and on_cpu):
-        from .cpu_layout import LAYOUT_BITS, apply_cpu_layout
-
-        if apply_cpu_layout(model):
-            model.kernel_layout = f"kmajor-int{LAYOUT_BITS}"
+        if apply_cpu_layout(model):  # the modules still in the checkpoint's layout, if any
+            model.kernel_layout = f"{model.kernel_layout} + kmajor-int{LAYOUT_BITS}" if stored else f"kmajor-int{LAYOUT_BITS}"
 
 
-def _load_in_batches(model: Model, lazy: dict[str, mx.array]) -> None:
+def _load_in_batches(model: Model, lazy: dict[str, mx.array], store=None) -> None:
     """Evaluate one decoder layer's weights at a time, so FP8 dequant and expert stacking never hold
-    more than one layer's temporaries in memory."""
+    more than one layer's temporaries in memory. Releasing the store after each layer frees the source
+    arrays that a dtype cast copied (bf16 scales -> float32), instead of keeping them all to the end."""
     groups: dict[str, list] = {}
     for k, v in lazy.items():
         head = ".".join(k.split(".")[:3]) if k.startswith("model.layers.") else k.split(".")[0]
@@ -169,6 +176,8 @@ def _load_in_batches(model: Model, lazy: dict[str, mx.array]) -> None:
     for items in groups.values():
         mx.eval([v for _, v in items])
         model.load_weights(items, strict=False)
+        if store is not None and hasattr(store, "release"):
+            store.release()
 
 
 def load_tokenizer(path: str | Path):
@@ -192,7 +201,8 @@ def load(
     (float32 on MLX's CPU backend, bfloat16 on Metal).
     cpu_layout: for quantized checkpoints, re-lay weights once into MLX CPU's fast quantized layout
     (K-major, 8-bit; see `mlxseek.cpu_layout`). None = on the CPU backend only; False = never.
-    The layout in use is `model.kernel_layout`.
+    A folder written by `mlxseek convert --layout kmajor` already stores that layout at its own bits
+    (no re-layout, no extra memory). The layout in use is `model.kernel_layout`.
     group: an `mx.distributed.Group` (e.g. `mlxseek.rank.join().group`); with more than one rank, this
     rank loads and runs only its share, `parallel="pipeline"` (contiguous layers) or `"expert"` (a slice
     of every MoE layer's routed experts). See `mlxseek.distributed`.

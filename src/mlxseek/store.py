@@ -106,3 +106,8 @@ class WeightStore:
             except Exception as e:  # mlx raises RuntimeError/ValueError with its own wording
                 raise CheckpointError(f"{self.folder / shard}: cannot load ({e})") from None
         return self._loaded[shard][key]
+
+    def release(self) -> None:
+        """Drop this store's handles on the arrays it has handed out. Evaluated ones it alone still holds
+        (e.g. bf16 sources of a float32 cast) are freed; lazy arrays handed out stay valid."""
+        self._loaded.clear()

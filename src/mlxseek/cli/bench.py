@@ -22,6 +22,9 @@ from .draft_options import draft_options, run_draft_bench
 @click.option("--vs", multiple=True, type=click.Choice(["mlx-lm", "mlx-lm-fp32"]),
               help="Also measure mlx-lm on the same folder: its default (bf16 activations on mlx-community "
                    "weights) and/or with every floating parameter cast to float32. Repeatable.")
+@click.option("--ours", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="With --vs: the folder mlxseek reads instead of --model, e.g. `mlxseek convert --layout kmajor` "
+                   "of the same source (only mlxseek reads that layout).")
 @click.option("--bandwidth", type=click.FloatRange(min=0.0, min_open=True), default=None,
               help="Memory bandwidth in GB/s for the roofline (default: the chip's published figure on a Mac, "
                    "else a NumPy probe).")
@@ -31,7 +34,7 @@ from .draft_options import draft_options, run_draft_bench
               help="With --draft: cut the prompts from this text file (default: random token ids).")
 @library_errors
 @placement_options
-def bench(model_dir: Path, prompt_tokens: int, gen_tokens: int, runs: int, vs: tuple[str, ...],
+def bench(model_dir: Path, prompt_tokens: int, gen_tokens: int, runs: int, vs: tuple[str, ...], ours: Optional[Path],
           bandwidth: Optional[float], as_json: bool, load_options: dict, draft: Optional[str] = None,
           num_draft: int = 1, prompt_file: Optional[Path] = None) -> None:
     """Measure generation speed against the memory roofline."""
@@ -50,6 +53,6 @@ def bench(model_dir: Path, prompt_tokens: int, gen_tokens: int, runs: int, vs: t
             click.echo(f"measured {row['engine']}", err=True)
 
     rows = run_bench(model_dir, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, runs=runs, vs=vs,
-                     bandwidth=bandwidth, on_row=on_row, load_options=load_options)
+                     bandwidth=bandwidth, on_row=on_row, load_options=load_options, ours=ours)
     if not as_json:
         click.echo(format_table(rows))

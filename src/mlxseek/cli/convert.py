@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..convert.quantize import BITS, GROUP_SIZES, RECIPES
+from ..convert.quantize import BITS, GROUP_SIZES, LAYOUTS, RECIPES
 from . import library_errors, main
 
 
@@ -25,11 +25,16 @@ from . import library_errors, main
               help="uniform: everything at --q-bits (4-bit: 4.50 bits/weight on V3). experts: routed experts at "
                    "--q-bits, the rest at 8 bits (4.61). mixed: experts at --q-bits with down_proj +2 bits in edge "
                    "layers, always-active weights at 6, embeddings at 8 (4.75). The router is never quantized.")
+@click.option("--layout", type=click.Choice(LAYOUTS), default="transposed", show_default=True,
+              help="Quantized weight layout. transposed: MLX's own (mlx-lm loads it; Metal's fast path). "
+                   "kmajor: (in, out) with groups along out, MLX's CPU backend's fast path at the same size; "
+                   "only mlxseek loads it.")
 @click.option("--drop-mtp", is_flag=True, help="Leave out the multi-token-prediction layer (as mlx_lm.convert does).")
 @click.option("--force", is_flag=True, help="Replace an existing --mlx-path.")
 @click.option("--quiet", is_flag=True, help="No progress bar or summary.")
 @library_errors
-def convert_command(hf_path, mlx_path, quantize, q_bits, q_group_size, dtype, recipe, drop_mtp, force, quiet):
+def convert_command(hf_path, mlx_path, quantize, q_bits, q_group_size, dtype, recipe, layout, drop_mtp, force,
+                    quiet):
     """Convert an official DeepSeek checkpoint to an MLX folder, streaming: memory stays at about one
     tensor (one expert matrix), whatever the model size.
 
@@ -40,5 +45,5 @@ def convert_command(hf_path, mlx_path, quantize, q_bits, q_group_size, dtype, re
     from ..convert.convert import convert
 
     convert(hf_path=hf_path, mlx_path=mlx_path, quantize=quantize, q_bits=int(q_bits),
-            q_group_size=int(q_group_size), dtype=dtype, recipe=recipe, drop_mtp=drop_mtp,
+            q_group_size=int(q_group_size), dtype=dtype, recipe=recipe, layout=layout, drop_mtp=drop_mtp,
             force=force, quiet=quiet)

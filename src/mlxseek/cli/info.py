@@ -17,6 +17,7 @@ def report(i: dict) -> str:
         extra = ", ".join(f"{n} paths {label}" for label, n in q["overrides"].items())
         quant = f"{q['mode']} {q['bits']}-bit, group {q['group_size']}"
         quant += (f", recipe {q['recipe']}" if q["recipe"] else "") + (f" ({extra})" if extra else "")
+        quant += f", layout {q['layout']}"
     elif q["format"] == "fp8":
         quant = f"FP8 {q['fmt']} blocks {q['weight_block_size']}"
         quant += f", {q['scale_fmt']} scales" if q["scale_fmt"] else ""
@@ -34,6 +35,9 @@ def report(i: dict) -> str:
         f"on disk        {gb(i['bytes_on_disk'])} ({i['bits_per_weight']:.2f} bits/weight)",
         f"per token      {gb(i['bytes_per_token'])} of weights read per decoded token",
         f"quantization   {quant}",
+        f"runtime        MLX {i['runtime']['mlx']} on {i['runtime']['device']}, BLAS {i['runtime']['blas']}"
+        + (f" ({i['runtime'].get('path') or i['runtime'].get('reason')})" if i['runtime'].get('path')
+           or i['runtime'].get('reason') else ""),
     ])
 
 

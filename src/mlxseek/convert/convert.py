@@ -65,6 +65,7 @@ def convert(
     q_group_size: int = 64,
     dtype: str | None = None,
     recipe: str = "uniform",
+    layout: str = "transposed",
     drop_mtp: bool = False,
     force: bool = False,
     quiet: bool = False,
@@ -74,6 +75,8 @@ def convert(
 
     quantize: affine group quantization with `q_bits` (2, 3, 4, 5, 6, 8) and `q_group_size` (32, 64,
     128), per-module choices from `recipe` ("uniform", "experts", "mixed"; see mlxseek.convert.quantize).
+    layout: "transposed" (MLX's and mlx-lm's layout, Metal's fast path) or "kmajor" (MLX's CPU backend's
+    fast path at the same bits per weight; only mlxseek loads it; see mlxseek.convert.quantize.LAYOUTS).
     dtype: float dtype of unquantized weights, scales and biases ("float16", "bfloat16", "float32");
     None keeps config.json's torch_dtype (bfloat16 for DeepSeek's releases). The router stays float32.
     drop_mtp: leave out the multi-token-prediction layer (what mlx-lm's own converter does).
@@ -86,8 +89,10 @@ def convert(
     log = (lambda *_: None) if quiet else (lambda msg: tqdm.write(str(msg)))
     src, dst = _check_paths(Path(hf_path), Path(mlx_path), force)
     if quantize:
-        check_options(recipe, q_bits, q_group_size)
-    options = {"recipe": recipe if quantize else None, "bits": q_bits if quantize else None,
+        check_options(recipe, q_bits, q_group_size, layout)
+    elif layout != "transposed":
+        raise ConversionError(f"--layout {layout}: only quantized weights have a layout; add -q")
+    options = {"recipe": recipe if quantize else None, "bits": q_bits if quantize else None, "layout": layout,
                "group_size": q_group_size if quantize else None, "dtype": dtype, "drop_mtp": drop_mtp}
     job = _plan(src, dst, options, max_shard_bytes)
     progress, done = _open_partial(job, log)
@@ -140,7 +145,8 @@ def _plan(src: Path, dst: Path, options: dict, max_shard_bytes: int) -> _Convers
     qplan = None
     if options["recipe"] or plan.quantization:
         qplan = plan_quantization(skeleton, cfg, recipe=options["recipe"], bits=options["bits"],
-                                  group_size=options["group_size"], imported=plan.quantization)
+                                  group_size=options["group_size"], imported=plan.quantization,
+                                  layout=options.get("layout", "transposed"))
     jobs, shapes = plan_jobs(reader, cfg, plan, qplan, dtype)
     check_against_model(shapes, _as_stored(cfg, plan), src)
     shards = assign_shards(jobs, max_shard_bytes)

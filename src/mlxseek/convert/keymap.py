@@ -298,3 +298,10 @@ def quant_params(cfg: ModelConfig, path: str) -> Optional[dict]:
         return {"group_size": int(src["group_size"]), "bits": int(src["bits"]), "mode": src.get("mode", "affine")}
     except KeyError as e:
         raise ConfigError(f"config.json: quantization entry for {path!r} lacks {e.args[0]!r}") from None
+
+
+def quant_layout(cfg: ModelConfig, path: str) -> str:
+    """The recorded weight layout of quantized module `path`: "transposed" (MLX's default) or "kmajor"."""
+    per = (cfg.quantization or {}).get(path)
+    return per.get("layout", "transposed") if isinstance(per, dict) else "transposed"
+

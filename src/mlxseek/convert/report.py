@@ -27,7 +27,9 @@ def error_terms(w: mx.array, packed: tuple, params: dict) -> mx.array:
 
     Rows are summed in float64 by TensorError, so the totals do not depend on how a tensor was
     split into pieces."""
-    q = mx.dequantize(*packed, group_size=params["group_size"], bits=params["bits"], mode=params["mode"])
+    from .quantize import dequantize
+
+    q = dequantize(packed, params)
     w32 = w.astype(mx.float32)
     d = q.astype(mx.float32) - w32
     ad = mx.abs(d)

@@ -9,6 +9,7 @@ parameters. Since groups run along rows' last axis, the bytes equal quantizing t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -19,7 +20,7 @@ import numpy as np
 from ..config import ModelConfig
 from .keymap import SCALE_SUFFIX, Materializer, Plan, Target
 from .layout import Job, TensorSpec
-from .quantize import keep_fp32, quantize
+from .quantize import GROUP_SIZES, KMAJOR, keep_fp32, quantize
 from .reader import RowWindow, SourceReader
 from .report import TensorError, error_terms
 from .writer import ShardWriter
@@ -62,7 +63,10 @@ def _row_pieces(src: Source, out: str, key: str) -> Iterator[tuple[int, dict[str
         return
     block = src.cfg.fp8_block_size if src.reader.dtype(orig) == "F8_E4M3" else None
     bm = block[0] if block else 1
-    step = max(bm, PIECE_BYTES // (4 * shape[1]) // bm * bm)
+    # Pieces also start on multiples of the largest group size, so that a kmajor module (groups along
+    # the rows here) gets whole groups per piece; for the transposed layout this changes nothing.
+    align = math.lcm(bm, max(GROUP_SIZES))
+    step = max(align, PIECE_BYTES // (4 * shape[1]) // align * align)
     scale = src.plan.source_of.get(key + SCALE_SUFFIX)
     for r in range(0, shape[0], step):
         window = RowWindow(src.reader, orig, r, r + step, bm, scale)
@@ -126,8 +130,15 @@ def _emit(writer: ShardWriter, job: Job, name: str, a: mx.array, piece: Piece, e
     terms = error_terms(a, packed, params) if piece.measure else None
     mx.eval(packed, terms)
     base = name[: -len("weight")]
-    for suffix, q in zip(("weight", "scales", "biases"), packed):
-        writer.write(base + suffix, q, piece.row)
+    shape = job.float_shapes[name]
+    if params.get("layout") == KMAJOR and tuple(a.shape) != shape:
+        # A block of rows of W (..., out, in) is a block of columns of the stored (..., in, out).
+        slab, r = divmod(piece.row, shape[-2])
+        for suffix, q in zip(("weight", "scales", "biases"), packed):
+            writer.write_cols(base + suffix, q, slab, r * q.shape[-1] // a.shape[-2])
+    else:
+        for suffix, q in zip(("weight", "scales", "biases"), packed):
+            writer.write(base + suffix, q, piece.row)
     if terms is not None:
         stats = errors.get(name)
         if stats is None:

@@ -80,6 +80,25 @@ class ShardWriter:
         self._pwrite(_host_bytes(array), self._data_start + start)
         self._written[name] += array.nbytes
 
+    def write_cols(self, name: str, array: mx.array, slab: int, col: int) -> None:
+        """Write evaluated 2-D `array` (rows, c) into columns [col, col + c) of matrix `slab` of tensor
+        `name` (..., rows, cols): a kmajor weight's piece. Goes through a short-lived memory map, so the
+        strided rows cost page-cache writes, not one system call each."""
+        begin, spec = self._ranges[name]
+        rows, cols = spec.shape[-2], spec.shape[-1]
+        n_slabs = spec.nbytes // (rows * cols * spec.dtype.size)
+        if (array.dtype != spec.dtype or array.ndim != 2 or array.shape[0] != rows
+                or col + array.shape[1] > cols or slab >= n_slabs):
+            raise ConversionError(f"{self.path}: piece {array.dtype}{tuple(array.shape)} at matrix {slab}, "
+                                  f"column {col} does not fit tensor {name} {spec.dtype}{spec.shape}")
+        host = np.asarray(array.view(mx.uint16) if array.dtype == mx.bfloat16 else array)
+        offset = self._data_start + begin + slab * rows * cols * spec.dtype.size
+        mm = np.memmap(self.path, dtype=host.dtype, mode="r+", offset=offset, shape=(rows, cols))
+        mm[:, col : col + host.shape[1]] = host
+        mm.flush()
+        del mm
+        self._written[name] += array.nbytes
+
     def _pwrite(self, data, offset: int) -> None:
         view = memoryview(data).cast("B")
         while view:
