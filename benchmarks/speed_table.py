@@ -129,18 +129,51 @@ def mlx_lm_quantized_cache(model, folder: Path) -> dict:
     return row
 
 
-def prefill_peak(folder: Path, tokens: int, out) -> None:
-    """Peak memory of a chunked prefill of `tokens` through mlxseek's generator."""
-    from mlxseek.generate import generate_step
+def long_prompt(folder: Path, tokens: int, out, steps: int = 8) -> None:
+    """A real `tokens`-token prefill (chunked, as generate does): its time and peak memory over the resident
+    weights; then the logits drift of 8-bit and 4-bit copies of that cache vs the full-precision one over
+    `steps` teacher-forced decode steps, with each cache's decode speed at that context."""
+    from mlxseek.generate import DEFAULT_PREFILL_STEP, prefill_chunk
 
     model = load_engine("mlxseek", folder)
+    gc.collect()
+    mx.clear_cache()
+    resident = mx.get_active_memory()
     mx.reset_peak_memory()
-    prompt = mx.random.randint(3, model.args.vocab_size, (tokens,)).astype(mx.uint32)
-    t = time.perf_counter()
-    for _ in generate_step(prompt, model, max_tokens=1):
-        pass
-    emit({"measure": "prefill_peak", "engine": "mlxseek", "prompt_tokens": tokens,
-          "seconds": time.perf_counter() - t, "peak_memory_gb": mx.get_peak_memory() / 1e9}, out)
+    prompt = mx.random.randint(3, model.args.vocab_size, (tokens,), key=mx.random.key(0)).astype(mx.uint32)
+    cache, t, done, chunks = model.make_cache(), time.perf_counter(), 0, []
+    while done < tokens - 1:  # every token but the last, in generate's chunks (they shrink as S grows)
+        n = min(prefill_chunk(model, done, DEFAULT_PREFILL_STEP), tokens - 1 - done)
+        model(prompt[done : done + n][None], cache=cache)
+        mx.eval([c.state for c in cache])
+        done, chunks = done + n, chunks + [n]
+    seconds = time.perf_counter() - t
+    emit({"measure": "prefill_peak", "engine": "mlxseek", "prompt_tokens": tokens, "seconds": seconds,
+          "prefill_tps": (tokens - 1) / seconds, "chunks": f"{chunks[0]}..{chunks[-1]} ({len(chunks)})",
+          "weights_gb": resident / 1e9,
+          "peak_memory_gb": mx.get_peak_memory() / 1e9, "prefill_overhead_gb": (mx.get_peak_memory() - resident) / 1e9,
+          "attention": "naive (MHA-style) for prefill chunks, absorbed for decode"}, out)
+    caches = {None: cache, **{b: [c.to_quantized(group_size=64, bits=b) for c in cache] for b in (8, 4)}}
+    feed, logits = [int(prompt[-1])], {}
+    for bits, c in caches.items():  # full first: its greedy tokens are fed to every cache
+        rows, t = [], time.perf_counter()
+        for i in range(steps):
+            y = model(mx.array([[feed[i]]]), cache=c)[0, -1].astype(mx.float32)
+            mx.eval(y)
+            rows.append(y)
+            if bits is None and i + 1 == len(feed):
+                feed.append(int(mx.argmax(y)))
+        tps = steps / (time.perf_counter() - t)
+        logits[bits] = mx.stack(rows)
+        row = {"measure": "kv_drift", "engine": "mlxseek", "context": tokens, "kv_bits": bits, "decode_tps": tps,
+               "cache_bytes_per_token": cache_bytes_per_token(c)}
+        if bits is not None:
+            ref, q = logits[None], logits[bits]
+            lp, lq = ref - mx.logsumexp(ref, -1, keepdims=True), q - mx.logsumexp(q, -1, keepdims=True)
+            row.update(max_abs_drift=float(mx.abs(q - ref).max()), mean_abs_drift=float(mx.abs(q - ref).mean()),
+                       mean_abs_logit=float(mx.abs(ref).mean()), kl=float((mx.exp(lp) * (lp - lq)).sum(-1).mean()),
+                       top1_agree=float((mx.argmax(q, -1) == mx.argmax(ref, -1)).mean()))
+        emit(row, out)
 
 
 def main() -> None:
@@ -150,7 +183,8 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=512)
     ap.add_argument("--gen-tokens", type=int, default=128)
     ap.add_argument("--skip-long", action="store_true", help="skip the long-context measurements")
-    ap.add_argument("--long-prompt", type=int, default=8192, help="prompt length for the prefill peak memory")
+    ap.add_argument("--long-prompt", type=int, default=8192,
+                    help="prompt length of the real prefill (peak memory) and the quantized-cache drift")
     ap.add_argument("--engines", nargs="+", default=["mlxseek", "mlx-lm", "mlx-lm-fp32"],
                     choices=["mlxseek", "mlx-lm", "mlx-lm-fp32"], help="mlxseek is always measured first")
     ap.add_argument("--skip-speed", action="store_true", help="only the kernel floor and long-context parts")
@@ -176,7 +210,7 @@ def main() -> None:
         gc.collect()
     if not args.skip_long:
         long_context(folder, [e for e in engines if e != "mlx-lm"], args.jsonl)
-        prefill_peak(folder, args.long_prompt, args.jsonl)
+        long_prompt(folder, args.long_prompt, args.jsonl)
 
 
 if __name__ == "__main__":

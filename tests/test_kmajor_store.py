@@ -117,3 +117,12 @@ def test_info_reports_the_layout_and_the_same_parameters(kmajor, tmp_path):
     assert k["quantization"]["layout"].startswith("kmajor (") and t["quantization"]["layout"] == "transposed"
     assert k["quantization"]["overrides"] == t["quantization"]["overrides"]
     assert (k["total_params"], k["active_params"]) == (t["total_params"], t["active_params"])
+
+
+def test_paged_experts_keep_the_stored_layout(kmajor):
+    """Experts read from disk on demand (expert_memory_gb) are built K-major like the resident stacks."""
+    x = mx.array([[1, 5, 9, 20, 33, 7, 300, 2]])
+    resident, _ = mlxseek.load(kmajor, with_mtp=False, tokenizer=False)
+    paged, _ = mlxseek.load(kmajor, with_mtp=False, tokenizer=False, expert_memory_gb=1e-4)
+    assert float(mx.abs(paged(x) - resident(x)).max()) < 1e-5
+    assert paged.pager.stats()["misses"] > 0

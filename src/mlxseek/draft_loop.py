@@ -14,6 +14,7 @@ from typing import Optional
 
 import mlx.core as mx
 
+from .generate import cached_tokens, prefill_chunk
 from .model import causal_mask
 from .speculative import rejection_sample
 
@@ -61,7 +62,8 @@ class SpeculativeDecoder:
         """Feed the prompt in the plain decoder's chunks, and every (h_t, token_{t+1}) pair to the MTP."""
         n, done, h = prompt.size, 0, None
         while done < n:
-            end = done + step_size if n - done > step_size else n
+            chunk_size = prefill_chunk(self.model, cached_tokens(self.cache), step_size)
+            end = done + chunk_size if n - done > chunk_size else n
             chunk = prompt[done:end]
             h = self.model.hidden_states(chunk[None], self.cache)  # (1, n_chunk, D)
             pending, self.state.pending = self.state.pending, h[:, -1:]

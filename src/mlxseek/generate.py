@@ -24,6 +24,23 @@ Sampler = Callable[[mx.array], mx.array]
 LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
 
 DEFAULT_PREFILL_STEP = 512  # prompt tokens per forward pass: bounds activation memory for long prompts
+# Largest float32 attention-score matrix (heads x chunk x context) one prefill chunk may build. A fixed
+# 512-token chunk over an 8K cache builds 0.27 GB of scores per matrix at 16 heads (2.1 GB at V3's 128),
+# so chunks shrink as the context grows, down to MIN_PREFILL_STEP tokens.
+PREFILL_SCORES_BYTES = 64 << 20
+MIN_PREFILL_STEP = 32
+
+
+def prefill_chunk(model, context: int, step: int) -> int:
+    """Prompt tokens for the next prefill forward after `context` cached tokens: at most `step`, and few
+    enough that heads * chunk * (context + chunk) float32 scores fit in PREFILL_SCORES_BYTES."""
+    heads = getattr(getattr(model, "config", None), "num_attention_heads", None) or 1
+    fit = PREFILL_SCORES_BYTES // (4 * heads * (context + step))
+    return max(min(step, MIN_PREFILL_STEP), min(step, fit))
+
+
+def cached_tokens(cache: list) -> int:
+    return getattr(cache[0], "offset", 0) if cache else 0
 
 
 @dataclass
@@ -79,7 +96,8 @@ def generate_step(
 ) -> Generator[tuple[int, mx.array], None, None]:
     """Yield (token, logprobs (V,)) for up to `max_tokens` new tokens after `prompt` (1-D int array).
 
-    The prompt is prefilled in chunks of `prefill_step_size`; `prompt_cache` (if given) is extended in
+    The prompt is prefilled in chunks of `prefill_step_size` tokens, fewer as the context grows (see
+    `prefill_chunk`: attention scores stay bounded); `prompt_cache` (if given) is extended in
     place, so a later call continues the same context. No EOS handling here: see `stream_generate`.
     """
     cache = prompt_cache if prompt_cache is not None else make_prompt_cache(model)
@@ -98,10 +116,10 @@ def generate_step(
         return sampler(logprobs), logprobs[0]
 
     done = 0
-    while n_prompt - done > prefill_step_size:
-        model(prompt[done : done + prefill_step_size][None], cache=cache)
+    while n_prompt - done > (n := prefill_chunk(model, cached_tokens(cache), prefill_step_size)):
+        model(prompt[done : done + n][None], cache=cache)
         mx.eval([c.state for c in cache])  # only the cache: the chunk's logits are never computed
-        done += prefill_step_size
+        done += n
         if progress:
             progress(done, n_prompt)
         mx.clear_cache()

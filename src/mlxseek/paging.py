@@ -125,6 +125,12 @@ class ExpertPager:
             return (f"{p}.scales" in local and quant_params(cfg, f"{path}.{p}")) or False
 
         nn.quantize(module, class_predicate=quantized)
+        from .convert.keymap import quant_layout
+        from .cpu_layout import stored_kmajor_skeleton
+
+        # Experts a `--layout kmajor` folder stores K-major keep that layout, as the loader's stacks do.
+        stored_kmajor_skeleton(module, lambda p: {**quant_params(cfg, f"{path}.{p}"), "layout": "kmajor"}
+                               if f"{p}.scales" in local and quant_layout(cfg, f"{path}.{p}") == "kmajor" else None)
         module.load_weights(list(local.items()))
         if self.kmajor:
             from .cpu_layout import apply_cpu_layout
@@ -260,7 +266,7 @@ class PagedPlacement:
 
     def finish(self, model) -> None:
         pager = self.pager
-        pager.kmajor = getattr(model, "kernel_layout", "checkpoint") != "checkpoint"
+        pager.kmajor = "kmajor-int" in getattr(model, "kernel_layout", "checkpoint")  # the load-time re-layout
         if pager.targets:  # one expert, built and dropped, gives the resident size of every expert
             probe = pager.build_expert(next(iter(pager.targets)), 0, None)
             pager.expert_bytes = sum(v.nbytes for _, v in tree_flatten(probe.parameters()))
