@@ -21,6 +21,11 @@ def convert(src, dst, **kw):
     return mlxseek.convert(hf_path=src, mlx_path=dst, quantize=True, q_group_size=GROUP, quiet=True, **kw)
 
 
+def f32(a):
+    # Loaded for float32 compute, scales stay as stored (bf16): dequantize them exactly, as the kernels do.
+    return a if a is None or not mx.issubdtype(a.dtype, mx.floating) else a.astype(mx.float32)
+
+
 def folder_bytes(folder):
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != "convert_report.json"}
 
@@ -74,14 +79,15 @@ def test_loads_kmajor_and_matches_dequantized_float_model(kmajor, loaded):
     dense = []
     for path, m in model.named_modules():
         if isinstance(m, (KMajorQuantizedLinear, KMajorQuantizedSwitchLinear)):
-            w = mx.dequantize(m.weight, m.scales, m.biases, group_size=m.group_size, bits=m.bits)
+            w = mx.dequantize(m.weight, f32(m.scales), f32(m.biases), group_size=m.group_size, bits=m.bits)
             dense.append((f"{path}.weight", w.swapaxes(-1, -2).astype(mx.float32)))
     ref.load_weights(dense, strict=False)
     # The modules the store keeps in MLX's layout (embeddings, MultiLinear, ...) are quantized in both.
     for path, m in model.named_modules():
         if hasattr(m, "scales") and not isinstance(m, (KMajorQuantizedLinear, KMajorQuantizedSwitchLinear)):
             mode = getattr(m, "mode", "affine")
-            w = mx.dequantize(m.weight, m.scales, m.get("biases"), group_size=m.group_size, bits=m.bits, mode=mode)
+            w = mx.dequantize(m.weight, f32(m.scales), f32(m.get("biases")), group_size=m.group_size, bits=m.bits,
+                              mode=mode)
             ref.load_weights([(f"{path}.weight", w.astype(mx.float32))], strict=False)
     x = mx.array([[1, 5, 9, 20, 33, 7, 300, 2]])
     diff = float(mx.abs(model(x) - ref(x)).max())

@@ -31,7 +31,9 @@ def _requantize_kmajor(weight, scales, biases, *, group_size, bits, mode) -> tup
     """(..., N, K) checkpoint-layout quantized weight -> (..., K, N) 8-bit groups along N, or None."""
     if mode != "affine":
         return None  # mxfp4 imports are lossless as they are; requantizing would lose that
-    w = mx.dequantize(weight, scales, biases, group_size=group_size, bits=bits, mode=mode)  # (..., N, K)
+    # In float32 (scales may be kept as stored, e.g. bf16): bf16 rounding here would be ~one 8-bit step.
+    f32 = lambda a: None if a is None else a.astype(mx.float32)  # noqa: E731
+    w = mx.dequantize(weight, f32(scales), f32(biases), group_size=group_size, bits=bits, mode=mode)  # (..., N, K)
     g = _group_size(w.shape[-2])
     if g is None:
         return None
