@@ -5,7 +5,8 @@ for full/8-bit/4-bit vs mlx-lm's cache, logits drift of the quantized cache, pea
 
     python benchmarks/speed_table.py [--model DIR] [--runs 3] [--skip-long] [--jsonl out.jsonl]
 
-Prints JSON lines (one per measurement), then a markdown summary. The default model is the ~1 GB random
+Prints JSON lines (one per measurement), then the markdown tables (benchmarks/speed_summary.py, which also
+renders saved JSON lines). The default model is the ~1 GB random
 V3-shaped 4-bit checkpoint from benchmarks/make_random_v3.py (written on first use).
 """
 
@@ -32,7 +33,11 @@ from profile_decode import measure as profile  # noqa: E402
 from mlxseek.bench import bench  # noqa: E402
 
 
+ROWS: list[dict] = []  # everything emitted, for the markdown summary at the end
+
+
 def emit(row: dict, out) -> dict:
+    ROWS.append(row)
     line = json.dumps(row)
     print(line, flush=True)
     if out:
@@ -68,7 +73,7 @@ def fill_cache(model, context: int, *, kv_bits=None):
         from mlx_lm.models.cache import make_prompt_cache
 
         cache = make_prompt_cache(model)
-    dt = model.lm_head.scales.dtype if hasattr(model.lm_head, "scales") else model.lm_head.weight.dtype
+    dt = model.model.norm.weight.dtype  # the compute dtype: what the model itself writes into its cache
     for c in cache:
         for start in range(0, context, 1024):
             n = min(1024, context - start)
@@ -211,6 +216,9 @@ def main() -> None:
     if not args.skip_long:
         long_context(folder, [e for e in engines if e != "mlx-lm"], args.jsonl)
         long_prompt(folder, args.long_prompt, args.jsonl)
+    from speed_summary import render
+
+    print("\n" + render(ROWS))
 
 
 if __name__ == "__main__":

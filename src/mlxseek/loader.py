@@ -126,7 +126,7 @@ def load_model(path: str | Path, *, dtype: Any = None, with_mtp: bool = True, cp
                               dtype=dt, keep_fp32=_keep_fp32)
     if placement:  # one rank's share, or everything but the paged experts: read only what stays resident
         store, plan = placement.restrict(store, plan)
-    mat = Materializer(store, cfg, plan, dtype=dt, keep_fp32=_keep_fp32, keep_stored_scales=True)
+    mat = Materializer(store, cfg, plan, dtype=dt, keep_fp32=_keep_fp32)
     lazy = {}
     for t in plan.targets:
         lazy.update(mat.materialize(t))

@@ -110,8 +110,7 @@ class ExpertPager:
         """Expert `e` of `path` as a one-expert module, from `raw` bits (prefetched) or read now."""
         rows, targets = self._slice(path, e)
         sliced = SlicedStore(self.store, rows, raw)
-        mat = Materializer(sliced, self.cfg, self.plan, dtype=self.dtype, keep_fp32=self.keep_fp32,
-                           keep_stored_scales=True)
+        mat = Materializer(sliced, self.cfg, self.plan, dtype=self.dtype, keep_fp32=self.keep_fp32)
         arrays = {}
         for t in targets:
             arrays.update(mat.materialize(t))

@@ -190,19 +190,12 @@ def build_plan(keys: list[str], cfg: ModelConfig) -> Plan:
     return Plan(targets, dropped, source_of, has_mtp, quantization)
 
 
-_EMBEDDING = re.compile(r"(^|\.)embed(_tokens)?\.")
-
-
 class Materializer:
     """Turns Targets into lazy arrays read from a WeightStore, in the compute dtype."""
 
     def __init__(self, store, cfg: ModelConfig, plan: Plan, dtype=mx.float32,
-                 keep_fp32: Callable[[str], bool] = lambda k: False, keep_stored_scales: bool = False):
+                 keep_fp32: Callable[[str], bool] = lambda k: False):
         self.store, self.cfg, self.plan, self.dtype, self.keep_fp32 = store, cfg, plan, dtype, keep_fp32
-        # Loading for float32 compute: quantized matmuls promote bf16 scales/biases themselves at no cost in
-        # speed, so keeping them as stored saves ~half their memory (0.11 GB of a 1.1 GB 4-bit model).
-        # Embeddings dequantize rows in the scales' dtype, so theirs are cast.
-        self.keep_stored_scales = keep_stored_scales and dtype == mx.float32
         self.used_scales: set[str] = set()
 
     def _scale_of(self, key: str) -> tuple[Optional[mx.array], Optional[str]]:
@@ -255,8 +248,6 @@ class Materializer:
     def _cast(self, name: str, a: mx.array) -> mx.array:
         if not mx.issubdtype(a.dtype, mx.floating):
             return a  # packed quantized weights, token tables
-        if self.keep_stored_scales and name.endswith((".scales", ".biases")) and not _EMBEDDING.search(name):
-            return a
         return a.astype(mx.float32 if self.keep_fp32(name) else self.dtype)
 
     def materialize(self, t: Target) -> dict[str, mx.array]:
