@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -84,13 +85,17 @@ def fill_cache(model, context: int, *, kv_bits=None):
     return cache
 
 
-def decode_tps(model, cache, steps: int = 8) -> float:
+def decode_tps(model, cache, steps: int = 8, repeats: int = 3) -> float:
+    """Median over `repeats` timings of `steps` decode steps (the cache grows by steps * repeats + 1)."""
     tok = mx.array([[11]])
     mx.eval(model(tok, cache=cache))
-    t = time.perf_counter()
-    for _ in range(steps):
-        mx.eval(model(tok, cache=cache))
-    return steps / (time.perf_counter() - t)
+    rates = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(steps):
+            mx.eval(model(tok, cache=cache))
+        rates.append(steps / (time.perf_counter() - t))
+    return statistics.median(rates)
 
 
 def long_context(folder: Path, engines, out) -> None:
@@ -187,6 +192,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--prompt-tokens", type=int, default=512)
     ap.add_argument("--gen-tokens", type=int, default=128)
+    ap.add_argument("--bf16-prompt-tokens", type=int, default=128,
+                    help="prompt length of the run against mlx-lm's bf16 default (~0.5 tok/s on CPU)")
+    ap.add_argument("--bf16-gen-tokens", type=int, default=32)
     ap.add_argument("--skip-long", action="store_true", help="skip the long-context measurements")
     ap.add_argument("--long-prompt", type=int, default=8192,
                     help="prompt length of the real prefill (peak memory) and the quantized-cache drift")
@@ -205,9 +213,14 @@ def main() -> None:
     engines = ("mlxseek", *[e for e in args.engines if e != "mlxseek"])
 
     if not args.skip_speed:
+        fast = [e for e in engines[1:] if e != "mlx-lm"]
         for row in bench(folder, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens, runs=args.runs,
-                         vs=engines[1:], ours=args.ours):
+                         vs=fast, ours=args.ours):
             emit({"measure": "speed", **row}, args.jsonl)
+        if "mlx-lm" in engines:  # its bf16 default runs ~25x slower on CPU: a shorter run, mlxseek alongside
+            for row in bench(folder, prompt_tokens=args.bf16_prompt_tokens, gen_tokens=args.bf16_gen_tokens,
+                             runs=args.runs, vs=["mlx-lm"], ours=args.ours):
+                emit({"measure": "speed", **row}, args.jsonl)
     for engine in engines:
         model = load_engine(engine, folder)
         emit({"measure": "kernel_floor", "engine": engine, **profile(model, 256, 5)}, args.jsonl)
