@@ -143,7 +143,7 @@ def long_prompt(folder: Path, tokens: int, out, steps: int = 8) -> None:
     """A real `tokens`-token prefill (chunked, as generate does): its time and peak memory over the resident
     weights; then the logits drift of 8-bit and 4-bit copies of that cache vs the full-precision one over
     `steps` teacher-forced decode steps, with each cache's decode speed at that context."""
-    from mlxseek.generate import DEFAULT_PREFILL_STEP, prefill_chunk
+    from mlxseek.prefill import DEFAULT_PREFILL_STEP, prefill_chunk
 
     model = load_engine("mlxseek", folder)
     gc.collect()

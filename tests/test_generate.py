@@ -90,15 +90,13 @@ def test_chunked_prefill_gives_the_same_tokens(loaded, prompt_ids):
 def test_prefill_chunks_shrink_as_the_context_grows(loaded, prompt_ids, monkeypatch):
     """With a small score budget, chunks get shorter as the cache fills (heads * chunk * context bounded),
     and the tokens are those of one whole-prompt prefill."""
-    import importlib
-
-    gen = importlib.import_module("mlxseek.generate")  # the module (mlxseek.generate is also a function)
+    from mlxseek import prefill
     model, tok = loaded
     prompt_ids = prompt_ids * 4  # 44 tokens
     whole = [r.token for r in mlxseek.stream_generate(model, tok, prompt_ids, max_tokens=6)]
     heads = model.config.num_attention_heads
-    monkeypatch.setattr(gen, "MIN_PREFILL_STEP", 2)
-    monkeypatch.setattr(gen, "PREFILL_SCORES_BYTES", 4 * heads * 8 * 16)  # 8 tokens at 16 of context
+    monkeypatch.setattr(prefill, "MIN_PREFILL_STEP", 2)
+    monkeypatch.setattr(prefill, "PREFILL_SCORES_BYTES", 4 * heads * 8 * 16)  # 8 tokens at 16 of context
     seen = []
     chunked = mlxseek.stream_generate(model, tok, prompt_ids, max_tokens=6, prefill_step_size=8,
                                       progress=lambda done, total: seen.append(done))
@@ -106,7 +104,7 @@ def test_prefill_chunks_shrink_as_the_context_grows(loaded, prompt_ids, monkeypa
     steps = [b - a for a, b in zip([0] + seen, seen)][:-1]  # the last: the final chunk, prefilled with decode
     assert steps[0] == 8 and steps[-1] < steps[0] and steps == sorted(steps, reverse=True)
     for a, n in zip([0] + seen, steps):
-        assert n == 2 or 4 * heads * n * (a + 8) <= gen.PREFILL_SCORES_BYTES
+        assert n == 2 or 4 * heads * n * (a + 8) <= prefill.PREFILL_SCORES_BYTES
 
 
 def test_eos_stops_and_is_not_in_the_text(loaded, prompt_ids):

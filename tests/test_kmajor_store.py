@@ -22,7 +22,7 @@ def convert(src, dst, **kw):
 
 
 def f32(a):
-    # Loaded for float32 compute, scales stay as stored (bf16): dequantize them exactly, as the kernels do.
+    # Dequantize in float32 whatever the scales' dtype, as the float32 kernels do.
     return a if a is None or not mx.issubdtype(a.dtype, mx.floating) else a.astype(mx.float32)
 
 

@@ -19,6 +19,9 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.switch_layers import QuantizedSwitchLinear
 
+from .errors import ConfigError
+from .quant_record import quant_layout, quant_params
+
 LAYOUT_BITS = 8
 
 
@@ -31,7 +34,7 @@ def _requantize_kmajor(weight, scales, biases, *, group_size, bits, mode) -> tup
     """(..., N, K) checkpoint-layout quantized weight -> (..., K, N) 8-bit groups along N, or None."""
     if mode != "affine":
         return None  # mxfp4 imports are lossless as they are; requantizing would lose that
-    # In float32 (scales may be kept as stored, e.g. bf16): bf16 rounding here would be ~one 8-bit step.
+    # In float32 whatever the scales' dtype (bf16 on Metal): bf16 rounding here would be ~one 8-bit step.
     f32 = lambda a: None if a is None else a.astype(mx.float32)  # noqa: E731
     w = mx.dequantize(weight, f32(scales), f32(biases), group_size=group_size, bits=bits, mode=mode)  # (..., N, K)
     g = _group_size(w.shape[-2])
@@ -112,19 +115,21 @@ def apply_cpu_layout(model: nn.Module) -> int:
     return converted
 
 
-def stored_kmajor_skeleton(model: nn.Module, params_of) -> int:
+def stored_kmajor_skeleton(model: nn.Module, cfg, stored, prefix: str = "") -> int:
     """Swap the quantized modules a converted folder stores K-major (`mlxseek convert --layout kmajor`)
     for KMajor twins with placeholder arrays of the stored shapes, before the weights are loaded.
-    `params_of(path)` gives the recorded params ({"group_size", "bits", "mode", "layout"}) or None."""
+    `stored(path)`: whether the folder holds module `path` quantized; `prefix` + path is its name in
+    config.json's `quantization` (a paged expert module is built apart from the model)."""
     from mlx.utils import tree_unflatten
 
     swaps = []
     for path, m in model.named_modules():
-        p = params_of(path)
-        if not p or p.get("layout") != "kmajor":
+        if not stored(path) or quant_layout(cfg, prefix + path) != "kmajor":
             continue
         if not isinstance(m, (nn.QuantizedLinear, QuantizedSwitchLinear)):
-            raise TypeError(f"{path}: recorded as kmajor but is a {type(m).__name__}")
+            raise ConfigError(f"config.json: quantization records {prefix + path!r} as kmajor, but it is a "
+                              f"{type(m).__name__}; only Linear and expert stacks can be stored K-major")
+        p = quant_params(cfg, prefix + path)
         g, b = p["group_size"], p["bits"]
         *lead, n_out, packed_in = m.weight.shape  # (..., out, in * bits / 32)
         n_in = packed_in * 32 // b

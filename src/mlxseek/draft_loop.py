@@ -14,8 +14,8 @@ from typing import Optional
 
 import mlx.core as mx
 
-from .generate import cached_tokens, prefill_chunk
 from .model import causal_mask
+from .prefill import cached_tokens, prefill_chunk
 from .speculative import rejection_sample
 
 

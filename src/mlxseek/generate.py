@@ -18,29 +18,11 @@ from mlx_lm.generate import wired_limit
 from mlx_lm.sample_utils import make_sampler
 
 from .errors import GenerationError
+from .prefill import DEFAULT_PREFILL_STEP, cached_tokens, prefill_chunk
 from .tokenizer import ReasoningSplitter, held_prefix, prompt_opens_reasoning
 
 Sampler = Callable[[mx.array], mx.array]
 LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
-
-DEFAULT_PREFILL_STEP = 512  # prompt tokens per forward pass: bounds activation memory for long prompts
-# Largest float32 attention-score matrix (heads x chunk x context) one prefill chunk may build. A fixed
-# 512-token chunk over an 8K cache builds 0.27 GB of scores per matrix at 16 heads (2.1 GB at V3's 128),
-# so chunks shrink as the context grows, down to MIN_PREFILL_STEP tokens.
-PREFILL_SCORES_BYTES = 64 << 20
-MIN_PREFILL_STEP = 32
-
-
-def prefill_chunk(model, context: int, step: int) -> int:
-    """Prompt tokens for the next prefill forward after `context` cached tokens: at most `step`, and few
-    enough that heads * chunk * (context + chunk) float32 scores fit in PREFILL_SCORES_BYTES."""
-    heads = getattr(getattr(model, "config", None), "num_attention_heads", None) or 1
-    fit = PREFILL_SCORES_BYTES // (4 * heads * (context + step))
-    return max(min(step, MIN_PREFILL_STEP), min(step, fit))
-
-
-def cached_tokens(cache: list) -> int:
-    return getattr(cache[0], "offset", 0) if cache else 0
 
 
 @dataclass

@@ -16,10 +16,11 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from .config import ModelConfig
-from .convert.keymap import Materializer, Plan, build_plan, quant_params
+from .convert.keymap import Materializer, Plan, build_plan
 from .errors import CheckpointError, FormatVersionError, WeightMismatchError
 from .model import Model, build_model
 from .placement import placement_for
+from .quant_record import quant_params
 from .store import WeightStore
 
 FORMAT_VERSION = 1  # of the `mlxseek` block that `mlxseek convert` writes into config.json
@@ -77,11 +78,9 @@ def _quantize(model: Model, cfg: ModelConfig, produced: set[str]) -> None:
         return quant_params(cfg, path) or False
 
     nn.quantize(model, class_predicate=predicate)
-    from .convert.keymap import quant_layout
     from .cpu_layout import stored_kmajor_skeleton
 
-    stored_kmajor_skeleton(model, lambda p: {**quant_params(cfg, p), "layout": "kmajor"}
-                           if f"{p}.scales" in produced and quant_layout(cfg, p) == "kmajor" else None)
+    stored_kmajor_skeleton(model, cfg, lambda p: f"{p}.scales" in produced)
 
 
 def check_against_model(shapes: dict[str, tuple], model, folder, source_of: dict | None = None) -> None:
@@ -165,7 +164,7 @@ def _choose_layout(model, cpu_layout: Any) -> None:
             model.kernel_layout = f"{model.kernel_layout} + kmajor-int{LAYOUT_BITS}" if stored else f"kmajor-int{LAYOUT_BITS}"
 
 
-def _load_in_batches(model: Model, lazy: dict[str, mx.array], store=None) -> None:
+def _load_in_batches(model: Model, lazy: dict[str, mx.array], store) -> None:
     """Evaluate one decoder layer's weights at a time, so FP8 dequant and expert stacking never hold
     more than one layer's temporaries in memory. Releasing the store after each layer frees the source
     arrays that a dtype cast copied (bf16 scales -> float32), instead of keeping them all to the end."""
@@ -176,8 +175,7 @@ def _load_in_batches(model: Model, lazy: dict[str, mx.array], store=None) -> Non
     for items in groups.values():
         mx.eval([v for _, v in items])
         model.load_weights(items, strict=False)
-        if store is not None and hasattr(store, "release"):
-            store.release()
+        store.release()
 
 
 def load_tokenizer(path: str | Path):

@@ -29,12 +29,14 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from .config import ModelConfig
-from .convert.keymap import SCALE_SUFFIX, Materializer, Plan, Target, quant_params
+from .convert.keymap import SCALE_SUFFIX, Materializer, Plan, Target
+from .cpu_layout import stored_kmajor_skeleton
 from .errors import ConfigError, WeightMismatchError
 from .layers.experts import RoutedExperts
 from .layers.moe import DeepSeekMoE
 from .layers.paged_experts import PagedExperts
 from .model import build_model
+from .quant_record import quant_params
 from .slices import SlicedStore, read_rows_raw
 
 SUPPORTED_TYPES = ("deepseek_v2", "deepseek_v3", "deepseek_v32")
@@ -125,12 +127,8 @@ class ExpertPager:
             return (f"{p}.scales" in local and quant_params(cfg, f"{path}.{p}")) or False
 
         nn.quantize(module, class_predicate=quantized)
-        from .convert.keymap import quant_layout
-        from .cpu_layout import stored_kmajor_skeleton
-
         # Experts a `--layout kmajor` folder stores K-major keep that layout, as the loader's stacks do.
-        stored_kmajor_skeleton(module, lambda p: {**quant_params(cfg, f"{path}.{p}"), "layout": "kmajor"}
-                               if f"{p}.scales" in local and quant_layout(cfg, f"{path}.{p}") == "kmajor" else None)
+        stored_kmajor_skeleton(module, cfg, lambda p: f"{p}.scales" in local, prefix=f"{path}.")
         module.load_weights(list(local.items()))
         if self.kmajor:
             from .cpu_layout import apply_cpu_layout

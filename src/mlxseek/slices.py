@@ -137,3 +137,6 @@ class SlicedStore:
 
     def keys(self) -> list[str]:
         return self.store.keys()
+
+    def release(self) -> None:
+        self.store.release()

@@ -28,6 +28,7 @@ from mlx_lm.sample_utils import make_sampler as mlx_lm_make_sampler
 from .cache import LatentCache
 from .errors import GenerationError
 from .layers.mtp import MultiTokenPrediction
+from .prefill import DEFAULT_PREFILL_STEP
 
 if TYPE_CHECKING:
     from .draft_costs import DraftCosts
@@ -182,7 +183,7 @@ def speculative_generate_step(
     sampler=None,
     logits_processors: Optional[Sequence] = None,
     prompt_cache: Optional[list] = None,
-    prefill_step_size: int = 512,
+    prefill_step_size: int = DEFAULT_PREFILL_STEP,
     progress=None,
     stats: Optional[DraftStats] = None,
 ) -> Generator[tuple[int, mx.array], None, None]:

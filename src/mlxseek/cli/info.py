@@ -23,7 +23,8 @@ def report(i: dict) -> str:
         quant += f", {q['scale_fmt']} scales" if q["scale_fmt"] else ""
     else:
         quant = f"none ({q['dtype']})"
-    lay = i["layers"]
+    lay, rt = i["layers"], i["runtime"]
+    where = rt.get("path") or rt.get("reason")
     mtp = ""
     if lay["mtp"]:
         mtp = f", MTP {lay['mtp']}" + ("" if lay["mtp_in_checkpoint"] else " (not in this checkpoint)")
@@ -35,9 +36,7 @@ def report(i: dict) -> str:
         f"on disk        {gb(i['bytes_on_disk'])} ({i['bits_per_weight']:.2f} bits/weight)",
         f"per token      {gb(i['bytes_per_token'])} of weights read per decoded token",
         f"quantization   {quant}",
-        f"runtime        MLX {i['runtime']['mlx']} on {i['runtime']['device']}, BLAS {i['runtime']['blas']}"
-        + (f" ({i['runtime'].get('path') or i['runtime'].get('reason')})" if i['runtime'].get('path')
-           or i['runtime'].get('reason') else ""),
+        f"runtime        MLX {rt['mlx']} on {rt['device']}, BLAS {rt['blas']}" + (f" ({where})" if where else ""),
     ])
 
 

@@ -27,6 +27,7 @@ import mlx.core as mx
 
 from ..config import ModelConfig
 from ..errors import CheckpointError, ConfigError
+from ..quant_record import quant_params
 from .fp4 import MXFP4, decode_e8m0, dequant_fp4, fp4_to_mxfp4
 from .fp8 import dequant_block_fp8
 
@@ -283,25 +284,3 @@ class Materializer:
             else:
                 out[f"{prefix}.{name}.weight"] = p
         return out
-
-
-def quant_params(cfg: ModelConfig, path: str) -> Optional[dict]:
-    """Recorded (never guessed) quantization parameters for module `path`, or None if it is not quantized."""
-    q = cfg.quantization
-    if not q:
-        return None
-    per = q.get(path, True)
-    if per is False:
-        return None
-    src = per if isinstance(per, dict) else q
-    try:
-        return {"group_size": int(src["group_size"]), "bits": int(src["bits"]), "mode": src.get("mode", "affine")}
-    except KeyError as e:
-        raise ConfigError(f"config.json: quantization entry for {path!r} lacks {e.args[0]!r}") from None
-
-
-def quant_layout(cfg: ModelConfig, path: str) -> str:
-    """The recorded weight layout of quantized module `path`: "transposed" (MLX's default) or "kmajor"."""
-    per = (cfg.quantization or {}).get(path)
-    return per.get("layout", "transposed") if isinstance(per, dict) else "transposed"
-

@@ -152,8 +152,9 @@ def plan_quantization(model: nn.Module, cfg: ModelConfig, *, recipe: str | None,
                       imported: dict | None = None, layout: str = "transposed") -> QuantPlan:
     """Walk `model` as nn.quantize would and record the recipe's choice for every quantizable module.
 
-    layout "kmajor" stores eligible modules K-major (see LAYOUTS); recipe None quantizes nothing; `imported` ({module path: params}) are modules the source already
-    stores packed in an MLX format (the key map's `Plan.quantization`): recorded, never requantized."""
+    recipe None quantizes nothing; `imported` ({module path: params}) are modules the source already
+    stores packed in an MLX format (the key map's `Plan.quantization`): recorded, never requantized.
+    layout "kmajor" records "layout": "kmajor" for the modules that can be stored so (see LAYOUTS)."""
     imported = imported or {}
     if recipe is not None:
         check_options(recipe, bits, group_size, layout)
