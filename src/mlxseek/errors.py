@@ -35,3 +35,15 @@ class EvaluationError(MlxseekError):
 
 class BlasError(MlxseekError):
     """MLXSEEK_BLAS names a BLAS library that cannot be used."""
+
+
+class ChatFormatError(MlxseekError):
+    """A conversation cannot be rendered in the model's chat format (names the message index and field)."""
+
+
+class ServeError(MlxseekError):
+    """`mlxseek serve` cannot start or cannot serve a request (bad option, bad request field)."""
+
+
+class QueueFullError(ServeError):
+    """The server's bounded request queue is full; the client should retry later (HTTP 429)."""
