@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from mlxseek.bench import bench, format_table
+from mlxseek.tools.bench import bench, format_table
 
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE.parent / "tests" / "fixtures"

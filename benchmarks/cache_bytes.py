@@ -12,7 +12,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from mlxseek.config import ModelConfig
-from mlxseek.model import Model
+from mlxseek.models.deepseek_v3 import Model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "tests" / "data" / "configs"
 

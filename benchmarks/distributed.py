@@ -4,7 +4,7 @@
     python benchmarks/distributed.py --make-model /tmp/ds-v3-300mb     # write the ~300 MB bench model
 
 Prints JSON lines: one per (mode, rank), then a summary per mode (tokens equal to 1 rank, max weights
-per rank, tok/s). The ranks run over MLX's ring backend on 127.0.0.1 under `mlxseek.launcher`.
+per rank, tok/s). The ranks run over MLX's ring backend on 127.0.0.1 under `mlxseek.parallel.launcher`.
 Also the rank worker of tests/test_distributed.py (`--worker`; `--die-rank R --die-after N` makes rank R
 kill itself with SIGKILL after N tokens).
 """
@@ -40,8 +40,8 @@ def run_one(model_dir: str, parallel: str, group, prompt_tokens: int, gen_tokens
     import numpy as np
     from mlx.utils import tree_flatten
 
-    from mlxseek.generate import generate_step
-    from mlxseek.loader import load_model
+    from mlxseek.generation.steps import generate_step
+    from mlxseek.loading.loader import load_model
 
     mx.reset_peak_memory()
     t0 = time.perf_counter()
@@ -69,7 +69,7 @@ def run_one(model_dir: str, parallel: str, group, prompt_tokens: int, gen_tokens
 
 
 def worker(args) -> None:
-    from mlxseek.rank import join
+    from mlxseek.parallel.rank import join
 
     rank = join(connect_timeout=args.connect_timeout)
     die = args.die_after if rank.rank == args.die_rank else 0
@@ -80,7 +80,7 @@ def worker(args) -> None:
 
 
 def driver(args) -> None:
-    from mlxseek.launcher import launch
+    from mlxseek.parallel.launcher import launch
 
     single = run_single(args)
     print(json.dumps(single), flush=True)

@@ -22,8 +22,8 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from mlxseek.config import ModelConfig
-from mlxseek.loader import FORMAT_VERSION
-from mlxseek.model import Model
+from mlxseek.loading.loader import FORMAT_VERSION
+from mlxseek.models.deepseek_v3 import Model
 
 _COMMON = {
     "model_type": "deepseek_v3", "vocab_size": 129280, "bos_token_id": 0, "eos_token_id": 1,

@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/mlxseek-mtp-speed"))
     args = ap.parse_args()
     import mlxseek
-    from mlxseek.draft_bench import bench_draft, format_rows, text_prompts
+    from mlxseek.tools.draft_bench import bench_draft, format_rows, text_prompts
     from mlxseek.speculative import make_sampler
 
     q4 = args.work / "q4g64"

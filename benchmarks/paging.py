@@ -22,8 +22,8 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
-from mlxseek.generate import generate_step
-from mlxseek.loader import load_model
+from mlxseek.generation.steps import generate_step
+from mlxseek.loading.loader import load_model
 
 
 def drop_page_cache(folder: Path) -> None:

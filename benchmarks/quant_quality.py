@@ -1,12 +1,12 @@
 #!/usr/bin/env python
 """Quantization quality of the trained tiny DeepSeek-V3: every bit width and converter recipe through the
-real converter (`mlxseek.convert`), scored by `mlxseek.evaluate` against the bf16 checkpoint.
+real converter (`mlxseek.convert`), scored by `mlxseek.tools.evaluate` against the bf16 checkpoint.
 
     python benchmarks/quant_quality.py > /tmp/quant_quality.jsonl      # table on stderr, JSON lines on stdout
 
 One JSON line per variant: bits/weight (the converter's count, MTP included), size on disk, perplexity on
 the held-out text, mean KL(bf16 || variant) and top-1 agreement per token (llama.cpp's semantics: see
-mlxseek/evaluate.py). Modules whose input dim a group size does not divide stay float (`skipped`).
+mlxseek/tools/evaluate.py). Modules whose input dim a group size does not divide stay float (`skipped`).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/mlxseek-quant-quality"))
     args = ap.parse_args()
     import mlxseek
-    from mlxseek.evaluate import evaluate
+    from mlxseek.tools.evaluate import evaluate
 
     n_params = None
     rows = []

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-# mlxseek before mlx.core, so that MLX binds a system OpenBLAS when there is one (mlxseek/blas.py).
+# mlxseek before mlx.core, so that MLX binds a system OpenBLAS when there is one (mlxseek/cpu/blas.py).
 import mlxseek  # noqa: I001
 import mlx.core as mx
 from mlx.utils import tree_flatten
@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE))
 from bench_vs_mlx_lm import DEFAULT_MODEL, ensure_model  # noqa: E402
 from profile_decode import measure as profile  # noqa: E402
 
-from mlxseek.bench import bench  # noqa: E402
+from mlxseek.tools.bench import bench  # noqa: E402
 
 
 ROWS: list[dict] = []  # everything emitted, for the markdown summary at the end
@@ -143,7 +143,7 @@ def long_prompt(folder: Path, tokens: int, out, steps: int = 8) -> None:
     """A real `tokens`-token prefill (chunked, as generate does): its time and peak memory over the resident
     weights; then the logits drift of 8-bit and 4-bit copies of that cache vs the full-precision one over
     `steps` teacher-forced decode steps, with each cache's decode speed at that context."""
-    from mlxseek.prefill import DEFAULT_PREFILL_STEP, prefill_chunk
+    from mlxseek.generation.prefill import DEFAULT_PREFILL_STEP, prefill_chunk
 
     model = load_engine("mlxseek", folder)
     gc.collect()
@@ -209,7 +209,7 @@ def main() -> None:
     OURS = args.ours
     folder = ensure_model(args.model)
     emit({"measure": "environment", "mlx": mx.__version__, "device": str(mx.default_device()),
-          **mlxseek.blas.status()}, args.jsonl)
+          **mlxseek.cpu.blas.status()}, args.jsonl)
     engines = ("mlxseek", *[e for e in args.engines if e != "mlxseek"])
 
     if not args.skip_speed:

@@ -15,7 +15,7 @@ import numpy as np
 
 from mlxseek.config import ModelConfig
 from mlxseek.layers.moe import DeepSeekMoE, MoEGate
-from mlxseek.model import causal_mask
+from mlxseek.layers.masks import causal_mask
 
 
 class _Sink:

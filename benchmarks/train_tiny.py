@@ -102,7 +102,7 @@ def main() -> None:
     from tiny_trainer import Trainer, evaluate, init_weights
 
     from mlxseek.config import ModelConfig
-    from mlxseek.model import Model
+    from mlxseek.models.deepseek_v3 import Model
 
     t0 = time.perf_counter()
     mx.random.seed(args.seed)

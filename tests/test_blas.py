@@ -1,4 +1,4 @@
-"""MLXSEEK_BLAS: which BLAS MLX's float matmuls use on Linux (mlxseek/blas.py). Each case runs in a fresh
+"""MLXSEEK_BLAS: which BLAS MLX's float matmuls use on Linux (mlxseek/cpu/blas.py). Each case runs in a fresh
 interpreter, since the choice must happen before mlx.core is first imported."""
 
 import json
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from mlxseek.blas import _find_openblas
+from mlxseek.cpu.blas import _find_openblas
 
 PROBE = """
 import json, sys
@@ -17,7 +17,7 @@ import mlxseek, mlx.core as mx, numpy as np
 a = np.random.default_rng(0).standard_normal((16, 288)).astype(np.float32)
 b = np.random.default_rng(1).standard_normal((288, 8192)).astype(np.float32)
 err = float(np.abs(np.array(mx.array(a) @ mx.array(b)) - a @ b).max())
-print(json.dumps({{"status": mlxseek.blas.status(), "err": err}}))
+print(json.dumps({{"status": mlxseek.cpu.blas.status(), "err": err}}))
 """
 
 

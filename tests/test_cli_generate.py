@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 import mlxseek
-from mlxseek.chat import ChatSession
+from mlxseek.generation.chat import ChatSession
 from mlxseek.cli import main
-from mlxseek.tokenizer import apply_chat_template
+from mlxseek.loading.tokenizer import apply_chat_template
 from tiny_model import tiny_model_dir
 
 
@@ -77,7 +77,7 @@ def test_bench_json_subprocess(model_dir):
 def test_active_bytes_count_k_of_e_experts(loaded):
     from mlx.utils import tree_flatten
 
-    from mlxseek.bench import active_bytes_per_token
+    from mlxseek.tools.bench import active_bytes_per_token
 
     model, _ = loaded
     cfg = model.config

@@ -7,7 +7,7 @@ import pytest
 
 import mlxseek
 from conftest import FIXTURES, golden
-from mlxseek.cpu_layout import KMajorQuantizedLinear, KMajorQuantizedSwitchLinear, apply_cpu_layout
+from mlxseek.cpu.kmajor import KMajorQuantizedLinear, KMajorQuantizedSwitchLinear, apply_cpu_layout
 
 
 def test_kmajor_linear_matches_its_dense_weight():

@@ -18,15 +18,15 @@ from click.testing import CliRunner
 from mlx.utils import tree_flatten
 
 from mlxseek.cli import main
-from mlxseek.convert.keymap import build_plan
+from mlxseek.checkpoint.keymap import build_plan
 from mlxseek.config import ModelConfig
-from mlxseek.distributed import Shard, plan_shard, split_experts, split_layers
+from mlxseek.parallel.distributed import Shard, plan_shard, split_experts, split_layers
 from mlxseek.errors import ConfigError
-from mlxseek.generate import generate_step
-from mlxseek.launcher import free_ports, launch
-from mlxseek.loader import load_model
-from mlxseek.store import WeightStore
-from mlxseek.watchdog import EXIT_CODE, HEARTBEAT_ENV
+from mlxseek.generation.steps import generate_step
+from mlxseek.parallel.launcher import free_ports, launch
+from mlxseek.loading.loader import load_model
+from mlxseek.checkpoint.store import WeightStore
+from mlxseek.parallel.watchdog import EXIT_CODE, HEARTBEAT_ENV
 from tiny_model import _writer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,7 +190,7 @@ def test_watchdog_deadline_ends_a_stalled_step_with_a_named_error():
     loaded on its own (no MLX) so the subprocess starts fast."""
     code = f"""
 import importlib.util, sys, time
-spec = importlib.util.spec_from_file_location("wd", {str(ROOT / "src" / "mlxseek" / "watchdog.py")!r})
+spec = importlib.util.spec_from_file_location("wd", {str(ROOT / "src" / "mlxseek" / "parallel" / "watchdog.py")!r})
 wd = importlib.util.module_from_spec(spec); spec.loader.exec_module(wd)
 dog = wd.Watchdog(1, 2, interval=0.05).start()
 def tokens():

@@ -13,12 +13,12 @@ from click.testing import CliRunner
 from safetensors import safe_open
 
 from mlxseek import Model, ModelConfig
-from mlxseek.census import census
+from mlxseek.tools.census import census
 from mlxseek.cli import main
 from mlxseek.convert.quantize import plan_quantization, size_summary
 from mlxseek.errors import ConfigError
-from mlxseek.estimate import bytes_fn, estimate
-from mlxseek.machines import MACHINES, machine
+from mlxseek.tools.estimate import bytes_fn, estimate
+from mlxseek.tools.machines import MACHINES, machine
 
 CONFIGS = Path(__file__).parent / "data" / "configs"
 FIXTURES = Path(__file__).parent / "fixtures"

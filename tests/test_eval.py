@@ -15,7 +15,7 @@ from click.testing import CliRunner
 import mlxseek
 from mlxseek.cli import main
 from mlxseek.errors import EvaluationError
-from mlxseek.evaluate import evaluate
+from mlxseek.tools.evaluate import evaluate
 
 from conftest import FIXTURES
 

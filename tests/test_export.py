@@ -10,7 +10,7 @@ import mlxseek
 from mlxseek.config import ModelConfig
 from mlxseek.convert.export import to_bf16_official, to_fp8_official, to_official, write_official
 from mlxseek.errors import ConversionError
-from mlxseek.store import WeightStore
+from mlxseek.checkpoint.store import WeightStore
 
 from conftest import FIXTURES
 

@@ -5,9 +5,9 @@ import pytest
 from mlx_lm.sample_utils import make_sampler
 
 import mlxseek
-from mlxseek.chat import ChatSession
+from mlxseek.generation.chat import ChatSession
 from mlxseek.errors import GenerationError
-from mlxseek.generate import make_prompt_cache
+from mlxseek.generation.steps import make_prompt_cache
 from tiny_model import tiny_model_dir
 
 N = 12
@@ -90,7 +90,7 @@ def test_chunked_prefill_gives_the_same_tokens(loaded, prompt_ids):
 def test_prefill_chunks_shrink_as_the_context_grows(loaded, prompt_ids, monkeypatch):
     """With a small score budget, chunks get shorter as the cache fills (heads * chunk * context bounded),
     and the tokens are those of one whole-prompt prefill."""
-    from mlxseek import prefill
+    from mlxseek.generation import prefill
     model, tok = loaded
     prompt_ids = prompt_ids * 4  # 44 tokens
     whole = [r.token for r in mlxseek.stream_generate(model, tok, prompt_ids, max_tokens=6)]
@@ -171,7 +171,7 @@ def test_chat_second_turn_prefills_only_new_tokens(loaded):
     assert fed == (len(history) - in_cache) + len(user_turn)  # unfed reply tail + EOS, then the new turn
     assert chat.tokens[: len(history)] == history
     assert chat.tokens[len(history) : len(history) + len(user_turn)] == user_turn
-    full = tok.encode(mlxseek.tokenizer.apply_chat_template(tok, chat.messages[:-1]), add_special_tokens=False)
+    full = tok.encode(mlxseek.loading.tokenizer.apply_chat_template(tok, chat.messages[:-1]), add_special_tokens=False)
     assert fed < len(full)
     reply = [r.token for r in records]
     assert reply == argmax_loop(model, history + user_turn, len(reply))

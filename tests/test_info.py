@@ -16,8 +16,8 @@ from safetensors import safe_open
 from mlxseek.cli import main
 from mlxseek.convert.convert import convert
 from mlxseek.errors import CheckpointError, ConfigError
-from mlxseek.estimate import estimate
-from mlxseek.info import info
+from mlxseek.tools.estimate import estimate
+from mlxseek.tools.info import info
 
 FIXTURES = Path(__file__).parent / "fixtures"
 NAMES = ["v3", "v3_fp8", "v2_lite"]

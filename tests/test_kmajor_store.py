@@ -12,7 +12,7 @@ import mlxseek
 from conftest import FIXTURES
 from mlxseek.cli import main as cli
 from mlxseek.convert import stream
-from mlxseek.cpu_layout import KMajorQuantizedLinear, KMajorQuantizedSwitchLinear
+from mlxseek.cpu.kmajor import KMajorQuantizedLinear, KMajorQuantizedSwitchLinear
 
 GROUP = 32
 
@@ -117,7 +117,7 @@ def test_cli_layout_option(tmp_path):
 
 
 def test_info_reports_the_layout_and_the_same_parameters(kmajor, tmp_path):
-    from mlxseek.info import info
+    from mlxseek.tools.info import info
 
     k, t = info(kmajor), info(convert(FIXTURES / "v3_fp8", tmp_path / "t").path)
     assert k["quantization"]["layout"].startswith("kmajor (") and t["quantization"]["layout"] == "transposed"

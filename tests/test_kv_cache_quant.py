@@ -5,7 +5,7 @@ import pytest
 
 import mlxseek
 from conftest import FIXTURES, golden
-from mlxseek.cache import LatentCache, QuantizedLatentCache
+from mlxseek.cache.mla import LatentCache, QuantizedLatentCache
 
 
 @pytest.fixture(scope="module")

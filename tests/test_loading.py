@@ -40,11 +40,8 @@ def test_mtp_logits_match_reference_if_recorded():
         pytest.skip("fixture has no recorded MTP reference")
     model, _ = mlxseek.load(FIXTURES / "v3")
     x = mx.array(g["prompt"])[None]
-    h = model.hidden_states(x)
-    emb = model.model.embed_tokens(x[:, 1:])
-    from mlxseek.model import causal_mask
-
-    logits, _ = model.mtp(h[:, :-1], emb, causal_mask(x.shape[1] - 1, 0))
+    h = model.trunk(x)
+    logits, _ = model.mtp_forward(h[:, :-1], x[:, 1:])
     assert float(np.abs(np.array(logits[0]) - g["mtp_logits"]).max()) < 1e-4
 
 

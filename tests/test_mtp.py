@@ -12,8 +12,9 @@ import mlxseek
 from click.testing import CliRunner
 from mlxseek.cli import main
 from mlxseek.errors import GenerationError
-from mlxseek.generate import generate_step, stream_generate
-from mlxseek.speculative import DraftStats, make_sampler, rejection_sample, speculative_generate_step
+from mlxseek.generation.steps import generate_step
+from mlxseek.generation.stream import stream_generate
+from mlxseek.speculative import DraftPolicy, DraftStats, make_sampler, rejection_sample, speculative_generate_step
 
 from conftest import FIXTURES
 
@@ -102,41 +103,44 @@ def test_stream_generate_records_count_drafts(loaded, prompts):
 
 def test_auto_draft_keeps_greedy_output_and_measures_costs(loaded, prompts):
     model, _ = loaded
-    stats = DraftStats()
-    spec = [t for t, _ in speculative_generate_step(prompts[3], model, max_tokens=24, draft="auto", stats=stats)]
+    stats, policy = DraftStats(), DraftPolicy()
+    spec = [t for t, _ in speculative_generate_step(prompts[3], model, max_tokens=24, draft="auto", stats=stats,
+                                                    policy=policy)]
     assert spec == _plain(model, prompts[3], 24)
-    c = stats.costs
+    c = policy.costs
     assert c.step_s > 0 and c.verify_s > 0 and c.mtp_s > 0 and c.k == 1
-    assert stats.expected_speedup is not None
-    assert stats.drafting == (stats.draft_tokens > 0 and stats.expected_speedup > 1.05)
+    assert policy.expected_speedup is not None
+    assert policy.drafting == (stats.draft_tokens > 0 and policy.expected_speedup > 1.05)
 
 
 def test_auto_draft_stays_off_when_verify_steps_are_expensive(loaded, prompts, monkeypatch):
-    import mlxseek.draft_costs as dc
+    import mlxseek.speculative.costs as dc
 
     model, _ = loaded
     # A device where a 2-token step costs twice a 1-token step (MLX CPU quantized matmul): no gain possible.
     costs = dc.DraftCosts(step_s=1.0, verify_s=2.0, mtp_s=0.2, cycle_s=2.4, k=1)
     monkeypatch.setattr(dc, "measure_draft_costs", lambda m, k: costs)
-    stats = DraftStats()
-    spec = [t for t, _ in speculative_generate_step(prompts[0], model, max_tokens=16, draft="auto", stats=stats)]
+    stats, policy = DraftStats(), DraftPolicy()
+    spec = [t for t, _ in speculative_generate_step(prompts[0], model, max_tokens=16, draft="auto", stats=stats,
+                                                    policy=policy)]
     assert spec == _plain(model, prompts[0], 16)
-    assert not stats.drafting and stats.draft_tokens == 0 and stats.expected_speedup < 1.05
+    assert not policy.drafting and stats.draft_tokens == 0 and policy.expected_speedup < 1.05
     assert stats.verify_steps == 15 and stats.tokens_per_step == 1.0
 
 
 def test_auto_draft_turns_off_mid_stream_when_steps_do_not_pay(loaded, prompts, monkeypatch):
-    import mlxseek.draft_costs as dc
-    import mlxseek.speculative as sp
+    import mlxseek.speculative.costs as dc
+    import mlxseek.speculative.step as sp
 
     model, _ = loaded
     # Calibration promises a lot, but a plain step "costs" 1 us, so measured drafting steps cannot pay.
     monkeypatch.setattr(dc, "measure_draft_costs", lambda m, k: dc.DraftCosts(1e-6, 1e-6, 1e-7, 1e-7, k))
-    stats = DraftStats()
-    spec = [t for t, _ in speculative_generate_step(prompts[2], model, max_tokens=30, draft="auto", stats=stats)]
+    stats, policy = DraftStats(), DraftPolicy()
+    spec = [t for t, _ in speculative_generate_step(prompts[2], model, max_tokens=30, draft="auto", stats=stats,
+                                                    policy=policy)]
     assert spec == _plain(model, prompts[2], 30)
-    assert not stats.drafting and stats.draft_tokens == sp.AUTO_WARMUP_STEPS  # one draft per warm-up step
-    assert stats.expected_speedup < 0.01
+    assert not policy.drafting and stats.draft_tokens == sp.AUTO_WARMUP_STEPS  # one draft per warm-up step
+    assert policy.expected_speedup < 0.01
     assert 1 + stats.verify_steps + stats.accepted_tokens == 30
 
 

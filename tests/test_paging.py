@@ -9,9 +9,9 @@ import pytest
 from mlx.utils import tree_flatten
 
 from mlxseek.errors import ConfigError, WeightMismatchError
-from mlxseek.loader import load_model
-from mlxseek.slices import read_rows
-from mlxseek.store import WeightStore
+from mlxseek.loading.loader import load_model
+from mlxseek.checkpoint.slices import read_rows
+from mlxseek.checkpoint.store import WeightStore
 from tiny_model import _writer
 
 FIXTURES = Path(__file__).parent / "fixtures"

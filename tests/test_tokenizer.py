@@ -7,14 +7,8 @@ import shutil
 import pytest
 
 from mlxseek.errors import CheckpointError
-from mlxseek.tokenizer import (
-    DEEPSEEK_CHAT_TEMPLATE,
-    ReasoningSplitter,
-    apply_chat_template,
-    load_tokenizer,
-    prompt_opens_reasoning,
-    split_reasoning,
-)
+from mlxseek.generation.reasoning import ReasoningSplitter, prompt_opens_reasoning, split_reasoning
+from mlxseek.loading.tokenizer import DEEPSEEK_CHAT_TEMPLATE, apply_chat_template, load_tokenizer
 from tiny_model import tokenizer_dir
 
 TEXTS = [

@@ -15,7 +15,7 @@ from mlx_lm.models.cache import make_prompt_cache
 
 import mlxseek
 from conftest import FIXTURES, golden
-from mlxseek.cache import DSACache
+from mlxseek.cache.mla import DSACache
 from mlxseek.config import ModelConfig
 from mlxseek.errors import ConfigError
 from mlxseek.layers.indexer import LightningIndexer

@@ -12,10 +12,10 @@ import pytest
 import mlxseek
 from conftest import FIXTURES, golden
 from mlxseek.config import ModelConfig
-from mlxseek.convert.fp4 import dequant_fp4
+from mlxseek.checkpoint.fp4 import dequant_fp4
 from mlxseek.errors import CheckpointError, ConfigError, WeightMismatchError
 from mlxseek.layers.hash_router import hash_route
-from mlxseek.layers.hyper import sinkhorn
+from mlxseek.layers.v4.mhc import sinkhorn
 from mlxseek.layers.router import score
 from st_io import E4M3, edit_index, read_raw, rewrite
 
@@ -72,8 +72,8 @@ def test_v4_greedy_matches_transformers(name):
 def test_v4_mtp_matches_reference(name):
     g, model = golden(name), load(name)
     x = mx.array(g["prompt"])[None]
-    streams = model.stream_states(x)
-    logits, _ = model.mtp_logits(streams[:, :-1], x[:, 1:])
+    streams = model.trunk(x)
+    logits, _ = model.mtp_forward(streams[:, :-1], x[:, 1:])
     start = int(g["mtp_start"])
     diff = float(np.abs(np.array(logits[0, start:]) - g["mtp_logits"]).max())
     print(f"{name}: max |MTP logits - reference| = {diff:.3g}")
@@ -211,7 +211,7 @@ def test_v4_sink_attention_fast_path_matches_reference():
     g, model = golden("v4_flash"), load("v4_flash")
     ids = mx.array(g["prompt"][:160])[None]
     fast = np.array(model(ids))
-    model.set_attention_impl("reference")
+    model.set_attention_impl("naive")
     try:
         ref = np.array(model(ids))
     finally:

@@ -29,7 +29,7 @@ from .draft_options import draft_options, run_draft_bench
               help="Memory bandwidth in GB/s for the roofline (default: the chip's published figure on a Mac, "
                    "else a NumPy probe).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per measurement.")
-@draft_options  # --- MTP speculation (mlxseek.draft_bench): with --draft, plain vs drafting, --runs prompts
+@draft_options  # --- MTP speculation (mlxseek.tools.draft_bench): with --draft, plain vs drafting, --runs prompts
 @click.option("--prompt-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="With --draft: cut the prompts from this text file (default: random token ids).")
 @library_errors
@@ -43,8 +43,8 @@ def bench(model_dir: Path, prompt_tokens: int, gen_tokens: int, runs: int, vs: t
                                prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, as_json=as_json,
                                load_options=load_options)
     # --- end MTP speculation
-    from ..bench import bench as run_bench
-    from ..bench import format_table
+    from ..tools.bench import bench as run_bench
+    from ..tools.bench import format_table
 
     def on_row(row: dict) -> None:
         if as_json:

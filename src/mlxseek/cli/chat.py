@@ -23,7 +23,7 @@ from .generate import load_for_text, make_sampler_for, print_stats, sampling_opt
 def chat(model_dir: Path, max_tokens: int, temp: float, top_p: float, seed: Optional[int], system: Optional[str],
          stats: bool) -> None:
     """Chat with a model (type /reset to start over, /exit to quit)."""
-    from ..chat import ChatSession
+    from ..generation.chat import ChatSession
 
     model, tokenizer = load_for_text(model_dir)
     session = ChatSession(model, tokenizer, system=system, max_tokens=max_tokens,

@@ -4,7 +4,7 @@
 `--distributed pipeline|expert` inside a rank (MLX_RANK, OMPI_COMM_WORLD_RANK or PMI_RANK set, as
 `mlx.launch`, `mpirun` and `mlxseek launch` do) joins the group and loads this rank's share; only rank
 0 prints. Outside one, the command re-runs itself as `--ranks` local ranks on 127.0.0.1 under
-`mlxseek.launcher`, which returns the first failing rank's exit code and kills the rest.
+`mlxseek.parallel.launcher`, which returns the first failing rank's exit code and kills the rest.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def _echo(rank: int, stream: str, line: str) -> None:
 
 def run_ranks(args: list[str], ranks: int, deadline: float) -> int:
     """Run `mlxseek <args>` as `ranks` local ranks; returns the launcher's exit code."""
-    from ..launcher import launch
+    from ..parallel.launcher import launch
 
     result = launch([sys.executable, "-c", RANK_ENTRY, *args], ranks, deadline=deadline, echo=_echo)
     if result.returncode != 0:
@@ -71,7 +71,7 @@ def placement_options(fn):
     @functools.wraps(fn)
     def wrapper(*args, distributed: Optional[str], ranks: int, deadline: float, expert_memory_gb: Optional[float],
                 **kwargs):
-        from ..rank import join, launched_as_rank
+        from ..parallel.rank import join, launched_as_rank
 
         options = {} if expert_memory_gb is None else {"expert_memory_gb": expert_memory_gb}
         if distributed is None:

@@ -6,8 +6,8 @@ import json
 
 import click
 
-from .. import estimate as estimate_mod
-from ..machines import MACHINES
+from ..tools import estimate as estimate_mod
+from ..tools.machines import MACHINES
 from . import library_errors, main
 
 

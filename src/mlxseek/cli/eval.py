@@ -29,7 +29,7 @@ from . import library_errors, main
 def eval_command(model_dir: Path, data: Path, kl_vs: Optional[Path], ctx: Optional[int], score_from: Optional[int],
                  dtype: Optional[str], as_json: bool) -> None:
     """Perplexity of a model on a text file; with --kl-vs, KL divergence and top-1 agreement too."""
-    from ..evaluate import evaluate, format_result
+    from ..tools.evaluate import evaluate, format_result
 
     result = evaluate(model=model_dir, data=data, kl_vs=kl_vs, ctx=ctx, score_from=score_from, dtype=dtype)
     click.echo(json.dumps(result.to_dict()) if as_json else format_result(result))

@@ -33,7 +33,7 @@ def sampling_options(fn):
 def load_for_text(model_dir: Path, **load_options):
     """(model, tokenizer); a folder without a tokenizer is refused with the fix named."""
     from ..errors import CheckpointError
-    from ..loader import load
+    from ..loading.loader import load
 
     model, tokenizer = load(model_dir, **load_options)
     if tokenizer is None:
@@ -71,8 +71,8 @@ def generate(model_dir: Path, prompt: str, max_tokens: int, temp: float, top_p: 
              system: Optional[str], raw: bool, stop: tuple[str, ...], load_options: dict,
              draft: Optional[str] = None, num_draft: int = 1) -> None:
     """Generate text for one prompt."""
-    from ..generate import stream_generate
-    from ..tokenizer import apply_chat_template
+    from ..generation.stream import stream_generate
+    from ..loading.tokenizer import apply_chat_template
 
     model, tokenizer = load_for_text(model_dir, **load_options)
     if not raw:

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from .. import info as info_mod
+from ..tools import info as info_mod
 from . import library_errors, main
 from .estimate import gb, params
 

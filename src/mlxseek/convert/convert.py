@@ -28,11 +28,11 @@ from tqdm import tqdm
 
 from ..config import ModelConfig
 from ..errors import ConversionError
-from ..loader import FORMAT_VERSION
-from ..model import build_model
+from ..loading.loader import FORMAT_VERSION
+from ..models import build_model
 from .finalize import finish, output_config
-from .keymap import build_plan
-from ..loader import check_against_model
+from ..checkpoint.keymap import build_plan
+from ..loading.loader import check_against_model
 from .layout import assign_shards, plan_jobs, shard_names
 from .manifest import Progress
 from .quantize import QuantPlan, check_options, plan_quantization, size_summary

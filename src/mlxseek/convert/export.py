@@ -24,8 +24,8 @@ from mlx.utils import tree_flatten
 
 from ..config import ModelConfig
 from ..errors import ConversionError
-from .fp8 import quant_block_fp8
-from .keymap import SCALE_SUFFIX
+from ..checkpoint.fp8 import quant_block_fp8
+from ..checkpoint.keymap import SCALE_SUFFIX
 
 # Weights DeepSeek ships as FP8 blocks (V3 README_WEIGHTS.md): every projection inside a decoder layer
 # (the MTP layer included). Embeddings, the LM head, norms and the router stay bf16; the bias is float32.

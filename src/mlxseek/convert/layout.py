@@ -16,7 +16,7 @@ import mlx.core as mx
 
 from ..config import ModelConfig
 from ..errors import CheckpointError, WeightMismatchError
-from .keymap import SCALE_SUFFIX, Materializer, Plan, Target
+from ..checkpoint.keymap import SCALE_SUFFIX, Materializer, Plan, Target
 from .quantize import QuantPlan, keep_fp32, natural_key, quantize
 from .reader import ShapeOnly, SourceReader
 

@@ -44,12 +44,12 @@ from ..config import ModelConfig
 from ..errors import ConversionError
 # Parameters stored in float32 whatever --dtype says (router, V4 mHC, sinks): the loader's own rule,
 # so conversion and loading never disagree.
-from ..loader import _keep_fp32 as keep_fp32
+from ..loading.loader import _keep_fp32 as keep_fp32
 
 MODE = "affine"
 # Weight layouts. "transposed": MLX's own (out, in) with groups along `in`, what nn.quantize and mlx-lm
 # write and Metal's fast path. "kmajor": (in, out) with groups along `out`, MLX's CPU backend's fast
-# path (quantized_matmul/gather_qmm with transpose=False: ~3x faster there, see mlxseek.cpu_layout).
+# path (quantized_matmul/gather_qmm with transpose=False: ~3x faster there, see mlxseek.cpu.kmajor).
 # Same bits per weight; kmajor applies to Linear and SwitchLinear modules whose `out` is a whole
 # number of groups, and is recorded per module as "layout": "kmajor".
 LAYOUTS = ("transposed", "kmajor")

@@ -23,8 +23,8 @@ import mlx.core as mx
 import numpy as np
 
 from ..errors import CheckpointError
-from ..store import INDEX_NAME, WeightStore
-from .keymap import SCALE_SUFFIX
+from ..checkpoint.store import INDEX_NAME, WeightStore
+from ..checkpoint.keymap import SCALE_SUFFIX
 
 # safetensors dtype -> (NumPy dtype holding the raw bits, MLX dtype of the array handed out).
 # F8_E4M3 arrives as uint8 bits, as mx.load gives it; the key map dequantizes it.

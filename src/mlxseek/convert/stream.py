@@ -18,7 +18,7 @@ import mlx.core as mx
 import numpy as np
 
 from ..config import ModelConfig
-from .keymap import SCALE_SUFFIX, Materializer, Plan, Target
+from ..checkpoint.keymap import SCALE_SUFFIX, Materializer, Plan, Target
 from .layout import Job, TensorSpec
 from .quantize import GROUP_SIZES, KMAJOR, keep_fp32, quantize
 from .reader import RowWindow, SourceReader

@@ -1,0 +1,57 @@
+"""The MTP module's cache, kept in the prompt cache after the per-layer caches (as mlx-lm keeps a draft
+model's cache in `prompt_cache[len(model.layers):]`), so a conversation that drafts keeps drafting with
+the MTP's history, a prefix cache that snapshots the prompt cache carries it, and no state lives elsewhere.
+
+Besides the MTP block's own cache (a latent cache for V2/V3, a V4 layer cache for V4) it holds the
+main model's pending hidden state (the features at the main cache's last fed position, which pair with
+the next token) and the main offset it belongs to. When the main cache moved without the MTP (plain
+decoding, a trim), speculative decoding sees the offsets disagree and starts the MTP afresh.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import mlx.core as mx
+from mlx_lm.models.cache import _BaseCache
+
+
+class MTPCache(_BaseCache):
+    def __init__(self, block_cache: Any):
+        self.block = block_cache  # the MTP decoder block's cache
+        self.pending: Optional[mx.array] = None  # main features at the last fed position (1, 1, ...)
+        self.main_offset = -1  # the main cache's offset when `pending` was taken; -1: not in step
+        self.costs: dict[int, Any] = {}  # k -> measured DraftCosts (draft="auto"), kept per conversation
+
+    @property
+    def offset(self) -> int:
+        return self.block.offset
+
+    def in_step_with(self, main_offset: int) -> bool:
+        """True when this cache continues a main cache at `main_offset` (MTP one entry behind it)."""
+        return self.pending is not None and self.main_offset == main_offset and self.offset == main_offset - 1
+
+    def reset(self, block_cache: Any) -> None:
+        self.block, self.pending, self.main_offset = block_cache, None, -1
+
+    @property
+    def state(self):
+        return [*(self.block.state or ()), *([] if self.pending is None else [self.pending])]
+
+    def is_trimmable(self) -> bool:
+        return self.block.is_trimmable()
+
+    def trim(self, n: int) -> int:
+        self.main_offset = -1  # trimmed from outside: no longer in step with the main cache
+        return self.block.trim(n)
+
+    def size(self) -> int:
+        return self.offset
+
+    def empty(self) -> bool:
+        return self.offset == 0
+
+    @property
+    def nbytes(self) -> int:
+        pending = self.pending.nbytes if self.pending is not None else 0
+        return getattr(self.block, "nbytes", 0) + pending

@@ -1,0 +1,1 @@
+"""What only MLX's CPU backend needs: the K-major quantized layout and the OpenBLAS binding."""

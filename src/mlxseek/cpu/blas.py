@@ -1,0 +1,71 @@
+"""Which BLAS runs MLX's float32 matmuls on Linux, chosen before `mlx.core` is first imported.
+
+Why: MLX's Linux CPU wheel links the reference (netlib) BLAS it vendors. Its `cblas_sgemm` is 20-30x
+slower than OpenBLAS on attention-shaped products (16x288 @ 288x8192: ~19 ms vs ~0.6 ms on this
+project's 2-core box), which makes long-context decode and the float parts of every step crawl.
+Loading a system OpenBLAS with RTLD_GLOBAL before libmlx.so is loaded makes the dynamic linker bind
+libmlx's `cblas_*` calls to it (ELF symbol interposition, the same thing LD_PRELOAD does). Quantized
+matmuls are MLX's own kernels and are unaffected. macOS builds use Accelerate (CPU) or Metal: no-op.
+
+MLXSEEK_BLAS selects: unset or "auto" (use a system OpenBLAS when one is installed, e.g. Debian's
+`libopenblas0-pthread`), "bundled" (leave MLX's own), or a path to a CBLAS shared library (an error
+if it cannot be loaded). `status()` says what happened; `mlxseek info` and the benchmarks report it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+from pathlib import Path
+
+ENV = "MLXSEEK_BLAS"
+_CANDIDATES = (
+    "/usr/lib/x86_64-linux-gnu/libopenblas.so.0", "/usr/lib/aarch64-linux-gnu/libopenblas.so.0",
+    "/usr/lib64/libopenblas.so.0", "/usr/lib/libopenblas.so.0",
+)
+_state: dict = {"blas": "not chosen"}
+
+
+def _find_openblas() -> str | None:
+    found = next((p for p in _CANDIDATES if Path(p).exists()), None)
+    return found or ctypes.util.find_library("openblas")
+
+
+def choose(env: str | None = None) -> dict:
+    """Pick the BLAS once per process (idempotent). Raises BlasError for an explicit path that fails."""
+    if _state["blas"] != "not chosen":
+        return dict(_state)
+    choice = (os.environ.get(ENV, "auto") if env is None else env).strip() or "auto"
+    if not sys.platform.startswith("linux") or choice == "bundled":
+        _state.update(blas="mlx-bundled", reason="macOS (Accelerate/Metal)" if sys.platform == "darwin"
+                      else f"{ENV}={choice}")
+        return dict(_state)
+    explicit = choice != "auto"
+    path = choice if explicit else _find_openblas()
+    if path is None:
+        _state.update(blas="mlx-bundled", reason="no system OpenBLAS found (apt-get install libopenblas0-pthread)")
+        return dict(_state)
+    if "mlx.core" in sys.modules:
+        # libmlx.so has already bound its BLAS symbols: loading another library now changes nothing.
+        if explicit:
+            from ..errors import BlasError
+            raise BlasError(f"{ENV}={choice}: mlx.core was imported before mlxseek; import mlxseek first")
+        _state.update(blas="mlx-bundled", reason="mlx.core was imported before mlxseek")
+        return dict(_state)
+    try:
+        ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+    except OSError as e:
+        if explicit:
+            from ..errors import BlasError
+            raise BlasError(f"{ENV}={choice}: cannot load it ({e})") from None
+        _state.update(blas="mlx-bundled", reason=f"{path}: {e}")
+        return dict(_state)
+    _state.update(blas="openblas" if "openblas" in Path(path).name else "custom", path=path)
+    return dict(_state)
+
+
+def status() -> dict:
+    """{"blas": "openblas" | "custom" | "mlx-bundled" | "not chosen", "path" or "reason": ...}."""
+    return dict(_state)

@@ -1,0 +1,100 @@
+"""DeepSeek-V4 attention (DeepSeek-V4 report section 2.3): shared-KV multi-query attention over a sliding
+window, plus, on compressed layers, compressed KV entries (HCA: all complete ones; CSA: those the
+lightning indexer picks), with per-head attention sinks and a grouped low-rank output projection.
+
+- One KV head of head_dim serves as both key and value; RoPE covers its trailing qk_rope_head_dim
+  channels, so the output's rotary part is rotated back at the query position (relative positions).
+- Queries: low-rank (q_a -> RMSNorm -> q_b), then an unweighted RMSNorm per head.
+- Sinks: one learned logit per head joins every softmax and absorbs probability mass (gpt-oss style).
+- Window: the query at position t sees keys t - sliding_window < p <= t.
+
+Shapes: B batch, L queries, S window keys, T compressed entries, H heads, d head_dim, G o_groups.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ...config import ModelConfig
+from .compressor import Compressor
+from .grouped_linear import GroupedLinear
+from .mhc import rms_unweighted
+from ..norms import RMSNorm
+from .partial_rope import rope_for_layer
+from .indexer import V4Indexer, complete_windows
+
+
+def window_mask(offset: int, L: int, start: int, S: int, window: int) -> mx.array:
+    """(L, S) bool: the query at offset + i sees the key at start + j."""
+    q = (offset + mx.arange(L))[:, None]
+    k = (start + mx.arange(S))[None, :]
+    return (k <= q) & (k > q - window)
+
+
+def sink_attention_reference(q, keys, mask, sinks, scale) -> mx.array:
+    """Slow path: q (B, H, L, d), keys (B, 1, S, d) as K and V, mask (B|1, 1|H, L, S) bool, sinks (H,)."""
+    s = (q.astype(mx.float32) * scale) @ keys.astype(mx.float32).swapaxes(-1, -2)
+    s = mx.where(mask, s, -mx.inf)
+    sink = mx.broadcast_to(sinks.astype(mx.float32)[None, :, None, None], (*s.shape[:-1], 1))
+    p = mx.softmax(mx.concatenate([s, sink], axis=-1), axis=-1)[..., :-1]  # the sink column is dropped
+    return (p @ keys.astype(mx.float32)).astype(q.dtype)
+
+
+class V4Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        H, d, D, eps = cfg.num_attention_heads, cfg.head_dim, cfg.hidden_size, cfg.rms_norm_eps
+        self.num_heads, self.head_dim, self.eps, self.groups = H, d, eps, cfg.o_groups
+        self.sliding_window, self.scale = cfg.sliding_window, d**-0.5
+        self.use_reference = False  # True: naive softmax with sinks instead of mx.fast sdpa (tests)
+        ratio = cfg.compress_ratio(layer_idx)
+        self.q_a_proj = nn.Linear(D, cfg.q_lora_rank, bias=False)
+        self.q_a_norm = RMSNorm(cfg.q_lora_rank, eps=eps)
+        self.q_b_proj = nn.Linear(cfg.q_lora_rank, H * d, bias=False)
+        self.kv_proj = nn.Linear(D, d, bias=False)
+        self.kv_norm = RMSNorm(d, eps=eps)
+        self.o_a_proj = GroupedLinear(H * d // cfg.o_groups, cfg.o_lora_rank, cfg.o_groups)
+        self.o_b_proj = nn.Linear(cfg.o_groups * cfg.o_lora_rank, D, bias=False)
+        self.sinks = mx.zeros((H,))
+        self.rope = rope_for_layer(cfg, ratio)
+        if ratio:
+            self.compressor = Compressor(D, d, ratio, rope_for_layer(cfg, ratio), eps)
+        if ratio == 4:  # DeepSeek-V4: the indexer sits on CSA (ratio-4) layers only
+            self.indexer = V4Indexer(cfg, ratio)
+
+    def _compressed(self, x, q_residual, offset: int, cache) -> tuple[mx.array, mx.array]:
+        """Compressed entries (B, T, d) and which of them each query reads ((B|1, L, T) bool)."""
+        entries = self.compressor(x, offset, cache.compressor if cache is not None else None)
+        if "indexer" in self:
+            picked = self.indexer(x, q_residual, offset, cache.indexer if cache is not None else None)
+        else:
+            picked = complete_windows(offset, x.shape[1], entries.shape[1], self.compressor.ratio)[None]
+        return entries, picked
+
+    def __call__(self, x: mx.array, cache: Optional[object] = None) -> mx.array:
+        """x (B, L, D) -> (B, L, D); positions continue from cache.offset (0 without a cache)."""
+        B, L, _ = x.shape
+        offset = cache.offset if cache is not None else 0
+        q_residual = self.q_a_norm(self.q_a_proj(x))
+        q = self.q_b_proj(q_residual).reshape(B, L, self.num_heads, self.head_dim)
+        q = rms_unweighted(q.astype(mx.float32), self.eps).astype(x.dtype)
+        q = self.rope(q.transpose(0, 2, 1, 3), offset)  # (B, H, L, d)
+        kv = self.rope(self.kv_norm(self.kv_proj(x)), offset)  # (B, L, d)
+        keys, start = cache.window.update(kv) if cache is not None else (kv, offset)
+        mask = window_mask(offset, L, start, keys.shape[1], self.sliding_window)[None]  # (1, L, S)
+        if "compressor" in self:
+            entries, picked = self._compressed(x, q_residual, offset, cache)
+            keys = mx.concatenate([keys, entries], axis=1)
+            mask = mx.concatenate([mx.broadcast_to(mask, (picked.shape[0], *mask.shape[1:])), picked], axis=-1)
+        keys, mask = keys[:, None], mask[:, None]  # one KV head; the mask broadcasts over heads
+        if self.use_reference:
+            out = sink_attention_reference(q, keys, mask, self.sinks, self.scale)
+        else:
+            out = mx.fast.scaled_dot_product_attention(q, keys, keys, scale=self.scale, mask=mask,
+                                                       sinks=self.sinks.astype(q.dtype))
+        out = self.rope(out, offset, inverse=True).transpose(0, 2, 1, 3)  # (B, L, H, d)
+        out = self.o_a_proj(out.reshape(B, L, self.groups, -1))  # (B, L, G, o_lora_rank)
+        return self.o_b_proj(out.reshape(B, L, -1))

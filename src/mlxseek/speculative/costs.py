@@ -1,0 +1,83 @@
+"""What drafting costs on this device, measured once per conversation (kept with the MTP cache): draft="auto" decides from it.
+
+A speculative step with k drafts runs the main model over k+1 tokens (the verify forward), the MTP module
+over the accepted positions (about 2 tokens: it catches up on them and drafts the next token) and k-1
+more 1-token MTP calls (chained drafts); it emits `tokens_per_step` tokens on average, where plain
+decoding emits one token per 1-token forward. So
+    speedup = tokens_per_step * t(1-token step) / t(speculative step's work).
+On Metal a few rows cost about what one row costs (decode is bandwidth-bound), so drafting pays; on
+MLX's CPU backend a 2-row forward of a small model costs ~1.3-1.5x a 1-row one, so it may not.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import mlx.core as mx
+
+CONTEXT_TOKENS = 32  # a short context: the step costs measured are the weights' (the cache read is small)
+
+
+@dataclass(frozen=True)
+class DraftCosts:
+    step_s: float  # one plain decode step: 1-token forward + LM head
+    verify_s: float  # one (k+1)-token forward + LM head on every row
+    mtp_s: float  # one 1-token MTP step (block + head)
+    cycle_s: float  # a whole speculative step's work: verify + 2-token MTP catch-up + k-1 chained MTP steps
+    k: int
+
+    @property
+    def verify_ratio(self) -> float:
+        return self.verify_s / self.step_s
+
+    def speedup(self, tokens_per_step: float, k: int) -> float:
+        """Expected wall speedup over plain decoding at `tokens_per_step` emitted per verify step (with
+        `k`, the drafts per step these costs were measured for)."""
+        return tokens_per_step * self.step_s / self.cycle_s
+
+
+def _median_times(fns: list, reps: int, warmup: int = 2) -> list[float]:
+    """Median seconds of each function, run in turns so that load from other processes hits all alike."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(reps):
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
+
+
+def measure_draft_costs(model, k: int, *, reps: int = 15) -> DraftCosts:
+    """Time a 1-token step, a (k+1)-token verify step and an MTP step on scratch caches (a few dozen
+    forwards: callers keep the result with the prompt cache's MTP entry)."""
+    V = model.config.vocab_size
+    ctx = (mx.arange(CONTEXT_TOKENS + k + 2) * 7919 + 3) % V  # arbitrary ordinary token ids
+    cache, mtp_cache = model.make_cache(), model.make_mtp_cache().block
+    h = model.trunk(ctx[None, :CONTEXT_TOKENS], cache)
+    model.mtp_forward(h, ctx[None, 1: CONTEXT_TOKENS + 1], mtp_cache)
+    mx.eval([c.state for c in cache], mtp_cache.state)
+    nxt = ctx[None, 1: CONTEXT_TOKENS + 1]
+
+    def main(n: int) -> list:
+        return [model.head(model.trunk(ctx[None, CONTEXT_TOKENS: CONTEXT_TOKENS + n], cache)[0])]
+
+    def mtp(n: int) -> list:
+        return list(model.mtp_forward(h[:, -n:], nxt[:, -n:], mtp_cache))
+
+    def timed(*parts):  # (fn, n) pairs evaluated together, then every cache rolled back
+        def run():
+            mx.eval([out for fn, n in parts for out in fn(n)])
+            for c in cache:
+                c.trim(c.offset - CONTEXT_TOKENS)
+            mtp_cache.trim(mtp_cache.offset - CONTEXT_TOKENS)
+        return run
+
+    cycle = [(main, k + 1), (mtp, 2)] + [(mtp, 1)] * (k - 1)
+    step_s, verify_s, mtp_s, cycle_s = _median_times(
+        [timed((main, 1)), timed((main, k + 1)), timed((mtp, 1)), timed(*cycle)], reps)
+    return DraftCosts(step_s=step_s, verify_s=verify_s, mtp_s=mtp_s, cycle_s=cycle_s, k=k)

@@ -1,0 +1,67 @@
+"""Counters and the draft="auto" decision, kept apart: `DraftStats` only counts what happened,
+`DraftPolicy` decides whether drafting goes on (from measured costs and the acceptance so far)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from .costs import DraftCosts
+
+AUTO_MIN_SPEEDUP = 1.05  # draft="auto" drafts only while the expected speedup exceeds this
+AUTO_WARMUP_STEPS = 8  # verify steps before "auto" judges the measured acceptance
+
+
+@dataclass
+class DraftStats:
+    """Counters of one speculative generation. A verify step is one main-model decode forward."""
+
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
+    verify_steps: int = 0
+    first_drafts: int = 0  # steps that drafted at least one token
+    first_accepted: int = 0  # ... whose first draft was accepted
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted_tokens / self.draft_tokens if self.draft_tokens else 0.0
+
+    @property
+    def first_acceptance_rate(self) -> float:
+        return self.first_accepted / self.first_drafts if self.first_drafts else 0.0
+
+    @property
+    def tokens_per_step(self) -> float:
+        """Tokens emitted per verify step (the verified token counted): 1.0 without drafting."""
+        return (self.accepted_tokens + self.verify_steps) / self.verify_steps if self.verify_steps else 0.0
+
+
+@dataclass
+class DraftPolicy:
+    """Whether to draft. draft="mtp" always drafts; "auto" (`auto=True`) drafts while the expected
+    speedup, from the measured step costs and the observed tokens per step, exceeds `min_speedup`."""
+
+    auto: bool = False
+    min_speedup: float = AUTO_MIN_SPEEDUP
+    warmup_steps: int = AUTO_WARMUP_STEPS
+    drafting: bool = True  # False once "auto" turned drafting off
+    costs: Optional[DraftCosts] = None
+    expected_speedup: Optional[float] = None  # "auto": its latest estimate
+
+    def calibrate(self, costs: DraftCosts, num_draft: int) -> None:
+        """Before decoding: if even perfect drafts would not pay on this device, never draft."""
+        self.costs = costs
+        best = costs.speedup(num_draft + 1.0, num_draft)  # every draft accepted
+        if self.expected_speedup is None or best <= self.min_speedup:
+            self.expected_speedup = best
+        if best <= self.min_speedup:
+            self.drafting = False
+
+    def judge(self, stats: DraftStats, draft_wall_s: float, draft_steps: int) -> None:
+        """After each drafting step: compare what drafting achieves (tokens per step over the wall time of
+        a drafting step, which also counts the loop's own overhead) with a plain step's measured cost."""
+        if not self.auto or draft_steps < self.warmup_steps or self.costs is None:
+            return
+        self.expected_speedup = stats.tokens_per_step * self.costs.step_s / (draft_wall_s / draft_steps)
+        if self.expected_speedup <= self.min_speedup:
+            self.drafting = False

@@ -1,0 +1,124 @@
+"""`mlxseek info`: what a checkpoint folder holds, from config.json and the safetensors headers alone.
+
+No weight is read, so it is instant on a 685B checkpoint. Works on official HF folders (bf16 or FP8
+blocks), on mlx-lm / mlx-community folders and on mlxseek's converted ones. Parameters are counted from the
+stored tensors: quantization metadata (`weight_scale_inv`, `scales`, `biases`) is not a parameter, and a
+packed affine weight (uint32 holding 32/bits values) counts the values it packs, at the bits config.json
+records for its module. Bytes per decoded token are summed over the tensors as stored, with the same rule
+as `estimate`: routed experts read top-k / E of their bytes, the embedding one row, everything else once.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Union
+
+from .census import check_config, is_moe_layer
+from ..errors import CheckpointError
+from .estimate import load_config
+from ..checkpoint.store import WeightStore
+
+DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "U8": 1, "I8": 1, "U32": 4, "I32": 4, "I64": 8,
+               "U16": 2, "I16": 2, "BOOL": 1}
+_ROUTED = re.compile(r"\.experts\.\d+\.|\.switch_mlp\.")
+_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
+# The HF MTP layer stores copies of the embedding and output head, which the model shares (V3 report 2.2).
+_MTP_COPY = re.compile(r"\.(embed_tokens|shared_head\.head)\.")
+
+
+def _aux_of(key: str, keys: set[str]) -> bool:
+    """Quantization metadata: FP8 `weight_scale_inv`, or the `scales`/`biases` of a packed weight."""
+    if key.endswith("_scale_inv"):
+        return True
+    base, _, leaf = key.rpartition(".")
+    return leaf in ("scales", "biases", "scale") and f"{base}.weight" in keys
+
+
+def _logical(key: str, store: WeightStore, c: dict, keys: set[str]) -> int:
+    n = math.prod(store.shape(key))
+    module = key.rpartition(".")[0]
+    if store.dtype(key) != "U32" or f"{module}.scales" not in keys:
+        return n
+    q = c.get("quantization") or {}
+    spec = q.get(module) if isinstance(q.get(module), dict) else q
+    if "bits" not in spec:
+        raise CheckpointError(f"{store.file_of(key)}: {key} is packed (uint32 with {module}.scales) but "
+                              f"config.json records no quantization bits for it; re-convert with mlxseek convert")
+    return n * 32 // int(spec["bits"])
+
+
+def quantization(c: dict) -> dict:
+    """How config.json says the weights are stored."""
+    q = c.get("quantization")
+    if isinstance(q, dict) and "bits" in q:
+        per_path = {k: v for k, v in q.items() if k not in ("bits", "group_size", "mode")}
+        overrides: dict[str, int] = {}
+        for v in per_path.values():
+            if isinstance(v, dict) and (v.get("bits"), v.get("group_size")) == (q["bits"], q.get("group_size")):
+                continue  # recorded only for its layout
+            label = "float" if v is False else f"{v.get('bits')}-bit" if isinstance(v, dict) else None
+            if label:
+                overrides[label] = overrides.get(label, 0) + 1
+        kmajor = sum(isinstance(v, dict) and v.get("layout") == "kmajor" for v in per_path.values())
+        return {"format": "mlx", "mode": q.get("mode", "affine"), "bits": q["bits"],
+                "group_size": q.get("group_size"), "recipe": (c.get("mlxseek") or {}).get("recipe"),
+                "overrides": overrides, "layout": f"kmajor ({kmajor} modules)" if kmajor else "transposed"}
+    qc = c.get("quantization_config") or {}
+    if qc.get("quant_method") == "fp8":
+        return {"format": "fp8", "fmt": qc.get("fmt"), "weight_block_size": qc.get("weight_block_size"),
+                "scale_fmt": qc.get("scale_fmt"), "expert_dtype": c.get("expert_dtype") or qc.get("expert_dtype")}
+    return {"format": "none", "dtype": c.get("torch_dtype")}
+
+
+def info(path: Union[str, Path]) -> dict:
+    """Architecture, layer schedule, parameters, bytes on disk and per decoded token of the folder `path`."""
+    folder = Path(path)
+    c, source = load_config(folder)
+    check_config(c, source)
+    store = WeightStore(folder)
+    L, V = c["num_hidden_layers"], c["vocab_size"]
+    k_over_e = c["num_experts_per_tok"] / c["n_routed_experts"] if c.get("n_routed_experts") else 0.0
+    keys = set(store.keys())
+    params = {"main": 0, "mtp": 0, "copy": 0}
+    active, per_token, tensor_bytes, by_dtype = 0.0, 0.0, 0, {}
+    for key in sorted(keys):
+        nbytes = math.prod(store.shape(key)) * DTYPE_BYTES[store.dtype(key)]
+        tensor_bytes += nbytes
+        by_dtype[store.dtype(key)] = by_dtype.get(store.dtype(key), 0) + nbytes
+        if key.endswith("rotary_emb.inv_freq"):
+            continue  # a recomputed buffer some HF checkpoints carry, not a parameter
+        m = _LAYER.match(key)
+        part = "mtp" if key.startswith("mtp.") or (m and int(m[1]) >= L) else "main"
+        part = "copy" if part == "mtp" and _MTP_COPY.search(key) else part
+        embedding = "embed_tokens" in key or key.startswith("embed.")
+        reads = k_over_e if _ROUTED.search(key) else 1 / V if embedding else 1.0
+        n = 0 if _aux_of(key, keys) else _logical(key, store, c, keys)
+        params[part] += n
+        if part == "main":
+            active += n * reads
+            per_token += nbytes * reads
+    n_mtp = c.get("num_nextn_predict_layers") or 0
+    moe = sum(is_moe_layer(c, i) for i in range(L))
+    return {
+        "path": str(folder), "architecture": (c.get("architectures") or [c["model_type"]])[0],
+        "model_type": c["model_type"],
+        "layers": {"total": L, "dense": L - moe, "moe": moe, "mtp": n_mtp, "mtp_in_checkpoint": params["mtp"] > 0},
+        "total_params": params["main"], "active_params": round(active), "mtp_params": params["mtp"],
+        "stored_params": sum(params.values()),
+        "bytes_on_disk": sum((folder / f).stat().st_size for f in set(store.weight_map.values())),
+        "tensor_bytes": tensor_bytes, "bytes_by_dtype": by_dtype, "bytes_per_token": round(per_token),
+        "bits_per_weight": 8 * tensor_bytes / max(1, sum(params.values())),
+        "quantization": quantization(c),
+        "runtime": runtime(),
+    }
+
+
+def runtime() -> dict:
+    """What this process would run the model on: MLX version, default device, BLAS (see mlxseek.cpu.blas)."""
+    import mlx.core as mx
+
+    from ..cpu import blas
+
+    return {"mlx": mx.__version__, "device": str(mx.default_device()), **blas.status()}
