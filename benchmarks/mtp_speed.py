@@ -30,8 +30,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/mlxseek-mtp-speed"))
     args = ap.parse_args()
     import mlxseek
-    from mlxseek.tools.draft_bench import bench_draft, format_rows, text_prompts
     from mlxseek.speculative import make_sampler
+    from mlxseek.tools.draft_bench import bench_draft, format_rows, text_prompts
 
     q4 = args.work / "q4g64"
     mlxseek.convert(hf_path=args.model, mlx_path=q4, quantize=True, q_bits=4, q_group_size=64, force=True, quiet=True)

@@ -16,10 +16,11 @@ import statistics
 import time
 from collections import defaultdict
 
-# mlxseek before mlx.core, so that MLX binds a system OpenBLAS when there is one (mlxseek/cpu/blas.py).
-import mlxseek  # noqa: F401, I001
 import mlx.core as mx
 import mlx.nn as nn
+
+# mlxseek before mlx.core, so that MLX binds a system OpenBLAS when there is one (mlxseek/cpu/blas.py).
+import mlxseek  # noqa: F401, I001
 
 CATEGORIES = [  # (substring of the module path, category); first match wins
     ("lm_head", "lm_head"),

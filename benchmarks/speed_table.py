@@ -20,10 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-# mlxseek before mlx.core, so that MLX binds a system OpenBLAS when there is one (mlxseek/cpu/blas.py).
-import mlxseek  # noqa: I001
 import mlx.core as mx
 from mlx.utils import tree_flatten
+
+# mlxseek before mlx.core, so that MLX binds a system OpenBLAS when there is one (mlxseek/cpu/blas.py).
+import mlxseek  # noqa: I001
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -32,7 +33,6 @@ from bench_vs_mlx_lm import DEFAULT_MODEL, ensure_model  # noqa: E402
 from profile_decode import measure as profile  # noqa: E402
 
 from mlxseek.tools.bench import bench  # noqa: E402
-
 
 ROWS: list[dict] = []  # everything emitted, for the markdown summary at the end
 

@@ -39,7 +39,14 @@ def split_corpus() -> tuple[list[str], list[str], list[str]]:
 
 def train_tokenizer(texts: list[str], vocab_size: int):
     """Byte-level BPE (GPT-2 style pre-tokenizer and decoder) with DeepSeek's special tokens first."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -14,8 +14,8 @@ import mlx.optimizers as optim
 import numpy as np
 
 from mlxseek.config import ModelConfig
-from mlxseek.layers.moe import DeepSeekMoE, MoEGate
 from mlxseek.layers.masks import causal_mask
+from mlxseek.layers.moe import DeepSeekMoE, MoEGate
 
 
 class _Sink:

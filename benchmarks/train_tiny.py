@@ -173,7 +173,12 @@ def publish(args, model, cfg, config: dict, tok, report: dict) -> None:
     """The official HF layout twice (bf16, FP8 blocks), each with the tokenizer and training.json."""
     import tiny_corpus
 
-    from mlxseek.convert.export import to_bf16_official, to_fp8_official, to_official, write_official
+    from mlxseek.convert.export import (
+        to_bf16_official,
+        to_fp8_official,
+        to_official,
+        write_official,
+    )
 
     official = to_official(model, cfg)
     write_official(args.out, to_bf16_official(official), config)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import mlxseek
 from mlxseek.tools.bench import bench, format_table
-from mlxseek.loading.tokenizer import apply_chat_template
 
 model_dir = os.environ.get("MLXSEEK_MODEL")
 if model_dir is None:

@@ -14,7 +14,7 @@ def golden(name: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def loaded():
+def fixture_model():
     """name -> the committed fixture loaded in float32, loaded once per test module."""
     import mlxseek
 
@@ -26,6 +26,22 @@ def loaded():
         return cache[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A tiny random DeepSeek-V3 folder with the real DeepSeek tokenizer (tests/tiny_model.py)."""
+    from tiny_model import tiny_model_dir
+
+    return tiny_model_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir):
+    """(model, tokenizer) of `tiny_dir`, loaded once per test module."""
+    import mlxseek
+
+    return mlxseek.load(tiny_dir)
 
 
 @pytest.fixture(params=GOLDEN_NAMES)

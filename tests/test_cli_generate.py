@@ -10,10 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 import mlxseek
-from mlxseek.generation.chat import ChatSession
 from mlxseek.cli import main
+from mlxseek.generation.chat import ChatSession
 from mlxseek.loading.tokenizer import apply_chat_template
-from tiny_model import tiny_model_dir
 
 
 def mlxseek_cmd() -> list[str]:
@@ -27,39 +26,29 @@ def run(*args, stdin: str = "") -> subprocess.CompletedProcess:
                           env=env)
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def loaded(model_dir):
-    return mlxseek.load(model_dir)
-
-
-def test_generate_subprocess_prints_the_greedy_completion(model_dir, loaded):
-    p = run("generate", "--model", str(model_dir), "--prompt", "Tell me a joke.", "--max-tokens", "8",
+def test_generate_subprocess_prints_the_greedy_completion(tiny_dir, tiny):
+    p = run("generate", "--model", str(tiny_dir), "--prompt", "Tell me a joke.", "--max-tokens", "8",
             "--system", "Be funny.")
     assert p.returncode == 0, p.stderr
-    model, tok = loaded
+    model, tok = tiny
     prompt = apply_chat_template(tok, [{"role": "system", "content": "Be funny."},
                                        {"role": "user", "content": "Tell me a joke."}])
     assert p.stdout == mlxseek.generate(model, tok, prompt, max_tokens=8) + "\n"
     assert "generation: 8 tokens" in p.stderr and "peak memory" in p.stderr
 
 
-def test_chat_subprocess_through_stdin(model_dir, loaded):
-    p = run("chat", "--model", str(model_dir), "--max-tokens", "5", stdin="Hello\nMore please\n/reset\nHello\n/exit\n")
+def test_chat_subprocess_through_stdin(tiny_dir, tiny):
+    p = run("chat", "--model", str(tiny_dir), "--max-tokens", "5", stdin="Hello\nMore please\n/reset\nHello\n/exit\n")
     assert p.returncode == 0, p.stderr
     lines = p.stdout.split("\n")
     assert lines[2] == "[conversation reset]"
-    model, tok = loaded
+    model, tok = tiny
     first = "".join(r.text for r in ChatSession(model, tok, max_tokens=5).send("Hello"))
     assert lines[0] == lines[3] == first  # after /reset the same question gets the same first answer
 
 
-def test_bench_json_subprocess(model_dir):
-    p = run("bench", "--model", str(model_dir), "--prompt-tokens", "16", "--gen-tokens", "4", "--runs", "1",
+def test_bench_json_subprocess(tiny_dir):
+    p = run("bench", "--model", str(tiny_dir), "--prompt-tokens", "16", "--gen-tokens", "4", "--runs", "1",
             "--vs", "mlx-lm", "--bandwidth", "100", "--json")
     assert p.returncode == 0, p.stderr
     rows = [json.loads(line) for line in p.stdout.splitlines()]
@@ -74,12 +63,12 @@ def test_bench_json_subprocess(model_dir):
     assert rows[1]["decode_speedup"] == pytest.approx(rows[0]["decode_tps"] / rows[1]["decode_tps"])
 
 
-def test_active_bytes_count_k_of_e_experts(loaded):
+def test_active_bytes_count_k_of_e_experts(tiny):
     from mlx.utils import tree_flatten
 
     from mlxseek.tools.bench import active_bytes_per_token
 
-    model, _ = loaded
+    model, _ = tiny
     cfg = model.config
     params = dict(tree_flatten(model.parameters()))
     experts = sum(v.nbytes for k, v in params.items() if ".switch_mlp." in k)
@@ -117,17 +106,17 @@ def test_non_mlxseek_dir(tmp_path):
     assert "config.json" in line
 
 
-def test_max_tokens_zero(model_dir):
-    result = CliRunner().invoke(main, ["generate", "--model", str(model_dir), "--prompt", "hi", "--max-tokens", "0"])
+def test_max_tokens_zero(tiny_dir):
+    result = CliRunner().invoke(main, ["generate", "--model", str(tiny_dir), "--prompt", "hi", "--max-tokens", "0"])
     assert "--max-tokens" in one_error_line(result)
 
 
-def test_prompt_longer_than_context(model_dir):
-    result = CliRunner().invoke(main, ["generate", "--model", str(model_dir), "--prompt", "word " * 400])
+def test_prompt_longer_than_context(tiny_dir):
+    result = CliRunner().invoke(main, ["generate", "--model", str(tiny_dir), "--prompt", "word " * 400])
     assert "max_position_embeddings" in one_error_line(result)
 
 
-def test_bench_refuses_more_tokens_than_the_context(model_dir):
-    result = CliRunner().invoke(main, ["bench", "--model", str(model_dir), "--prompt-tokens", "300"])
+def test_bench_refuses_more_tokens_than_the_context(tiny_dir):
+    result = CliRunner().invoke(main, ["bench", "--model", str(tiny_dir), "--prompt-tokens", "300"])
     assert "context" in one_error_line(result)
 

@@ -16,15 +16,15 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import FIXTURES, golden
 from mlx.utils import tree_flatten, tree_map
 from mlx_lm.utils import quantize_model
+from st_io import edit_index, read_raw, rewrite
 
 import mlxseek
-from conftest import FIXTURES, golden
 from mlxseek.cli import main as cli
 from mlxseek.convert import stream
 from mlxseek.errors import CheckpointError, ConversionError
-from st_io import edit_index, read_raw, rewrite
 
 SMALL_SHARDS = 300_000  # bytes: splits a fixture's output into 3 shards
 

@@ -2,12 +2,15 @@
 
 import mlx.core as mx
 import mlx.nn as nn
-import numpy as np
 import pytest
+from conftest import FIXTURES, golden
 
 import mlxseek
-from conftest import FIXTURES, golden
-from mlxseek.cpu.kmajor import KMajorQuantizedLinear, KMajorQuantizedSwitchLinear, apply_cpu_layout
+from mlxseek.cpu.kmajor import (
+    KMajorQuantizedLinear,
+    KMajorQuantizedSwitchLinear,
+    apply_cpu_layout,
+)
 
 
 def test_kmajor_linear_matches_its_dense_weight():

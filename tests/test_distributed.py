@@ -16,18 +16,18 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from mlx.utils import tree_flatten
+from tiny_model import _writer
 
-from mlxseek.cli import main
 from mlxseek.checkpoint.keymap import build_plan
+from mlxseek.checkpoint.store import WeightStore
+from mlxseek.cli import main
 from mlxseek.config import ModelConfig
-from mlxseek.parallel.distributed import Shard, plan_shard, split_experts, split_layers
 from mlxseek.errors import ConfigError
 from mlxseek.generation.steps import generate_step
-from mlxseek.parallel.launcher import free_ports, launch
 from mlxseek.loading.loader import load_model
-from mlxseek.checkpoint.store import WeightStore
+from mlxseek.parallel.distributed import Shard, plan_shard, split_experts, split_layers
+from mlxseek.parallel.launcher import free_ports, launch
 from mlxseek.parallel.watchdog import EXIT_CODE, HEARTBEAT_ENV
-from tiny_model import _writer
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = [sys.executable, str(ROOT / "benchmarks" / "distributed.py"), "--worker"]

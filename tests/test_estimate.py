@@ -13,10 +13,10 @@ from click.testing import CliRunner
 from safetensors import safe_open
 
 from mlxseek import Model, ModelConfig
-from mlxseek.tools.census import census
 from mlxseek.cli import main
 from mlxseek.convert.quantize import plan_quantization, size_summary
 from mlxseek.errors import ConfigError
+from mlxseek.tools.census import census
 from mlxseek.tools.estimate import bytes_fn, estimate
 from mlxseek.tools.machines import MACHINES, machine
 

@@ -11,13 +11,12 @@ import sys
 import mlx.core as mx
 import pytest
 from click.testing import CliRunner
+from conftest import FIXTURES
 
 import mlxseek
 from mlxseek.cli import main
 from mlxseek.errors import EvaluationError
 from mlxseek.tools.evaluate import evaluate
-
-from conftest import FIXTURES
 
 TRAINED, TRAINED_FP8 = FIXTURES / "trained_v3", FIXTURES / "trained_v3_fp8"
 HELDOUT = FIXTURES / "trained_v3_heldout.txt"

@@ -2,7 +2,6 @@
 
 import mlx.core as mx
 import mlx.nn as nn
-import numpy as np
 import pytest
 
 from mlxseek.layers import experts as experts_mod
@@ -40,6 +39,7 @@ def test_sorted_and_unsorted_paths_agree(monkeypatch):
 
 def test_moe_layer_reference_path(tmp_path):
     from conftest import FIXTURES
+
     import mlxseek
 
     model, _ = mlxseek.load(FIXTURES / "v3")

@@ -5,14 +5,18 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 import pytest
+from conftest import FIXTURES
 
 import mlxseek
-from mlxseek.config import ModelConfig
-from mlxseek.convert.export import to_bf16_official, to_fp8_official, to_official, write_official
-from mlxseek.errors import ConversionError
 from mlxseek.checkpoint.store import WeightStore
-
-from conftest import FIXTURES
+from mlxseek.config import ModelConfig
+from mlxseek.convert.export import (
+    to_bf16_official,
+    to_fp8_official,
+    to_official,
+    write_official,
+)
+from mlxseek.errors import ConversionError
 
 
 @pytest.mark.parametrize("name", ["v3", "trained_v3"])

@@ -5,22 +5,16 @@ import pytest
 from mlx_lm.sample_utils import make_sampler
 
 import mlxseek
-from mlxseek.generation.chat import ChatSession
 from mlxseek.errors import GenerationError
+from mlxseek.generation.chat import ChatSession
 from mlxseek.generation.steps import make_prompt_cache
-from tiny_model import tiny_model_dir
 
 N = 12
 
 
 @pytest.fixture(scope="module")
-def loaded(tmp_path_factory):
-    return mlxseek.load(tiny_model_dir(tmp_path_factory))
-
-
-@pytest.fixture(scope="module")
-def prompt_ids(loaded):
-    _, tok = loaded
+def prompt_ids(tiny):
+    _, tok = tiny
     return tok.encode("<｜begin▁of▁sentence｜><｜User｜>Write a haiku about memory bandwidth.<｜Assistant｜>")
 
 
@@ -46,8 +40,8 @@ def force(sequence: list[int], n_prompt: int):
     return proc
 
 
-def test_greedy_stream_equals_generate_equals_argmax_loop(loaded, prompt_ids):
-    model, tok = loaded
+def test_greedy_stream_equals_generate_equals_argmax_loop(tiny, prompt_ids):
+    model, tok = tiny
     records = list(mlxseek.stream_generate(model, tok, prompt_ids, max_tokens=N))
     tokens = [r.token for r in records]
     assert tokens == argmax_loop(model, prompt_ids, N)
@@ -62,23 +56,23 @@ def test_greedy_stream_equals_generate_equals_argmax_loop(loaded, prompt_ids):
     assert abs(float(mx.logsumexp(last.logprobs))) < 1e-4
 
 
-def test_string_prompt_equals_its_token_ids(loaded, prompt_ids):
-    model, tok = loaded
+def test_string_prompt_equals_its_token_ids(tiny, prompt_ids):
+    model, tok = tiny
     text = tok.decode(prompt_ids)
     assert mlxseek.generate(model, tok, text, max_tokens=4) == mlxseek.generate(model, tok, prompt_ids, max_tokens=4)
 
 
-def test_mlx_lm_stream_generate_drives_our_model(loaded, prompt_ids):
+def test_mlx_lm_stream_generate_drives_our_model(tiny, prompt_ids):
     from mlx_lm.generate import stream_generate as mlx_lm_stream
 
-    model, tok = loaded
+    model, tok = tiny
     theirs = [r.token for r in mlx_lm_stream(model, tok, mx.array(prompt_ids), max_tokens=N)]
     ours = [r.token for r in mlxseek.stream_generate(model, tok, prompt_ids, max_tokens=N)]
     assert theirs == ours
 
 
-def test_chunked_prefill_gives_the_same_tokens(loaded, prompt_ids):
-    model, tok = loaded
+def test_chunked_prefill_gives_the_same_tokens(tiny, prompt_ids):
+    model, tok = tiny
     whole = [r.token for r in mlxseek.stream_generate(model, tok, prompt_ids, max_tokens=6)]
     seen = []
     chunked = mlxseek.stream_generate(model, tok, prompt_ids, max_tokens=6, prefill_step_size=4,
@@ -87,11 +81,11 @@ def test_chunked_prefill_gives_the_same_tokens(loaded, prompt_ids):
     assert seen[0] == 4 and seen[-1] == len(prompt_ids)
 
 
-def test_prefill_chunks_shrink_as_the_context_grows(loaded, prompt_ids, monkeypatch):
+def test_prefill_chunks_shrink_as_the_context_grows(tiny, prompt_ids, monkeypatch):
     """With a small score budget, chunks get shorter as the cache fills (heads * chunk * context bounded),
     and the tokens are those of one whole-prompt prefill."""
     from mlxseek.generation import prefill
-    model, tok = loaded
+    model, tok = tiny
     prompt_ids = prompt_ids * 4  # 44 tokens
     whole = [r.token for r in mlxseek.stream_generate(model, tok, prompt_ids, max_tokens=6)]
     heads = model.config.num_attention_heads
@@ -107,8 +101,8 @@ def test_prefill_chunks_shrink_as_the_context_grows(loaded, prompt_ids, monkeypa
         assert n == 2 or 4 * heads * n * (a + 8) <= prefill.PREFILL_SCORES_BYTES
 
 
-def test_eos_stops_and_is_not_in_the_text(loaded, prompt_ids):
-    model, tok = loaded
+def test_eos_stops_and_is_not_in_the_text(tiny, prompt_ids):
+    model, tok = tiny
     word = tok.encode("hello", add_special_tokens=False)
     forced = force(word + [tok.eos_token_id], len(prompt_ids))
     records = list(mlxseek.stream_generate(model, tok, prompt_ids, max_tokens=N, logits_processors=[forced]))
@@ -117,8 +111,8 @@ def test_eos_stops_and_is_not_in_the_text(loaded, prompt_ids):
     assert records[-1].generation_tokens == len(word) + 1
 
 
-def test_stop_string_truncates(loaded, prompt_ids):
-    model, tok = loaded
+def test_stop_string_truncates(tiny, prompt_ids):
+    model, tok = tiny
     ids = tok.encode("one two three four five", add_special_tokens=False)
     forced = force(ids, len(prompt_ids))
     records = list(mlxseek.stream_generate(model, tok, prompt_ids, max_tokens=N, logits_processors=[forced],
@@ -127,8 +121,8 @@ def test_stop_string_truncates(loaded, prompt_ids):
     assert records[-1].finish_reason == "stop"
 
 
-def test_reasoning_and_content_stream_separately(loaded, prompt_ids):
-    model, tok = loaded
+def test_reasoning_and_content_stream_separately(tiny, prompt_ids):
+    model, tok = tiny
     ids = tok.encode("<think>\nLet me think.\n</think>\n\nAnswer.", add_special_tokens=False)
     forced = force(ids, len(prompt_ids))
     records = list(mlxseek.stream_generate(model, tok, prompt_ids, max_tokens=len(ids), logits_processors=[forced]))
@@ -136,8 +130,8 @@ def test_reasoning_and_content_stream_separately(loaded, prompt_ids):
     assert "".join(r.content for r in records) == "Answer."
 
 
-def test_seeded_sampling_is_reproducible(loaded, prompt_ids):
-    model, tok = loaded
+def test_seeded_sampling_is_reproducible(tiny, prompt_ids):
+    model, tok = tiny
     sampler = make_sampler(temp=1.0)
 
     def run(seed):
@@ -149,8 +143,8 @@ def test_seeded_sampling_is_reproducible(loaded, prompt_ids):
     assert first != argmax_loop(model, prompt_ids, 8)
 
 
-def test_prompt_cache_continues_the_context(loaded, prompt_ids):
-    model, tok = loaded
+def test_prompt_cache_continues_the_context(tiny, prompt_ids):
+    model, tok = tiny
     cache = make_prompt_cache(model)
     first = [r.token for r in mlxseek.stream_generate(model, tok, prompt_ids, max_tokens=4, prompt_cache=cache)]
     more = tok.encode(" and then", add_special_tokens=False)
@@ -159,8 +153,8 @@ def test_prompt_cache_continues_the_context(loaded, prompt_ids):
     assert second == argmax_loop(model, prompt_ids + first + more, 4)
 
 
-def test_chat_second_turn_prefills_only_new_tokens(loaded):
-    model, tok = loaded
+def test_chat_second_turn_prefills_only_new_tokens(tiny):
+    model, tok = tiny
     chat = ChatSession(model, tok, system="Be brief.", max_tokens=5)
     list(chat.send("Hi!"))
     history = chat.tokens
@@ -178,8 +172,8 @@ def test_chat_second_turn_prefills_only_new_tokens(loaded):
     assert chat.messages[-1] == {"role": "assistant", "content": "".join(r.text for r in records)}
 
 
-def test_chat_reset_forgets(loaded):
-    model, tok = loaded
+def test_chat_reset_forgets(tiny):
+    model, tok = tiny
     chat = ChatSession(model, tok, max_tokens=4)
     fresh = "".join(r.text for r in chat.send("Hello"))
     list(chat.send("Again"))
@@ -188,8 +182,8 @@ def test_chat_reset_forgets(loaded):
     assert "".join(r.text for r in chat.send("Hello")) == fresh
 
 
-def test_bad_arguments_raise_generation_error(loaded, prompt_ids):
-    model, tok = loaded
+def test_bad_arguments_raise_generation_error(tiny, prompt_ids):
+    model, tok = tiny
     with pytest.raises(GenerationError, match="empty"):
         list(mlxseek.stream_generate(model, tok, [], max_tokens=4))
     with pytest.raises(GenerationError, match="max_tokens"):
@@ -201,8 +195,8 @@ def test_bad_arguments_raise_generation_error(loaded, prompt_ids):
         list(mlxseek.stream_generate(model, None, "text", max_tokens=4))
 
 
-def test_generation_is_capped_at_the_context(loaded):
-    model, tok = loaded
+def test_generation_is_capped_at_the_context(tiny):
+    model, tok = tiny
     ctx = model.config.max_position_embeddings
     records = list(mlxseek.stream_generate(model, tok, [5] * (ctx - 3), max_tokens=50))
     assert len(records) == 3 and records[-1].finish_reason == "length"

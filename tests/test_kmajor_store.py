@@ -6,10 +6,10 @@ import json
 import mlx.core as mx
 import pytest
 from click.testing import CliRunner
+from conftest import FIXTURES
 from mlx.utils import tree_flatten
 
 import mlxseek
-from conftest import FIXTURES
 from mlxseek.cli import main as cli
 from mlxseek.convert import stream
 from mlxseek.cpu.kmajor import KMajorQuantizedLinear, KMajorQuantizedSwitchLinear
@@ -45,11 +45,11 @@ def test_every_eligible_module_is_recorded_kmajor(kmajor):
     assert "model.embed_tokens" not in layouts and "model.layers.1.self_attn.embed_q" not in layouts
 
 
-def test_stored_weights_are_the_source_quantized_along_out(kmajor, loaded):
+def test_stored_weights_are_the_source_quantized_along_out(kmajor, fixture_model):
     """Each stored (in, out) weight dequantizes to the float source within one step of its own group
     (MLX's affine rounding keeps zero exact, so its error reaches a full step, not half), groups running
     along `out`: a wrong axis, placement or piece offset breaks this bound."""
-    source = dict(tree_flatten(loaded("v3_fp8").parameters()))
+    source = dict(tree_flatten(fixture_model("v3_fp8").parameters()))
     stored = {}
     for f in kmajor.glob("*.safetensors"):
         stored.update(mx.load(str(f)))
@@ -69,7 +69,7 @@ def test_stored_weights_are_the_source_quantized_along_out(kmajor, loaded):
     assert checked >= 10
 
 
-def test_loads_kmajor_and_matches_dequantized_float_model(kmajor, loaded):
+def test_loads_kmajor_and_matches_dequantized_float_model(kmajor, fixture_model):
     """Logits of the K-major store equal those of the float model holding the same dequantized weights."""
     model, _ = mlxseek.load(kmajor, with_mtp=False, tokenizer=False)
     assert model.kernel_layout.startswith("kmajor (stored)")

@@ -2,9 +2,9 @@
 
 import mlx.core as mx
 import pytest
+from conftest import FIXTURES, golden
 
 import mlxseek
-from conftest import FIXTURES, golden
 from mlxseek.cache.mla import LatentCache, QuantizedLatentCache
 
 

@@ -7,13 +7,18 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
+from conftest import FIXTURES, golden
 from mlx.utils import tree_map
+from st_io import edit_index, read_float32, rewrite
 
 import mlxseek
-from conftest import FIXTURES, golden
-from mlxseek.errors import CheckpointError, ConfigError, MlxseekError, WeightMismatchError
+from mlxseek.errors import (
+    CheckpointError,
+    ConfigError,
+    MlxseekError,
+    WeightMismatchError,
+)
 from mlxseek.layers.mtp import MultiTokenPrediction
-from st_io import edit_index, read_float32, rewrite
 
 
 def copy_fixture(name: str, dst: Path) -> Path:

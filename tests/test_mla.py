@@ -1,11 +1,10 @@
 """Naive vs absorbed MLA, and cached prefill+decode vs one full forward (slow reference vs fast path)."""
 
 import mlx.core as mx
-import numpy as np
 import pytest
+from conftest import FIXTURES, golden
 
 import mlxseek
-from conftest import FIXTURES, golden
 
 
 @pytest.fixture(scope="module", params=["v2_lite", "v3"])

@@ -7,30 +7,35 @@ import json
 import mlx.core as mx
 import numpy as np
 import pytest
+from click.testing import CliRunner
+from conftest import FIXTURES
 
 import mlxseek
-from click.testing import CliRunner
 from mlxseek.cli import main
 from mlxseek.errors import GenerationError
 from mlxseek.generation.steps import generate_step
 from mlxseek.generation.stream import stream_generate
-from mlxseek.speculative import DraftPolicy, DraftStats, make_sampler, rejection_sample, speculative_generate_step
-
-from conftest import FIXTURES
+from mlxseek.speculative import (
+    DraftPolicy,
+    DraftStats,
+    make_sampler,
+    rejection_sample,
+    speculative_generate_step,
+)
 
 TRAINED = FIXTURES / "trained_v3"
 HELDOUT = FIXTURES / "trained_v3_heldout.txt"
 
 
 @pytest.fixture(scope="module")
-def loaded():
+def trained():
     return mlxseek.load(TRAINED)
 
 
 @pytest.fixture(scope="module")
-def prompts(loaded):
+def prompts(trained):
     """Held-out text (never trained on) cut into 24-token prompts, bos first."""
-    _, tok = loaded
+    _, tok = trained
     ids = tok.encode(HELDOUT.read_text(), add_special_tokens=False)
     return [mx.array([tok.bos_token_id] + ids[i * 500: i * 500 + 23], dtype=mx.uint32) for i in range(4)]
 
@@ -40,8 +45,8 @@ def _plain(model, prompt, n, cache=None):
 
 
 @pytest.mark.parametrize("k", [1, 2])
-def test_greedy_speculation_is_plain_greedy(loaded, prompts, k):
-    model, _ = loaded
+def test_greedy_speculation_is_plain_greedy(trained, prompts, k):
+    model, _ = trained
     for prompt in prompts:
         stats = DraftStats()
         spec = [t for t, _ in speculative_generate_step(prompt, model, max_tokens=40, num_draft=k, stats=stats)]
@@ -52,8 +57,8 @@ def test_greedy_speculation_is_plain_greedy(loaded, prompts, k):
         assert stats.first_accepted <= stats.first_drafts <= stats.verify_steps
 
 
-def test_cache_after_speculation_equals_plain_decoding(loaded, prompts):
-    model, _ = loaded
+def test_cache_after_speculation_equals_plain_decoding(trained, prompts):
+    model, _ = trained
     plain_cache, spec_cache = model.make_cache(), model.make_cache()
     plain = _plain(model, prompts[0], 30, plain_cache)
     spec = [t for t, _ in speculative_generate_step(prompts[0], model, max_tokens=30, num_draft=2,
@@ -66,8 +71,8 @@ def test_cache_after_speculation_equals_plain_decoding(loaded, prompts):
         assert diff < 1e-4, diff
 
 
-def test_chunked_prefill_feeds_the_mtp_every_position(loaded, prompts):
-    model, _ = loaded
+def test_chunked_prefill_feeds_the_mtp_every_position(trained, prompts):
+    model, _ = trained
     plain = [t for t, _ in generate_step(prompts[1], model, max_tokens=24, prefill_step_size=7)]
     stats = DraftStats()
     spec = [t for t, _ in speculative_generate_step(prompts[1], model, max_tokens=24, prefill_step_size=7,
@@ -75,8 +80,8 @@ def test_chunked_prefill_feeds_the_mtp_every_position(loaded, prompts):
     assert spec == plain and stats.accepted_tokens > 0
 
 
-def test_second_turn_on_the_same_cache_matches_plain(loaded, prompts):
-    model, _ = loaded
+def test_second_turn_on_the_same_cache_matches_plain(trained, prompts):
+    model, _ = trained
     plain_cache, spec_cache = model.make_cache(), model.make_cache()
     follow = prompts[1][1:9]
     plain = _plain(model, prompts[0], 12, plain_cache) + _plain(model, follow, 20, plain_cache)
@@ -88,8 +93,8 @@ def test_second_turn_on_the_same_cache_matches_plain(loaded, prompts):
     assert stats.accepted_tokens > 0
 
 
-def test_stream_generate_records_count_drafts(loaded, prompts):
-    model, tok = loaded
+def test_stream_generate_records_count_drafts(trained, prompts):
+    model, tok = trained
     plain = list(stream_generate(model, tok, prompts[2], max_tokens=32))
     spec = list(stream_generate(model, tok, prompts[2], max_tokens=32, draft="mtp", num_draft=2))
     assert [r.token for r in spec] == [r.token for r in plain]
@@ -101,8 +106,8 @@ def test_stream_generate_records_count_drafts(loaded, prompts):
     assert counts == sorted(counts) and plain[-1].draft_tokens == 0
 
 
-def test_auto_draft_keeps_greedy_output_and_measures_costs(loaded, prompts):
-    model, _ = loaded
+def test_auto_draft_keeps_greedy_output_and_measures_costs(trained, prompts):
+    model, _ = trained
     stats, policy = DraftStats(), DraftPolicy()
     spec = [t for t, _ in speculative_generate_step(prompts[3], model, max_tokens=24, draft="auto", stats=stats,
                                                     policy=policy)]
@@ -113,10 +118,10 @@ def test_auto_draft_keeps_greedy_output_and_measures_costs(loaded, prompts):
     assert policy.drafting == (stats.draft_tokens > 0 and policy.expected_speedup > 1.05)
 
 
-def test_auto_draft_stays_off_when_verify_steps_are_expensive(loaded, prompts, monkeypatch):
+def test_auto_draft_stays_off_when_verify_steps_are_expensive(trained, prompts, monkeypatch):
     import mlxseek.speculative.costs as dc
 
-    model, _ = loaded
+    model, _ = trained
     # A device where a 2-token step costs twice a 1-token step (MLX CPU quantized matmul): no gain possible.
     costs = dc.DraftCosts(step_s=1.0, verify_s=2.0, mtp_s=0.2, cycle_s=2.4, k=1)
     monkeypatch.setattr(dc, "measure_draft_costs", lambda m, k: costs)
@@ -128,11 +133,11 @@ def test_auto_draft_stays_off_when_verify_steps_are_expensive(loaded, prompts, m
     assert stats.verify_steps == 15 and stats.tokens_per_step == 1.0
 
 
-def test_auto_draft_turns_off_mid_stream_when_steps_do_not_pay(loaded, prompts, monkeypatch):
+def test_auto_draft_turns_off_mid_stream_when_steps_do_not_pay(trained, prompts, monkeypatch):
     import mlxseek.speculative.costs as dc
     import mlxseek.speculative.step as sp
 
-    model, _ = loaded
+    model, _ = trained
     # Calibration promises a lot, but a plain step "costs" 1 us, so measured drafting steps cannot pay.
     monkeypatch.setattr(dc, "measure_draft_costs", lambda m, k: dc.DraftCosts(1e-6, 1e-6, 1e-7, 1e-7, k))
     stats, policy = DraftStats(), DraftPolicy()
@@ -144,8 +149,8 @@ def test_auto_draft_turns_off_mid_stream_when_steps_do_not_pay(loaded, prompts, 
     assert 1 + stats.verify_steps + stats.accepted_tokens == 30
 
 
-def test_sampled_speculation_is_seeded_and_valid(loaded, prompts):
-    model, _ = loaded
+def test_sampled_speculation_is_seeded_and_valid(trained, prompts):
+    model, _ = trained
     sampler = make_sampler(temp=0.8, top_p=0.95)
     runs = []
     for _ in range(2):
@@ -179,8 +184,8 @@ def test_rejection_sampling_preserves_the_target_distribution():
     assert m.mean() == pytest.approx(0.5, abs=0.015)
 
 
-def test_bad_draft_arguments_fail_with_one_line_messages(loaded, prompts):
-    model, tok = loaded
+def test_bad_draft_arguments_fail_with_one_line_messages(trained, prompts):
+    model, tok = trained
     from mlx_lm.sample_utils import make_sampler as mlx_lm_make_sampler
 
     cases = [

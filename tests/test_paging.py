@@ -7,12 +7,12 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
+from tiny_model import _writer
 
-from mlxseek.errors import ConfigError, WeightMismatchError
-from mlxseek.loading.loader import load_model
 from mlxseek.checkpoint.slices import read_rows
 from mlxseek.checkpoint.store import WeightStore
-from tiny_model import _writer
+from mlxseek.errors import ConfigError, WeightMismatchError
+from mlxseek.loading.loader import load_model
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

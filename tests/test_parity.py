@@ -4,42 +4,41 @@ transformers' DeepseekV2/V3ForCausalLM (committed goldens) and mlx-lm's deepseek
 import mlx.core as mx
 import numpy as np
 import pytest
-from mlx_lm.models.cache import make_prompt_cache
-
 from conftest import FIXTURES, golden
+from mlx_lm.models.cache import make_prompt_cache
 from reference import greedy, mlx_lm_model
 
 TOL = 1e-4
 
 
-def test_logits_match_transformers(fixture_name, loaded):
+def test_logits_match_transformers(fixture_name, fixture_model):
     g = golden(fixture_name)
-    logits = loaded(fixture_name)(mx.array(g["prompt"])[None])[0]
+    logits = fixture_model(fixture_name)(mx.array(g["prompt"])[None])[0]
     diff = np.abs(np.array(logits) - g["logits"]).max()
     print(f"{fixture_name}: max |mlxseek - transformers| = {diff:.2e}")
     assert diff < TOL
 
 
-def test_greedy_tokens_match_transformers(fixture_name, loaded):
+def test_greedy_tokens_match_transformers(fixture_name, fixture_model):
     g = golden(fixture_name)
-    model = loaded(fixture_name)
+    model = fixture_model(fixture_name)
     toks = greedy(model, mx.array(g["prompt"]), len(g["greedy"]), model.make_cache())
     assert toks == g["greedy"].tolist()
 
 
-def test_logits_match_mlx_lm(fixture_name, loaded):
+def test_logits_match_mlx_lm(fixture_name, fixture_model):
     g = golden(fixture_name)
     x = mx.array(g["prompt"])[None]
     ref = mlx_lm_model(FIXTURES / fixture_name)
-    diff = float(mx.abs(loaded(fixture_name)(x) - ref(x)).max())
+    diff = float(mx.abs(fixture_model(fixture_name)(x) - ref(x)).max())
     print(f"{fixture_name}: max |mlxseek - mlx-lm| = {diff:.2e}")
     assert diff < TOL
 
 
-def test_latent_cache_is_smaller_than_mlx_lm_v2_cache(loaded):
+def test_latent_cache_is_smaller_than_mlx_lm_v2_cache(fixture_model):
     """mlx-lm's deepseek_v2 caches per-head K and V; mlxseek caches the latent + rope key only."""
     g = golden("v2_lite")
-    model, ref = loaded("v2_lite"), mlx_lm_model(FIXTURES / "v2_lite")
+    model, ref = fixture_model("v2_lite"), mlx_lm_model(FIXTURES / "v2_lite")
     ours, theirs = model.make_cache(), make_prompt_cache(ref)
     x = mx.array(g["prompt"])
     model(x[None], cache=ours)

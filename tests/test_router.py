@@ -1,10 +1,11 @@
-"""The router against a ~20-line NumPy reference of DeepSeek's gate (V2 greedy / group-limited, V3 noaux_tc)."""
+"""The router against a ~20-line NumPy reference of DeepSeek's gate (V2 greedy / group-limited, V3 noaux_tc,
+V4 sqrtsoftplus and hash routing)."""
 
 import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlxseek.layers.router import route
+from mlxseek.layers.router import hash_route, route, score
 
 
 def np_route(logits, bias, k, method, scoring, n_group, topk_group, norm, scale, scale_after_norm=True):
@@ -88,3 +89,17 @@ def test_v2_normalised_weights_are_not_rescaled():
     _, w = route(mx.array(logits), None, top_k=2, topk_method="greedy", scoring_func="softmax",
                  norm_topk_prob=True, routed_scaling_factor=16.0, scale_after_norm=False)
     np.testing.assert_allclose(np.array(w).sum(-1), 1.0, atol=1e-6)
+
+
+def test_v4_routing_matches_numpy():
+    rs = np.random.RandomState(0)
+    logits = rs.standard_normal((5, 8)).astype(np.float32)
+    np_scores = np.sqrt(np.log1p(np.exp(logits)))
+    np.testing.assert_allclose(np.array(score(mx.array(logits), "sqrtsoftplus")), np_scores, rtol=1e-6)
+    table = np.stack([rs.permutation(8)[:2] for _ in range(11)]).astype(np.int32)
+    tokens = np.array([3, 0, 10, 3, 7])
+    inds, w = hash_route(mx.array(logits), mx.array(tokens), mx.array(table), scoring_func="sqrtsoftplus",
+                         routed_scaling_factor=1.5)
+    ref = np.take_along_axis(np_scores, table[tokens], -1)
+    np.testing.assert_array_equal(np.array(inds), table[tokens])
+    np.testing.assert_allclose(np.array(w), ref / ref.sum(-1, keepdims=True) * 1.5, rtol=1e-6)

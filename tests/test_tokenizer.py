@@ -5,11 +5,19 @@ import json
 import shutil
 
 import pytest
+from tiny_model import tokenizer_dir
 
 from mlxseek.errors import CheckpointError
-from mlxseek.generation.reasoning import ReasoningSplitter, prompt_opens_reasoning, split_reasoning
-from mlxseek.loading.tokenizer import DEEPSEEK_CHAT_TEMPLATE, apply_chat_template, load_tokenizer
-from tiny_model import tokenizer_dir
+from mlxseek.generation.reasoning import (
+    ReasoningSplitter,
+    prompt_opens_reasoning,
+    split_reasoning,
+)
+from mlxseek.loading.tokenizer import (
+    DEEPSEEK_CHAT_TEMPLATE,
+    apply_chat_template,
+    load_tokenizer,
+)
 
 TEXTS = [
     "Hello, world! The quick brown fox jumps over the lazy dog.",

@@ -11,16 +11,15 @@ import json
 import mlx.core as mx
 import numpy as np
 import pytest
-from mlx_lm.models.cache import make_prompt_cache
-
-import mlxseek
 from conftest import FIXTURES, golden
+from mlx_lm.models.cache import make_prompt_cache
+from reference import greedy, mlx_lm_model
+from st_io import E4M3, read_raw
+
 from mlxseek.cache.mla import DSACache
 from mlxseek.config import ModelConfig
 from mlxseek.errors import ConfigError
 from mlxseek.layers.indexer import LightningIndexer
-from reference import greedy, mlx_lm_model
-from st_io import E4M3, read_raw
 
 TOL = 1e-4
 SHORT = ["v32", "v32_fp8"]
@@ -50,8 +49,8 @@ def region_diffs(logits, g) -> tuple[float, float]:
 
 
 @pytest.mark.parametrize("name", SHORT)
-def test_logits_and_greedy_match_transformers(name, loaded):
-    g, model = golden(name), loaded(name)
+def test_logits_and_greedy_match_transformers(name, fixture_model):
+    g, model = golden(name), fixture_model(name)
     prompt = mx.array(g["prompt"])
     diff = np.abs(np.array(model(prompt[None])[0]) - g["logits"]).max()
     print(f"{name}: max |mlxseek - transformers| = {diff:.2e}")
@@ -60,14 +59,14 @@ def test_logits_and_greedy_match_transformers(name, loaded):
 
 
 @pytest.mark.parametrize("name", SHORT)
-def test_logits_match_mlx_lm(name, loaded):
+def test_logits_match_mlx_lm(name, fixture_model):
     x = mx.array(golden(name)["prompt"])[None]
-    diff = float(mx.abs(loaded(name)(x) - mlx_lm_model(FIXTURES / name)(x)).max())
+    diff = float(mx.abs(fixture_model(name)(x) - mlx_lm_model(FIXTURES / name)(x)).max())
     print(f"{name}: max |mlxseek - mlx-lm| = {diff:.2e}")
     assert diff < TOL
 
 
-def test_fp8_ue8m0_scales_dequantize_exactly(loaded):
+def test_fp8_ue8m0_scales_dequantize_exactly(fixture_model):
     """V3.2's FP8 release: e4m3 blocks with power-of-two (ue8m0) float32 scales, the indexer's wq_b/wk
     included. The loaded weight must equal fp8 value x scale exactly (decoded here with NumPy)."""
     folder = FIXTURES / "v32_fp8"
@@ -86,12 +85,12 @@ def test_fp8_ue8m0_scales_dequantize_exactly(loaded):
     assert np.array_equal(np.exp2(np.round(np.log2(scale))), scale), "ue8m0 scales are powers of two"
     w = E4M3[np.frombuffer(wb, np.uint8)].reshape(wh["shape"])
     expected = w * np.repeat(np.repeat(scale, 128, 0), 128, 1)[: w.shape[0], : w.shape[1]]
-    got = np.array(loaded("v32_fp8").layers[1].self_attn.indexer.wq_b.weight)
+    got = np.array(fixture_model("v32_fp8").layers[1].self_attn.indexer.wq_b.weight)
     assert np.array_equal(got, expected)
 
 
-def test_long_prefill_matches_transformers_past_topk(loaded, long_golden):
-    g, model = long_golden, loaded("v32_long")
+def test_long_prefill_matches_transformers_past_topk(fixture_model, long_golden):
+    g, model = long_golden, fixture_model("v32_long")
     for impl in ("naive", "absorbed"):
         model.set_attention_impl(impl)
         dense, sparse = region_diffs(model(mx.array(g["prompt"])[None])[0], g)
@@ -100,9 +99,9 @@ def test_long_prefill_matches_transformers_past_topk(loaded, long_golden):
     model.set_attention_impl("auto")
 
 
-def test_long_prefill_scored_in_query_blocks(loaded, long_golden):
+def test_long_prefill_scored_in_query_blocks(fixture_model, long_golden):
     """A small score budget makes the indexer score 7 queries at a time: same selection, same logits."""
-    g, model = long_golden, loaded("v32_long")
+    g, model = long_golden, fixture_model("v32_long")
     indexers = [layer.self_attn.indexer for layer in model.layers]
     budget = indexers[0].score_budget
     try:
@@ -114,8 +113,8 @@ def test_long_prefill_scored_in_query_blocks(loaded, long_golden):
             ix.score_budget = budget
 
 
-def test_long_decode_matches_prefill_and_transformers(loaded, long_golden):
-    g, model = long_golden, loaded("v32_long")
+def test_long_decode_matches_prefill_and_transformers(fixture_model, long_golden):
+    g, model = long_golden, fixture_model("v32_long")
     prompt = mx.array(g["prompt"])
     decoded = decode_rows(model, prompt, model.make_cache())
     dense, sparse = region_diffs(decoded, g)
@@ -137,10 +136,10 @@ def test_long_context_mlx_lm_on_same_weights(long_golden):
     assert max(*pre, *dec) < TOL
 
 
-def test_multi_token_step_over_a_long_cache(loaded, long_golden):
+def test_multi_token_step_over_a_long_cache(fixture_model, long_golden):
     """A 4-token verify step after 300 cached tokens: the absorbed path gathers each query's top-k
     keys; the naive path masks all 304. Both must match the golden rows."""
-    g, model = long_golden, loaded("v32_long")
+    g, model = long_golden, fixture_model("v32_long")
     prompt = mx.array(g["prompt"])
     for impl in ("absorbed", "naive"):
         model.set_attention_impl(impl)
@@ -152,9 +151,9 @@ def test_multi_token_step_over_a_long_cache(loaded, long_golden):
 
 
 @pytest.mark.parametrize("start,decoded,trim", [(310, 6, 9), (40, 4, 24)])
-def test_trim_rolls_back_latent_and_indexer_keys_together(loaded, long_golden, start, decoded, trim):
+def test_trim_rolls_back_latent_and_indexer_keys_together(fixture_model, long_golden, start, decoded, trim):
     """Prefill, decode, trim n (the second case crosses back below index_topk), re-decode: same logits."""
-    g, model = long_golden, loaded("v32_long")
+    g, model = long_golden, fixture_model("v32_long")
     prompt = mx.array(g["prompt"])
     cache = model.make_cache()
     model(prompt[None, :start], cache=cache)
@@ -166,8 +165,8 @@ def test_trim_rolls_back_latent_and_indexer_keys_together(loaded, long_golden, s
     assert np.abs(np.array(redo) - g["logits"][end : end + trim + 2]).max() < TOL
 
 
-def test_cache_state_round_trip(loaded, long_golden):
-    g, model = long_golden, loaded("v32_long")
+def test_cache_state_round_trip(fixture_model, long_golden):
+    g, model = long_golden, fixture_model("v32_long")
     prompt = mx.array(g["prompt"])
     cache = model.make_cache()
     model(prompt[None, :100], cache=cache)

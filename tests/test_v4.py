@@ -8,16 +8,14 @@ import time
 import mlx.core as mx
 import numpy as np
 import pytest
+from conftest import FIXTURES, golden
+from st_io import E4M3, edit_index, read_raw, rewrite
 
 import mlxseek
-from conftest import FIXTURES, golden
-from mlxseek.config import ModelConfig
 from mlxseek.checkpoint.fp4 import dequant_fp4
+from mlxseek.config import ModelConfig
 from mlxseek.errors import CheckpointError, ConfigError, WeightMismatchError
-from mlxseek.layers.hash_router import hash_route
 from mlxseek.layers.v4.mhc import sinkhorn
-from mlxseek.layers.router import score
-from st_io import E4M3, edit_index, read_raw, rewrite
 
 V4_FIXTURES = ["v4_flash", "v4_pro", "v4_fp4"]
 _MODELS: dict = {}
@@ -217,20 +215,6 @@ def test_v4_sink_attention_fast_path_matches_reference():
     finally:
         model.set_attention_impl("auto")
     assert float(np.abs(fast - ref).max()) < 1e-5
-
-
-def test_v4_routing_matches_numpy():
-    rs = np.random.RandomState(0)
-    logits = rs.standard_normal((5, 8)).astype(np.float32)
-    np_scores = np.sqrt(np.log1p(np.exp(logits)))
-    np.testing.assert_allclose(np.array(score(mx.array(logits), "sqrtsoftplus")), np_scores, rtol=1e-6)
-    table = np.stack([rs.permutation(8)[:2] for _ in range(11)]).astype(np.int32)
-    tokens = np.array([3, 0, 10, 3, 7])
-    inds, w = hash_route(mx.array(logits), mx.array(tokens), mx.array(table), scoring_func="sqrtsoftplus",
-                         routed_scaling_factor=1.5)
-    ref = np.take_along_axis(np_scores, table[tokens], -1)
-    np.testing.assert_array_equal(np.array(inds), table[tokens])
-    np.testing.assert_allclose(np.array(w), ref / ref.sum(-1, keepdims=True) * 1.5, rtol=1e-6)
 
 
 def test_sinkhorn_is_doubly_stochastic():

@@ -1,20 +1,16 @@
 """A tiny random DeepSeek-V3 checkpoint WITH the real DeepSeek tokenizer, for generation/CLI tests.
 
-Built by benchmarks/make_random_v3.py (preset "tiny": 2 layers, hidden 64, 8 experts top-2, 4-bit g32,
+Built by tests/random_checkpoint.py (preset "tiny": 2 layers, hidden 64, 8 experts top-2, 4-bit g32,
 vocab 129280 to match the tokenizer, 256-token context), once per test session.
 """
 
-import importlib.util
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import random_checkpoint
 
 
 def _writer():
-    spec = importlib.util.spec_from_file_location("make_random_v3", ROOT / "benchmarks" / "make_random_v3.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return random_checkpoint
 
 
 def tokenizer_dir() -> Path:

@@ -6,11 +6,16 @@ from .cpu import blas as _blas
 _blas.choose()
 
 
-from .generation.chat import ChatSession  # noqa: E402
 from .config import ModelConfig
 from .convert.convert import convert
 from .errors import MlxseekError
-from .generation.stream import GenerationResponse, generate, make_prompt_cache, stream_generate
+from .generation.chat import ChatSession  # noqa: E402
+from .generation.stream import (
+           GenerationResponse,
+           generate,
+           make_prompt_cache,
+           stream_generate,
+)
 from .loading.loader import load, load_model, load_tokenizer
 from .models.deepseek_v3 import Model
 

@@ -27,9 +27,9 @@ import mlx.core as mx
 
 from ..config import ModelConfig
 from ..errors import CheckpointError, ConfigError
-from .quant_record import quant_params
 from .fp4 import MXFP4, decode_e8m0, dequant_fp4, fp4_to_mxfp4
 from .fp8 import dequant_block_fp8
+from .quant_record import quant_params
 
 SCALE_SUFFIX = "_scale_inv"
 

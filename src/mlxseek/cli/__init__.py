@@ -1,6 +1,6 @@
 """`mlxseek` command line: a click group of thin wrappers over keyword-only library functions.
 
-Each command lives in its own module here and registers itself on `main`; library errors
+Each command lives in its own module here, listed in COMMAND_MODULES, and registers itself on `main`; library errors
 (`MlxseekError`) become one-line click errors with a non-zero exit, never tracebacks.
 """
 
@@ -32,14 +32,16 @@ def library_errors(fn):
     return wrapper
 
 
-def _register() -> None:
-    # Import command modules for their @main.command side effect; a module that is not there yet is
-    # simply absent from --help.
-    import importlib
-    import pkgutil
+# Every command module, by name (each registers its command on `main`). An explicit list: a module that
+# fails to import fails `mlxseek --help` loudly instead of silently missing from it.
+COMMAND_MODULES = ("bench", "chat", "convert", "distributed", "estimate", "eval", "generate", "info")
 
-    for mod in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{mod.name}")
+
+def _register() -> None:
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"{__name__}.{name}")
 
 
 _register()

@@ -25,9 +25,14 @@ def draft_options(fn):
 def run_draft_bench(model_dir: Path, *, draft: str, num_draft: int, prompt_file: Optional[Path], prompts: int,
                     prompt_tokens: int, gen_tokens: int, as_json: bool, load_options: dict) -> None:
     """`mlxseek bench --draft`: plain decoding vs MTP speculation on the same prompts."""
-    from ..tools.draft_bench import bench_draft, format_rows, random_prompts, text_prompts
     from ..errors import GenerationError
     from ..loading.loader import load
+    from ..tools.draft_bench import (
+        bench_draft,
+        format_rows,
+        random_prompts,
+        text_prompts,
+    )
 
     model, tokenizer = load(model_dir, **load_options)
     if prompt_file is not None:

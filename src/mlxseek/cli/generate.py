@@ -44,7 +44,9 @@ def load_for_text(model_dir: Path, **load_options):
 
 
 def make_sampler_for(temp: float, top_p: float):
-    from ..speculative import make_sampler  # mlx-lm's sampler that also exposes its distribution (for --draft)
+    from ..speculative import (
+        make_sampler,  # mlx-lm's sampler that also exposes its distribution (for --draft)
+    )
 
     return make_sampler(temp=temp, top_p=top_p if top_p < 1.0 else 0.0)
 

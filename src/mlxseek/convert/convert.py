@@ -26,13 +26,13 @@ import mlx.core as mx
 from mlx import nn
 from tqdm import tqdm
 
+from ..checkpoint.format import FORMAT_VERSION
+from ..checkpoint.keymap import build_plan
+from ..checkpoint.strict import check_against_model
 from ..config import ModelConfig
 from ..errors import ConversionError
-from ..loading.loader import FORMAT_VERSION
 from ..models import build_model
 from .finalize import finish, output_config
-from ..checkpoint.keymap import build_plan
-from ..loading.loader import check_against_model
 from .layout import assign_shards, plan_jobs, shard_names
 from .manifest import Progress
 from .quantize import QuantPlan, check_options, plan_quantization, size_summary

@@ -22,10 +22,10 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
-from ..config import ModelConfig
-from ..errors import ConversionError
 from ..checkpoint.fp8 import quant_block_fp8
 from ..checkpoint.keymap import SCALE_SUFFIX
+from ..config import ModelConfig
+from ..errors import ConversionError
 
 # Weights DeepSeek ships as FP8 blocks (V3 README_WEIGHTS.md): every projection inside a decoder layer
 # (the MTP layer included). Embeddings, the LM head, norms and the router stay bf16; the bias is float32.

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
+from ..checkpoint.keymap import SCALE_SUFFIX, Materializer, Plan, Target
 from ..config import ModelConfig
 from ..errors import CheckpointError, WeightMismatchError
-from ..checkpoint.keymap import SCALE_SUFFIX, Materializer, Plan, Target
 from .quantize import QuantPlan, keep_fp32, natural_key, quantize
 from .reader import ShapeOnly, SourceReader
 

@@ -40,11 +40,11 @@ import mlx.core as mx
 from mlx import nn
 from mlx.utils import tree_flatten
 
-from ..config import ModelConfig
-from ..errors import ConversionError
 # Parameters stored in float32 whatever --dtype says (router, V4 mHC, sinks): the loader's own rule,
 # so conversion and loading never disagree.
-from ..loading.loader import _keep_fp32 as keep_fp32
+from ..checkpoint.precision import keep_fp32
+from ..config import ModelConfig
+from ..errors import ConversionError
 
 MODE = "affine"
 # Weight layouts. "transposed": MLX's own (out, in) with groups along `in`, what nn.quantize and mlx-lm

@@ -22,9 +22,9 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from ..errors import CheckpointError
-from ..checkpoint.store import INDEX_NAME, WeightStore
 from ..checkpoint.keymap import SCALE_SUFFIX
+from ..checkpoint.store import INDEX_NAME, WeightStore
+from ..errors import CheckpointError
 
 # safetensors dtype -> (NumPy dtype holding the raw bits, MLX dtype of the array handed out).
 # F8_E4M3 arrives as uint8 bits, as mx.load gives it; the key map dequantizes it.

@@ -17,8 +17,8 @@ from typing import NamedTuple
 import mlx.core as mx
 import numpy as np
 
-from ..config import ModelConfig
 from ..checkpoint.keymap import SCALE_SUFFIX, Materializer, Plan, Target
+from ..config import ModelConfig
 from .layout import Job, TensorSpec
 from .quantize import GROUP_SIZES, KMAJOR, keep_fp32, quantize
 from .reader import RowWindow, SourceReader

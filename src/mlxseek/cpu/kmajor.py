@@ -19,8 +19,8 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.switch_layers import QuantizedSwitchLinear
 
-from ..errors import ConfigError
 from ..checkpoint.quant_record import quant_layout, quant_params
+from ..errors import ConfigError
 
 LAYOUT_BITS = 8
 

@@ -14,8 +14,8 @@ from typing import Generator, Optional
 from mlx_lm.models.cache import trim_prompt_cache
 
 from ..errors import GenerationError
-from .stream import GenerationResponse, make_prompt_cache, stream_generate
 from ..loading.tokenizer import apply_chat_template
+from .stream import GenerationResponse, make_prompt_cache, stream_generate
 
 
 class ChatSession:

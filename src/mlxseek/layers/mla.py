@@ -19,7 +19,9 @@ from typing import Any, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.mla import MultiLinear  # (H, out, in) per-head weights with to_quantized()
+from mlx_lm.models.mla import (
+    MultiLinear,  # (H, out, in) per-head weights with to_quantized()
+)
 
 from ..config import ModelConfig
 from .norms import RMSNorm

@@ -1,9 +1,16 @@
 """DeepSeekMoE (DeepSeek-V2 paper section 2.2, V3 report section 2.1.2): a router picks K of E routed
-experts per token, their weighted outputs are summed, and always-on shared experts are added."""
+experts per token, their weighted outputs are summed, and always-on shared experts are added.
+
+One class for every family and placement: V4 swaps in its router (hash / sqrtsoftplus) and clamped
+SwiGLU experts (`layers.v4.moe`); expert parallelism holds a contiguous range of the experts and sums
+the partial outputs over a `mx.distributed` group, as mlx-lm's sharded MoE does.
+Shapes: T tokens (leading dims), D hidden, E experts, K experts per token.
+"""
 
 from __future__ import annotations
 
 from functools import partial
+from typing import Optional
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -12,6 +19,7 @@ from ..config import ModelConfig
 from .experts import RoutedExperts
 from .mlp import MLP
 from .router import route
+from .v4.moe import ClampedExperts, ClampedMLP, V4Gate
 
 
 class MoEGate(nn.Module):
@@ -33,23 +41,44 @@ class MoEGate(nn.Module):
             scale_after_norm=cfg.model_type != "deepseek_v2",
         )
 
-    def __call__(self, x: mx.array):
+    def __call__(self, x: mx.array, token_ids: Optional[mx.array] = None):
         logits = x.astype(mx.float32) @ self.weight.astype(mx.float32).T  # (..., E)
         return self._route(logits, self.get("e_score_correction_bias"))
 
 
 class DeepSeekMoE(nn.Module):
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.gate = MoEGate(cfg)
-        self.switch_mlp = RoutedExperts(cfg.hidden_size, cfg.moe_intermediate_size, cfg.n_routed_experts)
-        if cfg.n_shared_experts:
-            self.shared_experts = MLP(cfg.hidden_size, cfg.moe_intermediate_size * cfg.n_shared_experts)
+    """experts: hold only experts [e0, e1) (expert parallelism; tokens routed elsewhere contribute zero
+    here) and `all_sum` the partial outputs over `group`."""
 
-    def __call__(self, x: mx.array, reference: bool = False) -> mx.array:
-        inds, weights = self.gate(x)
+    def __init__(self, cfg: ModelConfig, layer_idx: Optional[int] = None, *,
+                 experts: Optional[tuple[int, int]] = None, group=None):
+        super().__init__()
+        D, inter, E = cfg.hidden_size, cfg.moe_intermediate_size, cfg.n_routed_experts
+        self.first, last = experts if experts is not None else (0, E)
+        self.count, self.group = last - self.first, group
+        if cfg.model_type == "deepseek_v4":
+            limit = cfg.swiglu_limit or 0.0
+            self.gate = V4Gate(cfg, layer_idx)
+            self.switch_mlp = ClampedExperts(D, inter, self.count, limit)
+            self.shared_experts = ClampedMLP(D, inter * (cfg.n_shared_experts or 1), limit)
+        else:
+            self.gate = MoEGate(cfg)
+            self.switch_mlp = RoutedExperts(D, inter, self.count)
+            if cfg.n_shared_experts:
+                self.shared_experts = MLP(D, inter * cfg.n_shared_experts)
+
+    def __call__(self, x: mx.array, token_ids: Optional[mx.array] = None, reference: bool = False) -> mx.array:
+        """x (..., D); token_ids (...) for V4's hash-routed layers -> (..., D)."""
+        inds, weights = self.gate(x, token_ids)  # (..., K); the router is replicated on every rank
         experts = self.switch_mlp.reference if reference else self.switch_mlp
-        y = (experts(x, inds) * weights[..., None].astype(x.dtype)).sum(axis=-2)  # (..., D)
+        if self.group is None:
+            y = (experts(x, inds) * weights[..., None].astype(x.dtype)).sum(axis=-2)
+        else:
+            local = inds - self.first
+            mine = (local >= 0) & (local < self.count)
+            # Other ranks' experts run on local expert 0 and are zeroed: one fixed-shape gather, no sync.
+            y = experts(x, mx.where(mine, local, 0)) * weights[..., None].astype(x.dtype)  # (..., K, D)
+            y = mx.distributed.all_sum(mx.where(mine[..., None], y, 0).sum(axis=-2), group=self.group)
         if "shared_experts" in self:
             y = y + self.shared_experts(x)
         return y

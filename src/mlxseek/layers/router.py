@@ -5,8 +5,11 @@ Shapes: T tokens (any leading dims), E routed experts, G groups, K experts per t
 - V2: softmax scores; "greedy" top-k, or "group_limited_greedy" (best topk_group groups by max score).
 - V3: sigmoid scores; "noaux_tc": the bias-corrected scores pick groups (by the sum of their top-2)
   and experts, but the uncorrected scores weight them (DeepSeek-V3 report, section 2.1.2).
-- V4: "sqrtsoftplus" scores sqrt(softplus(logit)) with noaux_tc and a single group; its hash-routed
-  layers pick experts by token id instead (`hash_router.py`) and weight them with the same scores.
+- V4: "sqrtsoftplus" scores sqrt(softplus(logit)) with noaux_tc and a single group. Its first
+  `num_hash_layers` layers do not choose experts by score: a frozen table `tid2eid` (V, K) maps each
+  token id to its K experts (`hash_route`, DeepSeek-V4 report section 2.1), weighted by the same scores.
+  In every V4 MoE layer the K weights are normalised to sum to one and multiplied by
+  `routed_scaling_factor` (DeepSeek-V4 `inference/model.py`, `Gate.forward`).
 """
 
 from __future__ import annotations
@@ -89,3 +92,17 @@ def route(
         SCORINGS.index(scoring_func), bool(norm_topk_prob), float(routed_scaling_factor),
         bool(scale_after_norm),
     )
+
+
+def normalize_weights(weights: mx.array, routed_scaling_factor: float) -> mx.array:
+    """(..., K) -> weights / their sum * routed_scaling_factor (float32)."""
+    return weights / (weights.sum(axis=-1, keepdims=True) + 1e-20) * routed_scaling_factor
+
+
+def hash_route(
+    logits: mx.array, token_ids: mx.array, tid2eid: mx.array, *, scoring_func: str, routed_scaling_factor: float
+) -> tuple[mx.array, mx.array]:
+    """logits (..., E), token_ids (...) -> (inds (..., K) uint32 = tid2eid[token_ids], weights (..., K))."""
+    inds = tid2eid[token_ids].astype(mx.uint32)
+    weights = mx.take_along_axis(score(logits, scoring_func), inds, axis=-1)
+    return inds, normalize_weights(weights, routed_scaling_factor)

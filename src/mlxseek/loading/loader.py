@@ -7,23 +7,23 @@ Every checkpoint key is used exactly once and every parameter is filled; mismatc
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten
 
-from ..config import ModelConfig
-from ..checkpoint.keymap import Materializer, Plan, build_plan
-from ..errors import CheckpointError, FormatVersionError, WeightMismatchError
-from ..models import CausalLM, KernelLayout, build_model
-from .placement import placement_for
+from ..checkpoint.format import check_format
+from ..checkpoint.keymap import Materializer, build_plan
+from ..checkpoint.precision import keep_fp32
 from ..checkpoint.quant_record import quant_params
 from ..checkpoint.store import WeightStore
+from ..checkpoint.strict import check_against_model
+from ..config import ModelConfig
+from ..errors import CheckpointError, WeightMismatchError
+from ..models import CausalLM, KernelLayout, build_model
+from .placement import placement_for
 
-FORMAT_VERSION = 1  # of the `mlxseek` block that `mlxseek convert` writes into config.json
 _DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 
 
@@ -45,28 +45,6 @@ def resolve_dtype(dtype: Any) -> mx.Dtype:
     return _DTYPES[dtype]
 
 
-# DeepSeek-V4 ships these in float32 and its reference computes them in float32 (mHC mixing, sinks,
-# compressor position biases).
-_V4_FP32 = re.compile(r"(^|\.)(attn_hc|ffn_hc|hc_head)\.|\.sinks$|\.position_bias$")
-
-
-def _keep_fp32(name: str) -> bool:
-    # The router and its correction bias decide expert choice: keep them in float32 everywhere.
-    return ".mlp.gate." in name or _V4_FP32.search(name) is not None
-
-
-def check_format(cfg: ModelConfig, folder: Path) -> None:
-    block = cfg.extra.get("mlxseek")
-    if block is None:
-        return
-    version = block.get("format_version") if isinstance(block, dict) else None
-    if version != FORMAT_VERSION:
-        raise FormatVersionError(
-            f"{folder / 'config.json'}: mlxseek.format_version {version!r} is not supported by this mlxseek "
-            f"(reads version {FORMAT_VERSION}); re-run `mlxseek convert` on the original checkpoint"
-        )
-
-
 def _quantize(model: CausalLM, cfg: ModelConfig, produced: set[str]) -> None:
     """Quantize exactly the modules the checkpoint stores quantized, with the recorded parameters."""
     if not cfg.quantization:
@@ -81,26 +59,6 @@ def _quantize(model: CausalLM, cfg: ModelConfig, produced: set[str]) -> None:
     from ..cpu.kmajor import stored_kmajor_skeleton
 
     stored_kmajor_skeleton(model, cfg, lambda p: f"{p}.scales" in produced)
-
-
-def check_against_model(shapes: dict[str, tuple], model, folder, source_of: dict | None = None) -> None:
-    """Strict: every model parameter is produced once with its shape, and nothing else is. Unused names
-    are reported by their checkpoint key (`source_of`: internal name -> checkpoint key)."""
-    expected = {k: tuple(v.shape) for k, v in tree_flatten(model.parameters())}
-    src = (source_of or {}).get
-    missing = sorted(set(expected) - set(shapes))
-    unexpected = sorted(set(shapes) - set(expected))
-    bad = [f"{k}: checkpoint {shapes[k]} vs model {expected[k]}"
-           for k in sorted(set(shapes) & set(expected)) if shapes[k] != expected[k]]
-    parts = []
-    if missing:
-        parts.append(f"missing from the checkpoint ({len(missing)}): {', '.join(missing[:10])}")
-    if unexpected:
-        parts.append(f"not used by the model ({len(unexpected)}): {', '.join(src(k, k) for k in unexpected[:10])}")
-    if bad:
-        parts.append(f"shape mismatch vs config.json ({len(bad)}): {'; '.join(bad[:10])}")
-    if parts:
-        raise WeightMismatchError(f"{folder}: checkpoint does not match config.json: " + " | ".join(parts))
 
 
 def load_model(path: str | Path, *, dtype: Any = None, with_mtp: bool = True, cpu_layout: Any = None,
@@ -122,10 +80,10 @@ def load_model(path: str | Path, *, dtype: Any = None, with_mtp: bool = True, cp
         plan.dropped.extend(k for k in plan.source_of if k.startswith("mtp."))
         plan.targets = [t for t in plan.targets if not t.outputs[0].startswith("mtp.")]
     placement = placement_for(cfg, store, plan, group=group, parallel=parallel, expert_memory_gb=expert_memory_gb,
-                              dtype=dt, keep_fp32=_keep_fp32)
+                              dtype=dt, keep_fp32=keep_fp32)
     if placement:  # one rank's share, or everything but the paged experts: read only what stays resident
         store, plan = placement.restrict(store, plan)
-    mat = Materializer(store, cfg, plan, dtype=dt, keep_fp32=_keep_fp32)
+    mat = Materializer(store, cfg, plan, dtype=dt, keep_fp32=keep_fp32)
     lazy = {}
     for t in plan.targets:
         lazy.update(mat.materialize(t))
@@ -155,7 +113,11 @@ def _choose_layout(model, cpu_layout: Any) -> None:
     if cpu_layout not in (None, True, False):
         raise ValueError(f"cpu_layout must be None (auto), True or False, got {cpu_layout!r}")
     on_cpu = mx.default_device() == mx.cpu or not mx.metal.is_available()
-    from ..cpu.kmajor import KMajorQuantizedLinear, KMajorQuantizedSwitchLinear, apply_cpu_layout
+    from ..cpu.kmajor import (
+        KMajorQuantizedLinear,
+        KMajorQuantizedSwitchLinear,
+        apply_cpu_layout,
+    )
 
     stored = any(isinstance(m, (KMajorQuantizedLinear, KMajorQuantizedSwitchLinear)) for _, m in model.named_modules())
     model.kernel_layout = KernelLayout.KMAJOR_STORED if stored else KernelLayout.CHECKPOINT

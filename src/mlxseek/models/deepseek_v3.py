@@ -6,7 +6,7 @@ Follows the protocol in `models.base`, so mlx-lm's generate can drive it."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import mlx.core as mx
 import mlx.nn as nn

@@ -14,10 +14,10 @@ from ..cache.mtp import MTPCache
 from ..cache.v4 import make_v4_cache, v4_layer_cache
 from ..config import ModelConfig
 from ..errors import GenerationError
-from ..layers.v4.mhc import HyperHead, expand_streams
 from ..layers.norms import RMSNorm
 from ..layers.v4.attention import V4Attention
 from ..layers.v4.block import V4DecoderLayer
+from ..layers.v4.mhc import HyperHead, expand_streams
 from ..layers.v4.mtp import V4MultiTokenPrediction
 from .base import CausalLM
 

@@ -28,16 +28,16 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
-from ..config import ModelConfig
 from ..checkpoint.keymap import SCALE_SUFFIX, Materializer, Plan, Target
+from ..checkpoint.quant_record import quant_params
+from ..checkpoint.slices import SlicedStore, read_rows_raw
+from ..config import ModelConfig
 from ..cpu.kmajor import stored_kmajor_skeleton
 from ..errors import ConfigError, WeightMismatchError
 from ..layers.experts import RoutedExperts
 from ..layers.moe import DeepSeekMoE
-from .experts import PagedExperts
 from ..models import build_model
-from ..checkpoint.quant_record import quant_params
-from ..checkpoint.slices import SlicedStore, read_rows_raw
+from .experts import PagedExperts
 
 SUPPORTED_TYPES = ("deepseek_v2", "deepseek_v3", "deepseek_v32")
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")

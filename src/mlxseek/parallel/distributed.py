@@ -23,14 +23,13 @@ import mlx.nn as nn
 from mlx.utils import tree_unflatten
 
 from ..cache.mla import make_cache
-from ..config import ModelConfig
 from ..checkpoint.keymap import SCALE_SUFFIX, Plan, Target
-from ..errors import ConfigError
-from ..layers.experts import RoutedExperts
-from ..layers.moe import DeepSeekMoE
-from ..layers.masks import causal_mask
-from ..models.deepseek_v3 import Model
 from ..checkpoint.slices import SlicedStore, tensor_nbytes
+from ..config import ModelConfig
+from ..errors import ConfigError
+from ..layers.masks import causal_mask
+from ..layers.moe import DeepSeekMoE
+from ..models.deepseek_v3 import Model
 
 PARALLEL_MODES = ("pipeline", "expert")
 SUPPORTED_TYPES = ("deepseek_v2", "deepseek_v3", "deepseek_v32")
@@ -178,35 +177,13 @@ class PipelineModel(Model):
         return make_cache(self.config, num_layers=end - start, **kwargs)
 
 
-class ExpertParallelMoE(DeepSeekMoE):
-    """DeepSeekMoE holding experts [e0, e1) only; partial outputs are summed across ranks."""
-
-    def __init__(self, cfg: ModelConfig, shard: Shard, group):
-        super().__init__(cfg)
-        e0, e1 = shard.experts
-        self.switch_mlp = RoutedExperts(cfg.hidden_size, cfg.moe_intermediate_size, e1 - e0)
-        self.first, self.count, self.group = e0, e1 - e0, group
-
-    def __call__(self, x: mx.array, reference: bool = False) -> mx.array:
-        inds, weights = self.gate(x)  # (..., K): the same on every rank (replicated router)
-        local = inds - self.first
-        mine = (local >= 0) & (local < self.count)
-        experts = self.switch_mlp.reference if reference else self.switch_mlp
-        # Other ranks' experts run on local expert 0 and are zeroed: one fixed-shape gather, no sync.
-        y = experts(x, mx.where(mine, local, 0)) * weights[..., None].astype(x.dtype)  # (..., K, D)
-        y = mx.where(mine[..., None], y, 0).sum(axis=-2)
-        y = mx.distributed.all_sum(y, group=self.group)
-        if "shared_experts" in self:
-            y = y + self.shared_experts(x)
-        return y
-
-
 def build_sharded(cfg: ModelConfig, shard: Shard, group, *, with_mtp: bool) -> Model:
     """The model skeleton of one rank (lazy: nothing is allocated until weights are loaded)."""
     if shard.parallel == "pipeline":
         return PipelineModel(cfg, shard, group)
     model = Model(cfg, with_mtp=with_mtp)
-    swaps = [(p, ExpertParallelMoE(cfg, shard, group)) for p, m in model.named_modules() if isinstance(m, DeepSeekMoE)]
+    swaps = [(p, DeepSeekMoE(cfg, experts=shard.experts, group=group))
+             for p, m in model.named_modules() if isinstance(m, DeepSeekMoE)]
     model.update_modules(tree_unflatten(swaps))
     return model
 

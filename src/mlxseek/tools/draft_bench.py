@@ -12,9 +12,9 @@ import mlx.core as mx
 import numpy as np
 
 from ..errors import GenerationError
-from .evaluate import encode_text
 from ..generation.steps import generate_step
 from ..speculative import DraftPolicy, DraftStats, speculative_generate_step
+from .evaluate import encode_text
 
 
 def text_prompts(tokenizer, path: str | Path, n: int, length: int) -> list[mx.array]:

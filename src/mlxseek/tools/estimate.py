@@ -28,11 +28,11 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from . import machines as machines_mod
-from .census import Tensor, census, is_moe_layer
 from ..config import ModelConfig
 from ..convert.quantize import BITS, GROUP_SIZES, RECIPES, RecipeContext, is_router
 from ..errors import ConfigError
+from . import machines as machines_mod
+from .census import Tensor, census, is_moe_layer
 
 # The converter's recipes (convert/quantize.py: uniform, experts, mixed), plus two reference formats:
 # bf16 (unquantized) and native (as DeepSeek ships it: FP8 blocks, V4's FP4 experts).

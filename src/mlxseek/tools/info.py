@@ -15,10 +15,10 @@ import re
 from pathlib import Path
 from typing import Union
 
-from .census import check_config, is_moe_layer
-from ..errors import CheckpointError
-from .estimate import load_config
 from ..checkpoint.store import WeightStore
+from ..errors import CheckpointError
+from .census import check_config, is_moe_layer
+from .estimate import load_config
 
 DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "U8": 1, "I8": 1, "U32": 4, "I32": 4, "I64": 8,
                "U16": 2, "I16": 2, "BOOL": 1}

@@ -19,12 +19,12 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ...config import ModelConfig
+from ..norms import RMSNorm
 from .compressor import Compressor
 from .grouped_linear import GroupedLinear
-from .mhc import rms_unweighted
-from ..norms import RMSNorm
-from .partial_rope import rope_for_layer
 from .indexer import V4Indexer, complete_windows
+from .mhc import rms_unweighted
+from .partial_rope import rope_for_layer
 
 
 def window_mask(offset: int, L: int, start: int, S: int, window: int) -> mx.array:

@@ -24,7 +24,6 @@ from ...config import ModelConfig
 from .compressor import Compressor
 from .partial_rope import rope_for_layer
 
-
 HEAD_CHUNK = 16  # index heads scored at once
 
 

@@ -1,5 +1,5 @@
-"""DeepSeek-V4 MoE: a router (hash-routed by token id in the first `num_hash_layers` layers, otherwise
-sqrtsoftplus noaux_tc), stacked routed experts and one shared expert, all with SwiGLU clamping.
+"""DeepSeek-V4's MoE parts (composed by the one `layers.moe.DeepSeekMoE`): a router hash-routed by token
+id in the first `num_hash_layers` layers, otherwise sqrtsoftplus noaux_tc, and SwiGLU-clamped experts.
 
 SwiGLU clamp (`swiglu_limit`, DeepSeek-V4 `inference/model.py` `Expert.forward`): the gate
 pre-activation is clipped from above and the up projection to [-limit, limit], in routed and shared
@@ -15,8 +15,7 @@ import mlx.nn as nn
 
 from ...config import ModelConfig
 from ..experts import RoutedExperts
-from ..hash_router import hash_route, normalize_weights
-from ..router import route
+from ..router import hash_route, normalize_weights, route
 
 
 def clamped_swiglu(g: mx.array, u: mx.array, limit: float) -> mx.array:
@@ -74,20 +73,3 @@ class V4Gate(nn.Module):
                               routed_scaling_factor=self.scale)
         inds, weights = self._route(logits, self.e_score_correction_bias)
         return inds, normalize_weights(weights, self.scale)
-
-
-class V4MoE(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer_idx: int):
-        super().__init__()
-        limit = cfg.swiglu_limit or 0.0
-        self.gate = V4Gate(cfg, layer_idx)
-        self.switch_mlp = ClampedExperts(cfg.hidden_size, cfg.moe_intermediate_size, cfg.n_routed_experts, limit)
-        shared = cfg.moe_intermediate_size * (cfg.n_shared_experts or 1)
-        self.shared_experts = ClampedMLP(cfg.hidden_size, shared, limit)
-
-    def __call__(self, x: mx.array, token_ids: mx.array, reference: bool = False) -> mx.array:
-        """x (B, L, D), token_ids (B, L) -> (B, L, D)."""
-        inds, weights = self.gate(x, token_ids)
-        experts = self.switch_mlp.reference if reference else self.switch_mlp
-        y = (experts(x, inds) * weights[..., None].astype(x.dtype)).sum(axis=-2)
-        return y + self.shared_experts(x)

@@ -15,9 +15,9 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ...config import ModelConfig
-from .mhc import HyperHead
 from ..norms import RMSNorm
 from .block import V4DecoderLayer
+from .mhc import HyperHead
 
 
 class V4MultiTokenPrediction(nn.Module):
