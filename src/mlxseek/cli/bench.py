@@ -9,7 +9,7 @@ from typing import Optional
 
 import click
 
-from . import library_errors, main
+from .group import library_errors, main
 from .distributed import placement_options
 from .draft_options import draft_options, run_draft_bench
 
@@ -29,7 +29,7 @@ from .draft_options import draft_options, run_draft_bench
               help="Memory bandwidth in GB/s for the roofline (default: the chip's published figure on a Mac, "
                    "else a NumPy probe).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per measurement.")
-@draft_options  # --- MTP speculation (mlxseek.tools.draft_bench): with --draft, plain vs drafting, --runs prompts
+@draft_options  # with --draft: plain vs MTP drafting over --runs prompts (mlxseek.tools.draft_bench)
 @click.option("--prompt-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="With --draft: cut the prompts from this text file (default: random token ids).")
 @library_errors
@@ -42,7 +42,6 @@ def bench(model_dir: Path, prompt_tokens: int, gen_tokens: int, runs: int, vs: t
         return run_draft_bench(model_dir, draft=draft, num_draft=num_draft, prompt_file=prompt_file, prompts=runs,
                                prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, as_json=as_json,
                                load_options=load_options)
-    # --- end MTP speculation
     from ..tools.bench import bench as run_bench
     from ..tools.bench import format_table
 

@@ -12,7 +12,7 @@ from typing import Optional
 import click
 
 from ..errors import GenerationError
-from . import library_errors, main
+from .group import library_errors, main
 from .generate import load_for_text, make_sampler_for, print_stats, sampling_options
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..convert.quantize import BITS, GROUP_SIZES, LAYOUTS, RECIPES
-from . import library_errors, main
+from .group import library_errors, main
 
 
 @main.command("convert")

@@ -16,7 +16,7 @@ from typing import Optional
 
 import click
 
-from . import library_errors, main
+from .group import library_errors, main
 
 RANK_ENTRY = "import sys; from mlxseek.cli import main; main(prog_name='mlxseek')"
 

@@ -8,7 +8,7 @@ import click
 
 from ..tools import estimate as estimate_mod
 from ..tools.machines import MACHINES
-from . import library_errors, main
+from .group import library_errors, main
 
 
 def gb(n: float) -> str:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import click
 
-from . import library_errors, main
+from .group import library_errors, main
 from .distributed import placement_options
 from .draft_options import draft_options
 

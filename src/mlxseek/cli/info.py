@@ -7,7 +7,7 @@ import json
 import click
 
 from ..tools import info as info_mod
-from . import library_errors, main
+from .group import library_errors, main
 from .estimate import gb, params
 
 

@@ -84,7 +84,7 @@ class ExpertPager:
         """Resident bytes of every routed expert of every paged layer (what full residency holds)."""
         return self.expert_bytes * self.cfg.n_routed_experts * len(self.targets)
 
-    # ---- reading
+    # Reading experts from the store.
     def _slice(self, path: str, e: int) -> tuple[dict[str, tuple[int, int]], list[Target]]:
         """Rows to read and key-map targets that build expert `e` of module `path`."""
         rows, targets = {}, []
@@ -137,7 +137,7 @@ class ExpertPager:
         mx.eval(module.parameters())
         return module
 
-    # ---- the LRU
+    # The LRU of resident experts.
     def get(self, path: str, ids: list[int]) -> dict[int, RoutedExperts]:
         """Expert modules for `ids` of `path`: resident, prefetched, or read now."""
         out = {}
