@@ -1,6 +1,7 @@
 import json
 
 import pytest
+from conftest import FIXTURES
 
 from mlxseek.config import ModelConfig
 from mlxseek.errors import ConfigError
@@ -82,3 +83,26 @@ def test_missing_and_malformed_config_file(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="invalid JSON"):
         ModelConfig.from_file(tmp_path)
+
+
+def test_v4_config_requires_compress_ratios():
+    d = json.loads((FIXTURES / "v4_flash" / "config.json").read_text())
+    del d["compress_ratios"]
+    with pytest.raises(ConfigError, match="missing required key.*compress_ratios"):
+        ModelConfig.from_dict(d)
+    with pytest.raises(ConfigError, match="transformers-saved V4 config .* use the official config.json"):
+        ModelConfig.from_dict(dict(d, layer_types=["sliding_attention"] * 4))
+    cfg = ModelConfig.from_dict(json.loads((FIXTURES / "v4_flash" / "config.json").read_text()))
+    assert cfg.kv_lora_rank is None and "kv_lora_rank" not in cfg.to_dict()
+    with pytest.raises(ConfigError, match="compress_ratios has 5 entries; layer 5"):
+        cfg.compress_ratio(5)
+
+
+def test_config_names_the_missing_dsa_key():
+    d = json.loads((FIXTURES / "v32" / "config.json").read_text())
+    with pytest.raises(ConfigError, match="q_lora_rank.*V3.2 needs q_lora_rank"):
+        ModelConfig.from_dict(dict(d, q_lora_rank=None))
+    with pytest.raises(ConfigError, match="index_head_dim"):
+        ModelConfig.from_dict(dict(d, index_head_dim=8))
+    cfg = ModelConfig.from_dict({k: v for k, v in d.items() if not k.startswith("index_")})
+    assert (cfg.index_n_heads, cfg.index_head_dim, cfg.index_topk) == (64, 128, 2048)  # V3.2 release values
