@@ -56,7 +56,8 @@ async def start(served: ServedModel, request, tokens: list[int], params, *, endp
                        headers={"Retry-After": str(retry)}) from None
     except GenerationError as e:
         await agen.aclose()
-        raise ApiError(400, str(e), param="max_tokens") from None
+        field = str(e).split(":", 1)[0]
+        raise ApiError(400, str(e), param=field if field.isidentifier() else None) from None
     except BaseException:
         await agen.aclose()
         raise

@@ -24,7 +24,7 @@ class _EngineStats:
         except Exception:  # a failing stats() must not break /metrics
             stats = {}
         for key, value in stats.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, (int, float)):
                 name = "mlxseek_engine_" + "".join(c if c.isalnum() else "_" for c in str(key))
                 g = GaugeMetricFamily(name, f"engine.stats()['{key}']")
                 g.add_metric([], float(value))
