@@ -83,7 +83,7 @@ def from_validation(errors: list[dict], body: Any) -> ApiError:
     if e.get("type") == "missing":
         msg = "this field is required"
     if param == "body" and not isinstance(body, dict):
-        msg = "request body must be a JSON object"
+        msg = "request body must be a JSON object (sent with Content-Type: application/json)"
     return ApiError(400, f"{param}: {msg}", param=param, code="invalid_value")
 
 

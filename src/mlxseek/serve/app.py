@@ -85,8 +85,13 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
-        msg = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
-        return error_response(ApiError(exc.status_code, msg), path=request.url.path)
+        if exc.status_code in (404, 405):
+            err = ApiError(exc.status_code, f"no route {request.method} {request.url.path}")
+        elif exc.status_code == 400:  # FastAPI could not decode the body at all (bad UTF-8, too deep)
+            err = ApiError(400, "request body is not valid UTF-8 JSON", param="body", code="invalid_json")
+        else:
+            err = ApiError(exc.status_code, str(exc.detail))
+        return error_response(err, path=request.url.path)
 
     @app.exception_handler(QueueFullError)
     async def queue_full(request: Request, exc: QueueFullError):
@@ -103,8 +108,3 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ClientGone)
     async def gone(request: Request, exc: ClientGone):
         return JSONResponse({}, status_code=499)  # nobody is listening; uvicorn logs it
-
-    @app.exception_handler(Exception)
-    async def internal(request: Request, exc: Exception):
-        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
-        return error_response(ApiError(500, "internal server error; see the server log"), path=request.url.path)

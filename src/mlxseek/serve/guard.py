@@ -1,4 +1,4 @@
-"""ASGI middleware run before any handler: API key (401) and request body size (413).
+"""ASGI middleware run before any handler: API key (401), request body size (413), and the last-resort 500.
 
 It sits outside FastAPI's body parsing, so an unauthenticated client learns nothing from validation
 errors and an oversized body is refused before it is buffered whole.
@@ -7,12 +7,14 @@ errors and an oversized body is refused before it is buffered whole.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Callable, Optional
 
 from .api_errors import ApiError, error_body, is_anthropic
 from .auth import key_ok
 
 OPEN_PATHS = ("/health",)
+log = logging.getLogger("mlxseek.serve")
 
 
 class BodyTooLarge(ApiError):
@@ -65,7 +67,21 @@ class Guard:
                     raise BodyTooLarge(self.cap)
             return msg
 
-        await self.app(scope, counted_receive, send)
+        started = False
+
+        async def tracked_send(msg):
+            nonlocal started
+            started = started or msg["type"] == "http.response.start"
+            await send(msg)
+
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except Exception:
+            # Answered here, not by Starlette's ServerErrorMiddleware, which re-raises and makes uvicorn drop
+            # the keep-alive connection; the traceback stays in the server log.
+            log.exception("internal error on %s %s", scope.get("method"), path)
+            if not started:
+                await _answer(send, ApiError(500, "internal server error; see the server log"), path)
 
 
 async def _answer(send, err: ApiError, path: str, extra: Optional[dict] = None) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .text_checks import reject_surrogates
 
 _STRICT = ConfigDict(strict=True, extra="ignore")
 
@@ -71,6 +73,7 @@ class Thinking(_Model):
 
 
 class MessagesRequest(_Model):
+    _text = model_validator(mode="before")(classmethod(lambda cls, data: reject_surrogates(data)))
     model: str = Field(min_length=1)
     messages: list[Message] = Field(min_length=1)
     max_tokens: int = Field(ge=1)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .text_checks import reject_surrogates
 
 _STRICT = ConfigDict(strict=True, extra="ignore")
 
@@ -72,6 +74,7 @@ class ThinkingToggle(_Model):
 
 
 class _Sampling(_Model):
+    _text = model_validator(mode="before")(classmethod(lambda cls, data: reject_surrogates(data)))
     model: str = Field(min_length=1)
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
