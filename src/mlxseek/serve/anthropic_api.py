@@ -8,7 +8,7 @@ from starlette.concurrency import run_in_threadpool
 from . import dispatch
 from .anthropic_map import check_model, message, thinking, to_messages, to_tools
 from .anthropic_stream import message_events
-from .chat_bridge import generation_budget, parse_events, render_prompt
+from .chat_bridge import check_max_tokens, generation_budget, parse_events, render_prompt
 from .schemas_anthropic import MessagesRequest
 from .sse import anthropic_stream
 
@@ -21,6 +21,7 @@ async def messages(req: MessagesRequest, request: Request):
 
     served = request.app.state.served
     check_model(served, req)
+    check_max_tokens(served, req.max_tokens, "max_tokens")
     prompt = await run_in_threadpool(render_prompt, served, to_messages(req), tools=to_tools(req),
                                      thinking=thinking(req))
     budget = generation_budget(served, len(prompt.tokens), req.max_tokens, "max_tokens")

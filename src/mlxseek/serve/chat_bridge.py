@@ -71,14 +71,18 @@ def check_prompt_length(served: ServedModel, n: int, param: str) -> None:
                        "tokens; shorten it", param=param, code="context_length_exceeded")
 
 
-def generation_budget(served: ServedModel, n_prompt: int, requested: Optional[int], param: str) -> int:
-    """max_tokens for the engine: the request's (capped by the server limit, else a 400), and never past
-    the model's context."""
+def check_max_tokens(served: ServedModel, requested: Optional[int], param: str) -> None:
+    """A request's max_tokens over the server's cap (default: the model's context) is a 400."""
     cap = served.limits.max_tokens or served.context_length
     if requested is not None and requested > cap:
         raise ApiError(400, f"{param}: {requested} is over this server's limit of {cap} tokens", param=param)
-    room = served.context_length - n_prompt
-    return max(1, min(requested or cap, room))
+
+
+def generation_budget(served: ServedModel, n_prompt: int, requested: Optional[int], param: str) -> int:
+    """max_tokens for the engine: the request's (checked against the cap) but never past the model's context."""
+    check_max_tokens(served, requested, param)
+    cap = served.limits.max_tokens or served.context_length
+    return max(1, min(requested or cap, served.context_length - n_prompt))
 
 
 async def parse_events(events: AsyncIterator, prompt: ChatPrompt) -> AsyncIterator[Chunk]:

@@ -56,21 +56,25 @@ class Guard:
             declared = 0
         if declared > self.cap:
             return await _answer(send, BodyTooLarge(self.cap), path)
-        seen = 0
+        seen, over, started = 0, False, False
 
         async def counted_receive():
-            nonlocal seen
+            nonlocal seen, over
             msg = await receive()
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
                 if seen > self.cap:  # chunked upload without a Content-Length
+                    over = True
                     raise BodyTooLarge(self.cap)
             return msg
 
-        started = False
-
         async def tracked_send(msg):
             nonlocal started
+            if over:  # FastAPI turns a failing body read into its own 400; the client gets the 413
+                if msg["type"] == "http.response.start" and not started:
+                    started = True
+                    await _answer(send, BodyTooLarge(self.cap), path)
+                return
             started = started or msg["type"] == "http.response.start"
             await send(msg)
 

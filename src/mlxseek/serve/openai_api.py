@@ -7,7 +7,8 @@ from starlette.concurrency import run_in_threadpool
 
 from . import dispatch
 from .api_errors import ApiError
-from .chat_bridge import check_prompt_length, generation_budget, parse_events, render_prompt, resolve_thinking
+from .chat_bridge import (check_max_tokens, check_prompt_length, generation_budget, parse_events, render_prompt,
+                          resolve_thinking)
 from .openai_map import (ChatChunks, chat_messages, chat_response, chat_tools, check_common, completion_logprobs,
                          completion_obj, completion_tokens, new_id, sampling, usage)
 from .schemas_openai import ChatCompletionRequest, CompletionRequest
@@ -37,10 +38,11 @@ async def get_model(model_id: str, request: Request):
 async def chat_completions(req: ChatCompletionRequest, request: Request):
     served = request.app.state.served
     check_common(served, req)
+    param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+    check_max_tokens(served, req.max_completion_tokens or req.max_tokens, param)
     thinking = resolve_thinking(req.chat_template_kwargs, req.thinking.type if req.thinking else None)
     prompt = await run_in_threadpool(render_prompt, served, chat_messages(req), tools=chat_tools(req),
                                      thinking=thinking, reasoning_effort=req.reasoning_effort)
-    param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     budget = generation_budget(served, len(prompt.tokens), req.max_completion_tokens or req.max_tokens, param)
     top = (req.top_logprobs or 0) if req.logprobs else None
     events = await dispatch.start(served, request, prompt.tokens, sampling(req, max_tokens=budget, top_logprobs=top),

@@ -43,11 +43,12 @@ def serve(*, model_path: str | Path, host: str = "127.0.0.1", port: int = 8080, 
           prompt_cache_gb: float = 2.0, prompt_cache_dir: Optional[str | Path] = None, draft: str = "none",
           max_queue: int = 16, max_batch: int = 1, model_id: Optional[str] = None, chat_style: Optional[str] = None,
           max_body_mb: float = 8.0, max_tokens: Optional[int] = None, log_prompts: bool = False,
-          log_level: str = "info") -> None:
+          log_level: str = "info", warn: bool = True) -> None:
     """Serve the checkpoint at `model_path` until interrupted (OpenAI and Anthropic APIs on host:port).
 
     model_id: the name clients send as `model` (default: the folder's name). Raises ServeError for a bad
-    option and CheckpointError for a folder that cannot be loaded or has no tokenizer.
+    option and CheckpointError for a folder that cannot be loaded or has no tokenizer. warn: log a warning
+    when listening beyond this machine without an API key (the CLI prints its own).
     """
     import uvicorn
 
@@ -57,7 +58,7 @@ def serve(*, model_path: str | Path, host: str = "127.0.0.1", port: int = 8080, 
     from .engine import Engine
 
     _check(port, prompt_cache_gb, draft, max_queue, max_batch)
-    if (warning := bind_warning(host, api_key)) is not None:
+    if warn and (warning := bind_warning(host, api_key)) is not None:
         log.warning(warning)
     model, tokenizer = load(model_path)
     if tokenizer is None:
