@@ -19,6 +19,7 @@ class ChatPrompt:
     tokens: list[int]
     style: str
     thinking: bool            # the generation prompt leaves the model inside a reasoning block
+    tools: Optional[list]     # the tools rendered: a call to any other name parses as malformed text
 
 
 @dataclass
@@ -60,7 +61,8 @@ def render_prompt(served: ServedModel, messages: list[dict], *, tools: Optional[
     # the rendered text already holds the BOS token: do not add special tokens again
     tokens = list(served.tokenizer.encode(text, add_special_tokens=False))
     check_prompt_length(served, len(tokens), "messages")
-    return ChatPrompt(tokens=tokens, style=served.style, thinking=prompt_opens_thinking(served.style, thinking))
+    return ChatPrompt(tokens=tokens, style=served.style, tools=tools or None,
+                      thinking=prompt_opens_thinking(served.style, thinking, prompt=text))
 
 
 def check_prompt_length(served: ServedModel, n: int, param: str) -> None:
@@ -89,7 +91,7 @@ async def parse_events(events: AsyncIterator, prompt: ChatPrompt) -> AsyncIterat
     """Feed each event's text to mlxseek.formats.ReplyParser; the last chunk also carries finish()'s flush."""
     from ..formats import ReplyParser
 
-    parser = ReplyParser(prompt.style, thinking=prompt.thinking)
+    parser = ReplyParser(prompt.style, thinking=prompt.thinking, tools=prompt.tools)
     async for ev in events:
         d = parser.feed(ev.text)
         chunk = Chunk(ev, d.reasoning, d.content, list(d.tool_calls))
