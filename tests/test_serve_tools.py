@@ -76,9 +76,12 @@ def scripted_server(style: str, tokenizer):
     text, _ = REPLIES[style]
     ids = tokenizer.encode(text, add_special_tokens=False)
     model = ScriptedModel(ids, len(tokenizer.get_vocab()))
-    if getattr(model, "config", None) is None:  # the engine reads the context length and vocab off config
+    # the engine reads the context length and vocabulary off config and fingerprints the weights
+    if getattr(model, "config", None) is None:
         model.config = SimpleNamespace(max_position_embeddings=4096, vocab_size=len(tokenizer.get_vocab()),
                                        model_type="deepseek_v3")
+    if not hasattr(model, "parameters"):
+        model.parameters = dict
     return running_server(model, tokenizer, model_id=MODEL_ID, chat_style=style, prompt_cache_bytes=0)
 
 
