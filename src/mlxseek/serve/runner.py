@@ -58,6 +58,8 @@ def serve(*, model_path: str | Path, host: str = "127.0.0.1", port: int = 8080, 
     from .engine import Engine
 
     _check(port, prompt_cache_gb, draft, max_queue, max_batch)
+    if not logging.getLogger().handlers:  # request summaries (counts and timings, no text) go to stderr
+        logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     if warn and (warning := bind_warning(host, api_key)) is not None:
         log.warning(warning)
     model, tokenizer = load(model_path)
