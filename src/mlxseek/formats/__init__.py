@@ -1,0 +1,13 @@
+"""Every DeepSeek chat format: rendering conversations (render_chat) and parsing replies (parse_reply,
+ReplyParser) for V2/V3/V3-0324 ("v3"), R1 ("r1"), V3.1 ("v3.1"), V3.2 ("v3.2") and V4 ("v4").
+
+Pure Python (no MLX): notebooks, the server and the tests use it directly.
+"""
+
+from .parser import ReplyParser, parse_reply
+from .render import render_chat
+from .reply import Reply, ReplyDelta, ToolCall
+from .style import STYLES, detect_style, prompt_opens_thinking, style_of_tokenizer
+
+__all__ = ["STYLES", "Reply", "ReplyDelta", "ReplyParser", "ToolCall", "detect_style", "parse_reply",
+           "prompt_opens_thinking", "render_chat", "style_of_tokenizer"]

@@ -1,0 +1,45 @@
+"""render_chat: OpenAI-shaped messages to the prompt text of any DeepSeek chat format."""
+
+from __future__ import annotations
+
+from ..errors import ChatFormatError
+from . import r1, v3, v4, v31, v32
+from .messages import BASE_ROLES, normalize_messages, tool_functions
+from .style import check_style, check_thinking, style_of_tokenizer
+
+
+def render_chat(messages: list[dict], *, style: str | None = None, tools: list[dict] | None = None,
+                thinking: bool | None = None, reasoning_effort: str | None = None,
+                add_generation_prompt: bool = True, tokenizer=None) -> str:
+    """The prompt text for `messages` in `style`'s format, BOS token included (encode it without adding
+    special tokens). `style=None` reads the format off `tokenizer`'s checkpoint.
+
+    For v3/r1/v3.1 `tools` do not change the prompt (their official templates do not render schemas;
+    describe tools in the system prompt). For v3.2/v4 the encoders always end a final user turn with the
+    assistant prefix, so `add_generation_prompt` only matters for v3/r1/v3.1.
+    Raises ChatFormatError naming the message index and field of anything it cannot render.
+    """
+    if style is None:
+        if tokenizer is None:
+            raise ChatFormatError("render_chat needs style= or the checkpoint's tokenizer=")
+        style = style_of_tokenizer(tokenizer)
+    check_style(style)
+    think = check_thinking(style, thinking)
+    functions = tool_functions(tools)
+    if reasoning_effort is not None and (style != "v4" or reasoning_effort not in v4.REASONING_EFFORTS):
+        raise ChatFormatError(f"reasoning_effort={reasoning_effort!r}: only the v4 format takes it, as "
+                              "'high' or 'max' (in thinking mode)")
+    msgs = normalize_messages(messages, roles=v4.ROLES if style == "v4" else BASE_ROLES)
+    if style == "v3":
+        for i, m in enumerate(msgs):
+            if m["role"] == "assistant" and m["tool_calls"] and m["content"] is not None:
+                raise ChatFormatError(f"messages[{i}].content: the v3 template renders an assistant turn "
+                                      "with tool_calls only when its content is empty or null")
+        return v3.render(msgs, add_generation_prompt=add_generation_prompt)
+    if style == "r1":
+        return r1.render(msgs, add_generation_prompt=add_generation_prompt)
+    if style == "v3.1":
+        return v31.render(msgs, add_generation_prompt=add_generation_prompt, thinking=think)
+    if style == "v3.2":
+        return v32.render(msgs, tools=functions, thinking=think)
+    return v4.render(msgs, tools=functions, thinking=think, reasoning_effort=reasoning_effort)

@@ -1,0 +1,80 @@
+"""Which DeepSeek chat format a checkpoint speaks, and what each format allows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import ChatFormatError
+from .tokens import THINK_START
+
+STYLES = ("v3", "r1", "v3.1", "v3.2", "v4")
+# thinking: None = no reasoning at all, True = always reasons, "toggle" = the caller chooses (default off)
+THINKING = {"v3": None, "r1": True, "v3.1": "toggle", "v3.2": "toggle", "v4": "toggle"}
+
+
+def check_style(style: str) -> str:
+    if style not in STYLES:
+        raise ChatFormatError(f"style={style!r} is not a DeepSeek chat format; use one of {', '.join(STYLES)}")
+    return style
+
+
+def detect_style(*, model_type: str, chat_template: str | None = None) -> str:
+    """The chat format of a checkpoint from its config's model_type and the chat template it ships."""
+    if model_type == "deepseek_v4":
+        return "v4"
+    if model_type == "deepseek_v32":
+        return "v3.2"
+    if model_type not in ("deepseek_v2", "deepseek_v3"):
+        raise ChatFormatError(f"model_type {model_type!r} has no DeepSeek chat format; pass style= explicitly "
+                              f"({', '.join(STYLES)})")
+    template = chat_template or ""
+    if "thinking" in template and "<｜tool▁sep｜>' + tool['function']['arguments']" in template:
+        return "v3.1"
+    if THINK_START in template:
+        return "r1"
+    return "v3"
+
+
+def style_of_tokenizer(tokenizer) -> str:
+    """The format of the checkpoint a loaded tokenizer came from (its folder's config.json + template)."""
+    style = getattr(tokenizer, "chat_style", None)
+    if style:
+        return check_style(style)
+    template = getattr(tokenizer, "chat_template", None)
+    inner = getattr(tokenizer, "_tokenizer", tokenizer)
+    folder = Path(str(getattr(inner, "name_or_path", "") or ""))
+    config = folder / "config.json"
+    if not config.is_file():
+        raise ChatFormatError("cannot tell the chat format from this tokenizer (no config.json beside it); "
+                              f"pass style= ({', '.join(STYLES)})")
+    model_type = json.loads(config.read_text()).get("model_type", "")
+    return detect_style(model_type=model_type, chat_template=template)
+
+
+def check_thinking(style: str, thinking: bool | None) -> bool:
+    """The thinking mode to render, refusing a request the family cannot honour."""
+    rule = THINKING[style]
+    if rule is None:
+        if thinking:
+            raise ChatFormatError(f"thinking=True: the {style} format has no reasoning mode; use r1, v3.1, v3.2 "
+                                  "or v4, or leave thinking unset")
+        return False
+    if rule is True:
+        if thinking is False:
+            raise ChatFormatError(f"thinking=False: the {style} format always reasons and has no toggle; "
+                                  "leave thinking unset")
+        return True
+    return bool(thinking)
+
+
+def prompt_opens_thinking(style: str, thinking: bool | None, *, prompt: str | None = None) -> bool:
+    """True when the rendered generation prompt leaves the model inside a reasoning block.
+
+    With `prompt` (the rendered text) the answer is read off its end, which also covers turns after
+    tool results; without it, it follows from the style and the thinking mode.
+    """
+    check_style(style)
+    if prompt is not None:
+        return prompt.rstrip("\n").endswith(THINK_START)
+    return check_thinking(style, thinking)

@@ -1,0 +1,130 @@
+"""DeepSeek V4 (Flash / Pro): what DeepSeek's `encoding/encoding_dsv4.py` renders, re-implemented.
+
+Differences from V3.2: tool results are merged into user turns as `<tool_result>...</tool_result>`
+(consecutive user text and results joined by a blank line, results in call order); the `<｜Assistant｜>`
++ think token goes after a user turn only when an assistant turn (or the end) follows; a
+`latest_reminder` role; `reasoning_effort="max"` prepends a fixed paragraph in thinking mode; when tools
+are given, earlier reasoning is kept instead of dropped. Calls are DSML `tool_calls` blocks.
+"""
+
+from __future__ import annotations
+
+from .dsml import encode_block, to_json
+from .tokens import (
+    ASSISTANT,
+    BOS,
+    DSML,
+    EOS,
+    LATEST_REMINDER,
+    THINK_END,
+    THINK_START,
+    USER,
+)
+
+ROLES = ("system", "user", "assistant", "tool", "latest_reminder")
+REASONING_EFFORTS = (None, "high", "max")
+
+REASONING_EFFORT_MAX = (
+    "Reasoning Effort: Absolute maximum with no shortcuts permitted.\n"
+    "You MUST be very thorough in your thinking and comprehensively decompose the problem to resolve the root "
+    "cause, rigorously stress-testing your logic against all potential paths, edge cases, and adversarial "
+    "scenarios.\n"
+    "Explicitly write out your entire deliberation process, documenting every intermediate step, considered "
+    "alternative, and rejected hypothesis to ensure absolutely no assumption is left unchecked.\n\n"
+)
+
+TOOLS_PROMPT = """## Tools
+
+You have access to a set of tools to help answer the user's question. You can invoke tools by writing a "<{d}tool_calls>" block like the following:
+
+<{d}tool_calls>
+<{d}invoke name="$TOOL_NAME">
+<{d}parameter name="$PARAMETER_NAME" string="true|false">$PARAMETER_VALUE</{d}parameter>
+...
+</{d}invoke>
+<{d}invoke name="$TOOL_NAME2">
+...
+</{d}invoke>
+</{d}tool_calls>
+
+String parameters should be specified as is and set `string="true"`. For all other types (numbers, booleans, arrays, objects), pass the value in JSON format and set `string="false"`.
+
+If thinking_mode is enabled (triggered by {ts}), you MUST output your complete reasoning inside {ts}...{te} BEFORE any tool calls or final response.
+
+Otherwise, output directly after {te} with tool calls or final response.
+
+### Available Tool Schemas
+
+{schemas}
+
+You MUST strictly follow the above defined tool name and parameter schemas to invoke tool calls.
+"""
+
+
+def tools_prompt(functions: list[dict]) -> str:
+    schemas = "\n".join(to_json(f) for f in functions)
+    return TOOLS_PROMPT.format(d=DSML, ts=THINK_START, te=THINK_END, schemas=schemas)
+
+
+def merge_turns(messages: list[dict]) -> list[dict]:
+    """Tool results and user text that follow each other become one user turn of parts."""
+    turns: list[dict] = []
+    order: dict[str, int] = {}
+    for m in messages:
+        if m["role"] in ("user", "tool"):
+            part = (m["content"], None) if m["role"] == "user" else (m["content"], m["tool_call_id"])
+            if turns and turns[-1]["role"] == "user":
+                turns[-1]["parts"].append(part)
+            else:
+                turns.append({"role": "user", "parts": [part], "order": order})
+        else:
+            turns.append(dict(m))
+            if m["role"] == "assistant" and m["tool_calls"]:
+                order = {c["id"]: k for k, c in enumerate(m["tool_calls"]) if c["id"]}
+    for t in turns:
+        if t["role"] == "user":
+            t["parts"] = _results_in_call_order(t["parts"], t.pop("order"))
+    return turns
+
+
+def _results_in_call_order(parts: list[tuple], order: dict[str, int]) -> list[tuple]:
+    results = [p for p in parts if p[1] is not None]
+    if len(results) < 2 or not order:
+        return parts
+    ranked = iter(sorted(results, key=lambda p: order.get(p[1], 0)))
+    return [next(ranked) if p[1] is not None else p for p in parts]
+
+
+def _user(parts: list[tuple]) -> str:
+    return USER + "\n\n".join(text if call_id is None else f"<tool_result>{text}</tool_result>"
+                              for text, call_id in parts)
+
+
+def render(messages: list[dict], *, tools: list[dict], thinking: bool, reasoning_effort: str | None) -> str:
+    turns = merge_turns(messages)
+    if tools and turns[0]["role"] != "system":
+        turns.insert(0, {"role": "system", "content": ""})
+    keep_reasoning = bool(tools)  # the encoder stops dropping earlier reasoning when tools are present
+    last_user = max((i for i, t in enumerate(turns) if t["role"] == "user"), default=-1)
+    out = [BOS]
+    for i, t in enumerate(turns):
+        if i == 0 and thinking and reasoning_effort == "max":
+            out.append(REASONING_EFFORT_MAX)
+        role = t["role"]
+        if role == "system":
+            out.append(t["content"] + ("\n\n" + tools_prompt(tools) if tools and i == 0 else ""))
+        elif role == "user":
+            out.append(_user(t["parts"]))
+        elif role == "latest_reminder":
+            out.append(LATEST_REMINDER + t["content"])
+        else:
+            reasoning = ""
+            if thinking and (keep_reasoning or i > last_user):
+                reasoning = (t["reasoning_content"] or "") + THINK_END
+            calls = encode_block(t["tool_calls"], "tool_calls") if t["tool_calls"] else ""
+            out.append(reasoning + (t["content"] or "") + calls + EOS)
+        nxt = turns[i + 1]["role"] if i + 1 < len(turns) else None
+        if role == "user" and nxt in (None, "assistant", "latest_reminder"):
+            opens = thinking and (keep_reasoning or i >= last_user)
+            out.append(ASSISTANT + (THINK_START if opens else THINK_END))
+    return "".join(out)
