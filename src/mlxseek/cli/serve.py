@@ -7,9 +7,8 @@ from typing import Optional
 
 import click
 
+from ..formats import STYLES
 from . import library_errors, main
-
-STYLES = ("v3", "r1", "v3.1", "v3.2", "v4")
 
 
 @main.command()
