@@ -79,3 +79,8 @@ def test_stop_sequence_and_error_shape(client):
     assert e.value.body["type"] == "error" and "model" in e.value.body["error"]["message"]
     with pytest.raises(anthropic.BadRequestError):
         client.messages.create(model=MODEL_ID, messages=TURNS, max_tokens=-3)
+
+
+def test_count_tokens_counts_the_rendered_prompt(client, model_and_tokenizer):
+    ids, _, _ = reference(model_and_tokenizer, 1)
+    assert client.messages.count_tokens(model=MODEL_ID, system=SYSTEM, messages=TURNS).input_tokens == len(ids)

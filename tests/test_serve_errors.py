@@ -97,6 +97,12 @@ BAD_INPUTS = [
     ("thinking type unknown", CHAT, chat(thinking={"type": "maybe"}), 400, "thinking.type"),
     ("chat_template_kwargs.thinking a string", CHAT, chat(chat_template_kwargs={"thinking": "yes"}), 400,
      "chat_template_kwargs.thinking"),
+    ("thinking on a format without reasoning", CHAT, chat(thinking={"type": "enabled"}), 400, "thinking"),
+    ("reasoning_effort on the v3 format", CHAT, chat(reasoning_effort="max"), 400, "reasoning_effort"),
+    ("chat longer than the context", CHAT, chat(messages=[{"role": "user", "content": "x = 1\n" * 1500}]), 400,
+     "messages"),
+    ("tool message without tool_call_id", CHAT, chat(messages=[{"role": "user", "content": "hi"},
+                                                               {"role": "tool", "content": "r"}]), 400, None),
     ("prompt a number", COMP, completion(prompt=5), 400, "prompt"),
     ("prompt token id past the vocab", COMP, completion(prompt=[1, 99999]), 400, "prompt.1"),
     ("prompt token id negative", COMP, completion(prompt=[-1]), 400, "prompt.0"),
@@ -113,6 +119,11 @@ BAD_INPUTS = [
     ("messages: temperature above 1", MSG, messages(temperature=1.5), 400, None),
     ("messages: unknown model", MSG, messages(model="claude-9"), 404, None),
     ("messages: bad JSON", MSG, "{", 400, None),
+    ("messages: max_tokens over the cap", MSG, messages(max_tokens=10**6), 400, None),
+    ("messages: surrogate in text", MSG, messages(messages=[{"role": "user", "content": "\udc00"}]), 400, None),
+    ("messages: empty stop sequence", MSG, messages(stop_sequences=[""]), 400, None),
+    ("count_tokens: bad block", MSG + "/count_tokens",
+     json.dumps({"model": MODEL_ID, "messages": [{"role": "user", "content": [{"type": "nope"}]}]}), 400, None),
     ("unknown route", "/v1/engines", "{}", 404, None),
 ]
 
@@ -141,7 +152,7 @@ def test_bad_input_gets_a_4xx_naming_the_field(http, name, path, body, status, f
     r = http.post(path, content=body, headers={"content-type": "application/json"})
     assert r.status_code == status, r.text
     err = r.json()
-    if path == MSG:
+    if path.startswith(MSG):
         assert err["type"] == "error" and err["error"]["type"] in ("invalid_request_error", "not_found_error")
         assert err["error"]["message"]
     else:

@@ -10,12 +10,12 @@ from typing import Any, Optional
 
 from .api_errors import ApiError
 from .chat_bridge import Chunk
-from .schemas_anthropic import MessagesRequest
+from .schemas_anthropic import CountTokensRequest
 
 _STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 
 
-def check_model(served, req: MessagesRequest) -> None:
+def check_model(served, req: CountTokensRequest) -> None:
     if req.model != served.model_id:
         raise ApiError(404, f"model: '{req.model}' is not served here; GET /v1/models lists '{served.model_id}'",
                        param="model")
@@ -27,7 +27,7 @@ def _text(content) -> str:
     return content if isinstance(content, str) else "".join(b.text for b in content)
 
 
-def to_messages(req: MessagesRequest) -> list[dict]:
+def to_messages(req: CountTokensRequest) -> list[dict]:
     out: list[dict] = []
     if req.system:
         out.append({"role": "system", "content": _text(req.system)})
@@ -64,7 +64,7 @@ def _assistant_blocks(blocks, index: int) -> dict:
     return d
 
 
-def to_tools(req: MessagesRequest) -> Optional[list[dict]]:
+def to_tools(req: CountTokensRequest) -> Optional[list[dict]]:
     tools = [{"type": "function", "function": {"name": t.name, "description": t.description or "",
                                                "parameters": t.input_schema}} for t in req.tools or []]
     choice = req.tool_choice
@@ -80,7 +80,7 @@ def to_tools(req: MessagesRequest) -> Optional[list[dict]]:
     return named
 
 
-def thinking(req: MessagesRequest) -> Optional[bool]:
+def thinking(req: CountTokensRequest) -> Optional[bool]:
     if req.thinking is None or req.thinking.type == "adaptive":
         return None
     return req.thinking.type == "enabled"

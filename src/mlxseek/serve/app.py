@@ -19,7 +19,8 @@ from .metrics import CONTENT_TYPE, Metrics
 from .state import ServedModel
 
 log = logging.getLogger("mlxseek.serve")
-_ROUTES = ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/messages")
+_ROUTES = ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/messages",
+           "/v1/messages/count_tokens")
 
 
 def create_app(*, model, tokenizer, engine, model_id: str, api_key: Optional[str] = None,

@@ -6,12 +6,16 @@ Both APIs hand this module OpenAI-shaped messages and tools; the Anthropic layer
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Optional
 
 from ..errors import ChatFormatError
 from .api_errors import ApiError
 from .state import ServedModel
+
+MAX_STOPS = 16
+_FIELD = re.compile(r"((?:messages|tools)(?:\[\d+\]|\.\w+)*|thinking|reasoning_effort)(?=[\s=:,]|$)")
 
 
 @dataclass(frozen=True)
@@ -57,12 +61,30 @@ def render_prompt(served: ServedModel, messages: list[dict], *, tools: Optional[
         text = render_chat(messages, style=served.style, tools=tools or None, thinking=thinking,
                            reasoning_effort=reasoning_effort, tokenizer=served.tokenizer)
     except ChatFormatError as e:
-        raise ApiError(400, str(e), param="messages") from None
+        raise ApiError(400, str(e), param=format_error_field(str(e))) from None
     # the rendered text already holds the BOS token: do not add special tokens again
     tokens = list(served.tokenizer.encode(text, add_special_tokens=False))
     check_prompt_length(served, len(tokens), "messages")
     return ChatPrompt(tokens=tokens, style=served.style, tools=tools or None,
                       thinking=prompt_opens_thinking(served.style, thinking, prompt=text))
+
+
+def format_error_field(message: str) -> str:
+    """The request field a ChatFormatError names ("messages[2].content: ..." -> "messages.2.content",
+    "thinking=True: ..." -> "thinking")."""
+    m = _FIELD.match(message)
+    if m is None:
+        return "messages"
+    return re.sub(r"\[(\d+)\]", r".\1", m.group(1))
+
+
+def stop_strings(stop, param: str) -> tuple[str, ...]:
+    out = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    if len(out) > MAX_STOPS:
+        raise ApiError(400, f"{param}: at most {MAX_STOPS} stop strings", param=param)
+    if any(s == "" for s in out):
+        raise ApiError(400, f"{param}: stop strings must not be empty", param=param)
+    return out
 
 
 def check_prompt_length(served: ServedModel, n: int, param: str) -> None:

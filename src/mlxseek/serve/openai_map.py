@@ -7,12 +7,9 @@ import uuid
 from typing import Any, Optional
 
 from .api_errors import ApiError
-from .chat_bridge import Chunk, as_text
+from .chat_bridge import Chunk, as_text, stop_strings
 from .schemas_openai import ChatCompletionRequest, _Sampling
 from .state import ServedModel
-
-MAX_STOPS = 16
-
 
 def check_common(served: ServedModel, req: _Sampling) -> None:
     if req.model != served.model_id:
@@ -22,20 +19,11 @@ def check_common(served: ServedModel, req: _Sampling) -> None:
         raise ApiError(400, f"n: only n=1 is supported, got {req.n}", param="n")
 
 
-def stops(stop) -> tuple[str, ...]:
-    out = (stop,) if isinstance(stop, str) else tuple(stop or ())
-    if len(out) > MAX_STOPS:
-        raise ApiError(400, f"stop: at most {MAX_STOPS} stop strings", param="stop")
-    if any(s == "" for s in out):
-        raise ApiError(400, "stop: stop strings must not be empty", param="stop")
-    return out
-
-
 def sampling(req: _Sampling, *, max_tokens: int, top_logprobs: Optional[int]):
     from .engine import SamplingParams
 
     return SamplingParams(max_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,
-                          top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed, stop=stops(req.stop),
+                          top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed, stop=stop_strings(req.stop, "stop"),
                           top_logprobs=top_logprobs)
 
 

@@ -72,17 +72,20 @@ class Thinking(_Model):
     budget_tokens: Optional[int] = Field(default=None, ge=0)
 
 
-class MessagesRequest(_Model):
+class CountTokensRequest(_Model):
     _text = model_validator(mode="before")(classmethod(lambda cls, data: reject_surrogates(data)))
     model: str = Field(min_length=1)
     messages: list[Message] = Field(min_length=1)
-    max_tokens: int = Field(ge=1)
     system: Union[str, list[TextBlock], None] = None
+    tools: Optional[list[ToolDef]] = None
+    tool_choice: Optional[ToolChoice] = None
+    thinking: Optional[Thinking] = None
+
+
+class MessagesRequest(CountTokensRequest):
+    max_tokens: int = Field(ge=1)
     stop_sequences: Optional[list[str]] = None
     stream: bool = False
     temperature: Optional[float] = Field(default=None, ge=0.0, le=1.0)
     top_p: Optional[float] = Field(default=None, gt=0.0, le=1.0)
     top_k: Optional[int] = Field(default=None, ge=0)
-    tools: Optional[list[ToolDef]] = None
-    tool_choice: Optional[ToolChoice] = None
-    thinking: Optional[Thinking] = None
