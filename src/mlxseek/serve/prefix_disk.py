@@ -17,7 +17,6 @@ import logging
 import os
 import struct
 from pathlib import Path
-from typing import Optional
 
 import mlx.core as mx
 import numpy as np
@@ -135,7 +134,7 @@ class DiskTier:
         except OSError:
             pass
 
-    def best(self, hashes: list[str]) -> tuple[int, Optional[str]]:
+    def best(self, hashes: list[str]) -> tuple[int, str | None]:
         """(shared blocks, key) of the indexed entry sharing the most leading blocks with `hashes`."""
         best, key = 0, None
         for k, h in self._index.items():
@@ -159,7 +158,7 @@ class DiskTier:
             return
         self._index[hashes[-1]] = tuple(hashes)
 
-    def load(self, key: str) -> Optional[tuple[tuple[str, ...], CacheSnapshot]]:
+    def load(self, key: str) -> tuple[tuple[str, ...], CacheSnapshot] | None:
         """(block keys, snapshot) of a verified entry; None (and the file removed) when it fails a check."""
         path = self._path(key)
         try:
