@@ -14,7 +14,6 @@ prefix is one slice per array.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 import mlx.core as mx
 from mlx_lm.models.cache import KVCache
@@ -61,7 +60,7 @@ def _kinds() -> dict[type, str]:
     return {KVCache: "kv", LatentCache: "latent", DSACache: "dsa", QuantizedLatentCache: "qlatent"}
 
 
-def unsupported_reason(model) -> Optional[str]:
+def unsupported_reason(model) -> str | None:
     """Why this model's prompt cache cannot be snapshotted (None when it can)."""
     kinds = _kinds()
     for i, c in enumerate(model.make_cache()):
@@ -117,7 +116,7 @@ def cut(snap: CacheSnapshot, tokens: int) -> CacheSnapshot:
     return CacheSnapshot(entries)
 
 
-def restore(model, snap: CacheSnapshot) -> Optional[list]:
+def restore(model, snap: CacheSnapshot) -> list | None:
     """A new prompt cache holding the snapshot's tokens (fresh copies), or None when the snapshot does not
     fit this model's cache layout (entry count or classes differ)."""
     cache = model.make_cache()
@@ -160,7 +159,7 @@ def flatten(snap: CacheSnapshot) -> dict[str, mx.array]:
     return {f"{i}.{k}": a for i, e in enumerate(snap.entries) for k, a in e.arrays.items()}
 
 
-def unflatten(arrays: dict[str, mx.array], entries: list[dict]) -> Optional[CacheSnapshot]:
+def unflatten(arrays: dict[str, mx.array], entries: list[dict]) -> CacheSnapshot | None:
     """Rebuild a snapshot from `flatten`'s arrays and `layout`'s description; None when they disagree."""
     out = []
     for i, d in enumerate(entries):

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator, Optional
 
 import mlx.core as mx
 from mlx_lm.sample_utils import make_sampler
 
 import mlxseek
+
 from ..errors import GenerationError
 from .prefix_cache import PrefixCache, model_identity
 from .scheduler import DONE, Request, Scheduler
@@ -36,10 +37,10 @@ class SamplingParams:
     max_tokens: int
     temperature: float = 0.0
     top_p: float = 1.0
-    seed: Optional[int] = None
+    seed: int | None = None
     stop: tuple[str, ...] = ()
-    top_logprobs: Optional[int] = None  # None: no logprobs; 0: the chosen token's only; k: also the top k
-    draft: Optional[str] = None  # None (the engine's default) | "none" | "mtp" | "auto"
+    top_logprobs: int | None = None  # None: no logprobs; 0: the chosen token's only; k: also the top k
+    draft: str | None = None  # None (the engine's default) | "none" | "mtp" | "auto"
 
 
 @dataclass(frozen=True)
@@ -48,9 +49,9 @@ class TokenEvent:
 
     token: int
     text: str
-    logprob: Optional[float]
-    top_logprobs: Optional[tuple[tuple[int, str, float], ...]]
-    finish_reason: Optional[str]  # None mid-stream; "stop" (EOS / stop string) or "length" on the last event
+    logprob: float | None
+    top_logprobs: tuple[tuple[int, str, float], ...] | None
+    finish_reason: str | None  # None mid-stream; "stop" (EOS / stop string) or "length" on the last event
     prompt_tokens: int
     cached_tokens: int
     generation_tokens: int
@@ -84,7 +85,7 @@ class Engine:
     """Serves one loaded model to many asyncio consumers; see the module docstring."""
 
     def __init__(self, model, tokenizer, *, model_id: str, max_queue: int = 16, prompt_cache_bytes: int = 2 << 30,
-                 prompt_cache_dir: Optional[str] = None, draft: str = "none", max_batch: int = 1):
+                 prompt_cache_dir: str | None = None, draft: str = "none", max_batch: int = 1):
         if draft not in DRAFT_MODES:
             raise GenerationError(f"draft: must be one of {', '.join(DRAFT_MODES)}, got {draft!r}")
         if max_batch != 1:
@@ -95,10 +96,10 @@ class Engine:
         self.context_length: int = int(cfg.max_position_embeddings)
         self.vocab_size: int = int(cfg.vocab_size)
         self._cache_args = (prompt_cache_bytes, prompt_cache_dir)
-        self.prefix: Optional[PrefixCache] = None
-        self.prefix_reason: Optional[str] = None
-        self._counts = dict(requests=0, finished=0, cancelled=0, errors=0, prompt_tokens=0, cached_tokens=0,
-                            generation_tokens=0)
+        self.prefix: PrefixCache | None = None
+        self.prefix_reason: str | None = None
+        self._counts = {"requests": 0, "finished": 0, "cancelled": 0, "errors": 0, "prompt_tokens": 0, "cached_tokens": 0,
+                            "generation_tokens": 0}
         self._scheduler = Scheduler(run=self._run, max_queue=max_queue, setup=self._setup)
 
     @property
@@ -173,7 +174,7 @@ class Engine:
 
     def _run(self, req: Request) -> None:
         self._counts["requests"] += 1
-        prompt, p = req.prompt, req.params
+        prompt, _p = req.prompt, req.params
         cached, cache = self.prefix.lookup(prompt) if self.prefix is not None else (0, None)
         if cache is None:
             cached, cache = 0, mlxseek.make_prompt_cache(self.model)

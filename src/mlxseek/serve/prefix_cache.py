@@ -19,7 +19,6 @@ import json
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Optional
 
 import mlx.core as mx
 import numpy as np
@@ -69,15 +68,15 @@ class _Entry:
 class PrefixCache:
     """RAM tier (LRU by the snapshots' bytes) in front of an optional disk tier. Used by the worker only."""
 
-    def __init__(self, model, *, identity: str, max_bytes: int, disk: Optional[DiskTier] = None,
+    def __init__(self, model, *, identity: str, max_bytes: int, disk: DiskTier | None = None,
                  block: int = BLOCK_TOKENS):
         self.model, self.identity, self.max_bytes, self.disk, self.block = model, identity, max_bytes, disk, block
         self._ram: OrderedDict[str, _Entry] = OrderedDict()
         self.bytes = 0
-        self.counts = dict(hits=0, misses=0, hit_tokens=0, evictions=0, inserts=0, disk_hits=0)
+        self.counts = {"hits": 0, "misses": 0, "hit_tokens": 0, "evictions": 0, "inserts": 0, "disk_hits": 0}
 
     @classmethod
-    def for_model(cls, model, *, identity: str, max_bytes: int, folder: Optional[str]):
+    def for_model(cls, model, *, identity: str, max_bytes: int, folder: str | None):
         """(PrefixCache, None), or (None, reason) when this model's cache cannot be snapshotted."""
         reason = cache_state.unsupported_reason(model)
         if reason:
@@ -87,14 +86,14 @@ class PrefixCache:
 
     @staticmethod
     def empty_stats() -> dict:
-        return dict(hits=0, misses=0, hit_tokens=0, evictions=0, inserts=0, disk_hits=0, bytes=0, entries=0,
-                    disk_entries=0, disk_rejected=0)
+        return {"hits": 0, "misses": 0, "hit_tokens": 0, "evictions": 0, "inserts": 0, "disk_hits": 0, "bytes": 0, "entries": 0,
+                    "disk_entries": 0, "disk_rejected": 0}
 
     def stats(self) -> dict:
         disk = self.disk.stats() if self.disk is not None else {"disk_entries": 0, "disk_rejected": 0}
         return dict(self.counts, bytes=self.bytes, entries=len(self._ram), **disk)
 
-    def lookup(self, tokens: list[int]) -> tuple[int, Optional[list]]:
+    def lookup(self, tokens: list[int]) -> tuple[int, list | None]:
         """(cached tokens, a new prompt cache holding them) for the longest cached prefix of `tokens`,
         leaving at least one token to prefill; (0, None) on a miss."""
         hashes = block_hashes(self.identity, tokens[: (len(tokens) - 1) // self.block * self.block], self.block)

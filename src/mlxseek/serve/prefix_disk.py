@@ -1,8 +1,8 @@
 """The prefix cache's disk tier: one safetensors file per entry, verified before it is loaded.
 
 Each file holds one snapshot (`cache_state.flatten`) and, in the safetensors metadata, the format name
-and version, the model identity, the entry's chained block keys, the entry layout and a blake2b digest of
-every array's bytes. On startup the folder's headers are read (not the data) to index the entries; a
+and version, the model identity, the entry's chained block keys, the entry layout a blake2b digest of
+every array's bytes and a digest of that metadata. On startup the folder's headers are read (not the data) to index the entries; a
 file is loaded only after its header, its size and its digest check out. Anything else (truncated,
 flipped bytes, another model's or another version's file) is logged, removed and never loaded.
 Files are written to a temporary name and renamed, so a crash mid-write leaves no half file under a
@@ -17,7 +17,6 @@ import logging
 import os
 import struct
 from pathlib import Path
-from typing import Optional
 
 import mlx.core as mx
 import numpy as np
@@ -57,6 +56,12 @@ def digest(arrays: dict[str, mx.array]) -> str:
         h.update(f"{name}|{a.dtype}|{tuple(a.shape)}|".encode())
         h.update(np.asarray(mx.contiguous(a).reshape(-1).view(mx.uint8)).tobytes())
     return h.hexdigest()
+
+
+def _meta_check(meta: dict) -> str:
+    """Digest of every other metadata field: a flipped byte in the header is caught without reading the data."""
+    body = json.dumps({k: v for k, v in sorted(meta.items()) if k != "check"}, sort_keys=True)
+    return hashlib.blake2b(body.encode(), digest_size=16).hexdigest()
 
 
 def _read_header(path: Path) -> tuple[dict, dict]:
@@ -112,6 +117,8 @@ class DiskTier:
         return self.folder / f"{key}.safetensors"
 
     def _check_meta(self, path: Path, meta: dict) -> tuple[str, ...]:
+        if meta.get("check") != _meta_check(meta):
+            raise _Rejected("header metadata does not match its check digest (corrupted)")
         if meta.get("format") != FORMAT or meta.get("version") != VERSION:
             raise _Rejected(f"format {meta.get('format')!r} version {meta.get('version')!r}, "
                             f"expected {FORMAT!r} version {VERSION!r}")
@@ -135,7 +142,7 @@ class DiskTier:
         except OSError:
             pass
 
-    def best(self, hashes: list[str]) -> tuple[int, Optional[str]]:
+    def best(self, hashes: list[str]) -> tuple[int, str | None]:
         """(shared blocks, key) of the indexed entry sharing the most leading blocks with `hashes`."""
         best, key = 0, None
         for k, h in self._index.items():
@@ -148,6 +155,7 @@ class DiskTier:
         arrays = cache_state.flatten(snap)
         meta = {"format": FORMAT, "version": VERSION, "identity": self.identity, "hashes": json.dumps(hashes),
                 "layout": json.dumps(cache_state.layout(snap)), "digest": digest(arrays)}
+        meta["check"] = _meta_check(meta)
         path = self._path(hashes[-1])
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.safetensors")
         try:
@@ -159,7 +167,7 @@ class DiskTier:
             return
         self._index[hashes[-1]] = tuple(hashes)
 
-    def load(self, key: str) -> Optional[tuple[tuple[str, ...], CacheSnapshot]]:
+    def load(self, key: str) -> tuple[tuple[str, ...], CacheSnapshot] | None:
         """(block keys, snapshot) of a verified entry; None (and the file removed) when it fails a check."""
         path = self._path(key)
         try:

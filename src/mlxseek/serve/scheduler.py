@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any
 
 from ..errors import QueueFullError, ServeError
 
@@ -36,18 +37,18 @@ class Request:
 class Scheduler:
     """A bounded FIFO of Requests drained by one worker thread calling `run(request)`."""
 
-    def __init__(self, *, run: Callable[[Request], None], max_queue: int, setup: Optional[Callable[[], None]] = None):
+    def __init__(self, *, run: Callable[[Request], None], max_queue: int, setup: Callable[[], None] | None = None):
         if not isinstance(max_queue, int) or max_queue < 1:
             raise ServeError(f"max_queue must be a positive integer, got {max_queue!r}")
         self.max_queue = max_queue
         self._run, self._setup = run, setup
         self._queue: deque[Request] = deque()
         self._cond = threading.Condition()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         self._stopping = False
-        self.running: Optional[Request] = None
+        self.running: Request | None = None
         self._ready = threading.Event()
-        self._setup_error: Optional[BaseException] = None
+        self._setup_error: BaseException | None = None
 
     @property
     def depth(self) -> int:
@@ -101,7 +102,7 @@ class Scheduler:
         try:
             if self._setup is not None:
                 self._setup()
-        except BaseException as e:  # reported to start()'s caller
+        except Exception as e:  # noqa: BLE001 (reported to start()'s caller)
             self._setup_error = e
             self._ready.set()
             return
