@@ -56,7 +56,7 @@ BAD_INPUTS = [
     ("unknown role", CHAT, chat(messages=[{"role": "wizard", "content": "hi"}]), 400, "messages.0.role"),
     ("content a number", CHAT, chat(messages=[{"role": "user", "content": 42}]), 400, "messages.0.content"),
     ("image content part", CHAT, chat(messages=[{"role": "user", "content": [{"type": "image_url"}]}]), 400,
-     "messages.0.content"),
+     "messages.0.content.0.type"),
     ("model missing", CHAT, without(OK_CHAT, "model"), 400, "model"),
     ("model a number", CHAT, chat(model=7), 400, "model"),
     ("unknown model", CHAT, chat(model="gpt-9"), 404, "model"),

@@ -70,7 +70,8 @@ def from_validation(errors: list[dict], body: Any) -> ApiError:
     """The first pydantic error of a request body as a 400 naming the field."""
     if not errors:
         return ApiError(400, "invalid request body", param="body")
-    e = errors[0]
+    # a union field reports one error per branch; the deepest one is the most specific
+    e = max(errors, key=lambda err: len(err.get("loc", ())))
     loc = tuple(e.get("loc", ()))
     if loc and loc[0] == "body":
         loc = loc[1:]

@@ -89,7 +89,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         if exc.status_code in (404, 405):
             err = ApiError(exc.status_code, f"no route {request.method} {request.url.path}")
         elif exc.status_code == 400:  # FastAPI could not decode the body at all (bad UTF-8, too deep)
-            err = ApiError(400, "request body is not valid UTF-8 JSON", param="body", code="invalid_json")
+            err = ApiError(400, "request body is not valid UTF-8 JSON (or is nested too deeply)", param="body", code="invalid_json")
         else:
             err = ApiError(exc.status_code, str(exc.detail))
         return error_response(err, path=request.url.path)
