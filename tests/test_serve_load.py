@@ -109,3 +109,39 @@ def test_health_answers_during_a_long_generation(server):
             t0 = time.monotonic()
             assert httpx.get(srv.url + "/health", timeout=5).status_code == 200
             assert time.monotonic() - t0 < 1.0
+
+
+def wait_idle(engine, timeout: float = 10) -> None:
+    end = time.monotonic() + timeout
+    while (engine.stats()["running"] or engine.queue_depth) and time.monotonic() < end:
+        time.sleep(0.02)
+    time.sleep(0.1)
+
+
+LONG = {
+    "/v1/completions": {"prompt": PROMPT},
+    "/v1/chat/completions": {"messages": [{"role": "user", "content": PROMPT}]},
+    "/v1/messages": {"messages": [{"role": "user", "content": PROMPT}]},
+}
+
+
+@pytest.mark.parametrize("path", list(LONG))
+def test_a_streaming_client_that_leaves_cancels_its_generation(server, path):
+    srv, engine = server
+    wait_idle(engine)  # an earlier test's cancelled request may still be winding down
+    before = engine.stats()["cancelled"]
+    body = {"model": MODEL_ID, "max_tokens": 1000, "temperature": 0, "stream": True, **LONG[path]}
+    with httpx.Client(base_url=srv.url, timeout=TIMEOUT) as http:
+        with http.stream("POST", path, json=body) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            for _ in range(3):
+                next(lines)
+    t0 = time.monotonic()  # the connection is closed now
+    while engine.stats()["cancelled"] == before and time.monotonic() - t0 < 10:
+        time.sleep(0.02)
+    while engine.stats()["running"] and time.monotonic() - t0 < 10:
+        time.sleep(0.02)
+    assert engine.stats()["cancelled"] == before + 1
+    assert engine.stats()["running"] == 0
+    assert time.monotonic() - t0 < 2.0  # 1,000 tokens would take longer: it stopped early

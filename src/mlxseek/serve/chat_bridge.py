@@ -114,15 +114,18 @@ async def parse_events(events: AsyncIterator, prompt: ChatPrompt) -> AsyncIterat
     from ..formats import ReplyParser
 
     parser = ReplyParser(prompt.style, thinking=prompt.thinking, tools=prompt.tools)
-    async for ev in events:
-        d = parser.feed(ev.text)
-        chunk = Chunk(ev, d.reasoning, d.content, list(d.tool_calls))
-        if ev.finish_reason is not None:
-            f = parser.finish()
-            chunk.reasoning += f.reasoning
-            chunk.content += f.content
-            chunk.tool_calls += list(f.tool_calls)
-        yield chunk
+    try:
+        async for ev in events:
+            d = parser.feed(ev.text)
+            chunk = Chunk(ev, d.reasoning, d.content, list(d.tool_calls))
+            if ev.finish_reason is not None:
+                f = parser.finish()
+                chunk.reasoning += f.reasoning
+                chunk.content += f.content
+                chunk.tool_calls += list(f.tool_calls)
+            yield chunk
+    finally:  # closing this stream closes the engine's at once (cancels the generation), not at GC
+        await events.aclose()
 
 
 def as_text(content: Any) -> str:
