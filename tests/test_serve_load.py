@@ -131,12 +131,11 @@ def test_a_streaming_client_that_leaves_cancels_its_generation(server, path):
     wait_idle(engine)  # an earlier test's cancelled request may still be winding down
     before = engine.stats()["cancelled"]
     body = {"model": MODEL_ID, "max_tokens": 1000, "temperature": 0, "stream": True, **LONG[path]}
-    with httpx.Client(base_url=srv.url, timeout=TIMEOUT) as http:
-        with http.stream("POST", path, json=body) as r:
-            assert r.status_code == 200
-            lines = r.iter_lines()
-            for _ in range(3):
-                next(lines)
+    with httpx.Client(base_url=srv.url, timeout=TIMEOUT) as http, http.stream("POST", path, json=body) as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        for _ in range(3):
+            next(lines)
     t0 = time.monotonic()  # the connection is closed now
     while engine.stats()["cancelled"] == before and time.monotonic() - t0 < 10:
         time.sleep(0.02)

@@ -95,7 +95,7 @@ def test_max_tokens_gives_length(client):
 
 
 def test_seeded_sampling_repeats(client):
-    kw = dict(model=MODEL_ID, prompt=PROMPT, max_tokens=16, temperature=1.0, seed=1234)
+    kw = {"model": MODEL_ID, "prompt": PROMPT, "max_tokens": 16, "temperature": 1.0, "seed": 1234}
     assert client.completions.create(**kw).choices[0].text == client.completions.create(**kw).choices[0].text
 
 
@@ -109,7 +109,7 @@ MESSAGES = [{"role": "system", "content": "You write Python."}, {"role": "user",
 
 
 def test_chat_equals_generate_on_the_v3_rendering(client, model_and_tokenizer):
-    model, tok = model_and_tokenizer
+    tok = model_and_tokenizer[1]
     ids = chat_prompt(tok, MESSAGES)
     records, text = reference(model_and_tokenizer, ids, max_tokens=20)
     r = client.chat.completions.create(model=MODEL_ID, messages=MESSAGES, max_tokens=20, temperature=0,

@@ -147,8 +147,8 @@ def test_openai_streamed_tool_call_and_reasoning(style, tokenizer):
 
 
 def anthropic_kwargs(style: str) -> dict:
-    kw = dict(model=MODEL_ID, system="You are a helpful assistant.", messages=ANTHROPIC_HISTORY,
-              tools=[ANTHROPIC_TOOL], max_tokens=200)
+    kw = {"model": MODEL_ID, "system": "You are a helpful assistant.", "messages": ANTHROPIC_HISTORY,
+          "tools": [ANTHROPIC_TOOL], "max_tokens": 200}
     if REPLIES[style][1]:
         kw["thinking"] = {"type": "enabled", "budget_tokens": 1024}
     return kw

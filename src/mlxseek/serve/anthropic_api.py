@@ -8,7 +8,13 @@ from starlette.concurrency import run_in_threadpool
 from . import dispatch
 from .anthropic_map import check_model, message, thinking, to_messages, to_tools
 from .anthropic_stream import message_events
-from .chat_bridge import check_max_tokens, generation_budget, parse_events, render_prompt, stop_strings
+from .chat_bridge import (
+    check_max_tokens,
+    generation_budget,
+    parse_events,
+    render_prompt,
+    stop_strings,
+)
 from .schemas_anthropic import CountTokensRequest, MessagesRequest
 from .sse import anthropic_stream
 

@@ -24,13 +24,14 @@ _ROUTES = ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/com
 
 
 def create_app(*, model, tokenizer, engine, model_id: str, api_key: Optional[str] = None,
-               limits: Limits = Limits(), chat_style: Optional[str] = None, log_prompts: bool = False):
+               limits: Optional[Limits] = None, chat_style: Optional[str] = None, log_prompts: bool = False):
     """An ASGI app serving `model` through a started `engine` (mlxseek.serve.engine.Engine).
 
     chat_style: the chat format for /v1/chat/completions and /v1/messages (one of mlxseek.formats.STYLES);
     None detects it from the checkpoint's model_type and chat template. api_key: when set, every route but
-    /health needs it. The caller owns the engine (starts and stops it).
+    /health needs it. limits: body size and max_tokens caps (default `Limits()`). The caller owns the engine (starts and stops it).
     """
+    limits = limits or Limits()
     metrics = Metrics(queue_depth=lambda: engine.queue_depth, engine_stats=getattr(engine, "stats", None))
     served = ServedModel(model=model, tokenizer=tokenizer, engine=engine, model_id=model_id,
                          style=chat_style or _detect_style(model, tokenizer), limits=limits, metrics=metrics,

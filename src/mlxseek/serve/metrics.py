@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -21,7 +27,7 @@ class _EngineStats:
     def collect(self):
         try:
             stats = self.stats() or {}
-        except Exception:  # a failing stats() must not break /metrics
+        except Exception:  # noqa: BLE001 - a failing stats() must not break /metrics
             stats = {}
         for key, value in stats.items():
             if isinstance(value, (int, float)):

@@ -7,10 +7,27 @@ from starlette.concurrency import run_in_threadpool
 
 from . import dispatch
 from .api_errors import ApiError
-from .chat_bridge import (check_max_tokens, check_prompt_length, generation_budget, parse_events, render_prompt,
-                          resolve_thinking)
-from .openai_map import (ChatChunks, chat_messages, chat_response, chat_tools, check_common, completion_logprobs,
-                         completion_obj, completion_tokens, new_id, sampling, usage)
+from .chat_bridge import (
+    check_max_tokens,
+    check_prompt_length,
+    generation_budget,
+    parse_events,
+    render_prompt,
+    resolve_thinking,
+)
+from .openai_map import (
+    ChatChunks,
+    chat_messages,
+    chat_response,
+    chat_tools,
+    check_common,
+    completion_logprobs,
+    completion_obj,
+    completion_tokens,
+    new_id,
+    sampling,
+    usage,
+)
 from .schemas_openai import ChatCompletionRequest, CompletionRequest
 from .sse import openai_stream
 

@@ -11,6 +11,7 @@ from .chat_bridge import Chunk, as_text, stop_strings
 from .schemas_openai import ChatCompletionRequest, _Sampling
 from .state import ServedModel
 
+
 def check_common(served: ServedModel, req: _Sampling) -> None:
     if req.model != served.model_id:
         raise ApiError(404, f"model: '{req.model}' is not served here; GET /v1/models lists '{served.model_id}'",
