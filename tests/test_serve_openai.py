@@ -149,11 +149,34 @@ def test_repeated_prompt_reports_cached_tokens(client):
     assert second.usage.prompt_tokens_details.cached_tokens > 0
 
 
-def test_health_and_metrics(server):
+def scrape(url: str) -> dict:
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(url + "/metrics", timeout=TIMEOUT).text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def test_health_and_metrics_count_a_request(server, client):
     import httpx
 
-    assert httpx.get(server.url + "/health", timeout=TIMEOUT).json()["status"] == "ok"
-    text = httpx.get(server.url + "/metrics", timeout=TIMEOUT).text
-    for name in ("mlxseek_requests_total", "mlxseek_tokens_total", "mlxseek_time_to_first_token_seconds_bucket",
-                 "mlxseek_prefix_cache_requests_total", "mlxseek_queue_depth"):
-        assert name in text
+    assert httpx.get(server.url + "/health", timeout=TIMEOUT).json() == {"status": "ok", "model": MODEL_ID,
+                                                                        "queue_depth": 0}
+    before = scrape(server.url)
+    r = client.completions.create(model=MODEL_ID, prompt=PROMPT, max_tokens=5, temperature=0)
+    r2 = client.completions.create(model=MODEL_ID, prompt=PROMPT, max_tokens=5, temperature=0)
+    after = scrape(server.url)
+
+    def grew(name, **labels):
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert grew("mlxseek_requests_total", endpoint="/v1/completions", status="200") == 2
+    assert grew("mlxseek_tokens_total", kind="generated") == r.usage.completion_tokens + r2.usage.completion_tokens
+    assert grew("mlxseek_tokens_total", kind="prompt") == 2 * r.usage.prompt_tokens
+    assert grew("mlxseek_time_to_first_token_seconds_count", endpoint="completions") == 2
+    hit = r2.usage.prompt_tokens_details.cached_tokens > 0
+    assert grew("mlxseek_prefix_cache_requests_total", outcome="hit") == hit
+    assert after[("mlxseek_queue_depth", ())] == 0
+    assert any(name.startswith("mlxseek_engine_") for name, _ in after)  # engine.stats() exported

@@ -32,7 +32,8 @@ async def messages(req: MessagesRequest, request: Request):
                                      thinking=thinking(req))
     budget = generation_budget(served, len(prompt.tokens), req.max_tokens, "max_tokens")
     params = SamplingParams(max_tokens=budget, temperature=1.0 if req.temperature is None else req.temperature,
-                            top_p=1.0 if req.top_p is None else req.top_p, stop=stop_strings(req.stop_sequences, "stop_sequences"))
+                            top_p=1.0 if req.top_p is None else req.top_p,
+                            stop=stop_strings(req.stop_sequences, "stop_sequences"))
     events = await dispatch.start(served, request, prompt.tokens, params, endpoint="messages")
     chunks = parse_events(events, prompt)
     if req.stream:

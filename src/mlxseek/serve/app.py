@@ -29,7 +29,8 @@ def create_app(*, model, tokenizer, engine, model_id: str, api_key: Optional[str
 
     chat_style: the chat format for /v1/chat/completions and /v1/messages (one of mlxseek.formats.STYLES);
     None detects it from the checkpoint's model_type and chat template. api_key: when set, every route but
-    /health needs it. limits: body size and max_tokens caps (default `Limits()`). The caller owns the engine (starts and stops it).
+    /health needs it. limits: body size and max_tokens caps (default `Limits()`). The caller owns the
+    engine (starts and stops it).
     """
     limits = limits or Limits()
     metrics = Metrics(queue_depth=lambda: engine.queue_depth, engine_stats=getattr(engine, "stats", None))
@@ -90,7 +91,8 @@ def _add_error_handlers(app: FastAPI) -> None:
         if exc.status_code in (404, 405):
             err = ApiError(exc.status_code, f"no route {request.method} {request.url.path}")
         elif exc.status_code == 400:  # FastAPI could not decode the body at all (bad UTF-8, too deep)
-            err = ApiError(400, "request body is not valid UTF-8 JSON (or is nested too deeply)", param="body", code="invalid_json")
+            err = ApiError(400, "request body is not valid UTF-8 JSON (or is nested too deeply)", param="body",
+                           code="invalid_json")
         else:
             err = ApiError(exc.status_code, str(exc.detail))
         return error_response(err, path=request.url.path)

@@ -43,7 +43,8 @@ class Metrics:
         self.registry = r = CollectorRegistry()
         self.requests = Counter("mlxseek_requests", "HTTP requests answered", ["endpoint", "status"], registry=r)
         self.tokens = Counter("mlxseek_tokens", "Tokens processed", ["kind"], registry=r)
-        self.ttft = Histogram("mlxseek_time_to_first_token_seconds", "Generation submitted (request parsed and rendered) to first token",
+        self.ttft = Histogram("mlxseek_time_to_first_token_seconds",
+                              "Generation submitted (request parsed and rendered) to first token",
                               ["endpoint"], buckets=_TTFT_BUCKETS, registry=r)
         self.cache = Counter("mlxseek_prefix_cache_requests", "Generations by prefix-cache outcome", ["outcome"],
                              registry=r)

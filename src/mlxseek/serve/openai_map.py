@@ -24,7 +24,8 @@ def sampling(req: _Sampling, *, max_tokens: int, top_logprobs: Optional[int]):
     from .engine import SamplingParams
 
     return SamplingParams(max_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,
-                          top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed, stop=stop_strings(req.stop, "stop"),
+                          top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed,
+                          stop=stop_strings(req.stop, "stop"),
                           top_logprobs=top_logprobs)
 
 
