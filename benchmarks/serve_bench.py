@@ -238,13 +238,13 @@ def main() -> None:
         port = free_port()
         argv = [sys.executable, "-c", "from mlxseek.cli import main; main()", "serve", "--model", str(folder),
                 "--port", str(port), "--log-level", "warning"]
-        targets.append(lambda: HttpTarget("mlxseek-http", argv, port, folder.name))
+        targets.append(lambda argv=argv, port=port: HttpTarget("mlxseek-http", argv, port, folder.name))
     else:
         targets.append(lambda: EngineTarget(folder))
     if not args.skip_mlx_lm:
-        port = free_port()
-        argv = [sys.executable, "-m", "mlx_lm.server", "--model", str(folder), "--port", str(port)]
-        targets.append(lambda: HttpTarget("mlx_lm.server", argv, port, "default_model"))
+        lm_port = free_port()
+        lm_argv = [sys.executable, "-m", "mlx_lm.server", "--model", str(folder), "--port", str(lm_port)]
+        targets.append(lambda: HttpTarget("mlx_lm.server", lm_argv, lm_port, "default_model"))
     for make in targets:  # one at a time: they would share the CPU otherwise
         target = make()
         try:
