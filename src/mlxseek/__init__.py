@@ -10,10 +10,12 @@ from .chat import ChatSession  # noqa: E402
 from .config import ModelConfig
 from .convert.convert import convert
 from .errors import MlxseekError
+from .formats import ReplyParser, parse_reply, render_chat
 from .generate import GenerationResponse, generate, make_prompt_cache, stream_generate
 from .loader import load, load_model, load_tokenizer
 from .model import Model
 
 __version__ = "0.1.0"
 __all__ = ["Model", "ModelConfig", "MlxseekError", "convert", "load", "load_model", "load_tokenizer",
-           "ChatSession", "GenerationResponse", "generate", "make_prompt_cache", "stream_generate"]
+           "ChatSession", "GenerationResponse", "generate", "make_prompt_cache", "stream_generate",
+           "ReplyParser", "parse_reply", "render_chat"]
