@@ -37,6 +37,7 @@ def create_app(*, model, tokenizer, engine, model_id: str, api_key: Optional[str
     served = ServedModel(model=model, tokenizer=tokenizer, engine=engine, model_id=model_id,
                          style=chat_style or _detect_style(model, tokenizer), limits=limits, metrics=metrics,
                          log_prompts=log_prompts)
+    log.info("serving %s with the %s chat format", model_id, served.style)
     app = FastAPI(title="mlxseek", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.served = served
     _add_routes(app, served)
@@ -48,8 +49,12 @@ def create_app(*, model, tokenizer, engine, model_id: str, api_key: Optional[str
 
 
 def _detect_style(model, tokenizer) -> Optional[str]:
+    """The loaded tokenizer's chat_style (read off its checkpoint folder), else one derived from the
+    model's model_type and the tokenizer's chat template (mlxseek's V3/R1 fallback: "v3")."""
     from ..formats import detect_style
 
+    if getattr(tokenizer, "chat_style", None):
+        return tokenizer.chat_style
     cfg = getattr(model, "config", None) or getattr(model, "args", None)
     model_type = getattr(cfg, "model_type", None)
     if model_type is None or tokenizer is None:
