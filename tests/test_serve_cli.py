@@ -86,6 +86,10 @@ def test_serve_as_a_subprocess_answers_and_logs_no_prompt_text():
         r = httpx.post(url + "/v1/completions", timeout=60,
                        json={"model": "tiny", "prompt": f"# {marker}\n", "max_tokens": 4, "temperature": 0})
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
+        # no --chat-style: the format is detected from the checkpoint (V3 family, no template: "v3")
+        r = httpx.post(url + "/v1/chat/completions", timeout=60,
+                       json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["role"] == "assistant"
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -94,4 +98,5 @@ def test_serve_as_a_subprocess_answers_and_logs_no_prompt_text():
             proc.kill()
             out, _ = proc.communicate(timeout=10)
     assert "POST /v1/completions" in out and "completions done: prompt" in out  # the logs are there...
+    assert "with the v3 chat format" in out
     assert marker not in out             # ...but no prompt text
