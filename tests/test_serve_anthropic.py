@@ -84,3 +84,11 @@ def test_stop_sequence_and_error_shape(client):
 def test_count_tokens_counts_the_rendered_prompt(client, model_and_tokenizer):
     ids, _, _ = reference(model_and_tokenizer, 1)
     assert client.messages.count_tokens(model=MODEL_ID, system=SYSTEM, messages=TURNS).input_tokens == len(ids)
+
+
+def test_models_list_and_a_thinking_switch_the_format_cannot_honour(client):
+    assert [m.id for m in client.models.list()] == [MODEL_ID]
+    # the v3 format has no reasoning mode: an Anthropic client asking for thinking still gets its answer
+    m = client.messages.create(model=MODEL_ID, messages=TURNS, max_tokens=5, extra_body=GREEDY,
+                               thinking={"type": "enabled", "budget_tokens": 1024})
+    assert [b.type for b in m.content] == ["text"]

@@ -29,7 +29,7 @@ async def messages(req: MessagesRequest, request: Request):
     check_model(served, req)
     check_max_tokens(served, req.max_tokens, "max_tokens")
     prompt = await run_in_threadpool(render_prompt, served, to_messages(req), tools=to_tools(req),
-                                     thinking=thinking(req))
+                                     thinking=thinking(req, served.style))
     budget = generation_budget(served, len(prompt.tokens), req.max_tokens, "max_tokens")
     params = SamplingParams(max_tokens=budget, temperature=1.0 if req.temperature is None else req.temperature,
                             top_p=1.0 if req.top_p is None else req.top_p,
@@ -46,5 +46,5 @@ async def count_tokens(req: CountTokensRequest, request: Request):
     served = request.app.state.served
     check_model(served, req)
     prompt = await run_in_threadpool(render_prompt, served, to_messages(req), tools=to_tools(req),
-                                     thinking=thinking(req))
+                                     thinking=thinking(req, served.style))
     return {"input_tokens": len(prompt.tokens)}

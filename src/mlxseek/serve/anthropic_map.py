@@ -8,6 +8,7 @@ import json
 import uuid
 from typing import Any, Optional
 
+from ..errors import ChatFormatError
 from .api_errors import ApiError
 from .chat_bridge import Chunk
 from .schemas_anthropic import CountTokensRequest
@@ -80,10 +81,20 @@ def to_tools(req: CountTokensRequest) -> Optional[list[dict]]:
     return named
 
 
-def thinking(req: CountTokensRequest) -> Optional[bool]:
-    if req.thinking is None or req.thinking.type == "adaptive":
+def thinking(req: CountTokensRequest, style: Optional[str]) -> Optional[bool]:
+    """The thinking switch for `style`. Anthropic clients (Claude-style agents) send `thinking` by habit,
+    and the API lets a model think less than allowed, so a switch the format cannot honour (V3 has no
+    reasoning, R1 always reasons) falls back to the format's default instead of failing the request."""
+    from ..formats import prompt_opens_thinking
+
+    if req.thinking is None or req.thinking.type == "adaptive" or style is None:
         return None
-    return req.thinking.type == "enabled"
+    wanted = req.thinking.type == "enabled"
+    try:
+        prompt_opens_thinking(style, wanted)
+    except ChatFormatError:
+        return None
+    return wanted
 
 
 def tool_input(arguments: str) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
@@ -35,12 +37,16 @@ router = APIRouter()
 
 
 def _model_card(served) -> dict:
-    return {"id": served.model_id, "object": "model", "created": served.created, "owned_by": "mlxseek"}
+    # OpenAI's fields, plus Anthropic's (type, display_name, created_at) so both SDKs can list models
+    created = datetime.fromtimestamp(served.created, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+    return {"id": served.model_id, "object": "model", "created": served.created, "owned_by": "mlxseek",
+            "type": "model", "display_name": served.model_id, "created_at": created}
 
 
 @router.get("/v1/models")
 async def list_models(request: Request):
-    return {"object": "list", "data": [_model_card(request.app.state.served)]}
+    card = _model_card(request.app.state.served)
+    return {"object": "list", "data": [card], "has_more": False, "first_id": card["id"], "last_id": card["id"]}
 
 
 @router.get("/v1/models/{model_id:path}")
