@@ -129,7 +129,7 @@ LONG = {
 def test_a_streaming_client_that_leaves_cancels_its_generation(server, path):
     srv, engine = server
     wait_idle(engine)  # an earlier test's cancelled request may still be winding down
-    before = engine.stats()["cancelled"]
+    before, tokens_before = engine.stats()["cancelled"], engine.stats()["generation_tokens"]
     body = {"model": MODEL_ID, "max_tokens": 1000, "temperature": 0, "stream": True, **LONG[path]}
     with httpx.Client(base_url=srv.url, timeout=TIMEOUT) as http, http.stream("POST", path, json=body) as r:
         assert r.status_code == 200
@@ -142,5 +142,22 @@ def test_a_streaming_client_that_leaves_cancels_its_generation(server, path):
     while engine.stats()["running"] and time.monotonic() - t0 < 10:
         time.sleep(0.02)
     assert engine.stats()["cancelled"] == before + 1
+    assert engine.stats()["generation_tokens"] - tokens_before < 900  # stopped long before its 1,000 tokens
     assert engine.stats()["running"] == 0
     assert time.monotonic() - t0 < 2.0  # 1,000 tokens would take longer: it stopped early
+
+
+@pytest.mark.parametrize("path", list(LONG))
+def test_a_waiting_non_streamed_client_that_leaves_cancels_its_generation(server, path):
+    srv, engine = server
+    wait_idle(engine)
+    before, tokens_before = engine.stats()["cancelled"], engine.stats()["generation_tokens"]
+    body = {"model": MODEL_ID, "max_tokens": 1000, "temperature": 0, **LONG[path]}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(srv.url + path, json=body, timeout=httpx.Timeout(TIMEOUT, read=0.3))
+    t0 = time.monotonic()
+    while engine.stats()["cancelled"] == before and time.monotonic() - t0 < 10:
+        time.sleep(0.02)
+    assert engine.stats()["cancelled"] == before + 1
+    assert engine.stats()["generation_tokens"] - tokens_before < 900  # stopped long before its 1,000 tokens
+    assert time.monotonic() - t0 < 2.0
