@@ -6,7 +6,8 @@
 Measures (greedy, /v1/completions with the same prompt text on both servers):
   ttft_s        time to the first streamed token, cold (new server) vs warm (a second request sharing a
                 --prefix-tokens prefix, different suffix): what a prefix cache saves;
-  decode_tok_s  streamed tokens per second after the first, vs in-process `mlxseek.stream_generate`;
+  decode_tok_s  streamed tokens per second after the first (median of --decode-runs), vs in-process
+                `mlxseek.stream_generate` timed the same way;
   rpm           requests per minute from 4 clients sending agent-like turns (a shared system prompt and a
                 history that grows by each turn's question and reply).
 When `mlxseek.serve.create_app` is importable, mlxseek is measured through HTTP (`mlxseek serve` as a
@@ -21,6 +22,7 @@ import asyncio
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -171,8 +173,9 @@ def measure_target(target, args, prefix: str, suffix, jsonl) -> None:
             r = target.stream(shared + suffix(i), args.gen_tokens)
             emit(dict(base, metric="ttft_s", phase=phase, run=run, value=round(r["ttft"], 4), cached_tokens=r["cached"]),
                  jsonl)
-    r = target.stream(suffix(-1) + "def main():", args.decode_tokens)
-    emit(dict(base, metric="decode_tok_s", value=round(r["decode"], 2), tokens=r["tokens"]), jsonl)
+    rs = [target.stream(suffix(-1) + "def main():", args.decode_tokens) for _ in range(args.decode_runs)]
+    emit(dict(base, metric="decode_tok_s", value=round(statistics.median(r["decode"] for r in rs), 2),
+              runs=[round(r["decode"], 2) for r in rs], tokens=rs[0]["tokens"]), jsonl)
     emit(dict(base, metric="rpm", clients=4, **agent_rpm(target, args, prefix[: len(prefix) // 4])), jsonl)
 
 
@@ -205,11 +208,14 @@ def in_process_decode(folder: Path, args, jsonl) -> None:
 
     model, tok = mlxseek.load(folder)
     prompt = "\n# task -1: explain what the code above does in one line\ndef main():"
-    last = None
-    for last in mlxseek.stream_generate(model, tok, prompt, max_tokens=args.decode_tokens):
-        pass
-    emit({"engine": "mlxseek.stream_generate", "metric": "decode_tok_s", "value": round(last.generation_tps, 2),
-          "tokens": last.generation_tokens}, jsonl)
+    speeds = []
+    for _ in range(args.decode_runs):
+        first, n = None, 0
+        for r in mlxseek.stream_generate(model, tok, prompt, max_tokens=args.decode_tokens):
+            first, n = first or time.perf_counter(), r.generation_tokens
+        speeds.append((n - 1) / max(time.perf_counter() - first, 1e-9))  # the clients' definition
+    emit({"engine": "mlxseek.stream_generate", "metric": "decode_tok_s", "value": round(statistics.median(speeds), 2),
+          "runs": [round(v, 2) for v in speeds], "tokens": n}, jsonl)
 
 
 def main() -> None:
@@ -218,6 +224,7 @@ def main() -> None:
     ap.add_argument("--prefix-tokens", type=int, default=4000)
     ap.add_argument("--gen-tokens", type=int, default=8, help="tokens per TTFT request")
     ap.add_argument("--decode-tokens", type=int, default=128)
+    ap.add_argument("--decode-runs", type=int, default=3, help="decode measurements per engine (median)")
     ap.add_argument("--agent-tokens", type=int, default=24, help="reply tokens per agent turn")
     ap.add_argument("--rpm-seconds", type=float, default=60)
     ap.add_argument("--runs", type=int, default=1)

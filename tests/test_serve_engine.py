@@ -10,7 +10,7 @@ import mlx.core as mx
 import pytest
 
 import mlxseek
-from mlxseek.errors import GenerationError, QueueFullError
+from mlxseek.errors import GenerationError, QueueFullError, ServeError
 from mlxseek.serve.engine import Engine, SamplingParams
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -210,3 +210,51 @@ def test_fifty_concurrent_with_cancellation_frees_memory(trained):
     assert stats["queue_depth"] == 0 and stats["running"] == 0 and stats["errors"] == 0
     mx.clear_cache()
     assert mx.get_active_memory() - stats["bytes"] <= base * 1.10
+
+
+def test_cancel_during_prefill_keeps_the_prefilled_part(trained):
+    model, tok, ids = trained
+    slow = SlowModel(model)
+    eng = Engine(slow, tok, model_id="slow", prompt_cache_bytes=64 << 20)
+    eng.start()
+
+    async def body():
+        task = asyncio.ensure_future(collect(eng, ids[:900], max_tokens=8))
+        while slow.forwards == 0:  # the first 512-token prefill chunk is running
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(body())
+    deadline = time.time() + 30
+    while eng.stats()["running"] and time.time() < deadline:
+        time.sleep(0.02)
+    stats = eng.stats()
+    warm = run(collect(eng, ids[:900], max_tokens=4))
+    eng.stop()
+    assert stats["cancelled"] == 1 and stats["generation_tokens"] == 0
+    assert slow.forwards <= 1 + 4  # one prefill chunk, then the warm request's own steps
+    assert warm[-1].cached_tokens == 512  # the chunk that was prefilled before the cancel
+
+
+def test_stop_fails_queued_requests(trained):
+    model, tok, ids = trained
+    slow = SlowModel(model)
+    eng = Engine(slow, tok, model_id="slow", max_queue=4, prompt_cache_bytes=0)
+    eng.start()
+
+    async def body():
+        first = eng.generate(ids[:20], SamplingParams(max_tokens=500))
+        await first.__anext__()
+        queued = asyncio.ensure_future(collect(eng, ids[20:40], max_tokens=4))
+        while eng.queue_depth < 1:
+            await asyncio.sleep(0.01)
+        await asyncio.get_running_loop().run_in_executor(None, eng.stop)
+        rest = [e async for e in first]
+        with pytest.raises(ServeError, match="stopped"):
+            await queued
+        return rest
+
+    rest = run(body())
+    assert len(rest) < 499 and all(e.finish_reason is None for e in rest)
