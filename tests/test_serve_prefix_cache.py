@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import mlxseek
+from mlxseek.errors import ServeError
 from mlxseek.serve import cache_state
 from mlxseek.serve.engine import Engine, SamplingParams
 from mlxseek.serve.prefix_cache import BLOCK_TOKENS
@@ -213,3 +214,11 @@ def test_v4_is_refused_with_a_reason_and_still_serves():
     ref = list(mlxseek.stream_generate(model, tok, b[:300], max_tokens=N_NEW))
     assert [e.token for e in out] == [r.token for r in ref]
 
+
+
+def test_unusable_cache_dir_is_a_serve_error(trained, tmp_path):
+    model, tok, _ = trained
+    (tmp_path / "file").write_text("not a folder")
+    eng = Engine(model, tok, model_id="fixture", prompt_cache_dir=str(tmp_path / "file" / "sub"))
+    with pytest.raises(ServeError, match="prompt-cache-dir"):
+        eng.start()
