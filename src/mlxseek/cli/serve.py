@@ -8,7 +8,7 @@ from typing import Optional
 import click
 
 from ..formats import STYLES
-from . import library_errors, main
+from .group import library_errors, main
 
 
 @main.command()

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import mlx.core as mx
 from mlx_lm.sample_utils import make_sampler
 
-import mlxseek
-
 from ..errors import GenerationError
+from ..generation.steps import make_prompt_cache
+from ..generation.stream import stream_generate
 from .prefix_cache import PrefixCache, model_identity
 from .scheduler import DONE, Request, Scheduler
 
@@ -177,7 +177,7 @@ class Engine:
         prompt, _p = req.prompt, req.params
         cached, cache = self.prefix.lookup(prompt) if self.prefix is not None else (0, None)
         if cache is None:
-            cached, cache = 0, mlxseek.make_prompt_cache(self.model)
+            cached, cache = 0, make_prompt_cache(self.model)
         self._counts["prompt_tokens"] += len(prompt)
         self._counts["cached_tokens"] += cached
         generated: list[int] = []
@@ -206,7 +206,7 @@ class Engine:
                 raise _Cancelled
 
         budget = min(p.max_tokens, self.context_length - len(prompt))
-        steps = mlxseek.stream_generate(
+        steps = stream_generate(
             self.model, self.tokenizer, prompt[cached:], max_tokens=budget, prompt_cache=cache,
             sampler=make_sampler(temp=p.temperature, top_p=p.top_p), stop=list(p.stop), seed=p.seed,
             progress=progress, draft=draft)

@@ -52,8 +52,8 @@ def serve(*, model_path: str | Path, host: str = "127.0.0.1", port: int = 8080, 
     """
     import uvicorn
 
-    from .. import load
     from ..errors import CheckpointError
+    from ..loading.loader import load
     from .app import create_app
     from .engine import Engine
 
