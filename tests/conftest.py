@@ -44,6 +44,21 @@ def tiny(tiny_dir):
     return mlxseek.load(tiny_dir)
 
 
+@pytest.fixture(scope="module")
+def trained():
+    """(model, tokenizer) of the trained tiny DeepSeek-V3 (tests/fixtures/trained_v3), once per module."""
+    import mlxseek
+
+    return mlxseek.load(FIXTURES / "trained_v3")
+
+
+@pytest.fixture(scope="module")
+def trained_heldout(trained):
+    """(model, tokenizer, held-out token ids) of the trained fixture: text it was never trained on."""
+    model, tok = trained
+    return model, tok, tok.encode((FIXTURES / "trained_v3_heldout.txt").read_text())
+
+
 @pytest.fixture(params=GOLDEN_NAMES)
 def fixture_name(request) -> str:
     return request.param

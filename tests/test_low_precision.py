@@ -10,18 +10,8 @@ import pytest
 from conftest import FIXTURES
 from st_io import E4M3, read_raw
 
-import mlxseek
 from mlxseek.checkpoint.fp4 import dequant_fp4
 from mlxseek.errors import CheckpointError
-
-_MODELS: dict = {}
-
-
-def load(name):
-    if name not in _MODELS:
-        _MODELS[name] = mlxseek.load(FIXTURES / name, dtype="float32", tokenizer=False)[0]
-    return _MODELS[name]
-
 
 def raw_tensors(folder):
     """{key: (safetensors dtype, shape, raw bytes)} for every shard, read without MLX or torch."""
@@ -38,7 +28,7 @@ def decode_e8m0(raw: bytes) -> np.ndarray:
     return np.ldexp(np.float32(1), np.frombuffer(raw, np.uint8).astype(np.int32) - 127).astype(np.float32)
 
 
-def test_fp8_ue8m0_scales_dequantize_exactly():
+def test_fp8_ue8m0_scales_dequantize_exactly(fixture_model):
     """V3.2's FP8 release: e4m3 blocks with power-of-two (ue8m0) float32 scales, the indexer's wq_b/wk
     included. The loaded weight must equal fp8 value x scale exactly (decoded here with NumPy)."""
     folder = FIXTURES / "v32_fp8"
@@ -57,12 +47,12 @@ def test_fp8_ue8m0_scales_dequantize_exactly():
     assert np.array_equal(np.exp2(np.round(np.log2(scale))), scale), "ue8m0 scales are powers of two"
     w = E4M3[np.frombuffer(wb, np.uint8)].reshape(wh["shape"])
     expected = w * np.repeat(np.repeat(scale, 128, 0), 128, 1)[: w.shape[0], : w.shape[1]]
-    got = np.array(load("v32_fp8").layers[1].self_attn.indexer.wq_b.weight)
+    got = np.array(fixture_model("v32_fp8").layers[1].self_attn.indexer.wq_b.weight)
     assert np.array_equal(got, expected)
 
 
-def test_v4_fp4_experts_import_as_bit_exact_mxfp4():
-    model = load("v4_fp4")
+def test_v4_fp4_experts_import_as_bit_exact_mxfp4(fixture_model):
+    model = fixture_model("v4_fp4")
     raw = raw_tensors(FIXTURES / "v4_fp4")
     cfg = model.config
     for i, layer in enumerate(model.layers):
@@ -84,8 +74,8 @@ def test_v4_fp4_experts_import_as_bit_exact_mxfp4():
                 np.testing.assert_array_equal(got[e], ref.reshape(wshape[0], -1).astype(np.float32))
 
 
-def test_v4_fp8_ue8m0_blocks_dequantize_exactly():
-    model = load("v4_fp4")
+def test_v4_fp8_ue8m0_blocks_dequantize_exactly(fixture_model):
+    model = fixture_model("v4_fp4")
     raw = raw_tensors(FIXTURES / "v4_fp4")
     wdt, (m, n), wraw = raw["layers.1.attn.wq_b.weight"]
     sdt, sshape, sraw = raw["layers.1.attn.wq_b.scale"]

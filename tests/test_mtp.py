@@ -28,11 +28,6 @@ HELDOUT = FIXTURES / "trained_v3_heldout.txt"
 
 
 @pytest.fixture(scope="module")
-def trained():
-    return mlxseek.load(TRAINED)
-
-
-@pytest.fixture(scope="module")
 def prompts(trained):
     """Held-out text (never trained on) cut into 24-token prompts, bos first."""
     _, tok = trained

@@ -4,7 +4,7 @@ Messages API's."""
 
 import anthropic
 import pytest
-from serve_helpers import TRAINED, deadline, running_server
+from serve_helpers import deadline, running_server
 
 import mlxseek
 
@@ -17,29 +17,24 @@ TURNS = [{"role": "user", "content": "def add(a, b):\n"}]
 
 
 @pytest.fixture(scope="module")
-def model_and_tokenizer():
-    return mlxseek.load(TRAINED)
-
-
-@pytest.fixture(scope="module")
-def client(model_and_tokenizer):
-    model, tok = model_and_tokenizer
+def client(trained):
+    model, tok = trained
     with deadline(600), running_server(model, tok, model_id=MODEL_ID, chat_style="v3") as (srv, _):
         yield anthropic.Anthropic(base_url=srv.url, api_key="unused", timeout=TIMEOUT, max_retries=0)
 
 
-def reference(model_and_tokenizer, max_tokens):
+def reference(trained, max_tokens):
     from mlxseek.formats import render_chat
 
-    model, tok = model_and_tokenizer
+    model, tok = trained
     ids = tok.encode(render_chat([{"role": "system", "content": SYSTEM}] + TURNS, style="v3"),
                      add_special_tokens=False)
     records = list(mlxseek.stream_generate(model, tok, ids, max_tokens=max_tokens))
     return ids, records, "".join(r.text for r in records)
 
 
-def test_message_equals_generate(client, model_and_tokenizer):
-    ids, records, text = reference(model_and_tokenizer, 20)
+def test_message_equals_generate(client, trained):
+    ids, records, text = reference(trained, 20)
     m = client.messages.create(model=MODEL_ID, system=SYSTEM, messages=TURNS, max_tokens=20, extra_body=GREEDY)
     assert m.role == "assistant" and m.model == MODEL_ID
     assert [b.type for b in m.content] == ["text"]
@@ -49,8 +44,8 @@ def test_message_equals_generate(client, model_and_tokenizer):
     assert m.usage.output_tokens == records[-1].generation_tokens
 
 
-def test_stream_has_the_messages_event_sequence(client, model_and_tokenizer):
-    _, records, text = reference(model_and_tokenizer, 20)
+def test_stream_has_the_messages_event_sequence(client, trained):
+    _, records, text = reference(trained, 20)
     kinds, deltas = [], []
     with client.messages.stream(model=MODEL_ID, system=SYSTEM, messages=TURNS, max_tokens=20,
                                 extra_body=GREEDY) as stream:
@@ -81,8 +76,8 @@ def test_stop_sequence_and_error_shape(client):
         client.messages.create(model=MODEL_ID, messages=TURNS, max_tokens=-3)
 
 
-def test_count_tokens_counts_the_rendered_prompt(client, model_and_tokenizer):
-    ids, _, _ = reference(model_and_tokenizer, 1)
+def test_count_tokens_counts_the_rendered_prompt(client, trained):
+    ids, _, _ = reference(trained, 1)
     assert client.messages.count_tokens(model=MODEL_ID, system=SYSTEM, messages=TURNS).input_tokens == len(ids)
 
 

@@ -1,4 +1,4 @@
-"""The serving engine on the trained tiny V3: greedy parity with mlxseek.generate, sampling, stop strings,
+"""The serving engine on the trained_heldout tiny V3: greedy parity with mlxseek.generate, sampling, stop strings,
 logprobs, length checks, the bounded queue, cancellation and memory under 50 concurrent requests."""
 
 import asyncio
@@ -20,13 +20,6 @@ FIXTURES = Path(__file__).parent / "fixtures"
 TIMEOUT = 120  # seconds, for any one test's async body
 
 
-@pytest.fixture(scope="module")
-def trained():
-    model, tok = mlxseek.load(FIXTURES / "trained_v3", dtype="float32")
-    ids = tok.encode((FIXTURES / "trained_v3_heldout.txt").read_text())
-    return model, tok, ids
-
-
 def run(coro):
     return asyncio.run(asyncio.wait_for(coro, TIMEOUT))
 
@@ -36,16 +29,16 @@ async def collect(engine, prompt, **kw):
 
 
 @pytest.fixture
-def engine(trained):
-    model, tok, _ = trained
+def engine(trained_heldout):
+    model, tok, _ = trained_heldout
     eng = Engine(model, tok, model_id="trained_v3", prompt_cache_bytes=0)
     eng.start()
     yield eng
     eng.stop()
 
 
-def test_greedy_equals_generate(trained, engine):
-    model, tok, ids = trained
+def test_greedy_equals_generate(trained_heldout, engine):
+    model, tok, ids = trained_heldout
     for start, n in [(0, 40), (3000, 200)]:
         prompt = ids[start:start + n]
         events = run(collect(engine, prompt, max_tokens=24))
@@ -57,8 +50,8 @@ def test_greedy_equals_generate(trained, engine):
         assert all(e.finish_reason is None for e in events[:-1])
 
 
-def test_sampling_seed_is_reproducible(trained, engine):
-    _, _, ids = trained
+def test_sampling_seed_is_reproducible(trained_heldout, engine):
+    _, _, ids = trained_heldout
     kw = {"max_tokens": 16, "temperature": 1.5, "top_p": 0.95}
     a = run(collect(engine, ids[500:560], seed=7, **kw))
     b = run(collect(engine, ids[500:560], seed=7, **kw))
@@ -68,8 +61,8 @@ def test_sampling_seed_is_reproducible(trained, engine):
     assert [e.token for e in a] != [e.token for e in c] or [e.token for e in a] != [e.token for e in greedy]
 
 
-def test_stop_string_ends_and_is_not_returned(trained, engine):
-    _, _, ids = trained
+def test_stop_string_ends_and_is_not_returned(trained_heldout, engine):
+    _, _, ids = trained_heldout
     prompt = ids[3000:3200]
     full = "".join(e.text for e in run(collect(engine, prompt, max_tokens=24)))
     stop = full.strip()[3:6]
@@ -80,8 +73,8 @@ def test_stop_string_ends_and_is_not_returned(trained, engine):
     assert stop not in text and full.startswith(text)
 
 
-def test_logprobs_match_the_model(trained, engine):
-    model, tok, ids = trained
+def test_logprobs_match_the_model(trained_heldout, engine):
+    model, tok, ids = trained_heldout
     prompt = ids[100:180]
     events = run(collect(engine, prompt, max_tokens=4, top_logprobs=3))
     ref = list(mlxseek.stream_generate(model, tok, prompt, max_tokens=4))
@@ -98,8 +91,8 @@ def test_logprobs_match_the_model(trained, engine):
     assert chosen[0].logprob is not None and chosen[0].top_logprobs is None
 
 
-def test_length_and_parameter_errors(trained, engine):
-    _, _, ids = trained
+def test_length_and_parameter_errors(trained_heldout, engine):
+    _, _, ids = trained_heldout
     ctx = engine.context_length
     assert ctx == 1024
     for prompt, kw, field in [
@@ -142,8 +135,8 @@ class SlowModel:
         return self._model.hidden_states(*a, **kw)
 
 
-def test_queue_full_and_cancel_within_one_step(trained):
-    model, tok, ids = trained
+def test_queue_full_and_cancel_within_one_step(trained_heldout):
+    model, tok, ids = trained_heldout
     slow = SlowModel(model)
     eng = Engine(slow, tok, model_id="slow", max_queue=1, prompt_cache_bytes=0)
     eng.start()
@@ -172,8 +165,8 @@ def test_queue_full_and_cancel_within_one_step(trained):
     assert eng.stats()["cancelled"] == 1
 
 
-def test_fifty_concurrent_with_cancellation_frees_memory(trained):
-    model, tok, ids = trained
+def test_fifty_concurrent_with_cancellation_frees_memory(trained_heldout):
+    model, tok, ids = trained_heldout
     eng = Engine(model, tok, model_id="trained_v3", max_queue=64, prompt_cache_bytes=4 << 20)
     eng.start()
     rng = random.Random(0)
@@ -215,8 +208,8 @@ def test_fifty_concurrent_with_cancellation_frees_memory(trained):
     assert mx.get_active_memory() - stats["bytes"] <= base * 1.10
 
 
-def test_cancel_during_prefill_keeps_the_prefilled_part(trained):
-    model, tok, ids = trained
+def test_cancel_during_prefill_keeps_the_prefilled_part(trained_heldout):
+    model, tok, ids = trained_heldout
     slow = SlowModel(model)
     eng = Engine(slow, tok, model_id="slow", prompt_cache_bytes=64 << 20)
     eng.start()
@@ -241,8 +234,8 @@ def test_cancel_during_prefill_keeps_the_prefilled_part(trained):
     assert warm[-1].cached_tokens == 512  # the chunk that was prefilled before the cancel
 
 
-def test_stop_fails_queued_requests(trained):
-    model, tok, ids = trained
+def test_stop_fails_queued_requests(trained_heldout):
+    model, tok, ids = trained_heldout
     slow = SlowModel(model)
     eng = Engine(slow, tok, model_id="slow", max_queue=4, prompt_cache_bytes=0)
     eng.start()

@@ -7,9 +7,8 @@ import json
 
 import httpx
 import pytest
-from serve_helpers import TRAINED, deadline, running_server
+from serve_helpers import deadline, running_server
 
-import mlxseek
 from mlxseek.serve import Limits
 
 MODEL_ID = "trained_v3"
@@ -129,13 +128,8 @@ BAD_INPUTS = [
 
 
 @pytest.fixture(scope="module")
-def model_and_tokenizer():
-    return mlxseek.load(TRAINED)
-
-
-@pytest.fixture(scope="module")
-def server(model_and_tokenizer):
-    model, tok = model_and_tokenizer
+def server(trained):
+    model, tok = trained
     with deadline(600), running_server(model, tok, model_id=MODEL_ID, chat_style="v3",
                                        limits=Limits(max_body_bytes=MAX_BODY, max_tokens=512)) as (srv, _):
         yield srv
@@ -196,8 +190,8 @@ def test_max_tokens_over_the_server_cap_is_refused(http):
 
 
 @pytest.fixture(scope="module")
-def locked_server(model_and_tokenizer):
-    model, tok = model_and_tokenizer
+def locked_server(trained):
+    model, tok = trained
     with deadline(600), running_server(model, tok, model_id=MODEL_ID, chat_style="v3", api_key=KEY) as (srv, _):
         yield srv
 

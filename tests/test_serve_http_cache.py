@@ -4,17 +4,12 @@ serves a prefix after the server restarts."""
 
 import openai
 import pytest
-from serve_helpers import TRAINED, deadline, running_server
+from serve_helpers import deadline, running_server
 
 import mlxseek
 
 MODEL_ID = "trained_v3"
 TIMEOUT = 60
-
-
-@pytest.fixture(scope="module")
-def model_and_tokenizer():
-    return mlxseek.load(TRAINED)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -34,8 +29,8 @@ def client(srv):
     return openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", timeout=TIMEOUT, max_retries=0)
 
 
-def test_shared_1000_token_prefix_is_served_from_the_cache(model_and_tokenizer):
-    model, tok = model_and_tokenizer
+def test_shared_1000_token_prefix_is_served_from_the_cache(trained):
+    model, tok = trained
     prefix = shared_prefix(tok, 1000)
     first, second = prefix + tok.encode("# one", add_special_tokens=False), prefix + tok.encode(
         "# two", add_special_tokens=False)
@@ -50,8 +45,8 @@ def test_shared_1000_token_prefix_is_served_from_the_cache(model_and_tokenizer):
     assert b.choices[0].text == cold
 
 
-def test_disk_tier_serves_a_prefix_after_a_restart(model_and_tokenizer, tmp_path):
-    model, tok = model_and_tokenizer
+def test_disk_tier_serves_a_prefix_after_a_restart(trained, tmp_path):
+    model, tok = trained
     prompt = shared_prefix(tok, 300)
     cold = mlxseek.generate(model, tok, prompt, max_tokens=8)
     for run in range(2):

@@ -7,9 +7,8 @@ import logging
 
 import httpx
 import pytest
-from serve_helpers import TRAINED, deadline, running_server
+from serve_helpers import deadline, running_server
 
-import mlxseek
 
 MODEL_ID = "trained_v3"
 TIMEOUT = 30
@@ -38,13 +37,8 @@ class FailingEngine:
 
 
 @pytest.fixture(scope="module")
-def model_and_tokenizer():
-    return mlxseek.load(TRAINED)
-
-
-@pytest.fixture(scope="module")
-def http(model_and_tokenizer):
-    model, tok = model_and_tokenizer
+def http(trained):
+    model, tok = trained
     server = running_server(model, tok, model_id=MODEL_ID, chat_style="v3", wrap=FailingEngine)
     with deadline(300), server as (srv, _), httpx.Client(base_url=srv.url, timeout=TIMEOUT) as client:
         yield client
@@ -86,8 +80,8 @@ def test_failure_mid_stream_ends_with_an_error_event(http, path):
 
 
 @pytest.mark.parametrize("log_prompts", [False, True])
-def test_prompt_text_is_logged_only_when_asked(model_and_tokenizer, caplog, log_prompts):
-    model, tok = model_and_tokenizer
+def test_prompt_text_is_logged_only_when_asked(trained, caplog, log_prompts):
+    model, tok = trained
     marker = "okapi_marker_in_the_prompt"
     caplog.set_level(logging.INFO, logger="mlxseek.serve")
     with deadline(300), running_server(model, tok, model_id=MODEL_ID, chat_style="v3",

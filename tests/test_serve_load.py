@@ -9,9 +9,8 @@ import time
 import httpx
 import mlx.core as mx
 import pytest
-from serve_helpers import TRAINED, deadline, running_server
+from serve_helpers import deadline, running_server
 
-import mlxseek
 
 MODEL_ID = "trained_v3"
 PROMPT = "class Parser:\n    def __init__(self):\n"
@@ -21,13 +20,8 @@ MAX_QUEUE = 4
 
 
 @pytest.fixture(scope="module")
-def model_and_tokenizer():
-    return mlxseek.load(TRAINED)
-
-
-@pytest.fixture(scope="module")
-def server(model_and_tokenizer):
-    model, tok = model_and_tokenizer
+def server(trained):
+    model, tok = trained
     with deadline(600), running_server(model, tok, model_id=MODEL_ID, chat_style="v3", max_queue=MAX_QUEUE,
                                        prompt_cache_bytes=0) as (srv, engine):
         yield srv, engine
@@ -78,7 +72,7 @@ def complete(url: str) -> dict:
     return httpx.post(url + "/v1/completions", json=body(0, False), timeout=TIMEOUT).json()
 
 
-def test_fifty_clients_with_disconnects(server, model_and_tokenizer):
+def test_fifty_clients_with_disconnects(server, trained):
     srv, engine = server
     reference = complete(srv.url)["choices"][0]["text"]
     mx.clear_cache()

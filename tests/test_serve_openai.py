@@ -3,7 +3,7 @@ mlxseek.generate's greedy output token for token, usage counts are right, /v1/mo
 
 import openai
 import pytest
-from serve_helpers import TRAINED, deadline, running_server
+from serve_helpers import deadline, running_server
 
 import mlxseek
 
@@ -13,13 +13,8 @@ TIMEOUT = 60
 
 
 @pytest.fixture(scope="module")
-def model_and_tokenizer():
-    return mlxseek.load(TRAINED)
-
-
-@pytest.fixture(scope="module")
-def server(model_and_tokenizer):
-    model, tok = model_and_tokenizer
+def server(trained):
+    model, tok = trained
     with deadline(600), running_server(model, tok, model_id=MODEL_ID, chat_style="v3") as (srv, _engine):
         yield srv
 
@@ -29,9 +24,9 @@ def client(server):
     return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", timeout=TIMEOUT, max_retries=0)
 
 
-def reference(model_and_tokenizer, prompt, **kw):
+def reference(trained, prompt, **kw):
     """Greedy tokens and text from the library itself."""
-    model, tok = model_and_tokenizer
+    model, tok = trained
     records = list(mlxseek.stream_generate(model, tok, prompt, **kw))
     return records, "".join(r.text for r in records)
 
@@ -42,11 +37,11 @@ def test_models_lists_the_served_model(client):
     assert client.models.retrieve(MODEL_ID).id == MODEL_ID
 
 
-def test_completion_equals_generate_token_for_token(client, model_and_tokenizer):
-    records, text = reference(model_and_tokenizer, PROMPT, max_tokens=24)
+def test_completion_equals_generate_token_for_token(client, trained):
+    records, text = reference(trained, PROMPT, max_tokens=24)
     r = client.completions.create(model=MODEL_ID, prompt=PROMPT, max_tokens=24, temperature=0, logprobs=0)
     assert r.choices[0].text == text
-    tok = model_and_tokenizer[1]
+    tok = trained[1]
     assert r.choices[0].logprobs.tokens == [tok.decode([x.token]) for x in records]
     assert r.choices[0].finish_reason == records[-1].finish_reason
     assert r.usage.prompt_tokens == len(tok.encode(PROMPT))
@@ -54,8 +49,8 @@ def test_completion_equals_generate_token_for_token(client, model_and_tokenizer)
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
 
 
-def test_streamed_completion_equals_generate(client, model_and_tokenizer):
-    records, text = reference(model_and_tokenizer, PROMPT, max_tokens=24)
+def test_streamed_completion_equals_generate(client, trained):
+    records, text = reference(trained, PROMPT, max_tokens=24)
     stream = client.completions.create(model=MODEL_ID, prompt=PROMPT, max_tokens=24, temperature=0, stream=True,
                                        stream_options={"include_usage": True})
     pieces, finish, usage = [], None, None
@@ -70,18 +65,18 @@ def test_streamed_completion_equals_generate(client, model_and_tokenizer):
     assert usage.completion_tokens == records[-1].generation_tokens
 
 
-def test_token_id_prompt_equals_string_prompt(client, model_and_tokenizer):
-    ids = model_and_tokenizer[1].encode(PROMPT)
+def test_token_id_prompt_equals_string_prompt(client, trained):
+    ids = trained[1].encode(PROMPT)
     by_ids = client.completions.create(model=MODEL_ID, prompt=ids, max_tokens=12, temperature=0)
     by_text = client.completions.create(model=MODEL_ID, prompt=PROMPT, max_tokens=12, temperature=0)
     assert by_ids.choices[0].text == by_text.choices[0].text
     assert by_ids.usage.prompt_tokens == len(ids)
 
 
-def test_stop_string_cuts_the_reply_like_generate(client, model_and_tokenizer):
-    _, full = reference(model_and_tokenizer, PROMPT, max_tokens=24)
+def test_stop_string_cuts_the_reply_like_generate(client, trained):
+    _, full = reference(trained, PROMPT, max_tokens=24)
     stop = full[3:6]
-    _, text = reference(model_and_tokenizer, PROMPT, max_tokens=24, stop=[stop])
+    _, text = reference(trained, PROMPT, max_tokens=24, stop=[stop])
     r = client.completions.create(model=MODEL_ID, prompt=PROMPT, max_tokens=24, temperature=0, stop=[stop])
     assert r.choices[0].text == text
     assert stop not in r.choices[0].text
@@ -108,10 +103,10 @@ def chat_prompt(tok, messages):
 MESSAGES = [{"role": "system", "content": "You write Python."}, {"role": "user", "content": "import os\n"}]
 
 
-def test_chat_equals_generate_on_the_v3_rendering(client, model_and_tokenizer):
-    tok = model_and_tokenizer[1]
+def test_chat_equals_generate_on_the_v3_rendering(client, trained):
+    tok = trained[1]
     ids = chat_prompt(tok, MESSAGES)
-    records, text = reference(model_and_tokenizer, ids, max_tokens=20)
+    records, text = reference(trained, ids, max_tokens=20)
     r = client.chat.completions.create(model=MODEL_ID, messages=MESSAGES, max_tokens=20, temperature=0,
                                        logprobs=True, top_logprobs=2)
     msg = r.choices[0].message
@@ -123,9 +118,9 @@ def test_chat_equals_generate_on_the_v3_rendering(client, model_and_tokenizer):
     assert r.usage.prompt_tokens_details.cached_tokens >= 0
 
 
-def test_streamed_chat_equals_generate(client, model_and_tokenizer):
-    ids = chat_prompt(model_and_tokenizer[1], MESSAGES)
-    records, text = reference(model_and_tokenizer, ids, max_tokens=20)
+def test_streamed_chat_equals_generate(client, trained):
+    ids = chat_prompt(trained[1], MESSAGES)
+    records, text = reference(trained, ids, max_tokens=20)
     stream = client.chat.completions.create(model=MODEL_ID, messages=MESSAGES, max_completion_tokens=20,
                                             temperature=0, stream=True, stream_options={"include_usage": True})
     content, roles, finish, usage = [], [], None, None

@@ -21,13 +21,6 @@ TIMEOUT = 120
 N_NEW = 8
 
 
-@pytest.fixture(scope="module")
-def trained():
-    model, tok = mlxseek.load(FIXTURES / "trained_v3", dtype="float32")
-    ids = tok.encode((FIXTURES / "trained_v3_heldout.txt").read_text())
-    return model, tok, ids
-
-
 def run(coro):
     return asyncio.run(asyncio.wait_for(coro, TIMEOUT))
 
@@ -52,9 +45,9 @@ def same(a, b):
 
 
 @pytest.fixture(scope="module")
-def cold(trained):
+def cold(trained_heldout):
     """Cold (no prefix cache) answers, computed once per prompt."""
-    model, tok, _ = trained
+    model, tok, _ = trained_heldout
     eng = make(model, tok, prompt_cache_bytes=0)
     memo = {}
 
@@ -74,8 +67,8 @@ def prompts(ids, start, n_shared=1000, tails=((0, 8), (40, 12))):
     return [shared + ids[start + 2000 + a:start + 2000 + a + b] for a, b in tails]
 
 
-def test_shared_prefix_is_reused_and_donor_intact(trained, cold):
-    model, tok, ids = trained
+def test_shared_prefix_is_reused_and_donor_intact(trained_heldout, cold):
+    model, tok, ids = trained_heldout
     a, b = prompts(ids, 0)
     eng = make(model, tok)
     first = ask(eng, a)
@@ -93,8 +86,8 @@ def test_shared_prefix_is_reused_and_donor_intact(trained, cold):
     assert stats["hits"] == 2 and stats["misses"] == 1 and stats["bytes"] > 0
 
 
-def test_budget_for_one_prefix_evicts_and_stays_correct(trained, cold):
-    model, tok, ids = trained
+def test_budget_for_one_prefix_evicts_and_stays_correct(trained_heldout, cold):
+    model, tok, ids = trained_heldout
     p, q = prompts(ids, 0)[0], prompts(ids, 5000)[0]
     probe = make(model, tok)
     ask(probe, p)
@@ -114,8 +107,8 @@ def test_budget_for_one_prefix_evicts_and_stays_correct(trained, cold):
     assert stats["evictions"] >= 3 and stats["entries"] == 1
 
 
-def test_disk_tier_serves_a_new_engine(trained, cold, tmp_path):
-    model, tok, ids = trained
+def test_disk_tier_serves_a_new_engine(trained_heldout, cold, tmp_path):
+    model, tok, ids = trained_heldout
     a, b = prompts(ids, 1000)
     first = make(model, tok, prompt_cache_dir=str(tmp_path))
     ask(first, a)
@@ -138,8 +131,8 @@ def _flip(path: Path, where: str) -> None:
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip_data", "flip_header", "foreign"])
-def test_corrupt_or_foreign_file_is_ignored_and_removed(trained, cold, tmp_path, damage):
-    model, tok, ids = trained
+def test_corrupt_or_foreign_file_is_ignored_and_removed(trained_heldout, cold, tmp_path, damage):
+    model, tok, ids = trained_heldout
     a, b = prompts(ids, 2000)
     writer = make(model, tok, prompt_cache_dir=str(tmp_path), model_id="other" if damage == "foreign" else "fixture")
     ask(writer, a)
@@ -165,10 +158,10 @@ def test_corrupt_or_foreign_file_is_ignored_and_removed(trained, cold, tmp_path,
     same(warm, cold(b))
 
 
-def test_snapshot_leaves_the_mtp_entry_and_drafting_stays_exact(trained):
+def test_snapshot_leaves_the_mtp_entry_and_drafting_stays_exact(trained_heldout):
     """The prompt cache's MTP entry (after the layers) is not snapshotted: a restored cache is cut to a
     block boundary, the MTP restarts its history there, and greedy drafting still gives the cold tokens."""
-    model, tok, ids = trained
+    model, tok, ids = trained_heldout
     cache = mlxseek.make_prompt_cache(model)
     assert isinstance(cache[len(model.layers)], MTPCache)
     list(mlxseek.stream_generate(model, tok, ids[:300], max_tokens=4, prompt_cache=cache, draft="mtp"))
@@ -219,8 +212,8 @@ def test_v4_is_refused_with_a_reason_and_still_serves():
 
 
 
-def test_unusable_cache_dir_is_a_serve_error(trained, tmp_path):
-    model, tok, _ = trained
+def test_unusable_cache_dir_is_a_serve_error(trained_heldout, tmp_path):
+    model, tok, _ = trained_heldout
     (tmp_path / "file").write_text("not a folder")
     eng = Engine(model, tok, model_id="fixture", prompt_cache_dir=str(tmp_path / "file" / "sub"))
     with pytest.raises(ServeError, match="prompt-cache-dir"):

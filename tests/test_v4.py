@@ -9,7 +9,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from conftest import FIXTURES, golden
-from st_io import edit_index, read_raw, rewrite
+from st_io import edit_index, rewrite
 
 import mlxseek
 from mlxseek.errors import WeightMismatchError
@@ -23,21 +23,6 @@ def load(name):
     if name not in _MODELS:
         _MODELS[name] = mlxseek.load(FIXTURES / name, dtype="float32", tokenizer=False)[0]
     return _MODELS[name]
-
-
-def raw_tensors(folder):
-    """{key: (safetensors dtype, shape, raw bytes)} for every shard, read without MLX or torch."""
-    out = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        header, body = read_raw(f)
-        for k, i in header.items():
-            a, b = i["data_offsets"]
-            out[k] = (i["dtype"], i["shape"], body[a:b])
-    return out
-
-
-def decode_e8m0(raw: bytes) -> np.ndarray:
-    return np.ldexp(np.float32(1), np.frombuffer(raw, np.uint8).astype(np.int32) - 127).astype(np.float32)
 
 
 # ---- goldens from transformers' DeepseekV4ForCausalLM ----------------------------------------------
