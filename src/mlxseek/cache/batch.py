@@ -107,7 +107,7 @@ class BatchLatentCache(_BaseCache):
         """A single-row LatentCache holding a copy of `row`'s tokens (to decode it alone again)."""
         n = self.lengths[row]
         solo = LatentCache()
-        solo.state = (self.latent[row : row + 1, :, :n, :], self.rope[row : row + 1, :, :n, :])
+        solo.state = (self.latent[row : row + 1, :, :n, :], self.rope[row : row + 1, :, :n, :], n)
         return solo
 
     def trim_row(self, row: int, n: int) -> int:
