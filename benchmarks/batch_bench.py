@@ -3,7 +3,7 @@
     python benchmarks/batch_bench.py                       # the ~1 GB random V3 (written if missing)
     python benchmarks/batch_bench.py --model <converted dir> --batches 1 2 4 8 --gen-tokens 32
 
-One JSON line per (engine, batch size): aggregate decode tok/s (every row's decode tokens over the wall
+One JSON line per (engine, batch size), medians over interleaved rounds: aggregate decode tok/s (every row's decode tokens over the wall
 clock from "every row has its first token" to the last token), per-row tok/s, peak memory; then one
 line per engine with the peak memory each added row costs beside the latent-cache arithmetic
 (layers x (kv_lora_rank + qk_rope_head_dim) values per token, float32, capacity in steps of 256).
@@ -92,27 +92,24 @@ def load(engine: str, folder: Path):
     return model, None
 
 
-def measure(engine: str, folder: Path, batches: list[int], prompt_tokens: int, gen: int) -> list[dict]:
-    model, tok = load(engine, folder)
-    cfg = mlxseek.ModelConfig.from_dict(json.loads((folder / "config.json").read_text()))
-    warm = prompts_for(1, 8, cfg.vocab_size, seed=99)
-    run_ours(model, tok, warm, 4) if engine == "mlxseek" else run_mlx_lm(model, warm, 4)
-    rows = []
-    for b in batches:
-        gc.collect()
-        mx.clear_cache()
-        mx.reset_peak_memory()
-        ps = prompts_for(b, prompt_tokens, cfg.vocab_size, seed=b)
-        r = run_ours(model, tok, ps, gen) if engine == "mlxseek" else run_mlx_lm(model, ps, gen)
-        row = {"engine": engine, "batch": b, "prompt_tokens": prompt_tokens, "gen_tokens": gen,
-               "aggregate_decode_tps": r["decode_tokens"] / r["wall_s"],
-               "per_row_decode_tps": float(np.mean(r["row_tps"])),
-               "decode_tokens": r["decode_tokens"], "wall_s": r["wall_s"],
-               "peak_memory_gb": mx.get_peak_memory() / 1e9}
-        print(json.dumps(row), flush=True)
-        rows.append(row)
-    del model
-    return rows
+def measure_one(engine: str, model, tok, vocab: int, b: int, prompt_tokens: int, gen: int) -> dict:
+    gc.collect()
+    mx.clear_cache()
+    mx.reset_peak_memory()
+    ps = prompts_for(b, prompt_tokens, vocab, seed=b)
+    r = run_ours(model, tok, ps, gen) if engine == "mlxseek" else run_mlx_lm(model, ps, gen)
+    return {"engine": engine, "batch": b, "aggregate_decode_tps": r["decode_tokens"] / r["wall_s"],
+            "per_row_decode_tps": float(np.mean(r["row_tps"])), "decode_tokens": r["decode_tokens"],
+            "wall_s": r["wall_s"], "peak_memory_gb": mx.get_peak_memory() / 1e9}
+
+
+def summarize(runs: list[dict], prompt_tokens: int, gen: int) -> dict:
+    """Median over the interleaved repeats of one (engine, batch)."""
+    med = lambda k: float(np.median([r[k] for r in runs]))  # noqa: E731
+    return {"engine": runs[0]["engine"], "batch": runs[0]["batch"], "prompt_tokens": prompt_tokens,
+            "gen_tokens": gen, "repeats": len(runs), "aggregate_decode_tps": med("aggregate_decode_tps"),
+            "aggregate_decode_tps_all": [round(r["aggregate_decode_tps"], 3) for r in runs],
+            "per_row_decode_tps": med("per_row_decode_tps"), "peak_memory_gb": med("peak_memory_gb")}
 
 
 def memory_line(engine: str, rows: list[dict], cfg, ctx: int) -> dict:
@@ -130,14 +127,29 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--prompt-tokens", type=int, default=16)
-    ap.add_argument("--gen-tokens", type=int, default=24)
+    ap.add_argument("--gen-tokens", type=int, default=12)
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds; medians are reported")
     ap.add_argument("--vs", nargs="*", default=["mlx-lm"], choices=["mlx-lm"])
     args = ap.parse_args()
     folder = ensure_model(args.model)
     cfg = mlxseek.ModelConfig.from_dict(json.loads((folder / "config.json").read_text()))
-    for engine in ["mlxseek", *args.vs]:
-        rows = measure(engine, folder, args.batches, args.prompt_tokens, args.gen_tokens)
-        print(json.dumps(memory_line(engine, rows, cfg, args.prompt_tokens + args.gen_tokens)), flush=True)
+    engines = {e: load(e, folder) for e in ["mlxseek", *args.vs]}
+    for e, (model, tok) in engines.items():  # warm-up: first-call allocations and compiles
+        warm = prompts_for(1, 8, cfg.vocab_size, seed=99)
+        run_ours(model, tok, warm, 4) if e == "mlxseek" else run_mlx_lm(model, warm, 4)
+    # Interleaved (round, batch, engine) so that load from other processes hits every cell alike.
+    runs: dict[tuple[str, int], list[dict]] = {}
+    for rnd in range(args.repeats):
+        for b in args.batches:
+            for e, (model, tok) in engines.items():
+                r = measure_one(e, model, tok, cfg.vocab_size, b, args.prompt_tokens, args.gen_tokens)
+                print(json.dumps({"round": rnd, **r}), file=sys.stderr, flush=True)
+                runs.setdefault((e, b), []).append(r)
+    for e in engines:
+        rows = [summarize(runs[(e, b)], args.prompt_tokens, args.gen_tokens) for b in args.batches]
+        for row in rows:
+            print(json.dumps(row), flush=True)
+        print(json.dumps(memory_line(e, rows, cfg, args.prompt_tokens + args.gen_tokens)), flush=True)
 
 
 if __name__ == "__main__":
