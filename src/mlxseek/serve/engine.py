@@ -1,0 +1,242 @@
+"""The serving engine: one model, one worker thread that owns MLX, a bounded FIFO, a prefix cache.
+
+`Engine.generate` is an async generator of TokenEvents for the HTTP layer. The request waits in the
+scheduler's FIFO; the worker looks the prompt up in the prefix cache, restores the longest cached prefix
+into a fresh prompt cache, prefills only the rest and decodes with `mlxseek.stream_generate`, handing each
+token to the consumer's event loop with `loop.call_soon_threadsafe`. The cancel flag is read at every
+prefill chunk and every decode step, so a consumer that stops iterating frees the worker within one step.
+The finished prompt + reply goes back into the prefix cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import mlx.core as mx
+from mlx_lm.sample_utils import make_sampler
+
+import mlxseek
+
+from ..errors import GenerationError
+from .prefix_cache import PrefixCache, model_identity
+from .scheduler import DONE, Request, Scheduler
+
+log = logging.getLogger("mlxseek.serve")
+
+DRAFT_MODES = ("none", "mtp", "auto")
+MAX_TOP_LOGPROBS = 20
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to decode one request; temperature 0 is greedy."""
+
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    top_logprobs: int | None = None  # None: no logprobs; 0: the chosen token's only; k: also the top k
+    draft: str | None = None  # None (the engine's default) | "none" | "mtp" | "auto"
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One generated token; the last event of a request carries its finish_reason."""
+
+    token: int
+    text: str
+    logprob: float | None
+    top_logprobs: tuple[tuple[int, str, float], ...] | None
+    finish_reason: str | None  # None mid-stream; "stop" (EOS / stop string) or "length" on the last event
+    prompt_tokens: int
+    cached_tokens: int
+    generation_tokens: int
+
+
+class _Cancelled(Exception):
+    """Raised inside the worker when the consumer went away mid-prefill."""
+
+
+def _check_params(p: SamplingParams, context: int) -> None:
+    def bad(field_name: str, why: str):
+        raise GenerationError(f"{field_name}: {why}")
+
+    if not isinstance(p.max_tokens, int) or isinstance(p.max_tokens, bool) or p.max_tokens < 1:
+        bad("max_tokens", f"must be a positive integer, got {p.max_tokens!r}")
+    if p.max_tokens > context:
+        bad("max_tokens", f"{p.max_tokens} is over the model's context of {context} tokens; ask for fewer")
+    if not isinstance(p.temperature, (int, float)) or not 0 <= p.temperature <= 100:
+        bad("temperature", f"must be a number >= 0, got {p.temperature!r}")
+    if not isinstance(p.top_p, (int, float)) or not 0 < p.top_p <= 1:
+        bad("top_p", f"must be in (0, 1], got {p.top_p!r}")
+    if p.top_logprobs is not None and (not isinstance(p.top_logprobs, int) or not 0 <= p.top_logprobs <= MAX_TOP_LOGPROBS):
+        bad("top_logprobs", f"must be an integer from 0 to {MAX_TOP_LOGPROBS}, got {p.top_logprobs!r}")
+    if p.draft is not None and p.draft not in DRAFT_MODES:
+        bad("draft", f"must be one of {', '.join(DRAFT_MODES)}, got {p.draft!r}")
+    if not all(isinstance(s, str) for s in p.stop):
+        bad("stop", "every stop sequence must be a string")
+
+
+class Engine:
+    """Serves one loaded model to many asyncio consumers; see the module docstring."""
+
+    def __init__(self, model, tokenizer, *, model_id: str, max_queue: int = 16, prompt_cache_bytes: int = 2 << 30,
+                 prompt_cache_dir: str | None = None, draft: str = "none", max_batch: int = 1):
+        if draft not in DRAFT_MODES:
+            raise GenerationError(f"draft: must be one of {', '.join(DRAFT_MODES)}, got {draft!r}")
+        if max_batch != 1:
+            log.warning("max_batch=%s: continuous batching is not implemented yet; running one request at a time",
+                        max_batch)
+        self.model, self.tokenizer, self.model_id, self.draft = model, tokenizer, model_id, draft
+        cfg = getattr(model, "config", None) or getattr(model, "args", None)
+        self.context_length: int = int(cfg.max_position_embeddings)
+        self.vocab_size: int = int(cfg.vocab_size)
+        self._cache_args = (prompt_cache_bytes, prompt_cache_dir)
+        self.prefix: PrefixCache | None = None
+        self.prefix_reason: str | None = None
+        self._counts = {"requests": 0, "finished": 0, "cancelled": 0, "errors": 0, "prompt_tokens": 0, "cached_tokens": 0,
+                            "generation_tokens": 0}
+        self._scheduler = Scheduler(run=self._run, max_queue=max_queue, setup=self._setup)
+
+    @property
+    def queue_depth(self) -> int:
+        return self._scheduler.depth
+
+    def start(self) -> None:
+        """Start the worker thread (it builds the prefix cache and reads the disk tier's index first)."""
+        self._scheduler.start()
+
+    def stop(self) -> None:
+        """Cancel running and queued work and join the worker."""
+        self._scheduler.stop()
+
+    def stats(self) -> dict:
+        """Counters for /metrics: requests, tokens, queue depth and the prefix cache's hits, misses and bytes."""
+        out = dict(self._counts, queue_depth=self.queue_depth, running=int(self._scheduler.running is not None),
+                   prefix_cache_enabled=self.prefix is not None, prefix_cache_reason=self.prefix_reason)
+        out.update(self.prefix.stats() if self.prefix is not None else PrefixCache.empty_stats())
+        return out
+
+    async def generate(self, prompt_tokens: list[int], params: SamplingParams) -> AsyncIterator[TokenEvent]:
+        """TokenEvents for `prompt_tokens`; raises QueueFullError (queue full) or GenerationError (bad
+        prompt or parameters) before the first event. Stop iterating to cancel the generation."""
+        prompt = self._check_prompt(prompt_tokens)
+        _check_params(params, self.context_length)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+
+        def emit(item) -> None:
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, item)
+            except RuntimeError:  # the consumer's loop is closed: nobody listens any more
+                req.cancel()
+
+        req = Request(prompt, params, emit)
+        self._scheduler.submit(req)
+        try:
+            while True:
+                item = await events.get()
+                if item is DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            req.cancel()
+            self._scheduler.withdraw(req)
+
+    def _check_prompt(self, tokens) -> list[int]:
+        try:
+            ids = [int(t) for t in tokens]
+        except (TypeError, ValueError):
+            raise GenerationError("prompt_tokens must be a list of integer token ids") from None
+        if not ids:
+            raise GenerationError("prompt is empty: give at least one token")
+        if min(ids) < 0 or max(ids) >= self.vocab_size:
+            raise GenerationError(f"prompt holds a token id outside the vocabulary (0..{self.vocab_size - 1})")
+        if len(ids) >= self.context_length:
+            raise GenerationError(f"prompt is {len(ids)} tokens but the model's context is {self.context_length} "
+                                  "tokens; shorten the prompt")
+        return ids
+
+    # --- worker thread ---------------------------------------------------------------------------------
+
+    def _setup(self) -> None:
+        nbytes, folder = self._cache_args
+        self.prefix, self.prefix_reason = PrefixCache.for_model(
+            self.model, identity=model_identity(self.model, self.model_id), max_bytes=nbytes, folder=folder)
+        if self.prefix_reason:
+            log.warning("prefix cache disabled: %s", self.prefix_reason)
+
+    def _run(self, req: Request) -> None:
+        self._counts["requests"] += 1
+        prompt, _p = req.prompt, req.params
+        cached, cache = self.prefix.lookup(prompt) if self.prefix is not None else (0, None)
+        if cache is None:
+            cached, cache = 0, mlxseek.make_prompt_cache(self.model)
+        self._counts["prompt_tokens"] += len(prompt)
+        self._counts["cached_tokens"] += cached
+        generated: list[int] = []
+        try:
+            self._decode(req, cache, cached, generated)
+        except _Cancelled:
+            self._counts["cancelled"] += 1
+        except Exception:
+            self._counts["errors"] += 1
+            raise
+        finally:
+            self._counts["generation_tokens"] += len(generated)
+            if self.prefix is not None:
+                self.prefix.insert(prompt + generated, cache)
+            del cache
+            mx.clear_cache()
+
+    def _decode(self, req: Request, cache: list, cached: int, generated: list[int]) -> None:
+        prompt, p = req.prompt, req.params
+        draft = p.draft or self.draft
+        # Drafting keeps greedy output unchanged; sampled drafting needs the speculative sampler: plain decode.
+        draft = draft if draft != "none" and p.temperature == 0 else None
+
+        def progress(done: int, total: int) -> None:
+            if req.cancelled.is_set():
+                raise _Cancelled
+
+        budget = min(p.max_tokens, self.context_length - len(prompt))
+        steps = mlxseek.stream_generate(
+            self.model, self.tokenizer, prompt[cached:], max_tokens=budget, prompt_cache=cache,
+            sampler=make_sampler(temp=p.temperature, top_p=p.top_p), stop=list(p.stop), seed=p.seed,
+            progress=progress, draft=draft)
+        try:
+            for r in steps:
+                generated.append(r.token)
+                req.emit(self._event(r, p, len(prompt), cached))
+                if r.finish_reason is not None:
+                    self._counts["finished"] += 1
+                    return
+                if req.cancelled.is_set():
+                    raise _Cancelled
+        finally:
+            steps.close()
+
+    def _event(self, r, p: SamplingParams, n_prompt: int, cached: int) -> TokenEvent:
+        logprob, top = None, None
+        if p.top_logprobs is not None:
+            lp = r.logprobs.astype(mx.float32)
+            logprob = lp[r.token].item()
+            if p.top_logprobs > 0:
+                ids = mx.argsort(-lp)[: p.top_logprobs].tolist()
+                vals = lp[mx.array(ids)].tolist()
+                top = tuple((i, self._piece(i), v) for i, v in zip(ids, vals))
+        return TokenEvent(token=r.token, text=r.text, logprob=logprob, top_logprobs=top,
+                          finish_reason=r.finish_reason, prompt_tokens=n_prompt, cached_tokens=cached,
+                          generation_tokens=r.generation_tokens)
+
+    def _piece(self, token: int) -> str:
+        return self.tokenizer.decode([token]) if self.tokenizer is not None else ""
+
+
+__all__ = ["Engine", "SamplingParams", "TokenEvent"]

@@ -1,0 +1,167 @@
+"""The prefix cache's RAM tier: snapshots of prompt caches keyed by chained block hashes, LRU by bytes.
+
+A token sequence is cut into blocks of BLOCK_TOKENS; block j's key hashes the key of block j-1 with the
+block's token ids, and block 0 starts from the model identity, so equal keys mean an equal token prefix on
+the same weights. An entry stores one snapshot covering its k blocks and serves any request that shares
+its first j <= k blocks (the snapshot is cut to j blocks), so a conversation that grows keeps one entry
+and its earlier, shorter entries are dropped as subsumed.
+
+BLOCK_TOKENS = 32: a request reuses its shared prefix rounded down to a block, so it loses at most 31
+tokens (a 1,000-token shared prefix gives 992 cached tokens); smaller blocks only add hashes (one blake2b
+per 32 tokens is negligible next to a forward pass), and entries are whole snapshots, so the block size
+does not fragment storage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import mlx.core as mx
+import numpy as np
+from mlx.utils import tree_flatten
+
+from . import cache_state
+from .cache_state import CacheSnapshot
+from .prefix_disk import DiskTier, shared_blocks
+
+log = logging.getLogger("mlxseek.serve")
+
+BLOCK_TOKENS = 32
+
+
+def model_identity(model, model_id: str) -> str:
+    """Hash of the model's name or path, its config and a fingerprint of its weights (the first values of
+    a few tensors): a cache written for other weights never matches."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(model_id.encode())
+    cfg = getattr(model, "config", None)
+    h.update(json.dumps(cfg.to_dict() if hasattr(cfg, "to_dict") else repr(cfg), sort_keys=True, default=str).encode())
+    params = sorted(tree_flatten(model.parameters()), key=lambda kv: kv[0])
+    for name, a in params[:4] + params[-4:]:
+        h.update(name.encode())
+        h.update(np.asarray(a.reshape(-1)[:64].view(mx.uint8)).tobytes())
+    return h.hexdigest()
+
+
+def block_hashes(identity: str, tokens: list[int], block: int = BLOCK_TOKENS) -> list[str]:
+    """Chained keys of the whole blocks of `tokens`."""
+    out, prev = [], identity.encode()
+    for j in range(len(tokens) // block):
+        h = hashlib.blake2b(prev, digest_size=16)
+        h.update(np.asarray(tokens[j * block:(j + 1) * block], dtype=np.int64).tobytes())
+        prev = h.hexdigest().encode()
+        out.append(prev.decode())
+    return out
+
+
+@dataclass
+class _Entry:
+    hashes: tuple[str, ...]
+    snap: CacheSnapshot
+    nbytes: int
+
+
+class PrefixCache:
+    """RAM tier (LRU by the snapshots' bytes) in front of an optional disk tier. Used by the worker only."""
+
+    def __init__(self, model, *, identity: str, max_bytes: int, disk: DiskTier | None = None,
+                 block: int = BLOCK_TOKENS):
+        self.model, self.identity, self.max_bytes, self.disk, self.block = model, identity, max_bytes, disk, block
+        self._ram: OrderedDict[str, _Entry] = OrderedDict()
+        self.bytes = 0
+        self.counts = {"hits": 0, "misses": 0, "hit_tokens": 0, "evictions": 0, "inserts": 0, "disk_hits": 0}
+
+    @classmethod
+    def for_model(cls, model, *, identity: str, max_bytes: int, folder: str | None):
+        """(PrefixCache, None), or (None, reason) when this model's cache cannot be snapshotted."""
+        reason = cache_state.unsupported_reason(model)
+        if reason:
+            return None, reason
+        disk = DiskTier(folder, identity=identity) if folder else None
+        return cls(model, identity=identity, max_bytes=max_bytes, disk=disk), None
+
+    @staticmethod
+    def empty_stats() -> dict:
+        return {"hits": 0, "misses": 0, "hit_tokens": 0, "evictions": 0, "inserts": 0, "disk_hits": 0, "bytes": 0, "entries": 0,
+                    "disk_entries": 0, "disk_rejected": 0}
+
+    def stats(self) -> dict:
+        disk = self.disk.stats() if self.disk is not None else {"disk_entries": 0, "disk_rejected": 0}
+        return dict(self.counts, bytes=self.bytes, entries=len(self._ram), **disk)
+
+    def lookup(self, tokens: list[int]) -> tuple[int, list | None]:
+        """(cached tokens, a new prompt cache holding them) for the longest cached prefix of `tokens`,
+        leaving at least one token to prefill; (0, None) on a miss."""
+        hashes = block_hashes(self.identity, tokens[: (len(tokens) - 1) // self.block * self.block], self.block)
+        best, src = 0, None
+        for e in self._ram.values():
+            j = shared_blocks(e.hashes, hashes)
+            if j > best:
+                best, src = j, e
+        if self.disk is not None:
+            j, dkey = self.disk.best(hashes)
+            loaded = self.disk.load(dkey) if j > best else None
+            if loaded is not None:
+                src = _Entry(tuple(loaded[0]), loaded[1], loaded[1].nbytes)
+                best = j
+                self._keep(dkey, src)
+                self.counts["disk_hits"] += 1
+        if src is None:
+            self.counts["misses"] += 1
+            return 0, None
+        key = src.hashes[-1]
+        if key in self._ram:
+            self._ram.move_to_end(key)
+        cache = cache_state.restore(self.model, cache_state.cut(src.snap, best * self.block))
+        if cache is None:
+            log.warning("prefix cache entry does not fit this model's cache layout; dropping it")
+            self._drop(key)
+            self.counts["misses"] += 1
+            return 0, None
+        self.counts["hits"] += 1
+        self.counts["hit_tokens"] += best * self.block
+        return best * self.block, cache
+
+    def insert(self, tokens: list[int], cache: list) -> None:
+        """Keep the whole blocks of `cache` (which holds the first tokens of `tokens`)."""
+        n = cache_state.tokens_held(cache)
+        if n > len(tokens):
+            log.warning("prompt cache holds %d tokens but only %d are known; not caching it", n, len(tokens))
+            return
+        k = n // self.block
+        if k == 0:
+            return
+        hashes = block_hashes(self.identity, tokens[: k * self.block], self.block)
+        for key, e in self._ram.items():
+            if shared_blocks(e.hashes, hashes) == k:  # already covered by a longer or equal entry
+                self._ram.move_to_end(key)
+                return
+        snap = cache_state.snapshot(cache, k * self.block)
+        subsumed = [key for key, e in self._ram.items() if shared_blocks(e.hashes, hashes) == len(e.hashes)]
+        for key in subsumed:
+            self._drop(key)
+        if self.disk is not None:
+            self.disk.save(hashes, snap)
+            self.disk.drop_subsumed(hashes)
+        self.counts["inserts"] += 1
+        self._keep(hashes[-1], _Entry(tuple(hashes), snap, snap.nbytes))
+
+    def _keep(self, key: str, entry: _Entry) -> None:
+        if entry.nbytes > self.max_bytes:
+            return  # larger than the whole RAM budget: disk only
+        self._drop(key)
+        self._ram[key] = entry
+        self.bytes += entry.nbytes
+        while self.bytes > self.max_bytes:
+            old = next(iter(self._ram))
+            self._drop(old)
+            self.counts["evictions"] += 1
+
+    def _drop(self, key: str) -> None:
+        e = self._ram.pop(key, None)
+        if e is not None:
+            self.bytes -= e.nbytes

@@ -1,0 +1,192 @@
+"""The prefix cache's disk tier: one safetensors file per entry, verified before it is loaded.
+
+Each file holds one snapshot (`cache_state.flatten`) and, in the safetensors metadata, the format name
+and version, the model identity, the entry's chained block keys, the entry layout a blake2b digest of
+every array's bytes and a digest of that metadata. On startup the folder's headers are read (not the data) to index the entries; a
+file is loaded only after its header, its size and its digest check out. Anything else (truncated,
+flipped bytes, another model's or another version's file) is logged, removed and never loaded.
+Files are written to a temporary name and renamed, so a crash mid-write leaves no half file under a
+real name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import struct
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+from . import cache_state
+from .cache_state import CacheSnapshot
+
+log = logging.getLogger("mlxseek.serve")
+
+FORMAT = "mlxseek-prefix-cache"
+VERSION = "1"
+MAX_HEADER = 64 << 20  # bytes; a safetensors header larger than this is not one of ours
+_ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2, "U32": 4, "I32": 4, "U8": 1, "I8": 1, "I64": 8, "U64": 8, "BOOL": 1}
+
+
+def shared_blocks(a, b) -> int:
+    """Leading blocks two key chains share (chained keys: equal at j means equal before j, so bisect)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[mid - 1] == b[mid - 1]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+class _Rejected(Exception):
+    """A cache file failed a check; the message says which."""
+
+
+def digest(arrays: dict[str, mx.array]) -> str:
+    """blake2b over every array's name, dtype, shape and raw bytes, in name order."""
+    h = hashlib.blake2b(digest_size=32)
+    for name in sorted(arrays):
+        a = arrays[name]
+        h.update(f"{name}|{a.dtype}|{tuple(a.shape)}|".encode())
+        h.update(np.asarray(mx.contiguous(a).reshape(-1).view(mx.uint8)).tobytes())
+    return h.hexdigest()
+
+
+def _meta_check(meta: dict) -> str:
+    """Digest of every other metadata field: a flipped byte in the header is caught without reading the data."""
+    body = json.dumps({k: v for k, v in sorted(meta.items()) if k != "check"}, sort_keys=True)
+    return hashlib.blake2b(body.encode(), digest_size=16).hexdigest()
+
+
+def _read_header(path: Path) -> tuple[dict, dict]:
+    """(tensor table, metadata) of a safetensors file whose size matches its header."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise _Rejected("shorter than a safetensors header")
+        (n,) = struct.unpack("<Q", raw)
+        if n > MAX_HEADER or 8 + n > size:
+            raise _Rejected(f"header length {n} does not fit the file's {size} bytes")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise _Rejected(f"header is not JSON ({e})") from None
+    if not isinstance(header, dict) or not isinstance(header.get("__metadata__"), dict):
+        raise _Rejected("header has no metadata")
+    meta = header.pop("__metadata__")
+    end = 0
+    for name, t in header.items():
+        try:
+            lo, hi = t["data_offsets"]
+            want = int(np.prod(t["shape"])) * _ITEMSIZE[t["dtype"]]
+        except (KeyError, TypeError, ValueError):
+            raise _Rejected(f"tensor {name!r} has a malformed entry") from None
+        if hi - lo != want or lo < 0:
+            raise _Rejected(f"tensor {name!r} spans {hi - lo} bytes but its shape needs {want}")
+        end = max(end, hi)
+    if 8 + n + end != size:
+        raise _Rejected(f"file is {size} bytes but its header describes {8 + n + end} (truncated?)")
+    return header, meta
+
+
+class DiskTier:
+    """Entries under `folder`, indexed by their last block key. Used by the engine's worker only."""
+
+    def __init__(self, folder: str | os.PathLike, *, identity: str):
+        self.folder, self.identity = Path(folder), identity
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.rejected = 0
+        self._index: dict[str, tuple[str, ...]] = {}
+        for path in sorted(self.folder.glob("*.safetensors")):
+            try:
+                self._index[path.stem] = self._check_meta(path, _read_header(path)[1])
+            except (_Rejected, OSError) as e:
+                self._reject(path, e)
+
+    def stats(self) -> dict:
+        return {"disk_entries": len(self._index), "disk_rejected": self.rejected}
+
+    def _path(self, key: str) -> Path:
+        return self.folder / f"{key}.safetensors"
+
+    def _check_meta(self, path: Path, meta: dict) -> tuple[str, ...]:
+        if meta.get("check") != _meta_check(meta):
+            raise _Rejected("header metadata does not match its check digest (corrupted)")
+        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+            raise _Rejected(f"format {meta.get('format')!r} version {meta.get('version')!r}, "
+                            f"expected {FORMAT!r} version {VERSION!r}")
+        if meta.get("identity") != self.identity:
+            raise _Rejected("written for another model (identity differs)")
+        try:
+            hashes = tuple(json.loads(meta["hashes"]))
+            json.loads(meta["layout"])
+        except (KeyError, TypeError, json.JSONDecodeError):
+            raise _Rejected("metadata lacks the block keys or the layout") from None
+        if not hashes or hashes[-1] != path.stem:
+            raise _Rejected("file name does not match its last block key")
+        return hashes
+
+    def _reject(self, path: Path, why: Exception) -> None:
+        log.warning("prefix cache file %s ignored and removed: %s", path.name, why)
+        self.rejected += 1
+        self._index.pop(path.stem, None)
+        try:
+            path.unlink()
+        except OSError:
+            pass
+
+    def best(self, hashes: list[str]) -> tuple[int, str | None]:
+        """(shared blocks, key) of the indexed entry sharing the most leading blocks with `hashes`."""
+        best, key = 0, None
+        for k, h in self._index.items():
+            j = shared_blocks(h, hashes)
+            if j > best:
+                best, key = j, k
+        return best, key
+
+    def save(self, hashes: list[str], snap: CacheSnapshot) -> None:
+        arrays = cache_state.flatten(snap)
+        meta = {"format": FORMAT, "version": VERSION, "identity": self.identity, "hashes": json.dumps(hashes),
+                "layout": json.dumps(cache_state.layout(snap)), "digest": digest(arrays)}
+        meta["check"] = _meta_check(meta)
+        path = self._path(hashes[-1])
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.safetensors")
+        try:
+            mx.save_safetensors(str(tmp), arrays, metadata=meta)
+            os.replace(tmp, path)
+        except OSError as e:
+            log.warning("could not write prefix cache file %s: %s", path, e)
+            tmp.unlink(missing_ok=True)
+            return
+        self._index[hashes[-1]] = tuple(hashes)
+
+    def load(self, key: str) -> tuple[tuple[str, ...], CacheSnapshot] | None:
+        """(block keys, snapshot) of a verified entry; None (and the file removed) when it fails a check."""
+        path = self._path(key)
+        try:
+            _, meta = _read_header(path)
+            hashes = self._check_meta(path, meta)
+            arrays = mx.load(str(path))
+            if digest(arrays) != meta.get("digest"):
+                raise _Rejected("array bytes do not match the stored digest (corrupted)")
+            snap = cache_state.unflatten(arrays, json.loads(meta["layout"]))
+            if snap is None:
+                raise _Rejected("arrays do not match the stored layout")
+        except (_Rejected, OSError, ValueError, RuntimeError) as e:
+            self._reject(path, e)
+            return None
+        return hashes, snap
+
+    def drop_subsumed(self, hashes: list[str]) -> None:
+        """Remove entries whose every block is a prefix of `hashes` (the new entry serves them)."""
+        for k, h in list(self._index.items()):
+            if len(h) < len(hashes) and shared_blocks(h, hashes) == len(h):
+                self._index.pop(k)
+                self._path(k).unlink(missing_ok=True)

@@ -1,0 +1,126 @@
+"""The request queue and the one worker thread that owns MLX.
+
+Requests wait in a bounded FIFO; the worker takes them one at a time and runs them. A request carries
+its own cancel flag (set by the consumer that stopped listening) and an `emit` callback that hands
+events back to the consumer's event loop; the worker never blocks on a consumer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import QueueFullError, ServeError
+
+log = logging.getLogger("mlxseek.serve")
+
+DONE = object()  # emitted after a request's last event (or its error)
+
+
+@dataclass(eq=False)
+class Request:
+    """One generation: prompt token ids, sampling parameters and the consumer's channel."""
+
+    prompt: list[int]
+    params: Any
+    emit: Callable[[object], None]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+class Scheduler:
+    """A bounded FIFO of Requests drained by one worker thread calling `run(request)`."""
+
+    def __init__(self, *, run: Callable[[Request], None], max_queue: int, setup: Callable[[], None] | None = None):
+        if not isinstance(max_queue, int) or max_queue < 1:
+            raise ServeError(f"max_queue must be a positive integer, got {max_queue!r}")
+        self.max_queue = max_queue
+        self._run, self._setup = run, setup
+        self._queue: deque[Request] = deque()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.running: Request | None = None
+        self._ready = threading.Event()
+        self._setup_error: BaseException | None = None
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting (not the one running)."""
+        return len(self._queue)
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._loop, name="mlxseek-engine", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._setup_error is not None:
+            raise self._setup_error
+
+    def submit(self, req: Request) -> None:
+        with self._cond:
+            if self._thread is None or self._stopping:
+                raise ServeError("the engine is not running: call Engine.start() first")
+            if len(self._queue) >= self.max_queue:
+                raise QueueFullError(f"the request queue is full ({self.max_queue} waiting); retry later "
+                                     "or start the server with a larger --max-queue")
+            self._queue.append(req)
+            self._cond.notify()
+
+    def withdraw(self, req: Request) -> None:
+        """Drop a cancelled request that is still waiting, so its slot frees at once."""
+        with self._cond:
+            try:
+                self._queue.remove(req)
+            except ValueError:
+                pass
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            waiting = list(self._queue)
+            self._queue.clear()
+            if self.running is not None:
+                self.running.cancel()
+            self._cond.notify_all()
+        for req in waiting:
+            req.cancel()
+            req.emit(ServeError("the engine stopped before this request ran"))
+            req.emit(DONE)
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _loop(self) -> None:
+        try:
+            if self._setup is not None:
+                self._setup()
+        except Exception as e:  # noqa: BLE001 (reported to start()'s caller)
+            self._setup_error = e
+            self._ready.set()
+            return
+        self._ready.set()
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                req = self.running = self._queue.popleft()
+            try:
+                if not req.cancelled.is_set():
+                    self._run(req)
+            except Exception as e:  # one bad request must not stop the worker
+                log.exception("generation failed")
+                req.emit(e)
+            finally:
+                with self._cond:
+                    self.running = None
+                req.emit(DONE)
