@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Generator, Optional, Sequence, Union
+from typing import Callable, Generator, Optional, Sequence, Union
 
 import mlx.core as mx
 
@@ -40,8 +40,11 @@ class BatchDecoder:
     steps. Refuses (BatchingError) a family whose caches cannot be batched (DSA, V4)."""
 
     def __init__(self, model, tokenizer, *, prefill_step_size: int = DEFAULT_PREFILL_STEP,
-                 draft: Optional[str] = None, num_draft: int = 1):
+                 draft: Optional[str] = None, num_draft: int = 1, keep_caches: bool = False):
         self.model, self.tokenizer, self.prefill_step_size = model, tokenizer, prefill_step_size
+        # keep_caches: a leaving row's solo per-layer caches wait in `released[row id]` (for a prefix cache).
+        self.keep_caches = keep_caches
+        self.released: dict[int, list] = {}
         self.cache = make_batch_cache(model)
         self.rows: list[Row] = []  # in the batch cache's row order
         self.pending: list[tuple[int, BatchRecord]] = []  # first tokens from `add`, returned by the next step
@@ -55,9 +58,10 @@ class BatchDecoder:
         return len(self.rows)
 
     def add(self, prompt: Prompt, params: Optional[RowParams] = None, *,
-            prompt_cache: Optional[list] = None) -> int:
+            prompt_cache: Optional[list] = None, progress: Optional[Callable[[int, int], None]] = None) -> int:
         """Prefill `prompt` (after what `prompt_cache`, a solo cache from `make_prompt_cache`, already
-        holds) and make it a row; returns its id. Its first token comes with the next `step()`."""
+        holds) and make it a row; returns its id. Its first token comes with the next `step()`.
+        `progress(done, total)` is called after each prefill chunk (it may raise to abandon the prompt)."""
         params = params or RowParams()
         params.check()
         ids = encode_prompt(self.tokenizer, prompt)
@@ -71,12 +75,15 @@ class BatchDecoder:
                                                          detok, self.eos, budget), budget)
         self._next_id += 1
         steps = generate_step(ids, self.model, max_tokens=1, sampler=sampler, prompt_cache=solo,
-                              prefill_step_size=self.prefill_step_size)
+                              prefill_step_size=self.prefill_step_size, progress=progress)
         y, logprobs = next(steps)
         steps.close()
         self.pending.append((row.rid, row.emit(y, logprobs, 1)))
+        layers = split_prompt_cache(self.model, solo)[0]
         if not row.finished:
-            self._join(row, split_prompt_cache(self.model, solo)[0])
+            self._join(row, layers)
+        elif self.keep_caches:
+            self.released[row.rid] = layers
         return row.rid
 
     def _join(self, row: Row, layers: list) -> None:
@@ -103,6 +110,9 @@ class BatchDecoder:
         self._drop(idx)
 
     def _drop(self, idx: list[int]) -> None:
+        if self.keep_caches:
+            for i in idx:
+                self.released[self.rows[i].rid] = self.row_cache(self.rows[i].rid)
         if self.solo is not None and self.solo.busy:
             self.solo.finish()
         else:

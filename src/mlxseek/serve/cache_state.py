@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 from mlx_lm.models.cache import KVCache
 
-from ..cache import DSACache, LatentCache, QuantizedLatentCache
+from ..cache.mla import DSACache, LatentCache, QuantizedLatentCache
 
 TOKEN_AXIS = 2
 
