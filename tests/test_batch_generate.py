@@ -167,3 +167,35 @@ def test_batch_cache_rows_keep_their_own_lengths(trained):
     assert back.offset == 200 and mx.array_equal(back.keys, solos[1].keys[..., :200, :])
     layer.remove([0])
     assert layer.lengths == [200] and layer.latent.shape[0] == 1
+
+
+def test_row_rollback_masks_its_stale_columns(trained):
+    """Rolling one row back leaves its later columns stale; the mask hides them, so re-feeding the same
+    token at the same position reproduces that row's logits while the other row moves on."""
+    from mlxseek.cache.batch import make_batch_cache
+
+    model, tok = trained
+    cache = make_batch_cache(model)
+    for p in ("import os\n", "class Foo(object):\n    def __init__(self):"):
+        solo = mlxseek.make_prompt_cache(model)
+        model(mx.array([tok.encode(p)]), cache=solo)
+        for bc, c in zip(cache, solo):
+            bc.insert(c)
+    step = lambda toks: model(mx.array(toks), cache=cache)[:, -1]  # noqa: E731
+    first = step([[10], [20]])
+    step([[11], [21]])
+    step([[12], [22]])
+    for bc in cache:
+        bc.trim_row(0, 2)  # row 0 back to before token 11
+    again = step([[11], [23]])
+    assert cache[0].lengths[0] < cache[0].lengths[1] - 1
+    assert float(mx.abs(again[0] - step_solo(model, tok, "import os\n", [10, 11])).max()) < 1e-4
+    assert float(mx.abs(first[0] - step_solo(model, tok, "import os\n", [10])).max()) < 1e-4
+
+
+def step_solo(model, tok, prompt, fed):
+    solo = mlxseek.make_prompt_cache(model)
+    model(mx.array([tok.encode(prompt)]), cache=solo)
+    for t in fed:
+        out = model(mx.array([[t]]), cache=solo)[:, -1]
+    return out[0]

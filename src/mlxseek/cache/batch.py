@@ -95,7 +95,8 @@ class BatchLatentCache(_BaseCache):
 
     def remove(self, rows: list[int]) -> None:
         """Drop rows; the others keep their order (row indices above a removed one shift down)."""
-        keep = [i for i in range(self.batch_size) if i not in set(rows)]
+        gone = set(rows)
+        keep = [i for i in range(self.batch_size) if i not in gone]
         if not keep:
             self.latent = self.rope = None
         else:

@@ -67,14 +67,9 @@ class BatchDecoder:
         ids = encode_prompt(self.tokenizer, prompt)
         solo = prompt_cache if prompt_cache is not None else make_prompt_cache(self.model)
         budget = _check_lengths(self.model, ids.size, solo[0].offset, params.max_tokens)
-        sampler = RowSampler(params)
-        detok = self.tokenizer.detokenizer if self.tokenizer is not None else None
-        think = ReasoningSplitter(prompt_opens_reasoning(self.tokenizer, ids[-4:].tolist()))
-        feed = Feed()
-        row = Row(self._next_id, sampler, feed, _decode(feed, _Records(ids.size, _StopFilter(list(params.stop)), think),
-                                                         detok, self.eos, budget), budget)
+        row = self._new_row(ids, params, budget)
         self._next_id += 1
-        steps = generate_step(ids, self.model, max_tokens=1, sampler=sampler, prompt_cache=solo,
+        steps = generate_step(ids, self.model, max_tokens=1, sampler=row.sampler, prompt_cache=solo,
                               prefill_step_size=self.prefill_step_size, progress=progress)
         y, logprobs = next(steps)
         steps.close()
@@ -85,6 +80,14 @@ class BatchDecoder:
         elif self.keep_caches:
             self.released[row.rid] = layers
         return row.rid
+
+    def _new_row(self, ids: mx.array, params: RowParams, budget: int) -> Row:
+        """A row whose records come from `stream_generate`'s own text handling (rows.py says how)."""
+        detok = self.tokenizer.detokenizer if self.tokenizer is not None else None
+        think = ReasoningSplitter(prompt_opens_reasoning(self.tokenizer, ids[-4:].tolist()))
+        feed = Feed()
+        records = _decode(feed, _Records(ids.size, _StopFilter(list(params.stop)), think), detok, self.eos, budget)
+        return Row(self._next_id, RowSampler(params), feed, records, budget)
 
     def _join(self, row: Row, layers: list) -> None:
         if self.solo is not None and not self.rows:
@@ -118,7 +121,8 @@ class BatchDecoder:
         else:
             for bc in self.cache:
                 bc.remove(idx)
-        self.rows = [r for i, r in enumerate(self.rows) if i not in set(idx)]
+        gone = set(idx)
+        self.rows = [r for i, r in enumerate(self.rows) if i not in gone]
         if self.solo is not None and len(self.rows) == 1 and not self.solo.busy:  # alone again: draft
             layers = [bc.extract(0) for bc in self.cache]
             for bc in self.cache:
