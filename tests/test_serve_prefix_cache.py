@@ -167,7 +167,7 @@ def test_snapshot_carries_entries_after_the_layers(trained):
     """Entries beyond len(model.layers) (where the MTP draft cache lives) are snapshotted with the rest,
     trailing the main entries by as many tokens as before."""
     model, tok, ids = trained
-    cache = mlxseek.make_prompt_cache(model) + mlxseek.make_prompt_cache(model)[:1]
+    cache = model.make_cache() + model.make_cache()[:1]  # layers, then one latent entry standing in for the MTP one
     list(mlxseek.stream_generate(model, tok, ids[:300], max_tokens=2, prompt_cache=cache[: len(model.layers)]))
     list(mlxseek.stream_generate(model, tok, ids[:299], max_tokens=1, prompt_cache=cache[len(model.layers):]))
     held, extra = cache[0].offset, cache[-1].offset

@@ -198,8 +198,8 @@ class Engine:
             raise
         finally:
             self._counts["generation_tokens"] += len(generated)
-            if self.prefix is not None:
-                self.prefix.insert(prompt + generated, cache)
+            if self.prefix is not None:  # the per-layer entries: the MTP entry restarts with each request
+                self.prefix.insert(prompt + generated, cache[: len(self.model.layers)])
             del cache
             mx.clear_cache()
 
