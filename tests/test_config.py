@@ -1,9 +1,14 @@
 import json
+from pathlib import Path
 
 import pytest
+from mlx.utils import tree_flatten
 
 from mlxseek.config import ModelConfig
 from mlxseek.errors import ConfigError
+from mlxseek.models import build_model
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 # DeepSeek-V3's published config.json values (REFERENCES.md), trimmed to what the model reads.
 V3 = {
@@ -35,6 +40,27 @@ def test_v3_derived_values():
     assert cfg.mtp_layer_index == 61  # derived from num_hidden_layers, not a literal
     assert cfg.fp8_block_size == (128, 128)
     assert [cfg.is_moe_layer(i) for i in range(5)] == [False, False, False, True, True]
+
+
+@pytest.mark.parametrize("name", ["v2_lite", "v3", "v32", "v4_flash", "v4_pro"])
+def test_derived_layer_schedule_matches_the_built_model(name):
+    """What the sizing tools read from ModelConfig (MoE layers, router bias, hash tables) is what the model builds."""
+    cfg = ModelConfig.from_file(FIXTURES / name)
+    keys = {k for k, _ in tree_flatten(build_model(cfg, with_mtp=True).parameters())}
+    for i in range(cfg.mtp_layer_index + cfg.num_nextn_predict_layers):
+        gate = ("mtp.block" if i == cfg.mtp_layer_index else f"model.layers.{i}") + ".mlp.gate."
+        assert (gate + "weight" in keys) == cfg.is_moe_layer(i), (i, gate)
+        assert (gate + "e_score_correction_bias" in keys) == (cfg.is_moe_layer(i) and cfg.has_correction_bias(i))
+        assert (gate + "tid2eid" in keys) == cfg.is_hash_layer(i)
+    assert cfg.is_v4 == name.startswith("v4")
+
+
+def test_expert_dtype_and_fraction():
+    assert ModelConfig.from_file(FIXTURES / "v4_fp4").expert_dtype == "fp4"
+    assert ModelConfig.from_file(FIXTURES / "v4_flash").expert_dtype is None
+    nested = {**V3, "quantization_config": {**V3["quantization_config"], "expert_dtype": "fp4"}}
+    assert ModelConfig.from_dict(nested).expert_dtype == "fp4"
+    assert ModelConfig.from_dict(V2_LITE).routed_expert_fraction == 6 / 64
 
 
 def test_unknown_keys_round_trip():
@@ -82,3 +108,26 @@ def test_missing_and_malformed_config_file(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="invalid JSON"):
         ModelConfig.from_file(tmp_path)
+
+
+def test_v4_config_requires_compress_ratios():
+    d = json.loads((FIXTURES / "v4_flash" / "config.json").read_text())
+    del d["compress_ratios"]
+    with pytest.raises(ConfigError, match="missing required key.*compress_ratios"):
+        ModelConfig.from_dict(d)
+    with pytest.raises(ConfigError, match="transformers-saved V4 config .* use the official config.json"):
+        ModelConfig.from_dict(dict(d, layer_types=["sliding_attention"] * 4))
+    cfg = ModelConfig.from_dict(json.loads((FIXTURES / "v4_flash" / "config.json").read_text()))
+    assert cfg.kv_lora_rank is None and "kv_lora_rank" not in cfg.to_dict()
+    with pytest.raises(ConfigError, match="compress_ratios has 5 entries; layer 5"):
+        cfg.compress_ratio(5)
+
+
+def test_config_names_the_missing_dsa_key():
+    d = json.loads((FIXTURES / "v32" / "config.json").read_text())
+    with pytest.raises(ConfigError, match="q_lora_rank.*V3.2 needs q_lora_rank"):
+        ModelConfig.from_dict(dict(d, q_lora_rank=None))
+    with pytest.raises(ConfigError, match="index_head_dim"):
+        ModelConfig.from_dict(dict(d, index_head_dim=8))
+    cfg = ModelConfig.from_dict({k: v for k, v in d.items() if not k.startswith("index_")})
+    assert (cfg.index_n_heads, cfg.index_head_dim, cfg.index_topk) == (64, 128, 2048)  # V3.2 release values

@@ -152,3 +152,42 @@ def test_tool_calls_are_emitted_only_when_complete():
     text = "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{\"city\": \"Rome\"}<｜tool▁call▁end｜>"
     assert parser.feed(text[:-3]).tool_calls == []
     assert [c.name for c in parser.feed(text[-3:]).tool_calls] == ["get_weather"]
+
+
+FRAGMENTS = ["plain ", "\n", "\n\n", "</think>", "<think>", "<｜tool▁calls▁begin｜>", "<｜tool▁call▁begin｜>",
+             "function", "<｜tool▁sep｜>", "get_weather", "\n```json\n", '{"city": "Rome"}', "\n```",
+             "<｜tool▁call▁end｜>", "<｜tool▁calls▁end｜>", "<｜DSML｜function_calls>", "<｜DSML｜tool_calls>",
+             '<｜DSML｜invoke name="get_weather">', '<｜DSML｜parameter name="city" string="true">', "Rome",
+             "</｜DSML｜parameter>", "</｜DSML｜invoke>", "</｜DSML｜function_calls>", "</｜DSML｜tool_calls>",
+             "<｜tool▁ca", "<", "｜", "東京",
+             '<｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{"city": "Rome"}<｜tool▁call▁end｜>',
+             '<｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{"n": 1}\n```<｜tool▁call▁end｜>',
+             '\n<｜DSML｜invoke name="get_weather">\n<｜DSML｜parameter name="n" string="false">1</｜DSML｜parameter>'
+             '\n</｜DSML｜invoke>\n']
+FRAGMENTS += [f"<｜tool▁calls▁begin｜>{FRAGMENTS[-3]}<｜tool▁calls▁end｜>",
+              f"<｜tool▁calls▁begin｜>{FRAGMENTS[-2]}<｜tool▁calls▁end｜>",
+              f"\n\n<｜DSML｜function_calls>{FRAGMENTS[-1]}</｜DSML｜function_calls>",
+              f"\n\n<｜DSML｜tool_calls>{FRAGMENTS[-1]}</｜DSML｜tool_calls>"]
+
+
+def test_any_text_any_split_parses_as_the_whole():
+    """Random replies built from the formats' own fragments, cut at random points: never a crash, and
+    the streamed result always equals the whole-text parse."""
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+    with_calls = []
+
+    @hypothesis.settings(max_examples=300, deadline=None)
+    @hypothesis.given(st.lists(st.sampled_from(FRAGMENTS), max_size=14), st.lists(st.integers(0, 400), max_size=4),
+                      st.sampled_from(STYLES), st.booleans())
+    def check(parts, cuts, style, thinking):
+        text = "".join(parts)
+        whole = parse_reply(text, style=style, thinking=thinking, id_prefix="t")
+        points = sorted({min(c, len(text)) for c in cuts})
+        pieces = [text[a:b] for a, b in zip([0] + points, points + [len(text)])]
+        assert streamed(style, thinking, pieces)[0] == whole
+        assert all(ch in text for ch in whole.reasoning + whole.content)  # nothing invented
+        with_calls.append(bool(whole.tool_calls))
+
+    check()
+    assert any(with_calls)  # the examples did reach complete tool calls

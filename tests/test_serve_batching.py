@@ -134,3 +134,46 @@ def test_batching_is_refused_for_dsa_and_bad_sizes(trained, fixture_model):
     eng = Engine(fixture_model("v32"), None, model_id="v32", max_batch=2, prompt_cache_bytes=0)
     with pytest.raises(BatchingError, match="deepseek_v32"):
         eng.start()
+
+
+def test_openai_sdk_concurrent_streams_match_alone_and_cancel_frees_a_row(trained):
+    """Through a live server (max_batch 4) and the official openai SDK: four concurrent streamed completions
+    each get the text they get when sent alone; a fifth, cancelled after three chunks, frees its row."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import openai
+    from serve_helpers import deadline, running_server
+
+    model, tok, _ = trained
+    prompts = ["def parse_args(argv):\n    ", "import os\nimport sys\n\n", "class Config:\n    def",
+               "for key, value in items():\n"]
+
+    def streamed(client, prompt, n=24):
+        stream = client.completions.create(model="trained_v3", prompt=prompt, max_tokens=n, temperature=0, stream=True)
+        return "".join(c.choices[0].text for c in stream if c.choices)
+
+    def cancelled(client):
+        stream = client.completions.create(model="trained_v3", prompt="while True:\n", max_tokens=200, temperature=0,
+                                           stream=True)
+        for i, _ in enumerate(stream):
+            if i == 2:
+                break
+        stream.close()
+
+    with deadline(300), running_server(model, tok, model_id="trained_v3", max_batch=4,
+                                       prompt_cache_bytes=0) as (srv, engine):
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", timeout=TIMEOUT, max_retries=0)
+        alone_text = [streamed(client, p) for p in prompts]
+        with ThreadPoolExecutor(5) as pool:
+            gone = pool.submit(cancelled, client)
+            futures = [pool.submit(streamed, client, p) for p in prompts]
+            together_text = [f.result(timeout=TIMEOUT) for f in futures]
+            gone.result(timeout=TIMEOUT)
+        for _ in range(200):  # the worker notices the closed stream at its next step
+            if engine.stats()["running"] == 0:
+                break
+            asyncio.run(asyncio.sleep(0.02))
+        stats = engine.stats()
+    assert together_text == alone_text and all(alone_text)
+    assert alone_text[0] == mlxseek.generate(model, tok, prompts[0], max_tokens=24)
+    assert stats["cancelled"] == 1 and stats["running"] == 0

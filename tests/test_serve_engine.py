@@ -2,7 +2,10 @@
 logprobs, length checks, the bounded queue, cancellation and memory under 50 concurrent requests."""
 
 import asyncio
+import json
 import random
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -258,3 +261,25 @@ def test_stop_fails_queued_requests(trained):
 
     rest = run(body())
     assert len(rest) < 499 and all(e.finish_reason is None for e in rest)
+
+
+def test_mtp_drafting_in_the_worker_thread_is_exact_and_exits_cleanly():
+    """draft="mtp" through the engine's worker thread gives plain greedy tokens, and the process exits 0
+    (MLX aborts at exit when a thread that used it ends without clearing its streams)."""
+    code = f"""
+import asyncio, json, mlxseek
+from mlxseek.serve.engine import Engine, SamplingParams
+m, tok = mlxseek.load({str(FIXTURES / "trained_v3")!r}, dtype="float32")
+ids = list(range(5, 100))
+plain = [r.token for r in mlxseek.stream_generate(m, tok, ids, max_tokens=16)]
+eng = Engine(m, tok, model_id="t", draft="mtp")
+eng.start()
+async def go():
+    return [e.token async for e in eng.generate(ids, SamplingParams(max_tokens=16))]
+print(json.dumps([asyncio.run(go()), plain]))
+eng.stop()
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stderr[-2000:]
+    drafted, plain = json.loads(p.stdout.splitlines()[-1])
+    assert drafted == plain and len(plain) == 16

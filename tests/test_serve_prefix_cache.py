@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 import mlxseek
+from mlxseek.cache.mtp import MTPCache
+from mlxseek.errors import ServeError
 from mlxseek.serve import cache_state
 from mlxseek.serve.engine import Engine, SamplingParams
 from mlxseek.serve.prefix_cache import BLOCK_TOKENS
@@ -163,20 +165,22 @@ def test_corrupt_or_foreign_file_is_ignored_and_removed(trained, cold, tmp_path,
     same(warm, cold(b))
 
 
-def test_snapshot_carries_entries_after_the_layers(trained):
-    """Entries beyond len(model.layers) (where the MTP draft cache lives) are snapshotted with the rest,
-    trailing the main entries by as many tokens as before."""
+def test_snapshot_leaves_the_mtp_entry_and_drafting_stays_exact(trained):
+    """The prompt cache's MTP entry (after the layers) is not snapshotted: a restored cache is cut to a
+    block boundary, the MTP restarts its history there, and greedy drafting still gives the cold tokens."""
     model, tok, ids = trained
-    cache = model.make_cache() + model.make_cache()[:1]  # layers, then one latent entry standing in for the MTP one
-    list(mlxseek.stream_generate(model, tok, ids[:300], max_tokens=2, prompt_cache=cache[: len(model.layers)]))
-    list(mlxseek.stream_generate(model, tok, ids[:299], max_tokens=1, prompt_cache=cache[len(model.layers):]))
-    held, extra = cache[0].offset, cache[-1].offset
+    cache = mlxseek.make_prompt_cache(model)
+    assert isinstance(cache[len(model.layers)], MTPCache)
+    list(mlxseek.stream_generate(model, tok, ids[:300], max_tokens=4, prompt_cache=cache, draft="mtp"))
+    assert cache[len(model.layers)].offset > 0
     snap = cache_state.snapshot(cache, 256)
-    assert [e.offset for e in snap.entries] == [256] * len(model.layers) + [256 - (held - extra)]
-    cut = cache_state.cut(snap, 128)
-    assert [e.offset for e in cut.entries][-1] == 128 - (held - extra)
-    k0 = snap.entries[0].arrays["keys"]
-    assert (k0 == cache[0].keys[:, :, :256]).all().item()
+    assert [e.offset for e in snap.entries] == [256] * len(model.layers)
+    assert (snap.entries[0].arrays["keys"] == cache[0].keys[:, :, :256]).all().item()
+    restored = cache_state.restore(model, snap)
+    warm = [r.token for r in mlxseek.stream_generate(model, tok, ids[256:300], max_tokens=8, prompt_cache=restored,
+                                                     draft="mtp")]
+    cold = [r.token for r in mlxseek.stream_generate(model, tok, ids[:300], max_tokens=8)]
+    assert warm == cold
 
 
 def _random_prompts(vocab, seed):
@@ -213,3 +217,11 @@ def test_v4_is_refused_with_a_reason_and_still_serves():
     ref = list(mlxseek.stream_generate(model, tok, b[:300], max_tokens=N_NEW))
     assert [e.token for e in out] == [r.token for r in ref]
 
+
+
+def test_unusable_cache_dir_is_a_serve_error(trained, tmp_path):
+    model, tok, _ = trained
+    (tmp_path / "file").write_text("not a folder")
+    eng = Engine(model, tok, model_id="fixture", prompt_cache_dir=str(tmp_path / "file" / "sub"))
+    with pytest.raises(ServeError, match="prompt-cache-dir"):
+        eng.start()

@@ -14,11 +14,9 @@ import pytest
 from conftest import FIXTURES, golden
 from mlx_lm.models.cache import make_prompt_cache
 from reference import greedy, mlx_lm_model
-from st_io import E4M3, read_raw
 
 from mlxseek.cache.mla import DSACache
 from mlxseek.config import ModelConfig
-from mlxseek.errors import ConfigError
 from mlxseek.layers.indexer import LightningIndexer
 
 TOL = 1e-4
@@ -64,29 +62,6 @@ def test_logits_match_mlx_lm(name, fixture_model):
     diff = float(mx.abs(fixture_model(name)(x) - mlx_lm_model(FIXTURES / name)(x)).max())
     print(f"{name}: max |mlxseek - mlx-lm| = {diff:.2e}")
     assert diff < TOL
-
-
-def test_fp8_ue8m0_scales_dequantize_exactly(fixture_model):
-    """V3.2's FP8 release: e4m3 blocks with power-of-two (ue8m0) float32 scales, the indexer's wq_b/wk
-    included. The loaded weight must equal fp8 value x scale exactly (decoded here with NumPy)."""
-    folder = FIXTURES / "v32_fp8"
-    assert json.loads((folder / "config.json").read_text())["quantization_config"]["scale_fmt"] == "ue8m0"
-    key = "model.layers.1.self_attn.indexer.wq_b.weight"
-    raw = {}
-    for f in folder.glob("*.safetensors"):
-        header, body = read_raw(f)
-        for k in (key, key + "_scale_inv"):
-            if k in header:
-                a, b = header[k]["data_offsets"]
-                raw[k] = (header[k], body[a:b])
-    (wh, wb), (sh, sb) = raw[key], raw[key + "_scale_inv"]
-    assert (wh["dtype"], sh["dtype"]) == ("F8_E4M3", "F32")
-    scale = np.frombuffer(sb, np.float32).reshape(sh["shape"])
-    assert np.array_equal(np.exp2(np.round(np.log2(scale))), scale), "ue8m0 scales are powers of two"
-    w = E4M3[np.frombuffer(wb, np.uint8)].reshape(wh["shape"])
-    expected = w * np.repeat(np.repeat(scale, 128, 0), 128, 1)[: w.shape[0], : w.shape[1]]
-    got = np.array(fixture_model("v32_fp8").layers[1].self_attn.indexer.wq_b.weight)
-    assert np.array_equal(got, expected)
 
 
 def test_long_prefill_matches_transformers_past_topk(fixture_model, long_golden):
@@ -212,11 +187,3 @@ def test_indexer_matches_numpy_reference():
         assert set(top[t]) == set(np.argsort(-np.where(causal[t], ref[t], -np.inf))[: ix.topk])
 
 
-def test_config_names_the_missing_dsa_key():
-    d = json.loads((FIXTURES / "v32" / "config.json").read_text())
-    with pytest.raises(ConfigError, match="q_lora_rank.*V3.2 needs q_lora_rank"):
-        ModelConfig.from_dict(dict(d, q_lora_rank=None))
-    with pytest.raises(ConfigError, match="index_head_dim"):
-        ModelConfig.from_dict(dict(d, index_head_dim=8))
-    cfg = ModelConfig.from_dict({k: v for k, v in d.items() if not k.startswith("index_")})
-    assert (cfg.index_n_heads, cfg.index_head_dim, cfg.index_topk) == (64, 128, 2048)  # V3.2 release values

@@ -285,3 +285,23 @@ class ModelConfig:
         if e is None:
             return []
         return list(e) if isinstance(e, (list, tuple)) else [e]
+
+    # ---- derived, for the tools that size a config without building a model (tools/census, estimate, info)
+    @property
+    def is_v4(self) -> bool:
+        """DeepSeek-V4: one shared KV head, compressed caches and mHC instead of MLA's latent (V2/V3/V3.2)."""
+        return self.model_type == "deepseek_v4"
+
+    @property
+    def expert_dtype(self) -> Optional[str]:
+        """"fp4" where the release stores routed experts as FP4 (V4: top level or in quantization_config)."""
+        return self.extra.get("expert_dtype") or (self.quantization_config or {}).get("expert_dtype")
+
+    @property
+    def routed_expert_fraction(self) -> float:
+        """The share of an MoE layer's routed experts one token runs: top-k / E (0.0 without experts)."""
+        return self.num_experts_per_tok / self.n_routed_experts if self.n_routed_experts else 0.0
+
+    def has_correction_bias(self, idx: int) -> bool:
+        """Whether MoE layer `idx`'s router stores `e_score_correction_bias`: noaux_tc MLA, V4's non-hash layers."""
+        return not self.is_hash_layer(idx) if self.is_v4 else self.topk_method == "noaux_tc"

@@ -109,8 +109,7 @@ def _is_internal(key: str) -> bool:
 
 def _fp4_experts(cfg: ModelConfig, keys, source_of: dict) -> bool:
     """V4 releases declare FP4 experts with `expert_dtype: fp4`; each expert weight then has a scale."""
-    declared = cfg.extra.get("expert_dtype") or (cfg.quantization_config or {}).get("expert_dtype")
-    return declared == "fp4" and all(k + SCALE_SUFFIX in source_of for k in keys)
+    return cfg.expert_dtype == "fp4" and all(k + SCALE_SUFFIX in source_of for k in keys)
 
 
 # (pattern on the renamed key, operation). First match wins.
@@ -145,7 +144,7 @@ def build_plan(keys: list[str], cfg: ModelConfig) -> Plan:
     source_of: dict[str, str] = {}
     for k in keys:
         new = k
-        if cfg.model_type == "deepseek_v4" and not _is_internal(k):
+        if cfg.is_v4 and not _is_internal(k):
             new = _v4_rename(k)
         for pat, repl in renames:
             if pat.search(new):
@@ -219,7 +218,7 @@ class Materializer:
         if scale_kind == "F8_E8M0":  # V4's ue8m0 block scales: powers of two stored as exponent bytes
             scale = decode_e8m0(scale)
         if scale is None:
-            v4 = self.cfg.model_type == "deepseek_v4"  # V4 names a weight's scale `X.scale`, V3 `X.weight_scale_inv`
+            v4 = self.cfg.is_v4  # V4 names a weight's scale `X.scale`, V3 `X.weight_scale_inv`
             expected = src.removesuffix("weight") + "scale" if v4 else src + SCALE_SUFFIX
             raise CheckpointError(f"{self.store.file_of(src)}: {src} is float8 but {expected} is missing")
         if self.cfg.fp8_block_size is None:

@@ -5,7 +5,7 @@ Each command lives in its own module here and registers itself on `main` (cli/gr
 listed here explicitly: a module that fails to import fails `mlxseek --help` loudly.
 """
 
-from . import bench, chat, convert, distributed, estimate, eval, generate, info  # noqa: F401  (registration)
+from . import bench, chat, convert, distributed, estimate, eval, generate, info, serve  # noqa: F401  (registration)
 from .group import library_errors, main
 
 __all__ = ["library_errors", "main"]

@@ -9,9 +9,9 @@ from typing import Optional
 
 import click
 
-from .group import library_errors, main
 from .distributed import placement_options
 from .draft_options import draft_options, run_draft_bench
+from .group import library_errors, main
 
 
 @main.command()

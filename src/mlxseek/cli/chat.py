@@ -1,36 +1,72 @@
 """`mlxseek chat`: an interactive multi-turn conversation on stdin/stdout, one prompt cache throughout.
 
-Commands: `/reset` forgets the conversation, `/exit` (or end of input) quits.
+Commands: `/reset` forgets the conversation, `/tool ID RESULT` answers a tool call, `/exit` (or end of
+input) quits. With `--tools FILE.json` (a list of OpenAI function schemas) the model's tool calls are
+printed as JSON lines.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import click
 
-from ..errors import GenerationError
-from .group import library_errors, main
+from ..errors import ChatFormatError, GenerationError
 from .generate import load_for_text, make_sampler_for, print_stats, sampling_options
+from .group import library_errors, main
+
+
+def read_tools(path: Path | None) -> list | None:
+    if path is None:
+        return None
+    try:
+        tools = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise click.BadParameter(f"{path}: not a readable JSON file ({e})", param_hint="--tools") from None
+    if not isinstance(tools, list):
+        raise click.BadParameter(f"{path}: expected a JSON list of OpenAI tool schemas", param_hint="--tools")
+    return tools
+
+
+def print_reply(records) -> object:
+    """Echo reasoning and content as they stream, then each tool call as one JSON line; returns the last record."""
+    r, in_reasoning = None, False
+    for r in records:
+        if r.reasoning and not in_reasoning:
+            click.echo("[thinking] ", nl=False)
+            in_reasoning = True
+        click.echo(r.reasoning, nl=False)
+        if r.content and in_reasoning:
+            click.echo("\n[answer] ", nl=False)
+            in_reasoning = False
+        click.echo(r.content, nl=False)
+        for call in r.tool_calls:
+            click.echo("\n" + json.dumps(call.to_openai(), ensure_ascii=False), nl=False)
+    click.echo()
+    return r
 
 
 @main.command()
 @sampling_options
+@click.option("--thinking/--no-thinking", default=None, help="Reasoning on or off (formats with a toggle).")
+@click.option("--tools", "tools_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="JSON file with a list of OpenAI tool schemas the model may call.")
 @click.option("--stats", is_flag=True, help="Print speed and memory after each reply (stderr).")
 @library_errors
-def chat(model_dir: Path, max_tokens: int, temp: float, top_p: float, seed: Optional[int], system: Optional[str],
-         stats: bool) -> None:
-    """Chat with a model (type /reset to start over, /exit to quit)."""
+def chat(model_dir: Path, max_tokens: int, temp: float, top_p: float, seed: int | None, system: str | None,
+         thinking: bool | None, tools_file: Path | None, stats: bool) -> None:
+    """Chat with a model (/reset to start over, /tool ID RESULT to answer a tool call, /exit to quit)."""
     from ..generation.chat import ChatSession
 
+    tools = read_tools(tools_file)
     model, tokenizer = load_for_text(model_dir)
-    session = ChatSession(model, tokenizer, system=system, max_tokens=max_tokens,
+    session = ChatSession(model, tokenizer, system=system, thinking=thinking, tools=tools, max_tokens=max_tokens,
                           sampler=make_sampler_for(temp, top_p), seed=seed)
     interactive = sys.stdin.isatty()
     if interactive:
-        click.echo("[mlxseek chat: /reset to start over, /exit to quit]")
+        click.echo("[mlxseek chat: /reset to start over, /tool ID RESULT to answer a tool call, /exit to quit]")
     while True:
         if interactive:
             click.echo(">> ", nl=False)
@@ -45,11 +81,15 @@ def chat(model_dir: Path, max_tokens: int, temp: float, top_p: float, seed: Opti
         if not text:
             continue
         try:
-            r = None
-            for r in session.send(text):
-                click.echo(r.text, nl=False)
-            click.echo()
-            if stats:
+            if text.startswith("/tool"):
+                parts = text.split(maxsplit=2)
+                if len(parts) < 3:
+                    raise ChatFormatError("usage: /tool ID RESULT")
+                stream = session.send_tool_result(parts[1], parts[2])
+            else:
+                stream = session.send(text)
+            r = print_reply(stream)
+            if stats and r is not None:
                 print_stats(r)
-        except GenerationError as e:  # e.g. the context is full: the session goes on, /reset frees it
+        except (GenerationError, ChatFormatError) as e:  # the session goes on (/reset frees a full context)
             click.echo(f"Error: {e}", err=True)

@@ -7,9 +7,9 @@ from typing import Optional
 
 import click
 
-from .group import library_errors, main
 from .distributed import placement_options
 from .draft_options import draft_options
+from .group import library_errors, main
 
 
 def sampling_options(fn):

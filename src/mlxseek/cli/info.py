@@ -7,8 +7,8 @@ import json
 import click
 
 from ..tools import info as info_mod
-from .group import library_errors, main
 from .estimate import gb, params
+from .group import library_errors, main
 
 
 def report(i: dict) -> str:

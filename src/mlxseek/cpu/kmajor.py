@@ -2,7 +2,7 @@
 
 Why: MLX's CPU quantized kernels are far faster with `transpose=False` (weight (K, N), groups along N)
 than with the checkpoint's transposed layout (weight (N, K), groups along K), which is Metal's fast path.
-Measured here (benchmarks/kernel_layouts.py), one row, 16384x1024, float32 activations:
+Measured on this machine (one row, 16384x1024, float32 activations; benchmarks/profile_decode.py per op):
 quantized_matmul 4-bit transposed ~10-15 ms vs 8-bit (K, N) ~3.3 ms; gather_qmm for 6 of 64 experts
 ~15x faster. The cost: requantizing already-quantized weights adds error (at 8 bits, ~5% of the original
 4-bit RMS error) and 8-bit weights take ~2x the memory of 4-bit ones. So this is applied once, at load

@@ -48,6 +48,7 @@ class ReplyParser:
         self._names = {f["name"] for f in tool_functions(tools)} if tools else None
         self._prefix = id_prefix if id_prefix is not None else f"call_{uuid.uuid4().hex[:12]}_"
         self._buf, self._fresh = "", True
+        self._started = self._state == REASONING  # whether the start of the reply has been looked at
         self._opener, self._block_bad, self._block_calls = "", False, 0
         self.reply = Reply()
 
@@ -93,6 +94,13 @@ class ReplyParser:
                 self._emit(out, self._buf[:i], REASONING)
                 self._buf, self._state, self._fresh = self._buf[i + len(THINK_END):], CONTENT, True
             elif self._state == CONTENT:
+                if not self._started:
+                    opened = self._opens_own_reasoning(final)
+                    if opened is None:
+                        return
+                    self._started = True
+                    if opened:
+                        continue
                 i, opener = _earliest(self._buf, self._g.block_open)
                 if i < 0:
                     return self._keep(out, self._g.block_open + SPECIAL_TEXTS, CONTENT, final)
@@ -101,6 +109,17 @@ class ReplyParser:
                 self._opener, self._block_bad, self._block_calls = opener, False, 0
             elif not self._block_step(out, final):
                 return
+
+    def _opens_own_reasoning(self, final: bool) -> bool | None:
+        """A reply whose prompt did not open reasoning may open it itself with `<think>` (R1 distills do).
+        None: too little text yet to tell."""
+        rest = self._buf.lstrip("\n")
+        if self._g.has_reasoning and rest.startswith(THINK_START):
+            self._buf, self._state, self._fresh = rest[len(THINK_START):], REASONING, True
+            return True
+        if self._g.has_reasoning and THINK_START.startswith(rest) and not final:
+            return None
+        return False
 
     def _skip_think_start(self, final: bool) -> bool:
         """A reply may repeat the `<think>` its prompt ended with; drop it. False: wait for more text."""

@@ -78,3 +78,18 @@ def prompt_opens_thinking(style: str, thinking: bool | None, *, prompt: str | No
     if prompt is not None:
         return prompt.rstrip("\n").endswith(THINK_START)
     return check_thinking(style, thinking)
+
+
+def style_of_checkpoint(folder: str | Path, *, chat_template: str | None) -> str | None:
+    """The chat format of a checkpoint folder, or None when it cannot be told: no config.json, an unknown
+    model_type, or a V2/V3-family folder without a chat template (mlxseek's V3/R1 fallback then applies)."""
+    config = Path(folder) / "config.json"
+    if not config.is_file():
+        return None
+    model_type = json.loads(config.read_text()).get("model_type", "")
+    if chat_template is None and model_type not in ("deepseek_v32", "deepseek_v4"):
+        return None
+    try:
+        return detect_style(model_type=model_type, chat_template=chat_template)
+    except ChatFormatError:
+        return None

@@ -26,11 +26,10 @@ import mlx.core as mx
 from ..cache.batch import make_batch_cache
 from ..errors import BatchingError, GenerationError
 from .prefill import DEFAULT_PREFILL_STEP
-from .reasoning import ReasoningSplitter, prompt_opens_reasoning
 from .rows import BatchRecord, Feed, Row, RowParams, RowSampler
 from .solo import SoloDrafter
 from .steps import generate_step, make_prompt_cache, split_prompt_cache
-from .stream import _check_lengths, _decode, _Records, _StopFilter, encode_prompt
+from .stream import _check_lengths, _decode, encode_prompt, make_records
 
 Prompt = Union[str, Sequence[int], mx.array]
 
@@ -40,8 +39,10 @@ class BatchDecoder:
     steps. Refuses (BatchingError) a family whose caches cannot be batched (DSA, V4)."""
 
     def __init__(self, model, tokenizer, *, prefill_step_size: int = DEFAULT_PREFILL_STEP,
-                 draft: Optional[str] = None, num_draft: int = 1, keep_caches: bool = False):
+                 draft: Optional[str] = None, num_draft: int = 1, keep_caches: bool = False,
+                 chat_style: Optional[str] = None):
         self.model, self.tokenizer, self.prefill_step_size = model, tokenizer, prefill_step_size
+        self.chat_style = chat_style  # the reply format records are parsed with (default: the tokenizer's)
         # keep_caches: a leaving row's solo per-layer caches wait in `released[row id]` (for a prefix cache).
         self.keep_caches = keep_caches
         self.released: dict[int, list] = {}
@@ -84,9 +85,9 @@ class BatchDecoder:
     def _new_row(self, ids: mx.array, params: RowParams, budget: int) -> Row:
         """A row whose records come from `stream_generate`'s own text handling (rows.py says how)."""
         detok = self.tokenizer.detokenizer if self.tokenizer is not None else None
-        think = ReasoningSplitter(prompt_opens_reasoning(self.tokenizer, ids[-4:].tolist()))
         feed = Feed()
-        records = _decode(feed, _Records(ids.size, _StopFilter(list(params.stop)), think), detok, self.eos, budget)
+        records = _decode(feed, make_records(self.tokenizer, ids, params.stop, chat_style=self.chat_style),
+                          detok, self.eos, budget)
         return Row(self._next_id, RowSampler(params), feed, records, budget)
 
     def _join(self, row: Row, layers: list) -> None:

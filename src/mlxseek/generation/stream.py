@@ -5,24 +5,27 @@ stop strings are held back until they can no longer match, and R1-style reasonin
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Generator, Iterable, Optional, Sequence, Union
 
 import mlx.core as mx
 from mlx_lm.generate import wired_limit
 
 from ..errors import GenerationError
+from ..formats import ReplyParser, ToolCall
 from ..speculative.policy import DraftStats
 from ..speculative.step import speculative_generate_step
 from .prefill import DEFAULT_PREFILL_STEP
-from .reasoning import ReasoningSplitter, held_prefix, prompt_opens_reasoning
+from .reasoning import held_prefix, prompt_opens_reasoning
 from .steps import LogitsProcessor, Sampler, generate_step, make_prompt_cache
 
 
 @dataclass
 class GenerationResponse:
-    """One streamed step. `text` is the newly printable text (may be empty); `reasoning`/`content`
-    split it at R1's `<think>...</think>`. Speeds are tokens per second, `peak_memory` is in GB."""
+    """One streamed step. `text` is the newly printable text (may be empty); `reasoning`/`content`/
+    `tool_calls` are what the chat format's reply parser made of it (a tool call appears once complete;
+    `malformed`: the model wrote a tool call that did not parse, kept in `content`). Speeds are tokens
+    per second, `peak_memory` is in GB."""
 
     text: str
     token: int
@@ -35,6 +38,8 @@ class GenerationResponse:
     finish_reason: Optional[str] = None  # "stop" (EOS or stop string), "length", or None mid-stream
     reasoning: str = ""
     content: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    malformed: bool = False
     # MTP drafting (draft="mtp"/"auto"): running totals, 0 without drafting.
     draft_tokens: int = 0  # tokens the MTP module proposed
     accepted_tokens: int = 0  # ... that the model accepted
@@ -104,8 +109,8 @@ def _check_lengths(model, n_prompt: int, cached: int, max_tokens: int) -> int:
 class _Records:
     """Builds GenerationResponse records: clocks, text filters (stop strings, reasoning split)."""
 
-    def __init__(self, n_prompt: int, stops: _StopFilter, think: ReasoningSplitter):
-        self.n_prompt, self.stops, self.think = n_prompt, stops, think
+    def __init__(self, n_prompt: int, stops: _StopFilter, reply: ReplyParser):
+        self.n_prompt, self.stops, self.reply = n_prompt, stops, reply
         self.tic = time.perf_counter()
         self.t_first, self.prompt_tps = self.tic, 0.0
         self.stats = None  # a DraftStats when drafting
@@ -115,18 +120,29 @@ class _Records:
         self.prompt_tps = self.n_prompt / max(self.t_first - self.tic, 1e-9)
 
     def make(self, text: str, token: int, logprobs: mx.array, n: int, finish: Optional[str] = None):
-        reasoning, content = self.think.feed(text)
+        delta = self.reply.feed(text)
         if finish:
-            r, c = self.think.flush()
-            reasoning, content = reasoning + r, content + c
+            end = self.reply.finish()
+            delta.reasoning, delta.content = delta.reasoning + end.reasoning, delta.content + end.content
+            delta.tool_calls += end.tool_calls
         return GenerationResponse(
             text=text, token=token, logprobs=logprobs, prompt_tokens=self.n_prompt, prompt_tps=self.prompt_tps,
             generation_tokens=n, generation_tps=n / max(time.perf_counter() - self.t_first, 1e-9),
-            peak_memory=mx.get_peak_memory() / 1e9, finish_reason=finish, reasoning=reasoning, content=content,
+            peak_memory=mx.get_peak_memory() / 1e9, finish_reason=finish, reasoning=delta.reasoning, content=delta.content,
+            tool_calls=delta.tool_calls, malformed=self.reply.reply.malformed,
             **({} if self.stats is None else {"draft_tokens": self.stats.draft_tokens,
                                               "accepted_tokens": self.stats.accepted_tokens,
                                               "verify_steps": self.stats.verify_steps}),
         )
+
+
+def make_records(tokenizer, ids: mx.array, stop: Optional[Iterable[str]], *, chat_style: Optional[str] = None,
+                 tools: Optional[list[dict]] = None) -> _Records:
+    """The record builder of one sequence (also each row of `generation.batch`)."""
+    # Without a known format (no chat template in the folder: mlxseek's V3/R1 fallback), R1's reply rules.
+    style = chat_style or getattr(tokenizer, "chat_style", None) or "r1"
+    parser = ReplyParser(style, thinking=prompt_opens_reasoning(tokenizer, ids[-4:].tolist()), tools=tools)
+    return _Records(ids.size, _StopFilter(list(stop or [])), parser)
 
 
 def stream_generate(
@@ -144,6 +160,8 @@ def stream_generate(
     progress: Optional[Callable[[int, int], None]] = None,
     draft: Optional[str] = None,
     num_draft: int = 1,
+    chat_style: Optional[str] = None,
+    tools: Optional[list[dict]] = None,
 ) -> Generator[GenerationResponse, None, None]:
     """Stream GenerationResponse records for `prompt` (a string or token ids).
 
@@ -154,6 +172,8 @@ def stream_generate(
     draft="mtp" drafts `num_draft` tokens per step with the model's MTP module and verifies them in one
     forward (greedy output unchanged; sampling needs `mlxseek.speculative.make_sampler`); "auto" drafts
     only where it measures a speedup. Records then carry draft_tokens/accepted_tokens/verify_steps.
+    `chat_style` (default: the tokenizer's) picks the reply format parsed into reasoning/content/tool_calls;
+    `tools` (OpenAI schemas) makes calls to other names malformed.
     """
     ids = encode_prompt(tokenizer, prompt)
     budget = _check_lengths(model, ids.size, prompt_cache[0].offset if prompt_cache else 0, max_tokens)
@@ -164,8 +184,7 @@ def stream_generate(
     eos = set(tokenizer.eos_token_ids) if tokenizer is not None else set()
     detok = tokenizer.detokenizer if tokenizer is not None else None
     mx.reset_peak_memory()
-    records = _Records(ids.size, _StopFilter(list(stop or [])),
-                       ReasoningSplitter(prompt_opens_reasoning(tokenizer, ids[-4:].tolist())))
+    records = make_records(tokenizer, ids, stop, chat_style=chat_style, tools=tools)
     if draft is not None:  # MTP self-speculative decoding (mlxseek.speculative)
         records.stats = DraftStats()
         steps = speculative_generate_step(

@@ -68,6 +68,9 @@ def load_tokenizer(folder: str | Path, *, eos_token_ids: Optional[Iterable[int]]
         tok = load_wrapper(folder, eos_token_ids=list(eos_token_ids) if eos_token_ids else None)
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{folder}: cannot read the tokenizer files ({e})") from None
+    from ..formats.style import style_of_checkpoint
+
+    tok.chat_style = style_of_checkpoint(folder, chat_template=tok.chat_template)  # read by stream_generate
     if tok.chat_template is None:
         tok._tokenizer.chat_template = DEEPSEEK_CHAT_TEMPLATE
         tok.has_chat_template = True

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 
 import mlx.core as mx
 
-import mlxseek
-
+from ..generation.batch import BatchDecoder
+from ..generation.rows import RowParams
+from ..generation.steps import make_prompt_cache
 from .scheduler import DONE, Request
 
 log = logging.getLogger("mlxseek.serve")
@@ -49,7 +50,7 @@ class BatchRunner:
 
     def setup(self) -> None:
         e = self.engine
-        self.dec = mlxseek.BatchDecoder(e.model, e.tokenizer, draft="mtp" if e.draft == "mtp" else None,
+        self.dec = BatchDecoder(e.model, e.tokenizer, draft="mtp" if e.draft == "mtp" else None,
                                         keep_caches=e.prefix is not None)
 
     def admit(self, req: Request) -> None:
@@ -59,7 +60,7 @@ class BatchRunner:
         e, p = self.engine, req.params
         cached, cache = e.prefix.lookup(req.prompt) if e.prefix is not None else (0, None)
         if cache is None:
-            cached, cache = 0, mlxseek.make_prompt_cache(e.model)
+            cached, cache = 0, make_prompt_cache(e.model)
         e._counts["requests"] += 1
         e._counts["prompt_tokens"] += len(req.prompt)
         e._counts["cached_tokens"] += cached
@@ -68,7 +69,7 @@ class BatchRunner:
             if req.cancelled.is_set():
                 raise _Cancelled
 
-        params = mlxseek.RowParams(max_tokens=min(p.max_tokens, e.context_length - len(req.prompt)),
+        params = RowParams(max_tokens=min(p.max_tokens, e.context_length - len(req.prompt)),
                            temperature=p.temperature, top_p=p.top_p, seed=p.seed, stop=tuple(p.stop))
         try:
             rid = self.dec.add(req.prompt[cached:], params, prompt_cache=cache, progress=progress)

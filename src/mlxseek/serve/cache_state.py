@@ -1,7 +1,9 @@
 """Snapshots of a prompt cache: the one module of the server that reads cache internals.
 
-A prompt cache is the whole list `mlxseek.make_prompt_cache(model)` returns: one entry per decoder
-layer, plus any entries after them (the MTP draft cache), and every entry is snapshotted. mlx-lm style
+A prompt cache is the list `mlxseek.make_prompt_cache(model)` returns: one entry per decoder layer, then
+(for a model with MTP) the MTP module's `MTPCache`. The per-layer entries are snapshotted; the MTP entry
+is not: a restored cache is cut to a block boundary, where the MTP state is out of step anyway, and
+speculative decoding then restarts the MTP cache (drafting stays exact; it only lacks older context). mlx-lm style
 caches write new tokens into preallocated buffers in place (`keys[..., a:b, :] = new`), so a snapshot
 owns copies of exactly its tokens and a restore hands the new cache fresh copies: neither the donor nor
 a stored snapshot is ever written by a later request.
@@ -19,6 +21,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import KVCache
 
 from ..cache.mla import DSACache, LatentCache, QuantizedLatentCache
+from ..cache.mtp import MTPCache
 
 TOKEN_AXIS = 2
 
@@ -96,6 +99,8 @@ def snapshot(cache: list, tokens: int) -> CacheSnapshot:
     drop = cache[0].offset - tokens
     entries = []
     for c in cache:
+        if isinstance(c, MTPCache):
+            continue
         kind = kinds[type(c)]
         n = max(0, c.offset - drop)
         settings = {"group_size": c.group_size, "bits": c.bits} if kind == "qlatent" else {}

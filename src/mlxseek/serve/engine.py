@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import mlx.core as mx
 from mlx_lm.sample_utils import make_sampler
 
-import mlxseek
-
 from ..errors import GenerationError
+from ..generation.steps import make_prompt_cache
+from ..generation.stream import stream_generate
 from .batching import BatchRunner
 from .prefix_cache import PrefixCache, model_identity
 from .scheduler import DONE, Request, Scheduler
@@ -58,7 +58,7 @@ class TokenEvent:
     cached_tokens: int
     generation_tokens: int
     batch_size: int = 1  # rows that shared the forward producing this token
-    drafting: bool = False  # the MTP module drafted this token
+    drafting: bool = False  # MTP drafting was on for this token
 
 
 class _Cancelled(Exception):
@@ -185,7 +185,7 @@ class Engine:
         prompt, _p = req.prompt, req.params
         cached, cache = self.prefix.lookup(prompt) if self.prefix is not None else (0, None)
         if cache is None:
-            cached, cache = 0, mlxseek.make_prompt_cache(self.model)
+            cached, cache = 0, make_prompt_cache(self.model)
         self._counts["prompt_tokens"] += len(prompt)
         self._counts["cached_tokens"] += cached
         generated: list[int] = []
@@ -198,8 +198,8 @@ class Engine:
             raise
         finally:
             self._counts["generation_tokens"] += len(generated)
-            if self.prefix is not None:  # the per-layer entries: the MTP entry restarts with each request
-                self.prefix.insert(prompt + generated, cache[: len(self.model.layers)])
+            if self.prefix is not None:
+                self.prefix.insert(prompt + generated, cache)
             del cache
             mx.clear_cache()
 
@@ -214,7 +214,7 @@ class Engine:
                 raise _Cancelled
 
         budget = min(p.max_tokens, self.context_length - len(prompt))
-        steps = mlxseek.stream_generate(
+        steps = stream_generate(
             self.model, self.tokenizer, prompt[cached:], max_tokens=budget, prompt_cache=cache,
             sampler=make_sampler(temp=p.temperature, top_p=p.top_p), stop=list(p.stop), seed=p.seed,
             progress=progress, draft=draft)
@@ -242,7 +242,7 @@ class Engine:
         return TokenEvent(token=r.token, text=r.text, logprob=logprob, top_logprobs=top,
                           finish_reason=r.finish_reason, prompt_tokens=n_prompt, cached_tokens=cached,
                           generation_tokens=r.generation_tokens, batch_size=getattr(r, "batch_size", 1),
-                          drafting=getattr(r, "drafting", False) or bool(r.draft_tokens))
+                          drafting=getattr(r, "drafting", False) or r.draft_tokens > 0)
 
     def _piece(self, token: int) -> str:
         return self.tokenizer.decode([token]) if self.tokenizer is not None else ""

@@ -21,6 +21,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from ..errors import ServeError
 from . import cache_state
 from .cache_state import CacheSnapshot
 
@@ -101,7 +102,10 @@ class DiskTier:
 
     def __init__(self, folder: str | os.PathLike, *, identity: str):
         self.folder, self.identity = Path(folder), identity
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ServeError(f"--prompt-cache-dir {self.folder}: cannot create it ({e}); pass a writable folder") from None
         self.rejected = 0
         self._index: dict[str, tuple[str, ...]] = {}
         for path in sorted(self.folder.glob("*.safetensors")):

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import mlx.core as mx
+
 from ..errors import QueueFullError, ServeError
 
 log = logging.getLogger("mlxseek.serve")
@@ -111,6 +113,14 @@ class Scheduler:
             self._thread = None
 
     def _loop(self) -> None:
+        try:
+            self._serve()
+        finally:
+            # MLX keeps per-thread streams; a thread that used MLX must destroy them before it ends, or the
+            # process can abort at exit ("terminate called without an active exception", MLX issue 3126).
+            mx.clear_streams()
+
+    def _serve(self) -> None:
         try:
             if self._setup is not None:
                 self._setup()

@@ -33,7 +33,7 @@ def active_bytes_per_token(model, cfg: ModelConfig) -> int:
     """Bytes of weights read to decode one token (see the module docstring); works on mlx-lm's DeepSeek
     models too, whose parameter paths are the same."""
     total = 0.0
-    share = (cfg.num_experts_per_tok / cfg.n_routed_experts) if cfg.n_routed_experts else 1.0
+    share = cfg.routed_expert_fraction
     for name, p in tree_flatten(model.parameters()):
         if name.startswith("mtp."):
             continue  # plain decoding never runs the MTP module

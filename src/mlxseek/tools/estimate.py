@@ -22,7 +22,6 @@ over the network per MoE layer is not modelled).
 
 from __future__ import annotations
 
-import json
 import math
 from itertools import accumulate
 from pathlib import Path
@@ -32,7 +31,7 @@ from ..config import ModelConfig
 from ..convert.quantize import BITS, GROUP_SIZES, RECIPES, RecipeContext, is_router
 from ..errors import ConfigError
 from . import machines as machines_mod
-from .census import Tensor, census, is_moe_layer
+from .census import Tensor, census
 
 # The converter's recipes (convert/quantize.py: uniform, experts, mixed), plus two reference formats:
 # bf16 (unquantized) and native (as DeepSeek ships it: FP8 blocks, V4's FP4 experts).
@@ -40,35 +39,21 @@ FORMATS = tuple(RECIPES) + ("bf16", "native")
 PARALLEL = ("pipeline", "expert")
 
 
-class LayerSchedule:
-    """The part of ModelConfig a recipe reads, from a raw config dict (ModelConfig builds only V2/V3)."""
-
-    def __init__(self, c: dict):
-        self.c, self.num_hidden_layers = c, c["num_hidden_layers"]
-        self.mtp_layer_index = self.num_hidden_layers  # DeepSeek stores MTP right after the main stack
-
-    def is_moe_layer(self, i: int) -> bool:
-        return is_moe_layer(self.c, i)
-
-
-def load_config(config: Union[str, Path, dict, ModelConfig]) -> tuple[dict, str]:
-    """A config dict and the name to use in errors, from a dict, a ModelConfig, a config.json or a model folder."""
+def resolve_config(config: Union[str, Path, dict, ModelConfig]) -> tuple[ModelConfig, str]:
+    """The ModelConfig and the name to use in errors, from a ModelConfig, a dict, a config.json or a model folder."""
     if isinstance(config, ModelConfig):
-        return config.to_dict(), "config"
-    if isinstance(config, dict):
         return config, "config"
+    if isinstance(config, dict):
+        return ModelConfig.from_dict(config, source="config"), "config"
     path = Path(config)
     if path.is_dir():
         path = path / "config.json"
     if not path.is_file():
         raise ConfigError(f"{path}: not found; expected a DeepSeek config.json or a model folder holding one")
-    try:
-        return json.loads(path.read_text()), str(path)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: invalid JSON ({e})") from None
+    return ModelConfig.from_file(path), str(path)
 
 
-def bytes_fn(c: dict, fmt: str, q_bits: int, group_size: int) -> Callable[[Tensor], float]:
+def bytes_fn(cfg: ModelConfig, fmt: str, q_bits: int, group_size: int) -> Callable[[Tensor], float]:
     """Stored bytes of a tensor under format `fmt`: a converter recipe, "bf16" or "native"."""
     if fmt not in FORMATS:
         raise ConfigError(f"--recipe {fmt!r}: unknown; choose one of {', '.join(FORMATS)}")
@@ -76,10 +61,10 @@ def bytes_fn(c: dict, fmt: str, q_bits: int, group_size: int) -> Callable[[Tenso
         raise ConfigError(f"--q-bits {q_bits} / --q-group-size {group_size}: MLX affine quantization packs "
                           f"{', '.join(map(str, BITS))} bits in groups of {', '.join(map(str, GROUP_SIZES))}")
     if fmt == "native":
-        return lambda t: _native_bytes(t, c)
+        return lambda t: _native_bytes(t, cfg)
     if fmt == "bf16":
-        return lambda t: _native_bytes(t, c) if t.kind == "table" else t.numel * 2
-    choose, ctx = RECIPES[fmt], RecipeContext(LayerSchedule(c), q_bits)
+        return lambda t: _native_bytes(t, cfg) if t.kind == "table" else t.numel * 2
+    choose, ctx = RECIPES[fmt], RecipeContext(cfg, q_bits)
 
     def module_bytes(path: str, numel: int, in_dim: int) -> float:
         bits = choose(path, ctx)
@@ -91,33 +76,33 @@ def bytes_fn(c: dict, fmt: str, q_bits: int, group_size: int) -> Callable[[Tenso
 
     def nbytes(t: Tensor) -> float:
         if t.kind == "table":
-            return _native_bytes(t, c)
+            return _native_bytes(t, cfg)
         if is_router(t.path):
             return t.numel * 4  # the converter keeps the router (gate and correction bias) in float32
         if t.kind == "float":
             return t.numel * 2
         if t.path.endswith("kv_b_proj"):
             # Converted for absorbed MLA into embed_q (H, R, nope) and unembed_out (H, v, R): other input dims.
-            p, H, R = t.path[: -len("kv_b_proj")], c["num_attention_heads"], c["kv_lora_rank"]
-            return (module_bytes(p + "embed_q", H * R * c["qk_nope_head_dim"], c["qk_nope_head_dim"])
-                    + module_bytes(p + "unembed_out", H * c["v_head_dim"] * R, R))
+            p, H, R, nope = t.path[: -len("kv_b_proj")], cfg.num_attention_heads, cfg.kv_lora_rank, cfg.qk_nope_head_dim
+            return (module_bytes(p + "embed_q", H * R * nope, nope)
+                    + module_bytes(p + "unembed_out", H * cfg.v_head_dim * R, R))
         return module_bytes(t.path, t.numel, t.shape[-1])
 
     return nbytes
 
 
-def _native_bytes(t: Tensor, c: dict) -> float:
-    qc = c.get("quantization_config") or {}
-    if t.native in ("fp8", "fp4") and qc.get("quant_method") != "fp8":
+def _native_bytes(t: Tensor, cfg: ModelConfig) -> float:
+    block = cfg.fp8_block_size
+    if t.native in ("fp8", "fp4") and block is None:
         return t.numel * 2  # a bf16 release (V2, V2-Lite)
     if t.native == "fp4":  # V4 routed experts: e2m1 packed two per byte, one e8m0 scale per 32 values
         return t.numel / 2 + t.numel / 32
     if t.native == "fp8":
         # One scale per weight_block_size block (128x128): float32 in V3/V3.1/V3.2, e8m0 bytes in V4
         # (the official V4-Flash tensor list stores them as float8_e8m0fnu).
-        br, bc = qc.get("weight_block_size", (128, 128))
+        br, bc = block
         blocks = math.prod(t.shape[:-2]) * math.ceil(t.shape[-2] / br) * math.ceil(t.shape[-1] / bc)
-        return t.numel + blocks * (1 if c["model_type"] == "deepseek_v4" else 4)
+        return t.numel + blocks * (1 if cfg.is_v4 else 4)
     return t.numel * {"bf16": 2, "fp32": 4, "i64": 8}[t.native]
 
 
@@ -140,39 +125,34 @@ def parameters(tensors: list[Tensor]) -> dict:
     }
 
 
-def _layer_cache(c: dict, i: int, b: int) -> tuple[float, int, int]:
+def _layer_cache(cfg: ModelConfig, i: int, b: int) -> tuple[float, int, int]:
     """(bytes per cached token, context-independent bytes, bytes per token without KV compression: a per-head
     K/V cache for MLA, the uncompressed shared KV head for V4)."""
-    if c["model_type"] != "deepseek_v4":
+    if not cfg.is_v4:
         # MLA caches the compressed latent plus the shared rope key: kv_lora_rank + qk_rope_head_dim values.
         # A per-head cache would hold K (nope + rope) and V for every head.
-        latent = (c["kv_lora_rank"] + c["qk_rope_head_dim"]) * b
-        full = c["num_attention_heads"] * (c["qk_nope_head_dim"] + c["qk_rope_head_dim"] + c["v_head_dim"]) * b
-        dsa = c["index_head_dim"] * b if c["model_type"] == "deepseek_v32" else 0  # indexer keys
+        latent = (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * b
+        full = cfg.num_attention_heads * (cfg.q_head_dim + cfg.v_head_dim) * b
+        dsa = cfg.index_head_dim * b if cfg.uses_dsa else 0  # indexer keys
         return latent + dsa, 0, full
     # V4: one shared KV head of head_dim. Every layer keeps a sliding window of recent tokens; a ratio-r layer
     # also keeps one compressed entry per r tokens, and ratio-4 layers one indexer key per 4 tokens.
-    hd, r = c["head_dim"], _ratio(c, i)
-    per = (hd / r + (c["index_head_dim"] / r if r == 4 else 0)) * b if r else 0.0
-    return per, c["sliding_window"] * hd * b, hd * b
+    hd, r = cfg.head_dim, cfg.compress_ratio(i)
+    per = (hd / r + (cfg.index_head_dim / r if r == 4 else 0)) * b if r else 0.0
+    return per, cfg.sliding_window * hd * b, hd * b
 
 
-def _layer_cache_reads(c: dict, i: int, n: int, b: int) -> float:
+def _layer_cache_reads(cfg: ModelConfig, i: int, n: int, b: int) -> float:
     """Cache bytes one decoded token reads in layer i at context n (absorbed MLA reads the whole latent)."""
-    if c["model_type"] != "deepseek_v4":
-        latent = (c["kv_lora_rank"] + c["qk_rope_head_dim"]) * b
-        if c["model_type"] == "deepseek_v32":  # DSA attends to index_topk tokens, scored over all n
-            return min(n, c["index_topk"]) * latent + n * c["index_head_dim"] * b
+    if not cfg.is_v4:
+        latent = (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * b
+        if cfg.uses_dsa:  # DSA attends to index_topk tokens, scored over all n
+            return min(n, cfg.index_topk) * latent + n * cfg.index_head_dim * b
         return n * latent
-    hd, r = c["head_dim"], _ratio(c, i)
+    hd, r = cfg.head_dim, cfg.compress_ratio(i)
     entries = n // r if r else 0
-    sparse = min(entries, c["index_topk"]) * hd + entries * c["index_head_dim"] if r == 4 else entries * hd
-    return (min(n, c["sliding_window"]) * hd + sparse) * b
-
-
-def _ratio(c: dict, i: int) -> int:
-    ratios = c["compress_ratios"]
-    return ratios[i] if i < len(ratios) else 0
+    sparse = min(entries, cfg.index_topk) * hd + entries * cfg.index_head_dim if r == 4 else entries * hd
+    return (min(n, cfg.sliding_window) * hd + sparse) * b
 
 
 def _split(weights: list[float], n: int) -> list[range]:
@@ -185,7 +165,7 @@ def _split(weights: list[float], n: int) -> list[range]:
     return [range(a, b) for a, b in zip(cuts, cuts[1:] + [len(weights)])]
 
 
-def _groups(c: dict, kept: list[Tensor], n_layers: int) -> tuple[list[list[Tensor]], list[Tensor], list[Tensor]]:
+def _groups(kept: list[Tensor], n_layers: int) -> tuple[list[list[Tensor]], list[Tensor], list[Tensor]]:
     """Tensors per decoder layer (MTP modules last), plus those that sit before and after the stack."""
     per_layer: list[list[Tensor]] = [[] for _ in range(n_layers)]
     for t in kept:
@@ -196,21 +176,21 @@ def _groups(c: dict, kept: list[Tensor], n_layers: int) -> tuple[list[list[Tenso
     return per_layer, first, last
 
 
-def _ranks(c: dict, kept: list[Tensor], n_layers: int, nbytes, ctx: int, b: int, n: int, parallel: str):
+def _ranks(cfg: ModelConfig, kept: list[Tensor], n_layers: int, nbytes, ctx: int, b: int, n: int, parallel: str):
     """Per-machine weights, cache and bytes read per token for n machines (n == 1: the whole model)."""
-    per_layer, first, last = _groups(c, kept, n_layers)
-    L = c["num_hidden_layers"]
+    per_layer, first, last = _groups(kept, n_layers)
+    L = cfg.num_hidden_layers
 
     def share(ts: list[Tensor], layers: range, expert_frac: float = 1.0) -> dict:
         frac = [expert_frac if t.component == "routed_experts" else 1.0 for t in ts]
-        cache = [_layer_cache(c, i, b) for i in layers]
+        cache = [_layer_cache(cfg, i, b) for i in layers]
         weights = sum(nbytes(t) * f for t, f in zip(ts, frac))
         return {
             "layers": [layers.start, layers.stop],
             "weight_bytes": round(weights),
             "resident_bytes": round(weights + sum(fx + per * ctx for per, fx, _ in cache)),
             "bytes_per_token": round(sum(nbytes(t) * t.reads * f for t, f in zip(ts, frac) if not t.mtp)
-                                     + sum(_layer_cache_reads(c, i, ctx, b) for i in layers if i < L)),
+                                     + sum(_layer_cache_reads(cfg, i, ctx, b) for i in layers if i < L)),
         }
 
     if parallel == "expert" or n == 1:
@@ -242,24 +222,24 @@ def estimate(config: Union[str, Path, dict, ModelConfig], *, q_bits: int = 4, q_
              parallel: str = "pipeline", context: int = 4096, drop_mtp: bool = False,
              cache_dtype_bytes: int = 2) -> dict:
     """Everything `mlxseek estimate` reports, as one JSON-ready dict (see the module docstring)."""
-    c, source = load_config(config)
-    tensors = census(c, source)
-    nbytes = bytes_fn(c, recipe, q_bits, q_group_size)
+    cfg, source = resolve_config(config)
+    tensors = census(cfg)
+    nbytes = bytes_fn(cfg, recipe, q_bits, q_group_size)
     if parallel not in PARALLEL:
         raise ConfigError(f"--parallel {parallel!r}: choose one of {', '.join(PARALLEL)}")
     if machines < 1 or context < 0:
         raise ConfigError(f"--machines {machines} / --context {context}: need machines >= 1 and context >= 0")
-    if parallel == "expert" and c["n_routed_experts"] % machines:
+    if parallel == "expert" and (cfg.n_routed_experts or 0) % machines:
         raise ConfigError(f"--machines {machines}: expert parallel needs it to divide n_routed_experts "
-                          f"({c['n_routed_experts']}) in {source}")
+                          f"({cfg.n_routed_experts}) in {source}")
     kept = [t for t in tensors if not t.hf_only and not (drop_mtp and t.mtp)]
     n_layers = 1 + max(t.layer for t in kept if t.layer is not None)
     b = cache_dtype_bytes
-    whole = _ranks(c, kept, n_layers, nbytes, context, b, 1, parallel)[0]
-    cache = [_layer_cache(c, i, b) for i in range(n_layers)]
-    main_layers = range(c["num_hidden_layers"])
+    whole = _ranks(cfg, kept, n_layers, nbytes, context, b, 1, parallel)[0]
+    cache = [_layer_cache(cfg, i, b) for i in range(n_layers)]
+    main_layers = range(cfg.num_hidden_layers)
     out = {
-        "config": source, "model_type": c["model_type"], **parameters(tensors),
+        "config": source, "model_type": cfg.model_type, **parameters(tensors),
         "recipe": recipe, "q_bits": q_bits, "q_group_size": q_group_size, "with_mtp": not drop_mtp,
         "size_bytes": whole["weight_bytes"],
         "bits_per_weight": 8 * whole["weight_bytes"] / sum(t.numel for t in kept),
@@ -275,7 +255,7 @@ def estimate(config: Union[str, Path, dict, ModelConfig], *, q_bits: int = 4, q_
         ts = [t for t in kept if t.component == comp and not t.mtp]
         d["bytes"], d["bytes_per_token"] = round(sum(map(nbytes, ts))), round(sum(nbytes(t) * t.reads for t in ts))
     if machines > 1:
-        ranks = _ranks(c, kept, n_layers, nbytes, context, b, machines, parallel)
+        ranks = _ranks(cfg, kept, n_layers, nbytes, context, b, machines, parallel)
         out["parallel"] = {"kind": parallel, "machines": machines, "ranks": ranks}
     if machine is not None:
         fit = _fit(machines_mod.machine(machine), out["parallel"]["ranks"] if machines > 1 else [whole], parallel)

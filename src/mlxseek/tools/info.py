@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Union
 
 from ..checkpoint.store import WeightStore
+from ..config import ModelConfig
 from ..errors import CheckpointError
-from .census import check_config, is_moe_layer
-from .estimate import load_config
+from .estimate import resolve_config
 
 DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "U8": 1, "I8": 1, "U32": 4, "I32": 4, "I64": 8,
                "U16": 2, "I16": 2, "BOOL": 1}
@@ -36,12 +36,12 @@ def _aux_of(key: str, keys: set[str]) -> bool:
     return leaf in ("scales", "biases", "scale") and f"{base}.weight" in keys
 
 
-def _logical(key: str, store: WeightStore, c: dict, keys: set[str]) -> int:
+def _logical(key: str, store: WeightStore, cfg: ModelConfig, keys: set[str]) -> int:
     n = math.prod(store.shape(key))
     module = key.rpartition(".")[0]
     if store.dtype(key) != "U32" or f"{module}.scales" not in keys:
         return n
-    q = c.get("quantization") or {}
+    q = cfg.quantization or {}
     spec = q.get(module) if isinstance(q.get(module), dict) else q
     if "bits" not in spec:
         raise CheckpointError(f"{store.file_of(key)}: {key} is packed (uint32 with {module}.scales) but "
@@ -49,9 +49,9 @@ def _logical(key: str, store: WeightStore, c: dict, keys: set[str]) -> int:
     return n * 32 // int(spec["bits"])
 
 
-def quantization(c: dict) -> dict:
+def quantization(cfg: ModelConfig) -> dict:
     """How config.json says the weights are stored."""
-    q = c.get("quantization")
+    q = cfg.quantization
     if isinstance(q, dict) and "bits" in q:
         per_path = {k: v for k, v in q.items() if k not in ("bits", "group_size", "mode")}
         overrides: dict[str, int] = {}
@@ -63,23 +63,21 @@ def quantization(c: dict) -> dict:
                 overrides[label] = overrides.get(label, 0) + 1
         kmajor = sum(isinstance(v, dict) and v.get("layout") == "kmajor" for v in per_path.values())
         return {"format": "mlx", "mode": q.get("mode", "affine"), "bits": q["bits"],
-                "group_size": q.get("group_size"), "recipe": (c.get("mlxseek") or {}).get("recipe"),
+                "group_size": q.get("group_size"), "recipe": (cfg.extra.get("mlxseek") or {}).get("recipe"),
                 "overrides": overrides, "layout": f"kmajor ({kmajor} modules)" if kmajor else "transposed"}
-    qc = c.get("quantization_config") or {}
+    qc = cfg.quantization_config or {}
     if qc.get("quant_method") == "fp8":
         return {"format": "fp8", "fmt": qc.get("fmt"), "weight_block_size": qc.get("weight_block_size"),
-                "scale_fmt": qc.get("scale_fmt"), "expert_dtype": c.get("expert_dtype") or qc.get("expert_dtype")}
-    return {"format": "none", "dtype": c.get("torch_dtype")}
+                "scale_fmt": qc.get("scale_fmt"), "expert_dtype": cfg.expert_dtype}
+    return {"format": "none", "dtype": cfg.extra.get("torch_dtype")}
 
 
 def info(path: Union[str, Path]) -> dict:
     """Architecture, layer schedule, parameters, bytes on disk and per decoded token of the folder `path`."""
     folder = Path(path)
-    c, source = load_config(folder)
-    check_config(c, source)
+    cfg, _ = resolve_config(folder)
     store = WeightStore(folder)
-    L, V = c["num_hidden_layers"], c["vocab_size"]
-    k_over_e = c["num_experts_per_tok"] / c["n_routed_experts"] if c.get("n_routed_experts") else 0.0
+    L, V, k_over_e = cfg.num_hidden_layers, cfg.vocab_size, cfg.routed_expert_fraction
     keys = set(store.keys())
     params = {"main": 0, "mtp": 0, "copy": 0}
     active, per_token, tensor_bytes, by_dtype = 0.0, 0.0, 0, {}
@@ -94,23 +92,23 @@ def info(path: Union[str, Path]) -> dict:
         part = "copy" if part == "mtp" and _MTP_COPY.search(key) else part
         embedding = "embed_tokens" in key or key.startswith("embed.")
         reads = k_over_e if _ROUTED.search(key) else 1 / V if embedding else 1.0
-        n = 0 if _aux_of(key, keys) else _logical(key, store, c, keys)
+        n = 0 if _aux_of(key, keys) else _logical(key, store, cfg, keys)
         params[part] += n
         if part == "main":
             active += n * reads
             per_token += nbytes * reads
-    n_mtp = c.get("num_nextn_predict_layers") or 0
-    moe = sum(is_moe_layer(c, i) for i in range(L))
+    n_mtp = cfg.num_nextn_predict_layers
+    moe = sum(cfg.is_moe_layer(i) for i in range(L))
     return {
-        "path": str(folder), "architecture": (c.get("architectures") or [c["model_type"]])[0],
-        "model_type": c["model_type"],
+        "path": str(folder), "architecture": (cfg.extra.get("architectures") or [cfg.model_type])[0],
+        "model_type": cfg.model_type,
         "layers": {"total": L, "dense": L - moe, "moe": moe, "mtp": n_mtp, "mtp_in_checkpoint": params["mtp"] > 0},
         "total_params": params["main"], "active_params": round(active), "mtp_params": params["mtp"],
         "stored_params": sum(params.values()),
         "bytes_on_disk": sum((folder / f).stat().st_size for f in set(store.weight_map.values())),
         "tensor_bytes": tensor_bytes, "bytes_by_dtype": by_dtype, "bytes_per_token": round(per_token),
         "bits_per_weight": 8 * tensor_bytes / max(1, sum(params.values())),
-        "quantization": quantization(c),
+        "quantization": quantization(cfg),
         "runtime": runtime(),
     }
 

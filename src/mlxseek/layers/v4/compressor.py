@@ -10,7 +10,7 @@ trailing rotary channels at the window's first position. Entry w is visible to t
 t only once its window is complete: w < (t + 1) // ratio.
 
 Shapes: B batch, L new tokens, N retained raw rows, W windows, r ratio, d head dim, C = (1 + overlap) * d.
-With a cache the raw per-token projections wait in a `CompressorState` (cache_v4.py) until their window
+With a cache the raw per-token projections wait in a `CompressorState` (cache/v4.py) until their window
 closes, so prefill, chunked prefill and token-by-token decode run the same pooling on the same rows.
 """
 

@@ -1,0 +1,62 @@
+"""`mlxseek serve`: OpenAI- and Anthropic-compatible HTTP server for one model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from ..formats import STYLES
+from .group import library_errors, main
+
+
+@main.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help="Checkpoint folder (HF, mlx-lm or mlxseek convert output) with its tokenizer.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. The default is this machine only; 0.0.0.0 opens it to the network "
+                   "(use --api-key then).")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="TCP port.")
+@click.option("--api-key", envvar="MLXSEEK_API_KEY", default=None,
+              help="Require this key (`Authorization: Bearer KEY` or `x-api-key: KEY`) on every route but "
+                   "/health. Also read from $MLXSEEK_API_KEY.")
+@click.option("--prompt-cache-gb", default=2.0, show_default=True, type=click.FloatRange(min=0.0),
+              help="RAM for the prefix cache (least recently used prefixes are evicted first); 0 turns it off.")
+@click.option("--prompt-cache-dir", default=None, type=click.Path(path_type=Path, file_okay=False),
+              help="Also keep prefixes on disk in this folder; they survive a restart.")
+@click.option("--draft", default="none", show_default=True, type=click.Choice(["none", "mtp", "auto"]),
+              help="MTP self-speculative decoding for greedy requests: mtp always, auto where it is faster.")
+@click.option("--max-queue", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Requests that may wait for the model; past that, clients get 429 with Retry-After.")
+@click.option("--max-batch", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Requests decoded together (continuous batching).")
+@click.option("--model-id", default=None, help="Name clients send as `model` (default: the folder's name).")
+@click.option("--chat-style", default=None, type=click.Choice(STYLES),
+              help="Chat format for /v1/chat/completions and /v1/messages (default: detected from the checkpoint).")
+@click.option("--max-body-mb", default=8.0, show_default=True, type=click.FloatRange(min=0.001),
+              help="Largest request body accepted (bigger: 413).")
+@click.option("--max-tokens", default=None, type=click.IntRange(min=1),
+              help="Most tokens one request may ask to generate (default: the model's context).")
+@click.option("--log-prompts", is_flag=True, help="Write prompt text to the log (off: logs carry counts only).")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]), help="Server log level.")
+@library_errors
+def serve(model_dir: Path, host: str, port: int, api_key: Optional[str], prompt_cache_gb: float,
+          prompt_cache_dir: Optional[Path], draft: str, max_queue: int, max_batch: int, model_id: Optional[str],
+          chat_style: Optional[str], max_body_mb: float, max_tokens: Optional[int], log_prompts: bool,
+          log_level: str) -> None:
+    """Serve a model over the OpenAI (/v1/chat/completions, /v1/completions) and Anthropic (/v1/messages) APIs.
+
+    Point clients at http://HOST:PORT/v1 (OpenAI) or http://HOST:PORT (Anthropic). /health, /v1/models and
+    /metrics (Prometheus) are there too.
+    """
+    from ..serve import serve as run_server
+    from ..serve.runner import bind_warning
+
+    if (warning := bind_warning(host, api_key)) is not None:
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
+    run_server(model_path=model_dir, host=host, port=port, api_key=api_key, prompt_cache_gb=prompt_cache_gb,
+               prompt_cache_dir=prompt_cache_dir, draft=draft, max_queue=max_queue, max_batch=max_batch,
+               model_id=model_id, chat_style=chat_style, max_body_mb=max_body_mb, max_tokens=max_tokens,
+               log_prompts=log_prompts, log_level=log_level, warn=False)

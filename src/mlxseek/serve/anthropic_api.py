@@ -1,0 +1,50 @@
+"""Anthropic-compatible endpoint: POST /v1/messages."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from . import dispatch
+from .anthropic_map import check_model, message, thinking, to_messages, to_tools
+from .anthropic_stream import message_events
+from .chat_bridge import (
+    check_max_tokens,
+    generation_budget,
+    parse_events,
+    render_prompt,
+    stop_strings,
+)
+from .schemas_anthropic import CountTokensRequest, MessagesRequest
+from .sse import anthropic_stream
+
+router = APIRouter()
+
+
+@router.post("/v1/messages")
+async def messages(req: MessagesRequest, request: Request):
+    from .engine import SamplingParams
+
+    served = request.app.state.served
+    check_model(served, req)
+    check_max_tokens(served, req.max_tokens, "max_tokens")
+    prompt = await run_in_threadpool(render_prompt, served, to_messages(req), tools=to_tools(req),
+                                     thinking=thinking(req, served.style))
+    budget = generation_budget(served, len(prompt.tokens), req.max_tokens, "max_tokens")
+    params = SamplingParams(max_tokens=budget, temperature=1.0 if req.temperature is None else req.temperature,
+                            top_p=1.0 if req.top_p is None else req.top_p,
+                            stop=stop_strings(req.stop_sequences, "stop_sequences"))
+    events = await dispatch.start(served, request, prompt.tokens, params, endpoint="messages")
+    chunks = parse_events(events, prompt)
+    if req.stream:
+        return anthropic_stream(message_events(served, chunks))
+    return message(served, await dispatch.collect(chunks, request))
+
+
+@router.post("/v1/messages/count_tokens")
+async def count_tokens(req: CountTokensRequest, request: Request):
+    served = request.app.state.served
+    check_model(served, req)
+    prompt = await run_in_threadpool(render_prompt, served, to_messages(req), tools=to_tools(req),
+                                     thinking=thinking(req, served.style))
+    return {"input_tokens": len(prompt.tokens)}

@@ -1,0 +1,137 @@
+"""Chat turns between the HTTP APIs and the engine: messages -> prompt tokens (mlxseek.formats), generation
+length checks, and the engine's token stream -> parsed reasoning / content / tool calls.
+
+Both APIs hand this module OpenAI-shaped messages and tools; the Anthropic layer converts its blocks first.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Optional
+
+from ..errors import ChatFormatError
+from .api_errors import ApiError
+from .state import ServedModel
+
+MAX_STOPS = 16
+_FIELD = re.compile(r"((?:messages|tools)(?:\[\d+\]|\.\w+)*|thinking|reasoning_effort)(?=[\s=:,]|$)")
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    tokens: list[int]
+    style: str
+    thinking: bool            # the generation prompt leaves the model inside a reasoning block
+    tools: Optional[list]     # the tools rendered: a call to any other name parses as malformed text
+
+
+@dataclass
+class Chunk:
+    """What one engine event adds to the reply, parsed."""
+
+    event: Any                # the engine's TokenEvent
+    reasoning: str = ""
+    content: str = ""
+    tool_calls: list = field(default_factory=list)
+
+
+def resolve_thinking(template_kwargs: Optional[dict], toggle: Optional[str]) -> Optional[bool]:
+    """The thinking switch: chat_template_kwargs {thinking | enable_thinking} first, then DeepSeek's
+    thinking.type ("enabled"/"disabled"); None leaves the style's default."""
+    for key in ("thinking", "enable_thinking"):
+        value = (template_kwargs or {}).get(key)
+        if value is not None:
+            if not isinstance(value, bool):
+                raise ApiError(400, f"chat_template_kwargs.{key} must be true or false",
+                               param=f"chat_template_kwargs.{key}")
+            return value
+    if toggle is not None:
+        return toggle == "enabled"
+    return None
+
+
+def render_prompt(served: ServedModel, messages: list[dict], *, tools: Optional[list[dict]],
+                  thinking: Optional[bool], reasoning_effort: Optional[str] = None) -> ChatPrompt:
+    from ..formats import prompt_opens_thinking, render_chat
+
+    if served.style is None:
+        raise ApiError(400, "this model has no chat format; use /v1/completions with a raw prompt", param="messages")
+    try:
+        text = render_chat(messages, style=served.style, tools=tools or None, thinking=thinking,
+                           reasoning_effort=reasoning_effort, tokenizer=served.tokenizer)
+    except ChatFormatError as e:
+        raise ApiError(400, str(e), param=format_error_field(str(e))) from None
+    # the rendered text already holds the BOS token: do not add special tokens again
+    tokens = list(served.tokenizer.encode(text, add_special_tokens=False))
+    check_prompt_length(served, len(tokens), "messages")
+    return ChatPrompt(tokens=tokens, style=served.style, tools=tools or None,
+                      thinking=prompt_opens_thinking(served.style, thinking, prompt=text))
+
+
+def format_error_field(message: str) -> str:
+    """The request field a ChatFormatError names ("messages[2].content: ..." -> "messages.2.content",
+    "thinking=True: ..." -> "thinking")."""
+    m = _FIELD.match(message)
+    if m is None:
+        return "messages"
+    return re.sub(r"\[(\d+)\]", r".\1", m.group(1))
+
+
+def stop_strings(stop, param: str) -> tuple[str, ...]:
+    out = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    if len(out) > MAX_STOPS:
+        raise ApiError(400, f"{param}: at most {MAX_STOPS} stop strings", param=param)
+    if any(s == "" for s in out):
+        raise ApiError(400, f"{param}: stop strings must not be empty", param=param)
+    return out
+
+
+def check_prompt_length(served: ServedModel, n: int, param: str) -> None:
+    if n == 0:
+        raise ApiError(400, f"{param}: the prompt is empty", param=param)
+    if n >= served.context_length:
+        raise ApiError(400, f"{param}: the prompt is {n} tokens but the model's context is {served.context_length} "
+                       "tokens; shorten it", param=param, code="context_length_exceeded")
+
+
+def check_max_tokens(served: ServedModel, requested: Optional[int], param: str) -> None:
+    """A request's max_tokens over the server's cap (default: the model's context) is a 400."""
+    cap = served.limits.max_tokens or served.context_length
+    if requested is not None and requested > cap:
+        raise ApiError(400, f"{param}: {requested} is over this server's limit of {cap} tokens", param=param)
+
+
+def generation_budget(served: ServedModel, n_prompt: int, requested: Optional[int], param: str) -> int:
+    """max_tokens for the engine: the request's (checked against the cap) but never past the model's context."""
+    check_max_tokens(served, requested, param)
+    cap = served.limits.max_tokens or served.context_length
+    return max(1, min(requested or cap, served.context_length - n_prompt))
+
+
+async def parse_events(events: AsyncIterator, prompt: ChatPrompt) -> AsyncIterator[Chunk]:
+    """Feed each event's text to mlxseek.formats.ReplyParser; the last chunk also carries finish()'s flush."""
+    from ..formats import ReplyParser
+
+    parser = ReplyParser(prompt.style, thinking=prompt.thinking, tools=prompt.tools)
+    try:
+        async for ev in events:
+            d = parser.feed(ev.text)
+            chunk = Chunk(ev, d.reasoning, d.content, list(d.tool_calls))
+            if ev.finish_reason is not None:
+                f = parser.finish()
+                chunk.reasoning += f.reasoning
+                chunk.content += f.content
+                chunk.tool_calls += list(f.tool_calls)
+            yield chunk
+    finally:  # closing this stream closes the engine's at once (cancels the generation), not at GC
+        await events.aclose()
+
+
+def as_text(content: Any) -> str:
+    """OpenAI message content (a string, text parts or None) as one string."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(p.text for p in content)

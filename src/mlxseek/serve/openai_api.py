@@ -1,0 +1,126 @@
+"""OpenAI-compatible endpoints: /v1/models, /v1/chat/completions, /v1/completions."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from . import dispatch
+from .api_errors import ApiError
+from .chat_bridge import (
+    check_max_tokens,
+    check_prompt_length,
+    generation_budget,
+    parse_events,
+    render_prompt,
+    resolve_thinking,
+)
+from .openai_map import (
+    ChatChunks,
+    chat_messages,
+    chat_response,
+    chat_tools,
+    check_common,
+    completion_logprobs,
+    completion_obj,
+    completion_tokens,
+    new_id,
+    sampling,
+    usage,
+)
+from .schemas_openai import ChatCompletionRequest, CompletionRequest
+from .sse import openai_stream
+
+router = APIRouter()
+
+
+def _model_card(served) -> dict:
+    # OpenAI's fields, plus Anthropic's (type, display_name, created_at) so both SDKs can list models
+    created = datetime.fromtimestamp(served.created, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+    return {"id": served.model_id, "object": "model", "created": served.created, "owned_by": "mlxseek",
+            "type": "model", "display_name": served.model_id, "created_at": created}
+
+
+@router.get("/v1/models")
+async def list_models(request: Request):
+    card = _model_card(request.app.state.served)
+    return {"object": "list", "data": [card], "has_more": False, "first_id": card["id"], "last_id": card["id"]}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def get_model(model_id: str, request: Request):
+    served = request.app.state.served
+    if model_id != served.model_id:
+        raise ApiError(404, f"model: '{model_id}' is not served here", param="model", code="model_not_found")
+    return _model_card(served)
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(req: ChatCompletionRequest, request: Request):
+    served = request.app.state.served
+    check_common(served, req)
+    param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+    check_max_tokens(served, req.max_completion_tokens or req.max_tokens, param)
+    thinking = resolve_thinking(req.chat_template_kwargs, req.thinking.type if req.thinking else None)
+    prompt = await run_in_threadpool(render_prompt, served, chat_messages(req), tools=chat_tools(req),
+                                     thinking=thinking, reasoning_effort=req.reasoning_effort)
+    budget = generation_budget(served, len(prompt.tokens), req.max_completion_tokens or req.max_tokens, param)
+    top = (req.top_logprobs or 0) if req.logprobs else None
+    events = await dispatch.start(served, request, prompt.tokens, sampling(req, max_tokens=budget, top_logprobs=top),
+                                  endpoint="chat")
+    chunks = parse_events(events, prompt)
+    if req.stream:
+        return openai_stream(_chat_stream(served, chunks, req))
+    return chat_response(served, await dispatch.collect(chunks, request), want_logprobs=req.logprobs)
+
+
+async def _chat_stream(served, chunks, req: ChatCompletionRequest):
+    build = ChatChunks(served, want_logprobs=req.logprobs)
+    yield build.opening()
+    last = None
+    try:
+        async for c in chunks:
+            last = c.event
+            if (obj := build.step(c)) is not None:
+                yield obj
+    finally:
+        await chunks.aclose()
+    if req.stream_options and req.stream_options.include_usage and last is not None:
+        yield build.usage(last)
+
+
+@router.post("/v1/completions")
+async def completions(req: CompletionRequest, request: Request):
+    served = request.app.state.served
+    check_common(served, req)
+    tokens = await run_in_threadpool(completion_tokens, served, req.prompt)
+    check_prompt_length(served, len(tokens), "prompt")
+    budget = generation_budget(served, len(tokens), req.max_tokens, "max_tokens")
+    params = sampling(req, max_tokens=budget, top_logprobs=req.logprobs)
+    echo = served.tokenizer.decode(tokens) if req.echo else ""
+    events = await dispatch.start(served, request, tokens, params, endpoint="completions")
+    if req.stream:
+        return openai_stream(_completion_stream(served, events, req, echo))
+    evs = await dispatch.collect(events, request)
+    last = evs[-1]
+    lps = completion_logprobs(served, evs, len(echo)) if req.logprobs is not None else None
+    return completion_obj(served, new_id("cmpl"), echo + "".join(e.text for e in evs), last.finish_reason, lps,
+                          usage=usage(last))
+
+
+async def _completion_stream(served, events, req: CompletionRequest, echo: str):
+    cid, last = new_id("cmpl"), None
+    try:
+        if echo:
+            yield completion_obj(served, cid, echo, None)
+        async for ev in events:
+            last = ev
+            lps = completion_logprobs(served, [ev], 0) if req.logprobs is not None else None
+            if ev.text or ev.finish_reason or lps:
+                yield completion_obj(served, cid, ev.text, ev.finish_reason, lps)
+    finally:
+        await events.aclose()
+    if req.stream_options and req.stream_options.include_usage and last is not None:
+        yield completion_obj(served, cid, "", None, choices=[], usage=usage(last))
