@@ -10,7 +10,9 @@ from .config import ModelConfig
 from .convert.convert import convert
 from .errors import MlxseekError
 from .formats import ReplyParser, parse_reply, render_chat
+from .generation.batch import BatchDecoder, BatchResult, batch_generate, stream_batch_generate
 from .generation.chat import ChatSession  # noqa: E402
+from .generation.rows import BatchRecord, RowParams
 from .generation.stream import (
            GenerationResponse,
            generate,
@@ -22,5 +24,6 @@ from .models.deepseek_v3 import Model
 
 __version__ = "0.1.0"
 __all__ = ["Model", "ModelConfig", "MlxseekError", "convert", "load", "load_model", "load_tokenizer",
+           "BatchDecoder", "BatchRecord", "BatchResult", "RowParams", "batch_generate", "stream_batch_generate",
            "ChatSession", "GenerationResponse", "generate", "make_prompt_cache", "stream_generate",
            "ReplyParser", "parse_reply", "render_chat"]

@@ -47,3 +47,7 @@ class ServeError(MlxseekError):
 
 class QueueFullError(ServeError):
     """The server's bounded request queue is full; the client should retry later (HTTP 429)."""
+
+
+class BatchingError(GenerationError):
+    """Batched decoding cannot run: the model family's caches cannot be batched, or a row id is unknown."""

@@ -30,7 +30,8 @@ from .group import library_errors, main
 @click.option("--max-queue", default=16, show_default=True, type=click.IntRange(min=1),
               help="Requests that may wait for the model; past that, clients get 429 with Retry-After.")
 @click.option("--max-batch", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Requests decoded together (continuous batching).")
+              help="Requests decoded together (continuous batching: they join and leave at step boundaries, each "
+                   "gets the tokens it gets alone; --draft mtp drafts only while one runs). Not for V3.2/V4.")
 @click.option("--model-id", default=None, help="Name clients send as `model` (default: the folder's name).")
 @click.option("--chat-style", default=None, type=click.Choice(STYLES),
               help="Chat format for /v1/chat/completions and /v1/messages (default: detected from the checkpoint).")

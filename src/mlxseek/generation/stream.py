@@ -136,6 +136,15 @@ class _Records:
         )
 
 
+def make_records(tokenizer, ids: mx.array, stop: Optional[Iterable[str]], *, chat_style: Optional[str] = None,
+                 tools: Optional[list[dict]] = None) -> _Records:
+    """The record builder of one sequence (also each row of `generation.batch`)."""
+    # Without a known format (no chat template in the folder: mlxseek's V3/R1 fallback), R1's reply rules.
+    style = chat_style or getattr(tokenizer, "chat_style", None) or "r1"
+    parser = ReplyParser(style, thinking=prompt_opens_reasoning(tokenizer, ids[-4:].tolist()), tools=tools)
+    return _Records(ids.size, _StopFilter(list(stop or [])), parser)
+
+
 def stream_generate(
     model,
     tokenizer,
@@ -175,10 +184,7 @@ def stream_generate(
     eos = set(tokenizer.eos_token_ids) if tokenizer is not None else set()
     detok = tokenizer.detokenizer if tokenizer is not None else None
     mx.reset_peak_memory()
-    # Without a known format (no chat template in the folder: mlxseek's V3/R1 fallback), R1's reply rules.
-    style = chat_style or getattr(tokenizer, "chat_style", None) or "r1"
-    parser = ReplyParser(style, thinking=prompt_opens_reasoning(tokenizer, ids[-4:].tolist()), tools=tools)
-    records = _Records(ids.size, _StopFilter(list(stop or [])), parser)
+    records = make_records(tokenizer, ids, stop, chat_style=chat_style, tools=tools)
     if draft is not None:  # MTP self-speculative decoding (mlxseek.speculative)
         records.stats = DraftStats()
         steps = speculative_generate_step(

@@ -86,6 +86,7 @@ class MultiHeadLatentAttention(nn.Module):
         kv = self.kv_a_proj_with_mqa(x)
         latent = self.kv_a_layernorm(kv[..., : self.kv_lora_rank])[:, None]  # (B, 1, L, R)
         k_pe = kv[..., self.kv_lora_rank :][:, None]  # (B, 1, L, Dr)
+        # An int, or (B,) per-row positions for a batched cache (its mask is then (B, 1, L, S) at any L).
         offset = cache.offset if cache is not None else 0
         q_pe, k_pe = self.rope(q_pe, offset), self.rope(k_pe, offset)
         if cache is not None:

@@ -70,7 +70,8 @@ class RotaryEmbedding(nn.Module):
         # mx.fast.rope takes wavelengths (1/inv_freq); kept out of the parameter tree.
         self._freqs = mx.array((1.0 / inv).astype(np.float32))
 
-    def __call__(self, x: mx.array, offset: int = 0) -> mx.array:
+    def __call__(self, x: mx.array, offset: int | mx.array = 0) -> mx.array:
+        # offset: the first position, or (B,) per-row first positions (batched ragged rows).
         if self.mscale != 1.0:
             x = x * self.mscale
         return mx.fast.rope(

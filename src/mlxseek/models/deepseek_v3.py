@@ -11,15 +11,24 @@ from typing import Optional
 import mlx.core as mx
 import mlx.nn as nn
 
+from ..cache.batch import BatchLatentCache
 from ..cache.mla import LatentCache, make_cache
 from ..cache.mtp import MTPCache
 from ..config import ModelConfig
 from ..layers.block import DecoderLayer
-from ..layers.masks import causal_mask
+from ..layers.masks import batch_causal_mask, causal_mask
 from ..layers.mla import MultiHeadLatentAttention
 from ..layers.mtp import MultiTokenPrediction
 from ..layers.norms import RMSNorm
 from .base import ATTENTION_IMPLS, CausalLM
+
+
+def attention_mask(L: int, cache) -> Optional[mx.array]:
+    """The causal mask for L new tokens after what `cache` (one layer's, or None) holds: per row, (B, 1, L, S),
+    for a batched cache (its rows differ in length), else the single-row (L, S) mask (None at L == 1)."""
+    if isinstance(cache, BatchLatentCache):
+        return batch_causal_mask(L, cache.offset, cache.width + L)
+    return causal_mask(L, cache.offset if cache is not None else 0)
 
 
 class DeepseekModel(nn.Module):
@@ -32,7 +41,7 @@ class DeepseekModel(nn.Module):
     def __call__(self, inputs: mx.array, cache: Optional[list] = None, input_embeddings=None) -> mx.array:
         h = self.embed_tokens(inputs) if input_embeddings is None else input_embeddings
         cache = cache if cache is not None else [None] * len(self.layers)
-        mask = causal_mask(h.shape[1], cache[0].offset if cache[0] is not None else 0)
+        mask = attention_mask(h.shape[1], cache[0])
         for layer, c in zip(self.layers, cache):
             h = layer(h, mask, c)
         return self.norm(h)

@@ -1,7 +1,8 @@
 """The serving engine: one model, one worker thread that owns MLX, a bounded FIFO, a prefix cache.
 
 `Engine.generate` is an async generator of TokenEvents for the HTTP layer. The request waits in the
-scheduler's FIFO; the worker looks the prompt up in the prefix cache, restores the longest cached prefix
+scheduler's FIFO. With max_batch > 1 the worker batches continuously (`batching.BatchRunner`: requests
+join the running batch at step boundaries and leave when done or cancelled); with max_batch 1 it looks the prompt up in the prefix cache, restores the longest cached prefix
 into a fresh prompt cache, prefills only the rest and decodes with `mlxseek.stream_generate`, handing each
 token to the consumer's event loop with `loop.call_soon_threadsafe`. The cancel flag is read at every
 prefill chunk and every decode step, so a consumer that stops iterating frees the worker within one step.
@@ -21,6 +22,7 @@ from mlx_lm.sample_utils import make_sampler
 from ..errors import GenerationError
 from ..generation.steps import make_prompt_cache
 from ..generation.stream import stream_generate
+from .batching import BatchRunner
 from .prefix_cache import PrefixCache, model_identity
 from .scheduler import DONE, Request, Scheduler
 
@@ -55,6 +57,8 @@ class TokenEvent:
     prompt_tokens: int
     cached_tokens: int
     generation_tokens: int
+    batch_size: int = 1  # rows that shared the forward producing this token
+    drafting: bool = False  # MTP drafting was on for this token
 
 
 class _Cancelled(Exception):
@@ -88,9 +92,8 @@ class Engine:
                  prompt_cache_dir: str | None = None, draft: str = "none", max_batch: int = 1):
         if draft not in DRAFT_MODES:
             raise GenerationError(f"draft: must be one of {', '.join(DRAFT_MODES)}, got {draft!r}")
-        if max_batch != 1:
-            log.warning("max_batch=%s: continuous batching is not implemented yet; running one request at a time",
-                        max_batch)
+        if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
+            raise GenerationError(f"max_batch: must be a positive integer, got {max_batch!r}")
         self.model, self.tokenizer, self.model_id, self.draft = model, tokenizer, model_id, draft
         cfg = getattr(model, "config", None) or getattr(model, "args", None)
         self.context_length: int = int(cfg.max_position_embeddings)
@@ -100,7 +103,9 @@ class Engine:
         self.prefix_reason: str | None = None
         self._counts = {"requests": 0, "finished": 0, "cancelled": 0, "errors": 0, "prompt_tokens": 0, "cached_tokens": 0,
                             "generation_tokens": 0}
-        self._scheduler = Scheduler(run=self._run, max_queue=max_queue, setup=self._setup)
+        self.max_batch = max_batch
+        self._batch = BatchRunner(self, max_batch) if max_batch > 1 else None
+        self._scheduler = Scheduler(run=self._run, max_queue=max_queue, setup=self._setup, batch=self._batch)
 
     @property
     def queue_depth(self) -> int:
@@ -116,7 +121,8 @@ class Engine:
 
     def stats(self) -> dict:
         """Counters for /metrics: requests, tokens, queue depth and the prefix cache's hits, misses and bytes."""
-        out = dict(self._counts, queue_depth=self.queue_depth, running=int(self._scheduler.running is not None),
+        out = dict(self._counts, queue_depth=self.queue_depth, running=self._scheduler.active,
+                   max_batch=self.max_batch,
                    prefix_cache_enabled=self.prefix is not None, prefix_cache_reason=self.prefix_reason)
         out.update(self.prefix.stats() if self.prefix is not None else PrefixCache.empty_stats())
         return out
@@ -171,6 +177,8 @@ class Engine:
             self.model, identity=model_identity(self.model, self.model_id), max_bytes=nbytes, folder=folder)
         if self.prefix_reason:
             log.warning("prefix cache disabled: %s", self.prefix_reason)
+        if self._batch is not None:
+            self._batch.setup()  # raises BatchingError for a family that cannot batch (DSA, V4)
 
     def _run(self, req: Request) -> None:
         self._counts["requests"] += 1
@@ -233,7 +241,8 @@ class Engine:
                 top = tuple((i, self._piece(i), v) for i, v in zip(ids, vals))
         return TokenEvent(token=r.token, text=r.text, logprob=logprob, top_logprobs=top,
                           finish_reason=r.finish_reason, prompt_tokens=n_prompt, cached_tokens=cached,
-                          generation_tokens=r.generation_tokens)
+                          generation_tokens=r.generation_tokens, batch_size=getattr(r, "batch_size", 1),
+                          drafting=getattr(r, "drafting", False) or r.draft_tokens > 0)
 
     def _piece(self, token: int) -> str:
         return self.tokenizer.decode([token]) if self.tokenizer is not None else ""

@@ -1,6 +1,8 @@
 """The request queue and the one worker thread that owns MLX.
 
-Requests wait in a bounded FIFO; the worker takes them one at a time and runs them. A request carries
+Requests wait in a bounded FIFO; the worker takes them one at a time and runs them, or, given a `batch`
+runner (continuous batching), admits waiting requests into the running batch at every step boundary
+while fewer than `batch.max_batch` run, and steps the batch. A request carries
 its own cancel flag (set by the consumer that stopped listening) and an `emit` callback that hands
 events back to the consumer's event loop; the worker never blocks on a consumer.
 """
@@ -39,11 +41,12 @@ class Request:
 class Scheduler:
     """A bounded FIFO of Requests drained by one worker thread calling `run(request)`."""
 
-    def __init__(self, *, run: Callable[[Request], None], max_queue: int, setup: Callable[[], None] | None = None):
+    def __init__(self, *, run: Callable[[Request], None], max_queue: int, setup: Callable[[], None] | None = None,
+                 batch: Any = None):
         if not isinstance(max_queue, int) or max_queue < 1:
             raise ServeError(f"max_queue must be a positive integer, got {max_queue!r}")
         self.max_queue = max_queue
-        self._run, self._setup = run, setup
+        self._run, self._setup, self._batch = run, setup, batch
         self._queue: deque[Request] = deque()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -51,6 +54,13 @@ class Scheduler:
         self.running: Request | None = None
         self._ready = threading.Event()
         self._setup_error: BaseException | None = None
+
+    @property
+    def active(self) -> int:
+        """Requests being decoded now."""
+        if self._batch is not None:
+            return self._batch.active
+        return int(self.running is not None)
 
     @property
     def depth(self) -> int:
@@ -91,6 +101,8 @@ class Scheduler:
             self._queue.clear()
             if self.running is not None:
                 self.running.cancel()
+            if self._batch is not None:
+                self._batch.cancel_all()
             self._cond.notify_all()
         for req in waiting:
             req.cancel()
@@ -117,6 +129,8 @@ class Scheduler:
             self._ready.set()
             return
         self._ready.set()
+        if self._batch is not None:
+            return self._batch_loop()
         while True:
             with self._cond:
                 while not self._queue and not self._stopping:
@@ -134,3 +148,19 @@ class Scheduler:
                 with self._cond:
                     self.running = None
                 req.emit(DONE)
+
+    def _batch_loop(self) -> None:
+        batch = self._batch
+        while True:
+            with self._cond:
+                while not self._queue and not batch.active and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    batch.close()
+                    return
+                joiners = []
+                while self._queue and batch.active + len(joiners) < batch.max_batch:
+                    joiners.append(self._queue.popleft())
+            for req in joiners:  # prefilled one by one; each joins the batch at this step boundary
+                batch.admit(req)
+            batch.step()

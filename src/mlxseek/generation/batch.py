@@ -1,0 +1,226 @@
+"""Batched decoding: several sequences share one forward per step; each row's tokens are those it gets
+decoded alone.
+
+`BatchDecoder` is the API a server's continuous batching drives: `add(prompt, params)` prefills the
+sequence on its own (a solo prompt cache, which a prefix cache may have filled) and makes it a row of
+the next step; `step()` decodes one token for every row and returns (row id, record) events;
+`remove(row)` drops a row at a step boundary (a cancelled request). Rows that finish (EOS, a stop
+string, their max_tokens) leave by themselves. `batch_generate` / `stream_batch_generate` run a list
+of prompts through it, at most `max_batch` rows at a time, later prompts joining as rows leave.
+
+The cache is `cache.batch.BatchLatentCache` (ragged rows; its docstring says why not left padding).
+A row's prefill is exactly `generate_step`'s, and its decode differs from a solo decode only in the
+rows around it, which the per-row mask keeps out of its attention. With `draft="mtp"` a row that runs
+alone drafts with the MTP module (speculative/), and drafting is off while more than one row runs;
+each record's `drafting` says which.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Generator, Optional, Sequence, Union
+
+import mlx.core as mx
+
+from ..cache.batch import make_batch_cache
+from ..errors import BatchingError, GenerationError
+from .prefill import DEFAULT_PREFILL_STEP
+from .rows import BatchRecord, Feed, Row, RowParams, RowSampler
+from .solo import SoloDrafter
+from .steps import generate_step, make_prompt_cache, split_prompt_cache
+from .stream import _check_lengths, _decode, encode_prompt, make_records
+
+Prompt = Union[str, Sequence[int], mx.array]
+
+
+class BatchDecoder:
+    """Decode many sequences together; rows join (`add`) and leave (`remove`, or by finishing) between
+    steps. Refuses (BatchingError) a family whose caches cannot be batched (DSA, V4)."""
+
+    def __init__(self, model, tokenizer, *, prefill_step_size: int = DEFAULT_PREFILL_STEP,
+                 draft: Optional[str] = None, num_draft: int = 1, keep_caches: bool = False,
+                 chat_style: Optional[str] = None):
+        self.model, self.tokenizer, self.prefill_step_size = model, tokenizer, prefill_step_size
+        self.chat_style = chat_style  # the reply format records are parsed with (default: the tokenizer's)
+        # keep_caches: a leaving row's solo per-layer caches wait in `released[row id]` (for a prefix cache).
+        self.keep_caches = keep_caches
+        self.released: dict[int, list] = {}
+        self.cache = make_batch_cache(model)
+        self.rows: list[Row] = []  # in the batch cache's row order
+        self.pending: list[tuple[int, BatchRecord]] = []  # first tokens from `add`, returned by the next step
+        self.eos = set(tokenizer.eos_token_ids) if tokenizer is not None else set()
+        self.solo = SoloDrafter(model, draft, num_draft) if draft is not None else None
+        self._next_id = 0
+
+    @property
+    def active(self) -> int:
+        """Rows that take part in the next step."""
+        return len(self.rows)
+
+    def add(self, prompt: Prompt, params: Optional[RowParams] = None, *,
+            prompt_cache: Optional[list] = None, progress: Optional[Callable[[int, int], None]] = None) -> int:
+        """Prefill `prompt` (after what `prompt_cache`, a solo cache from `make_prompt_cache`, already
+        holds) and make it a row; returns its id. Its first token comes with the next `step()`.
+        `progress(done, total)` is called after each prefill chunk (it may raise to abandon the prompt)."""
+        params = params or RowParams()
+        params.check()
+        ids = encode_prompt(self.tokenizer, prompt)
+        solo = prompt_cache if prompt_cache is not None else make_prompt_cache(self.model)
+        budget = _check_lengths(self.model, ids.size, solo[0].offset, params.max_tokens)
+        row = self._new_row(ids, params, budget)
+        self._next_id += 1
+        steps = generate_step(ids, self.model, max_tokens=1, sampler=row.sampler, prompt_cache=solo,
+                              prefill_step_size=self.prefill_step_size, progress=progress)
+        y, logprobs = next(steps)
+        steps.close()
+        self.pending.append((row.rid, row.emit(y, logprobs, 1)))
+        layers = split_prompt_cache(self.model, solo)[0]
+        if not row.finished:
+            self._join(row, layers)
+        elif self.keep_caches:
+            self.released[row.rid] = layers
+        return row.rid
+
+    def _new_row(self, ids: mx.array, params: RowParams, budget: int) -> Row:
+        """A row whose records come from `stream_generate`'s own text handling (rows.py says how)."""
+        detok = self.tokenizer.detokenizer if self.tokenizer is not None else None
+        feed = Feed()
+        records = _decode(feed, make_records(self.tokenizer, ids, params.stop, chat_style=self.chat_style),
+                          detok, self.eos, budget)
+        return Row(self._next_id, RowSampler(params), feed, records, budget)
+
+    def _join(self, row: Row, layers: list) -> None:
+        if self.solo is not None and not self.rows:
+            self.solo.start(row, layers)  # alone: decode it with drafting until another row joins
+        else:
+            self._settle_solo()
+            for bc, c in zip(self.cache, layers):
+                bc.insert(c)
+        self.rows.append(row)
+
+    def _settle_solo(self) -> None:
+        """A second row joins: the drafting row's solo cache becomes batch row 0."""
+        if self.solo is not None and self.solo.busy:
+            for bc, c in zip(self.cache, self.solo.finish()):
+                bc.insert(c)
+
+    def remove(self, rid: int) -> None:
+        """Drop a row (a cancelled request) at a step boundary; the other rows are not disturbed."""
+        self.pending = [e for e in self.pending if e[0] != rid]
+        idx = [i for i, r in enumerate(self.rows) if r.rid == rid]
+        if not idx:
+            raise BatchingError(f"row {rid} is not running (finished, removed, or never added)")
+        self._drop(idx)
+
+    def _drop(self, idx: list[int]) -> None:
+        if self.keep_caches:
+            for i in idx:
+                self.released[self.rows[i].rid] = self.row_cache(self.rows[i].rid)
+        if self.solo is not None and self.solo.busy:
+            self.solo.finish()
+        else:
+            for bc in self.cache:
+                bc.remove(idx)
+        gone = set(idx)
+        self.rows = [r for i, r in enumerate(self.rows) if i not in gone]
+        if self.solo is not None and len(self.rows) == 1 and not self.solo.busy:  # alone again: draft
+            layers = [bc.extract(0) for bc in self.cache]
+            for bc in self.cache:
+                bc.remove([0])
+            self.solo.start(self.rows[0], layers)
+
+    def step(self) -> list[tuple[int, BatchRecord]]:
+        """One decode step for every row: (row id, record) events, first tokens of new rows included."""
+        events, self.pending = self.pending, []
+        if not self.rows:
+            return events
+        if self.solo is not None and self.solo.busy:
+            row = self.rows[0]
+            for token, logprobs, drafting in self.solo.step():
+                events.append((row.rid, row.emit(token, logprobs, 1, drafting)))
+                if row.finished:
+                    self._drop([0])
+                    break
+            return events
+        B = len(self.rows)
+        tokens = mx.array([[r.y] for r in self.rows], dtype=mx.uint32)  # (B, 1)
+        logits = self.model.head(self.model.trunk(tokens, self.cache)[:, -1])  # (B, V)
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        ys = self._sample(logprobs)
+        done = []
+        for i, (row, token) in enumerate(zip(self.rows, ys.tolist())):
+            events.append((row.rid, row.emit(token, logprobs[i], B)))
+            if row.finished:
+                done.append(i)
+        if done:
+            self._drop(done)
+        return events
+
+    def _sample(self, logprobs: mx.array) -> mx.array:
+        """(B, V) -> (B,): one argmax for the greedy rows, each sampled row with its own sampler."""
+        ys = mx.argmax(logprobs, axis=-1)
+        if all(r.sampler.greedy for r in self.rows):
+            return ys
+        return mx.concatenate([ys[i: i + 1] if r.sampler.greedy else r.sampler(logprobs[i: i + 1]).reshape(1)
+                               for i, r in enumerate(self.rows)])
+
+    def row_cache(self, rid: int) -> list:
+        """A solo copy of a running row's per-layer caches (what a prefix cache stores)."""
+        idx = next((i for i, r in enumerate(self.rows) if r.rid == rid), None)
+        if idx is None:
+            raise BatchingError(f"row {rid} is not running (finished, removed, or never added)")
+        if self.solo is not None and self.solo.busy:
+            return self.solo.layers()
+        return [bc.extract(idx) for bc in self.cache]
+
+
+@dataclass
+class BatchResult:
+    """One prompt's completion from `batch_generate`."""
+
+    text: str
+    tokens: list[int]
+    finish_reason: Optional[str]
+    prompt_tokens: int
+    generation_tokens: int
+    generation_tps: float
+
+
+def stream_batch_generate(
+    model, tokenizer, prompts: Sequence[Prompt], *, max_tokens: int = 256, params: Optional[Sequence[RowParams]] = None,
+    sampler=None, max_batch: Optional[int] = None, prefill_step_size: int = DEFAULT_PREFILL_STEP,
+    draft: Optional[str] = None, num_draft: int = 1,
+) -> Generator[tuple[int, BatchRecord], None, None]:
+    """Yield (prompt index, BatchRecord) as the prompts decode together, at most `max_batch` rows at a time
+    (default: all). `params` gives per-prompt RowParams (temperature, top_p, seed, stop, max_tokens);
+    without it every prompt gets `max_tokens` and `sampler` (greedy when None)."""
+    if params is None:
+        params = [RowParams(max_tokens=max_tokens, sampler=sampler)] * len(prompts)
+    if len(params) != len(prompts):
+        raise GenerationError(f"params has {len(params)} entries for {len(prompts)} prompts; give one per prompt")
+    limit = max_batch if max_batch is not None else max(len(prompts), 1)
+    if not isinstance(limit, int) or limit < 1:
+        raise GenerationError(f"max_batch must be a positive integer, got {max_batch!r}")
+    dec = BatchDecoder(model, tokenizer, prefill_step_size=prefill_step_size, draft=draft, num_draft=num_draft)
+    waiting, index = deque(range(len(prompts))), {}
+    while waiting or dec.active or dec.pending:
+        while waiting and dec.active < limit:
+            i = waiting.popleft()
+            index[dec.add(prompts[i], params[i])] = i
+        for rid, rec in dec.step():
+            yield index[rid], rec
+
+
+def batch_generate(model, tokenizer, prompts: Sequence[Prompt], **kwargs) -> list[BatchResult]:
+    """One BatchResult per prompt, in order; takes the keyword arguments of `stream_batch_generate`."""
+    out = [BatchResult("", [], None, 0, 0, 0.0) for _ in prompts]
+    eos = set(tokenizer.eos_token_ids) if tokenizer is not None else set()
+    for i, rec in stream_batch_generate(model, tokenizer, prompts, **kwargs):
+        r = out[i]
+        r.text += rec.text
+        if not (rec.finish_reason == "stop" and rec.token in eos):  # the EOS token is not part of the reply
+            r.tokens.append(rec.token)
+        r.finish_reason, r.prompt_tokens = rec.finish_reason, rec.prompt_tokens
+        r.generation_tokens, r.generation_tps = rec.generation_tokens, rec.generation_tps
+    return out

@@ -1,0 +1,63 @@
+"""MTP drafting for the one row a `BatchDecoder` runs alone (draft="mtp").
+
+Drafting verifies k+1 tokens of one sequence per forward; with several rows the batched step already
+shares the weights' reads among them, and per-row acceptance would make rows emit different numbers
+of tokens per step, so drafting is on only while one row runs. That row keeps a solo cache
+(`SpeculativeDecoder` over it, as `stream_generate(draft="mtp")` does); when a second row joins, the
+solo cache becomes a batch row and the MTP state is dropped. A row that is alone again starts a fresh
+MTP cache: RoPE is relative, so an MTP history restarted mid-sequence is consistent (as
+`speculative.step.mtp_cache_for` does when the main cache moved without it).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import mlx.core as mx
+
+from ..errors import GenerationError
+from ..speculative.decoder import SpeculativeDecoder
+from ..speculative.policy import DraftPolicy, DraftStats
+from ..speculative.step import check_draft_args
+
+
+class SoloDrafter:
+    def __init__(self, model, draft: str, num_draft: int):
+        if draft != "mtp":
+            raise GenerationError(f"batched decoding drafts with draft='mtp' or not at all (None), got {draft!r}")
+        check_draft_args(model, draft, num_draft, None)
+        self.model, self.k = model, num_draft
+        self.row = None
+        self.dec: Optional[SpeculativeDecoder] = None
+        self.primed = False  # the MTP has the features of the last fed position
+
+    @property
+    def busy(self) -> bool:
+        return self.row is not None
+
+    def start(self, row, layers: list) -> None:
+        """Decode `row` alone from its solo per-layer caches (holding every emitted token but row.y)."""
+        self.row, self.primed = row, False
+        self.dec = SpeculativeDecoder(self.model, layers, self.model.make_mtp_cache(), sampler=None, processors=[],
+                                      num_draft=self.k, stats=DraftStats(), policy=DraftPolicy(), keep_state=False)
+
+    def step(self) -> list[tuple[int, mx.array, bool]]:
+        """(token, logprobs, drafted) for one forward. The first forward is plain (it gives the MTP the
+        features of row.y's position); a sampled row never drafts (its sampler has no draft distribution)."""
+        row = self.row
+        left = row.budget - len(row.tokens)
+        drafting = self.primed and row.sampler.greedy and left > 1
+        k = min(self.k, left - 1) if drafting else 0
+        self.dec.sampler = None if row.sampler.greedy else row.sampler  # called only as sampler(logprobs (1, V))
+        out = self.dec.step(row.y, k, left, drafting)
+        self.primed = True
+        return [(t, lp, drafting) for t, lp in out]
+
+    def layers(self) -> list:
+        return self.dec.cache
+
+    def finish(self) -> list:
+        """Stop drafting; returns the row's per-layer caches."""
+        layers, self.row, self.dec = self.dec.cache, None, None
+        return layers
+
