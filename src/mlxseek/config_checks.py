@@ -58,44 +58,44 @@ def _is_number(v) -> bool:
 
 
 
-def validate(self, source: str = "config.json") -> None:
-    """Raise ConfigError naming the first key of `self` (a ModelConfig) whose type or range is wrong."""
+def validate(cfg, source: str = "config.json") -> None:
+    """Raise ConfigError naming the first key of `cfg` (a ModelConfig) whose type or range is wrong."""
     def bad(key, why):
-        raise ConfigError(f"{source}: key {key!r} = {getattr(self, key)!r}: {why}")
+        raise ConfigError(f"{source}: key {key!r} = {getattr(cfg, key)!r}: {why}")
 
-    _validate_types(self, bad)
-    if self.topk_method not in TOPK_METHODS:
+    _validate_types(cfg, bad)
+    if cfg.topk_method not in TOPK_METHODS:
         bad("topk_method", f"must be one of {', '.join(TOPK_METHODS)}")
-    if self.scoring_func not in SCORING_FUNCS:
+    if cfg.scoring_func not in SCORING_FUNCS:
         bad("scoring_func", f"must be one of {', '.join(SCORING_FUNCS)}")
-    if self.qk_rope_head_dim % 2:
+    if cfg.qk_rope_head_dim % 2:
         bad("qk_rope_head_dim", "must be even: RoPE rotates pairs of dimensions")
-    if self.num_key_value_heads and self.num_attention_heads % self.num_key_value_heads:
-        bad("num_key_value_heads", f"must divide num_attention_heads ({self.num_attention_heads})")
-    if self.n_routed_experts:
-        if not self.moe_intermediate_size:
+    if cfg.num_key_value_heads and cfg.num_attention_heads % cfg.num_key_value_heads:
+        bad("num_key_value_heads", f"must divide num_attention_heads ({cfg.num_attention_heads})")
+    if cfg.n_routed_experts:
+        if not cfg.moe_intermediate_size:
             bad("moe_intermediate_size", "MoE layers need a positive moe_intermediate_size")
-        if not 1 <= self.num_experts_per_tok <= self.n_routed_experts:
-            bad("num_experts_per_tok", f"must be in 1..n_routed_experts ({self.n_routed_experts})")
-        if self.n_routed_experts % self.num_groups:
-            bad("n_group", f"must divide n_routed_experts ({self.n_routed_experts})")
-        if not 1 <= self.num_topk_groups <= self.num_groups:
-            bad("topk_group", f"must be in 1..n_group ({self.num_groups})")
-        if self.topk_method == "noaux_tc" and self.n_routed_experts // self.num_groups < 2:
+        if not 1 <= cfg.num_experts_per_tok <= cfg.n_routed_experts:
+            bad("num_experts_per_tok", f"must be in 1..n_routed_experts ({cfg.n_routed_experts})")
+        if cfg.n_routed_experts % cfg.num_groups:
+            bad("n_group", f"must divide n_routed_experts ({cfg.n_routed_experts})")
+        if not 1 <= cfg.num_topk_groups <= cfg.num_groups:
+            bad("topk_group", f"must be in 1..n_group ({cfg.num_groups})")
+        if cfg.topk_method == "noaux_tc" and cfg.n_routed_experts // cfg.num_groups < 2:
             bad("n_group", "noaux_tc scores a group by its top-2 experts: need >= 2 experts per group")
-        reachable = self.num_topk_groups * (self.n_routed_experts // self.num_groups)
-        if self.num_experts_per_tok > reachable:
+        reachable = cfg.num_topk_groups * (cfg.n_routed_experts // cfg.num_groups)
+        if cfg.num_experts_per_tok > reachable:
             bad("num_experts_per_tok", f"must be <= topk_group x experts per group ({reachable}): routing "
                 "picks experts only inside the chosen groups")
-    elif self.intermediate_size < 1:
+    elif cfg.intermediate_size < 1:
         bad("intermediate_size", "a model without routed experts needs a positive intermediate_size")
-    if self.uses_dsa:
-        _validate_dsa(self, bad)
-    if self.model_type == "deepseek_v4":
-        _validate_v4(self, bad)
-    if self.moe_layer_freq < 1:
+    if cfg.uses_dsa:
+        _validate_dsa(cfg, bad)
+    if cfg.model_type == "deepseek_v4":
+        _validate_v4(cfg, bad)
+    if cfg.moe_layer_freq < 1:
         bad("moe_layer_freq", "must be >= 1")
-    qc = self.quantization_config
+    qc = cfg.quantization_config
     if qc is not None:
         if not isinstance(qc, dict):
             bad("quantization_config", "must be an object or null")
@@ -110,62 +110,62 @@ def validate(self, source: str = "config.json") -> None:
         if not (isinstance(bs, list) and len(bs) == 2 and all(_is_int(b) and b > 0 for b in bs)):
             bad("quantization_config", f"weight_block_size {bs!r} must be two positive integers [rows, cols]")
 
-def _validate_types(self, bad) -> None:
+def _validate_types(cfg, bad) -> None:
     for key, lo in _INT_MIN.items():
-        v = getattr(self, key)
-        if v is None and key not in required_keys(self.model_type):
+        v = getattr(cfg, key)
+        if v is None and key not in required_keys(cfg.model_type):
             continue
         if not _is_int(v) or v < lo:
             bad(key, "must be a positive integer" if lo else "must be a non-negative integer")
     for key in _POSITIVE:
-        v = getattr(self, key)
+        v = getattr(cfg, key)
         if v is not None and not (_is_number(v) and v > 0):
             bad(key, "must be a positive number")
-    if self.swiglu_limit is not None and not (_is_number(self.swiglu_limit) and self.swiglu_limit >= 0):
+    if cfg.swiglu_limit is not None and not (_is_number(cfg.swiglu_limit) and cfg.swiglu_limit >= 0):
         bad("swiglu_limit", "must be a non-negative number (0: no clamp)")
     for key in _BOOLS:
-        if not isinstance(getattr(self, key), bool):
+        if not isinstance(getattr(cfg, key), bool):
             bad(key, "must be true or false")
     for key in ("topk_method", "scoring_func", "hidden_act"):
-        if not isinstance(getattr(self, key), str):
+        if not isinstance(getattr(cfg, key), str):
             bad(key, "must be a string")
-    e = self.eos_token_id
+    e = cfg.eos_token_id
     ids = e if isinstance(e, list) else [] if e is None else [e]
     if not all(_is_int(i) and 0 <= i for i in ids):
         bad("eos_token_id", "must be a token id (a non-negative integer), a list of them, or null")
-    r = self.rope_scaling
+    r = cfg.rope_scaling
     if r is not None and not isinstance(r, dict):
         bad("rope_scaling", "must be an object or null")
     for k in _ROPE_NUMBERS if r else ():
         lo_ok = (lambda v: v >= 0) if k.startswith("mscale") else (lambda v: v > 0)  # mscale 0: no scaling
         if r.get(k) is not None and not (_is_number(r[k]) and lo_ok(r[k])):
             bad("rope_scaling", f"rope_scaling.{k} = {r[k]!r} must be a {'non-negative' if k.startswith('mscale') else 'positive'} number")
-    if self.quantization is not None and not isinstance(self.quantization, dict):
+    if cfg.quantization is not None and not isinstance(cfg.quantization, dict):
         bad("quantization", "must be an object or null")
 
-def _validate_dsa(self, bad) -> None:
+def _validate_dsa(cfg, bad) -> None:
     for key in ("index_n_heads", "index_head_dim", "index_topk"):
-        if not isinstance(getattr(self, key), int) or getattr(self, key) <= 0:
+        if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) <= 0:
             bad(key, "DeepSeek sparse attention needs a positive integer")
-    if self.q_lora_rank is None:
+    if cfg.q_lora_rank is None:
         bad("q_lora_rank", "the DSA indexer reads the query's low-rank latent; V3.2 needs q_lora_rank")
-    if self.index_head_dim < self.qk_rope_head_dim:
-        bad("index_head_dim", f"must be >= qk_rope_head_dim ({self.qk_rope_head_dim}): its head starts with the rotary part")
+    if cfg.index_head_dim < cfg.qk_rope_head_dim:
+        bad("index_head_dim", f"must be >= qk_rope_head_dim ({cfg.qk_rope_head_dim}): its head starts with the rotary part")
 
-def _validate_v4(self, bad) -> None:
-    ratios = self.compress_ratios
+def _validate_v4(cfg, bad) -> None:
+    ratios = cfg.compress_ratios
     if not isinstance(ratios, list) or not all(isinstance(r, int) and r >= 0 for r in ratios):
         bad("compress_ratios", "must be a list of non-negative integers (0 sliding-only, 4 CSA, 128 HCA)")
-    if len(ratios) < self.num_hidden_layers:
-        bad("compress_ratios", f"needs one entry per layer (num_hidden_layers = {self.num_hidden_layers})")
-    if not 0 < self.qk_rope_head_dim < self.head_dim or self.qk_rope_head_dim % 2:
-        bad("qk_rope_head_dim", f"must be even and below head_dim ({self.head_dim}): RoPE rotates its trailing pairs")
-    if (self.num_attention_heads * self.head_dim) % self.o_groups:
+    if len(ratios) < cfg.num_hidden_layers:
+        bad("compress_ratios", f"needs one entry per layer (num_hidden_layers = {cfg.num_hidden_layers})")
+    if not 0 < cfg.qk_rope_head_dim < cfg.head_dim or cfg.qk_rope_head_dim % 2:
+        bad("qk_rope_head_dim", f"must be even and below head_dim ({cfg.head_dim}): RoPE rotates its trailing pairs")
+    if (cfg.num_attention_heads * cfg.head_dim) % cfg.o_groups:
         bad("o_groups", "must divide num_attention_heads * head_dim (the grouped output projection splits heads)")
-    if 4 in ratios[: self.num_hidden_layers] and not (self.index_head_dim or 0) > self.qk_rope_head_dim:
+    if 4 in ratios[: cfg.num_hidden_layers] and not (cfg.index_head_dim or 0) > cfg.qk_rope_head_dim:
         bad("index_head_dim", "ratio-4 layers carry an indexer whose head must exceed qk_rope_head_dim")
     for key in ("sliding_window", "hc_mult", "hc_sinkhorn_iters"):
-        if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+        if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 1:
             bad(key, "must be a positive integer")
-    if not 0 <= self.num_hash_layers <= self.num_hidden_layers:
-        bad("num_hash_layers", f"must be in 0..num_hidden_layers ({self.num_hidden_layers})")
+    if not 0 <= cfg.num_hash_layers <= cfg.num_hidden_layers:
+        bad("num_hash_layers", f"must be in 0..num_hidden_layers ({cfg.num_hidden_layers})")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Callable, Optional
 
 import mlx.core as mx
@@ -169,11 +170,15 @@ def build_plan(keys: list[str], cfg: ModelConfig) -> Plan:
         elif op == "copy":
             targets.append(Target("copy", (key,), (key,)))
     for (prefix, proj, suffix), by_e in sorted(experts.items()):
-        if sorted(by_e) != list(range(cfg.n_routed_experts or 0)):
-            missing = sorted(set(range(cfg.n_routed_experts or 0)) - set(by_e))
+        n = cfg.n_routed_experts or 0
+        unexpected = sorted(e for e in by_e if e >= n)
+        if unexpected or len(by_e) != n:
+            # islice, not a set of range(n): n comes from config.json and may be absurd (10**12)
+            missing = list(islice((e for e in range(n) if e not in by_e), 8))
             raise CheckpointError(
-                f"{prefix}.mlp.experts.*.{proj}.{suffix}: expected experts 0..{(cfg.n_routed_experts or 0) - 1} "
-                f"(n_routed_experts), missing {missing[:8]}, unexpected {sorted(set(by_e) - set(range(cfg.n_routed_experts or 0)))[:8]}"
+                f"{prefix}.mlp.experts.*.{proj}.{suffix}: expected experts 0..{n - 1} (config.json "
+                f"n_routed_experts = {n}) but the checkpoint stores {len(by_e)}: missing {missing}, "
+                f"unexpected {unexpected[:8]}"
             )
         out = f"{prefix}.mlp.switch_mlp.{proj}.{suffix}"
         sources = tuple(by_e[e] for e in sorted(by_e))

@@ -16,7 +16,8 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from ..config import ModelConfig
-from ..checkpoint.keymap import Materializer, Plan, build_plan
+from ..checkpoint.consistency import check_counts
+from ..checkpoint.keymap import Materializer, Plan, Target, build_plan
 from ..errors import CheckpointError, FormatVersionError, WeightMismatchError
 from ..models import CausalLM, KernelLayout, build_model
 from .placement import placement_for
@@ -115,6 +116,7 @@ def load_model(path: str | Path, *, dtype: Any = None, with_mtp: bool = True, cp
     dt = resolve_dtype(dtype)
     store = WeightStore(folder)
     plan = build_plan(store.keys(), cfg)
+    check_counts(cfg, plan, store, folder)  # before anything is built: sizes come from the checkpoint
     if plan.quantization:  # weights the key map imports packed (V4 FP4 experts as mxfp4), recorded per path
         cfg = cfg.replace(quantization={**(cfg.quantization or {}), **plan.quantization})
     if not with_mtp or not plan.has_mtp:
@@ -128,7 +130,7 @@ def load_model(path: str | Path, *, dtype: Any = None, with_mtp: bool = True, cp
     mat = Materializer(store, cfg, plan, dtype=dt, keep_fp32=_keep_fp32)
     lazy = {}
     for t in plan.targets:
-        lazy.update(mat.materialize(t))
+        lazy.update(_materialize(mat, t, store.folder))
     dropped = set(plan.dropped)  # with_mtp=False drops the MTP's FP8 scales along with its weights
     # V3 `*_scale_inv`, V4 `*.scale`
     scales = {s for k, s in plan.source_of.items() if k.endswith("_scale_inv") and k not in dropped}
@@ -148,6 +150,39 @@ def load_model(path: str | Path, *, dtype: Any = None, with_mtp: bool = True, cp
         placement.finish(model)
     model.eval()
     return model
+
+
+def _materialize(mat: Materializer, t: Target, folder: Path) -> dict[str, mx.array]:
+    """One target's lazy arrays; a reshape or stack of stored shapes that config.json contradicts (heads,
+    head dims, expert shapes) is a named mismatch, not MLX's ValueError."""
+    try:
+        return mat.materialize(t)
+    except ValueError as e:
+        shapes = ", ".join(f"{mat.plan.source_of[s]} {tuple(mat.store.shape(mat.plan.source_of[s]))}"
+                           for s in t.sources[:3])
+        raise WeightMismatchError(f"{folder}: checkpoint does not match config.json: cannot build "
+                                  f"{', '.join(t.outputs)} from {shapes} ({e}); check the head counts and "
+                                  "dimensions in config.json") from None
+
+
+def check_checkpoint(path: str | Path) -> ModelConfig:
+    """Everything `load_model` checks before reading a weight: config.json's types and ranges, the format
+    version, every shard header, the counts config.json claims, and every parameter's name and shape
+    (the model is built lazily: nothing is allocated or read). Returns the config."""
+    folder = Path(path)
+    cfg = ModelConfig.from_file(folder)
+    check_format(cfg, folder)
+    store = WeightStore(folder)
+    plan = build_plan(store.keys(), cfg)
+    check_counts(cfg, plan, store, folder)
+    if plan.quantization:
+        cfg = cfg.replace(quantization={**(cfg.quantization or {}), **plan.quantization})
+    mat = Materializer(store, cfg, plan, keep_fp32=_keep_fp32)
+    shapes = {k: tuple(v.shape) for t in plan.targets for k, v in _materialize(mat, t, folder).items()}
+    model = build_model(cfg, with_mtp=plan.has_mtp)
+    _quantize(model, cfg, set(shapes))
+    check_against_model(shapes, model, folder, plan.source_of)
+    return cfg
 
 
 def _choose_layout(model, cpu_layout: Any) -> None:

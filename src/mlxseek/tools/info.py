@@ -19,6 +19,7 @@ from .census import check_config, is_moe_layer
 from ..errors import CheckpointError
 from .estimate import load_config
 from ..checkpoint.store import WeightStore
+from ..loading.loader import check_checkpoint
 
 _ROUTED = re.compile(r"\.experts\.\d+\.|\.switch_mlp\.")
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
@@ -97,6 +98,7 @@ def info(path: Union[str, Path]) -> dict:
         if part == "main":
             active += n * reads
             per_token += nbytes * reads
+    check_checkpoint(folder)  # the view `load` validates: no figure below from a config the shards contradict
     n_mtp = c.get("num_nextn_predict_layers") or 0
     moe = sum(is_moe_layer(c, i) for i in range(L))
     return {
