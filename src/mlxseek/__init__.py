@@ -3,7 +3,7 @@
 # Before anything imports mlx.core: on Linux, let MLX's float matmuls use a system OpenBLAS (see blas.py).
 from .cpu import blas as _blas
 
-_blas.choose()
+_blas.choose(defer=True)  # a failure is raised at first use (blas.check), where the CLI can print it
 
 
 from .generation.chat import ChatSession  # noqa: E402

@@ -47,3 +47,7 @@ class ServeError(MlxseekError):
 
 class QueueFullError(ServeError):
     """The server's bounded request queue is full; the client should retry later (HTTP 429)."""
+
+
+class VocabularyError(GenerationError):
+    """A token id lies outside the model's vocabulary (config.json vocab_size); names the id and its position."""

@@ -108,6 +108,9 @@ def load_model(path: str | Path, *, dtype: Any = None, with_mtp: bool = True, cp
                group: Any = None, parallel: str = "pipeline", expert_memory_gb: Optional[float] = None) -> CausalLM:
     """Build the model described by `path/config.json` and fill it from the folder's shards.
     cpu_layout, group, parallel, expert_memory_gb: see `load`."""
+    from ..cpu import blas
+
+    blas.check()  # an MLXSEEK_BLAS that failed at import is reported here, at first use
     folder = Path(path)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: not a folder; pass a local checkpoint folder (HF or converted)")
@@ -217,10 +220,14 @@ def load_tokenizer(path: str | Path):
     """mlx-lm's TokenizerWrapper (tokenizers/transformers underneath, streaming detokenizer included),
     or None when the folder ships no tokenizer files (e.g. the tiny test checkpoints).
     DeepSeek's V3/R1 chat format is used when the tokenizer config has no chat template."""
-    from .tokenizer import load_tokenizer as load_tok
+    from .tokenizer import check_vocabulary, load_tokenizer as load_tok
 
     folder = Path(path)
-    return load_tok(folder, eos_token_ids=ModelConfig.from_file(folder).eos_token_ids or None)
+    cfg = ModelConfig.from_file(folder)
+    tok = load_tok(folder, eos_token_ids=cfg.eos_token_ids or None)
+    if tok is not None:
+        check_vocabulary(tok._tokenizer, cfg.vocab_size, folder)
+    return tok
 
 
 def load(
