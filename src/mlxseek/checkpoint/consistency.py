@@ -50,6 +50,20 @@ def check_counts(cfg: ModelConfig, plan: Plan, store, folder: Path) -> None:
             f"{where} num_nextn_predict_layers = {n_mtp} but the checkpoint stores {stored_mtp} MTP layer(s) "
             f"(model.layers.{L}.* onwards); set num_nextn_predict_layers to {stored_mtp}")
     _check_leading_axes(cfg, plan, store, where)
+    _check_half_floats(plan, store, folder)
+
+
+def _check_half_floats(plan: Plan, store, folder: Path) -> None:
+    """No release or converter mixes the two 16-bit floats (they are the same width, so a header whose
+    BF16 was edited to F16 would read its bytes as other numbers): a mix is a corrupt header."""
+    first: dict[str, str] = {}
+    for src in plan.source_of.values():
+        kind = store.dtype(src)
+        if kind in ("F16", "BF16"):
+            first.setdefault(kind, src)
+    if len(first) == 2:
+        raise WeightMismatchError(f"{folder}: the checkpoint mixes F16 ({first['F16']}) and BF16 ({first['BF16']}) "
+                                  "tensors; one shard header's dtype is wrong: re-download or re-convert it")
 
 
 def _any_key(plan: Plan, layer: int) -> str | None:

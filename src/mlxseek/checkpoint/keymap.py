@@ -33,6 +33,8 @@ from .fp4 import MXFP4, decode_e8m0, dequant_fp4, fp4_to_mxfp4
 from .fp8 import dequant_block_fp8
 
 SCALE_SUFFIX = "_scale_inv"
+# V3 stores its FP8 block scales as floats, V4 as ue8m0 exponent bytes.
+_SCALE_DTYPES = ("F32", "BF16", "F16", "F8_E8M0")
 
 
 def _mtp_renames(cfg: ModelConfig) -> list[tuple[re.Pattern, str]]:
@@ -210,7 +212,11 @@ class Materializer:
         if scale_key is None:
             return None, None
         self.used_scales.add(scale_key)
-        return self.store.get(scale_key), self.store.dtype(scale_key)
+        kind = self.store.dtype(scale_key)
+        if kind not in _SCALE_DTYPES:  # an integer here would be read as scale values, silently wrong
+            raise CheckpointError(f"{self.store.file_of(scale_key)}: scale {scale_key} is {kind}; block scales "
+                                  f"are {' or '.join(_SCALE_DTYPES)}; re-download or re-convert this shard")
+        return self.store.get(scale_key), kind
 
     def fetch(self, key: str) -> mx.array:
         """Read renamed `key` from its checkpoint key, dequantizing DeepSeek FP8 blocks / V4 FP4 in float32."""

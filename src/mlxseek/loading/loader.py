@@ -84,6 +84,19 @@ def _quantize(model: CausalLM, cfg: ModelConfig, produced: set[str]) -> None:
     stored_kmajor_skeleton(model, cfg, lambda p: f"{p}.scales" in produced)
 
 
+def check_dtypes(lazy: dict[str, mx.array], model, folder, source_of: dict) -> None:
+    """A float parameter must come from a float tensor and a packed/integer one from an integer tensor:
+    a header whose dtype was edited to another of the same width (F32 -> I32, BF16 -> U16) would
+    otherwise load its unchanged bytes as other numbers."""
+    expected = dict(tree_flatten(model.parameters()))
+    for k, a in lazy.items():
+        want = expected.get(k)
+        if want is not None and mx.issubdtype(want.dtype, mx.floating) != mx.issubdtype(a.dtype, mx.floating):
+            src = source_of.get(k, k)
+            raise WeightMismatchError(f"{folder}: {src} is stored as {a.dtype} but the model's {k} is {want.dtype}; "
+                                      "the shard header's dtype is wrong: re-download or re-convert this shard")
+
+
 def check_against_model(shapes: dict[str, tuple], model, folder, source_of: dict | None = None) -> None:
     """Strict: every model parameter is produced once with its shape, and nothing else is. Unused names
     are reported by their checkpoint key (`source_of`: internal name -> checkpoint key)."""
@@ -144,6 +157,7 @@ def load_model(path: str | Path, *, dtype: Any = None, with_mtp: bool = True, cp
     model = build(cfg, with_mtp=with_mtp and plan.has_mtp)
     _quantize(model, cfg, set(lazy))
     check_against_model({k: tuple(v.shape) for k, v in lazy.items()}, model, store.folder, plan.source_of)
+    check_dtypes(lazy, model, store.folder, plan.source_of)
     _load_in_batches(model, lazy, store)
     # Drop every handle on the checkpoint's arrays (the store caches what it read) before any re-layout,
     # so the old layout is freed module by module instead of living until load() returns.
@@ -181,10 +195,11 @@ def check_checkpoint(path: str | Path) -> ModelConfig:
     if plan.quantization:
         cfg = cfg.replace(quantization={**(cfg.quantization or {}), **plan.quantization})
     mat = Materializer(store, cfg, plan, keep_fp32=_keep_fp32)
-    shapes = {k: tuple(v.shape) for t in plan.targets for k, v in _materialize(mat, t, folder).items()}
+    lazy = {k: v for t in plan.targets for k, v in _materialize(mat, t, folder).items()}
     model = build_model(cfg, with_mtp=plan.has_mtp)
-    _quantize(model, cfg, set(shapes))
-    check_against_model(shapes, model, folder, plan.source_of)
+    _quantize(model, cfg, set(lazy))
+    check_against_model({k: tuple(v.shape) for k, v in lazy.items()}, model, folder, plan.source_of)
+    check_dtypes(lazy, model, folder, plan.source_of)
     return cfg
 
 
