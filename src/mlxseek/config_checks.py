@@ -43,6 +43,7 @@ _INT_MIN = {
     "index_n_heads": 1, "index_head_dim": 1, "index_topk": 1, "head_dim": 1, "o_groups": 1, "o_lora_rank": 1,
     "sliding_window": 1, "hc_mult": 1, "hc_sinkhorn_iters": 1, "num_hash_layers": 0,
 }
+_MAX_DIM = 2**31
 # Real-valued keys: int or float, strictly positive (swiglu_limit 0 means "no clamp").
 _POSITIVE = ("routed_scaling_factor", "rms_norm_eps", "rope_theta", "compress_rope_theta", "hc_eps")
 _BOOLS = ("norm_topk_prob", "attention_bias", "tie_word_embeddings")
@@ -117,6 +118,8 @@ def _validate_types(cfg, bad) -> None:
             continue
         if not _is_int(v) or v < lo:
             bad(key, "must be a positive integer" if lo else "must be a non-negative integer")
+        if v >= _MAX_DIM:
+            bad(key, f"must be below 2**31 ({_MAX_DIM}): MLX array dimensions are 32-bit")
     for key in _POSITIVE:
         v = getattr(cfg, key)
         if v is not None and not (_is_number(v) and v > 0):

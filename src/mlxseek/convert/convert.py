@@ -34,7 +34,7 @@ from .failures import as_conversion_error, check_output_parent, clean_up
 from .finalize import finish, output_config
 from ..checkpoint.consistency import check_counts
 from ..checkpoint.keymap import build_plan
-from ..loading.loader import check_against_model
+from ..loading.loader import build_checked, check_against_model
 from .layout import assign_shards, plan_jobs, shard_names
 from .manifest import Progress
 from .quantize import QuantPlan, check_options, plan_quantization, size_summary
@@ -150,7 +150,7 @@ def _plan(src: Path, dst: Path, options: dict, max_shard_bytes: int) -> _Convers
     check_counts(cfg, plan, reader, src)  # before the skeleton is built: its size comes from the checkpoint
     if options["drop_mtp"]:
         _drop_mtp(plan)
-    skeleton = build_model(cfg, with_mtp=plan.has_mtp)
+    skeleton = build_checked(build_model, cfg, src, with_mtp=plan.has_mtp)
     qplan = None
     if options["recipe"] or plan.quantization:
         qplan = plan_quantization(skeleton, cfg, recipe=options["recipe"], bits=options["bits"],
@@ -262,7 +262,7 @@ def _dtype_name(dtype: mx.Dtype) -> str:
 def _as_stored(cfg: ModelConfig, plan) -> nn.Module:
     """The model as the output stores it before our quantization: modules the source already packs
     (V4 FP4 experts, recorded in plan.quantization) quantized; parameters lazy, never evaluated."""
-    model = build_model(cfg, with_mtp=plan.has_mtp)
+    model = build_model(cfg, with_mtp=plan.has_mtp)  # the same build as the skeleton's, which succeeded
     if plan.quantization:
         nn.quantize(model, class_predicate=lambda path, m: plan.quantization.get(path, False))
     return model

@@ -18,7 +18,7 @@ from mlx.utils import tree_flatten
 from ..config import ModelConfig
 from ..checkpoint.consistency import check_counts
 from ..checkpoint.keymap import Materializer, Plan, Target, build_plan
-from ..errors import CheckpointError, FormatVersionError, WeightMismatchError
+from ..errors import CheckpointError, ConfigError, FormatVersionError, WeightMismatchError
 from ..models import CausalLM, KernelLayout, build_model
 from .placement import placement_for
 from ..checkpoint.quant_record import quant_params
@@ -153,9 +153,8 @@ def load_model(path: str | Path, *, dtype: Any = None, with_mtp: bool = True, cp
     unused_scales = sorted(scales - mat.used_scales)
     if unused_scales:
         raise WeightMismatchError(f"{store.folder}: scale tensors with no float8 weight: {', '.join(unused_scales[:10])}")
-    build = placement.build if placement else build_model
-    model = build(cfg, with_mtp=with_mtp and plan.has_mtp)
-    _quantize(model, cfg, set(lazy))
+    model = build_checked(placement.build if placement else build_model, cfg, folder, set(lazy),
+                          with_mtp=with_mtp and plan.has_mtp)
     check_against_model({k: tuple(v.shape) for k, v in lazy.items()}, model, store.folder, plan.source_of)
     check_dtypes(lazy, model, store.folder, plan.source_of)
     _load_in_batches(model, lazy, store)
@@ -174,12 +173,26 @@ def _materialize(mat: Materializer, t: Target, folder: Path) -> dict[str, mx.arr
     head dims, expert shapes) is a named mismatch, not MLX's ValueError."""
     try:
         return mat.materialize(t)
-    except ValueError as e:
+    except (ValueError, OverflowError, RuntimeError) as e:  # MLX's shape errors (RuntimeError: int32 casts)
         shapes = ", ".join(f"{mat.plan.source_of[s]} {tuple(mat.store.shape(mat.plan.source_of[s]))}"
                            for s in t.sources[:3])
         raise WeightMismatchError(f"{folder}: checkpoint does not match config.json: cannot build "
                                   f"{', '.join(t.outputs)} from {shapes} ({e}); check the head counts and "
                                   "dimensions in config.json") from None
+
+
+def build_checked(build, cfg: ModelConfig, folder: Path, produced: set[str] | None = None, **kw) -> CausalLM:
+    """`build(cfg, **kw)`, quantized like the checkpoint's `produced` names when given, with the sizes
+    config.json gives that MLX cannot even describe (an array shape past 2**31, a dimension a quantization
+    group does not divide) reported as a ConfigError. Parameters stay lazy: nothing is allocated."""
+    try:
+        model = build(cfg, **kw)
+        if produced is not None:
+            _quantize(model, cfg, produced)
+        return model
+    except (OverflowError, ValueError, ZeroDivisionError, RuntimeError) as e:
+        raise ConfigError(f"{folder / 'config.json'}: describes a model that cannot be built ({type(e).__name__}: "
+                          f"{e}); its sizes (hidden_size, head counts and dims, hc_mult, ...) are wrong") from None
 
 
 def check_checkpoint(path: str | Path) -> ModelConfig:
@@ -196,8 +209,7 @@ def check_checkpoint(path: str | Path) -> ModelConfig:
         cfg = cfg.replace(quantization={**(cfg.quantization or {}), **plan.quantization})
     mat = Materializer(store, cfg, plan, keep_fp32=_keep_fp32)
     lazy = {k: v for t in plan.targets for k, v in _materialize(mat, t, folder).items()}
-    model = build_model(cfg, with_mtp=plan.has_mtp)
-    _quantize(model, cfg, set(lazy))
+    model = build_checked(build_model, cfg, folder, set(lazy), with_mtp=plan.has_mtp)
     check_against_model({k: tuple(v.shape) for k, v in lazy.items()}, model, folder, plan.source_of)
     check_dtypes(lazy, model, folder, plan.source_of)
     return cfg
