@@ -151,17 +151,20 @@ def _check_entry(path: Path, key: str, info) -> None:
 
 
 def _check_ranges(path: Path, tensors: dict, data_len: int) -> None:
-    """Ranges sorted by start must tile [0, data_len) exactly: no overlap, no gap, nothing past the end."""
-    pos, prev = 0, None
-    for key, info in sorted(tensors.items(), key=lambda kv: tuple(kv[1]["data_offsets"])):
-        begin, end = info["data_offsets"]
+    """Ranges sorted by start must tile [0, data_len) exactly: nothing past the end, no overlap (checked
+    first: it is the lie that would load one tensor's bytes as another's), no gap."""
+    spans = sorted((tuple(info["data_offsets"]), key) for key, info in tensors.items())
+    for (begin, end), key in spans:
         if end > data_len:
             raise CheckpointError(
                 f"{path}: truncated safetensors file: tensor {key!r} ends at byte {end} of the data "
                 f"section but the file holds only {data_len}; re-download or re-convert this shard")
-        if begin < pos:
+    for ((_, prev_end), prev), ((begin, end), key) in zip(spans, spans[1:]):
+        if begin < prev_end:
             raise CheckpointError(f"{path}: tensor {key!r} bytes [{begin}, {end}) overlap those of {prev!r} "
-                                  f"(which end at {pos}); the header is corrupt: re-download or re-convert this shard")
+                                  f"(which end at {prev_end}); the header is corrupt: re-download or re-convert this shard")
+    pos, prev = 0, None
+    for (begin, end), key in spans:
         if begin > pos:
             raise CheckpointError(f"{path}: tensor {key!r} starts at byte {begin} but the previous tensor"
                                   f"{f' {prev!r}' if prev else ''} ends at {pos}: {begin - pos} bytes belong to "
