@@ -1,5 +1,6 @@
 """Property-based fuzzing of what `load` believes: one mutation of a committed checkpoint's shard headers,
-index or config.json per example (bf16 `v3`, FP8 `v3_fp8`, FP4 `v4_fp4`), then `mlxseek.load_model`.
+index or config.json per example (bf16 `v3`, FP8 `v3_fp8`, FP4 `v4_fp4`), then `mlxseek info` and
+`mlxseek.load_model` on it.
 
 Every outcome must be either a typed `MlxseekError`, or a load whose parameters are bit-identical to the
 unmutated checkpoint's, with every tensor read from the same bytes; nothing may hang or allocate past a
@@ -33,6 +34,7 @@ from mlx.utils import tree_flatten
 
 import mlxseek
 from mlxseek.errors import MlxseekError
+from mlxseek.tools.info import info
 
 FIXTURES = Path(__file__).parent / "fixtures"
 NAMES = ("v3", "v3_fp8", "v4_fp4")
@@ -248,6 +250,20 @@ def report(tmp_path_factory):
     print(f"\nfuzz outcomes ({path}):\n{json.dumps(summary, indent=1)}")
 
 
+def _info_outcome(d: Path, what: str, counts: Counter) -> None:
+    """`mlxseek info` reads the same validated view: it reports, or refuses with a typed error."""
+    t0 = time.perf_counter()
+    try:
+        info(d)
+        counts["info: reported"] += 1
+    except MlxseekError as e:
+        counts[f"info: {type(e).__name__}"] += 1
+    except Exception as e:  # noqa: BLE001
+        counts["info: untyped " + type(e).__name__] += 1
+        raise AssertionError(f"{what}: info raised untyped {type(e).__name__}: {e}") from e
+    assert time.perf_counter() - t0 < SECONDS_PER_LOAD, f"{what}: info took too long"
+
+
 def _run(name: str, examples: int, report) -> None:
     src = FIXTURES / name
     base = mlxseek.load_model(src)
@@ -264,6 +280,7 @@ def _run(name: str, examples: int, report) -> None:
         shutil.rmtree(d, ignore_errors=True)
         shutil.copytree(src, d)
         apply(d)
+        _info_outcome(d, what, counts)
         mx.reset_peak_memory()
         t0 = time.perf_counter()
         try:

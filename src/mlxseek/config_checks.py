@@ -64,7 +64,7 @@ def validate(cfg, source: str = "config.json") -> None:
     def bad(key, why):
         raise ConfigError(f"{source}: key {key!r} = {getattr(cfg, key)!r}: {why}")
 
-    _validate_types(cfg, bad)
+    _validate_types(cfg, bad, source)
     if cfg.topk_method not in TOPK_METHODS:
         bad("topk_method", f"must be one of {', '.join(TOPK_METHODS)}")
     if cfg.scoring_func not in SCORING_FUNCS:
@@ -111,7 +111,7 @@ def validate(cfg, source: str = "config.json") -> None:
         if not (isinstance(bs, list) and len(bs) == 2 and all(_is_int(b) and b > 0 for b in bs)):
             bad("quantization_config", f"weight_block_size {bs!r} must be two positive integers [rows, cols]")
 
-def _validate_types(cfg, bad) -> None:
+def _validate_types(cfg, bad, source: str) -> None:
     for key, lo in _INT_MIN.items():
         v = getattr(cfg, key)
         if v is None and key not in required_keys(cfg.model_type):
@@ -145,6 +145,12 @@ def _validate_types(cfg, bad) -> None:
             bad("rope_scaling", f"rope_scaling.{k} = {r[k]!r} must be a {'non-negative' if k.startswith('mscale') else 'positive'} number")
     if cfg.quantization is not None and not isinstance(cfg.quantization, dict):
         bad("quantization", "must be an object or null")
+    # Kept in `extra`, read by tools (info prints them): HF's own types.
+    arch, torch_dtype = cfg.extra.get("architectures"), cfg.extra.get("torch_dtype")
+    if arch is not None and not (isinstance(arch, list) and arch and all(isinstance(a, str) for a in arch)):
+        raise ConfigError(f"{source}: key 'architectures' = {arch!r}: must be a list of class names")
+    if torch_dtype is not None and not isinstance(torch_dtype, str):
+        raise ConfigError(f"{source}: key 'torch_dtype' = {torch_dtype!r}: must be a dtype name such as \"bfloat16\"")
 
 def _validate_dsa(cfg, bad) -> None:
     for key in ("index_n_heads", "index_head_dim", "index_topk"):

@@ -19,6 +19,7 @@ from .census import check_config, is_moe_layer
 from ..errors import CheckpointError
 from .estimate import load_config
 from ..checkpoint.store import WeightStore
+from ..config import ModelConfig
 from ..loading.loader import check_checkpoint
 
 _ROUTED = re.compile(r"\.experts\.\d+\.|\.switch_mlp\.")
@@ -75,6 +76,7 @@ def info(path: Union[str, Path]) -> dict:
     """Architecture, layer schedule, parameters, bytes on disk and per decoded token of the folder `path`."""
     folder = Path(path)
     c, source = load_config(folder)
+    ModelConfig.from_file(folder)  # types and ranges of every key before any figure is derived from them
     check_config(c, source)
     store = WeightStore(folder)
     L, V = c["num_hidden_layers"], c["vocab_size"]
