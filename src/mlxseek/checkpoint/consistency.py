@@ -16,6 +16,7 @@ from pathlib import Path
 from ..config import ModelConfig
 from ..errors import WeightMismatchError
 from .keymap import Plan
+from .quant_record import quant_layout
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 # Tensors whose leading axis is the routed-expert count: the router and the stacked experts.
@@ -74,6 +75,8 @@ def _check_leading_axes(cfg: ModelConfig, plan: Plan, store, where: str) -> None
     E, V = cfg.n_routed_experts, cfg.vocab_size
     for key, src in plan.source_of.items():
         shape = store.shape(src)
+        if quant_layout(cfg, key.rpartition(".")[0]) == "kmajor":
+            continue  # stored K-major: the leading axis is the input's, checked against the model later
         m = _EXPERT_AXIS.match(key)
         if m and int(m[1]) < cfg.num_hidden_layers and shape and shape[0] != E:
             raise WeightMismatchError(
