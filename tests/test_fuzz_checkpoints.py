@@ -40,6 +40,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 NAMES = ("v3", "v3_fp8", "v4_fp4")
 FAST = int(os.environ.get("MLXSEEK_FUZZ_EXAMPLES", "50"))  # per fixture: ~3 s each on a shared 2-core box
 SLOW = int(os.environ.get("MLXSEEK_FUZZ_SLOW_EXAMPLES", "3000"))
+CONVERT_EXAMPLES = int(os.environ.get("MLXSEEK_FUZZ_CONVERT_EXAMPLES", "300"))  # ~0.2 s of convert each
 SECONDS_PER_LOAD = 20.0  # a load of these 2-3 MB checkpoints takes ~30 ms; a config-sized build would not end
 PEAK_BYTES = 512 << 20  # MLX allocator peak per load: the checkpoints are a few MB
 DELETE = object()
@@ -245,7 +246,7 @@ def report(tmp_path_factory):
     path = Path(os.environ.get("MLXSEEK_FUZZ_REPORT") or tmp_path_factory.getbasetemp() / "fuzz_counts.json")
     summary = {name: dict(sorted(c.items())) for name, c in COUNTS.items()}
     summary["total"] = dict(sorted(sum(COUNTS.values(), Counter()).items()))
-    summary["mutations"] = sum(n for k, n in summary["total"].items() if not k.startswith("info: "))
+    summary["mutations"] = sum(n for k, n in summary["total"].items() if not k.startswith(("info: ", "convert: ")))
     path.write_text(json.dumps(summary, indent=1) + "\n")
     print(f"\nfuzz outcomes ({path}):\n{json.dumps(summary, indent=1)}")
 
@@ -264,8 +265,32 @@ def _info_outcome(d: Path, what: str, counts: Counter) -> None:
     assert time.perf_counter() - t0 < SECONDS_PER_LOAD, f"{what}: info took too long"
 
 
-def _run(name: str, examples: int, report) -> None:
-    src = FIXTURES / name
+def _convert_outcome(d: Path, what: str, counts: Counter) -> None:
+    """`mlxseek convert` of the mutated folder: an output, or a typed error leaving no output; the source
+    is never touched."""
+    out, before = d.parent / "out", _tree_hash(d)
+    shutil.rmtree(out, ignore_errors=True)
+    try:
+        mlxseek.convert(hf_path=d, mlx_path=out, quiet=True)
+        counts["convert: wrote"] += 1
+    except MlxseekError as e:
+        counts[f"convert: {type(e).__name__}"] += 1
+        assert not out.exists() and not out.with_name("out.partial").exists(), f"{what}: convert left output"
+    except Exception as e:  # noqa: BLE001
+        counts["convert: untyped " + type(e).__name__] += 1
+        raise AssertionError(f"{what}: convert raised untyped {type(e).__name__}: {e}") from e
+    assert _tree_hash(d) == before, f"{what}: convert modified its source"
+
+
+def _tree_hash(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.iterdir()):
+        h.update(p.name.encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def _run(name: str, examples: int, report, convert: bool = False) -> None:
+    src = FIXTURES / name.split("+")[0]
     base = mlxseek.load_model(src)
     base_params, base_reads, base_logits = _params(base), _reads(src), _logits(base)
     counts = report.setdefault(name, Counter())
@@ -281,6 +306,8 @@ def _run(name: str, examples: int, report) -> None:
         shutil.copytree(src, d)
         apply(d)
         _info_outcome(d, what, counts)
+        if convert:
+            _convert_outcome(d, what, counts)
         mx.reset_peak_memory()
         t0 = time.perf_counter()
         try:
@@ -325,3 +352,10 @@ def test_mutated_checkpoint_loads_unchanged_or_fails_typed(name, report):
 @pytest.mark.parametrize("name", NAMES)
 def test_mutated_checkpoint_long_run(name, report):
     _run(name, SLOW, report)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("MLXSEEK_FUZZ_LONG"), reason="long run: set MLXSEEK_FUZZ_LONG=1")
+@pytest.mark.parametrize("name", NAMES)
+def test_mutated_checkpoint_converts_or_fails_typed(name, report):
+    _run(name + "+convert", CONVERT_EXAMPLES, report, convert=True)
