@@ -76,8 +76,9 @@ def check_config(c: dict, source: str = "config.json") -> str:
 def is_moe_layer(c: dict, i: int) -> bool:
     if c["model_type"] == "deepseek_v4":
         return True  # every V4 block is MoE; the first num_hash_layers route by token id
-    return bool(c.get("n_routed_experts")) and i >= c.get("first_k_dense_replace", 0) \
-        and i % c.get("moe_layer_freq", 1) == 0
+    # null means "absent", as in ModelConfig.from_dict
+    return bool(c.get("n_routed_experts")) and i >= (c.get("first_k_dense_replace") or 0) \
+        and i % (c.get("moe_layer_freq") or 1) == 0
 
 
 def census(c: dict, source: str = "config.json") -> list[Tensor]:
