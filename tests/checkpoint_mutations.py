@@ -170,18 +170,24 @@ def mutations(draw, folder: Path):
         return f"index: {op} {key} {target if op == 'remap' else value!r}", apply
     config = json.loads((folder / "config.json").read_text())
     ckey = draw(st.sampled_from(sorted(config)))
-    value = draw(st.one_of(VALUES, st.integers(0, 3).map(lambda i, c=config, k=ckey: _near(c[k], i))))
+    inner = None  # a key inside an object-valued entry (rope_scaling.factor, quantization_config.weight_block_size)
+    if isinstance(config[ckey], dict) and config[ckey] and draw(st.booleans()):
+        inner = draw(st.sampled_from(sorted(config[ckey])))
+    true = config[ckey] if inner is None else config[ckey][inner]
+    value = draw(st.one_of(VALUES, st.integers(0, 3).map(lambda i: _near(true, i))))
 
     def apply(d):
         c = json.loads((d / "config.json").read_text())
-        _set(c, ckey, value)
+        _set(c if inner is None else c[ckey], ckey if inner is None else inner, value)
         (d / "config.json").write_text(json.dumps(c))
 
-    return f"config: {ckey} = {value!r}", apply
+    return f"config: {ckey}{'.' + inner if inner else ''} = {value!r}", apply
 
 
 def _near(v, i):
     """A plausible lie: the true value doubled, halved, plus or minus one."""
+    if isinstance(v, list) and v and all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+        return [_near(x, i) for x in v]  # weight_block_size, compress_ratios
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return v
     return [v * 2, v // 2 if isinstance(v, int) else v / 2, v + 1, v - 1][i]
