@@ -227,6 +227,15 @@ def test_class3_a_config_claiming_more_than_is_stored_fails_fast(changes, error,
     assert time.perf_counter() - t0 < 10
 
 
+def test_class3_a_layer_count_that_renames_a_layer_onto_the_mtp_is_refused(tmp_path):
+    """V4 stores its MTP as mtp.0.*: one layer fewer in config.json would make layer 3 a second MTP
+    (found by the fuzz harness: it loaded, one of the two silently winning)."""
+    d = _copy("v4_fp4", tmp_path / "m")
+    _edit_config(d, num_hidden_layers=3)
+    with pytest.raises(CheckpointError, match=r"mtp\.0\..* and layers\.3\..* both map to mtp\.block\."):
+        mlxseek.load(d)
+
+
 # ---- 4. token ids out of range --------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

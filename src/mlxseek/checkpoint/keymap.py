@@ -154,6 +154,9 @@ def build_plan(keys: list[str], cfg: ModelConfig) -> Plan:
             if pat.search(new):
                 new = pat.sub(repl, new, count=1)
                 break
+        if new in source_of:  # two stored tensors would fill one parameter: one would silently win
+            raise CheckpointError(f"{k} and {source_of[new]} both map to {new}; config.json's num_hidden_layers "
+                                  f"({cfg.num_hidden_layers}) or the checkpoint's names are wrong")
         source_of[new] = k
     targets, dropped, quantization = [], [], {}
     experts: dict[tuple[str, str, str], dict[int, str]] = {}
