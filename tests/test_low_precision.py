@@ -13,6 +13,7 @@ from st_io import E4M3, read_raw
 from mlxseek.checkpoint.fp4 import dequant_fp4
 from mlxseek.errors import CheckpointError
 
+
 def raw_tensors(folder):
     """{key: (safetensors dtype, shape, raw bytes)} for every shard, read without MLX or torch."""
     out = {}

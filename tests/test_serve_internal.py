@@ -9,7 +9,6 @@ import httpx
 import pytest
 from serve_helpers import deadline, running_server
 
-
 MODEL_ID = "trained_v3"
 TIMEOUT = 30
 SECRET = "internal detail the client must not see"

@@ -11,7 +11,6 @@ import mlx.core as mx
 import pytest
 from serve_helpers import deadline, running_server
 
-
 MODEL_ID = "trained_v3"
 PROMPT = "class Parser:\n    def __init__(self):\n"
 TIMEOUT = 60

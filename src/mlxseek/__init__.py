@@ -3,14 +3,19 @@
 # Before anything imports mlx.core: on Linux, let MLX's float matmuls use a system OpenBLAS (see blas.py).
 from .cpu import blas as _blas
 
-_blas.choose()
+_blas.choose(defer=True)  # a failure is raised at first use (blas.check), where the CLI can print it
 
 
 from .config import ModelConfig
 from .convert.convert import convert
 from .errors import MlxseekError
 from .formats import ReplyParser, parse_reply, render_chat
-from .generation.batch import BatchDecoder, BatchResult, batch_generate, stream_batch_generate
+from .generation.batch import (
+           BatchDecoder,
+           BatchResult,
+           batch_generate,
+           stream_batch_generate,
+)
 from .generation.chat import ChatSession  # noqa: E402
 from .generation.rows import BatchRecord, RowParams
 from .generation.stream import (

@@ -11,32 +11,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from .config_checks import (
+    REQUIRED_KEYS,
+    SCORING_FUNCS,
+    TOPK_METHODS,
+    V4_REQUIRED_KEYS,
+    required_keys,
+    validate,
+)
 from .errors import ConfigError
 
+__all__ = ["ModelConfig", "REQUIRED_KEYS", "SCORING_FUNCS", "SUPPORTED_MODEL_TYPES", "TOPK_METHODS", "V4_REQUIRED_KEYS",
+           "required_keys"]
+
 SUPPORTED_MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "deepseek_v32", "deepseek_v4")
-TOPK_METHODS = ("greedy", "group_limited_greedy", "noaux_tc")
-SCORING_FUNCS = ("softmax", "sigmoid", "sqrtsoftplus")
-
-# Keys every DeepSeek MLA config must carry; a missing one is named in the error.
-REQUIRED_KEYS = (
-    "vocab_size",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "kv_lora_rank",
-    "qk_nope_head_dim",
-    "qk_rope_head_dim",
-    "v_head_dim",
-)
-# DeepSeek-V4 has no MLA latent: one shared KV head of head_dim, grouped output projection, compressors.
-V4_REQUIRED_KEYS = (
-    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "head_dim", "qk_rope_head_dim",
-    "q_lora_rank", "o_groups", "o_lora_rank", "n_routed_experts", "moe_intermediate_size", "compress_ratios",
-)
-
-
-def required_keys(model_type: str) -> tuple[str, ...]:
-    return V4_REQUIRED_KEYS if model_type == "deepseek_v4" else REQUIRED_KEYS
 
 # Defaults differ by family where DeepSeek's own configuration_deepseek.py files differ.
 _FAMILY_DEFAULTS = {
@@ -160,71 +148,8 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
     def validate(self, source: str = "config.json") -> None:
-        def bad(key, why):
-            raise ConfigError(f"{source}: key {key!r} = {getattr(self, key)!r}: {why}")
-
-        for key in required_keys(self.model_type):
-            if key != "compress_ratios" and (not isinstance(getattr(self, key), int) or getattr(self, key) <= 0):
-                bad(key, "must be a positive integer")
-        if self.topk_method not in TOPK_METHODS:
-            bad("topk_method", f"must be one of {', '.join(TOPK_METHODS)}")
-        if self.scoring_func not in SCORING_FUNCS:
-            bad("scoring_func", f"must be one of {', '.join(SCORING_FUNCS)}")
-        if self.n_routed_experts:
-            if not self.moe_intermediate_size:
-                bad("moe_intermediate_size", "MoE layers need a positive moe_intermediate_size")
-            if not 1 <= self.num_experts_per_tok <= self.n_routed_experts:
-                bad("num_experts_per_tok", f"must be in 1..n_routed_experts ({self.n_routed_experts})")
-            if self.n_routed_experts % self.num_groups:
-                bad("n_group", f"must divide n_routed_experts ({self.n_routed_experts})")
-            if not 1 <= self.num_topk_groups <= self.num_groups:
-                bad("topk_group", f"must be in 1..n_group ({self.num_groups})")
-            if self.topk_method == "noaux_tc" and self.n_routed_experts // self.num_groups < 2:
-                bad("n_group", "noaux_tc scores a group by its top-2 experts: need >= 2 experts per group")
-        if self.uses_dsa:
-            self._validate_dsa(bad)
-        if self.model_type == "deepseek_v4":
-            self._validate_v4(bad)
-        if self.moe_layer_freq < 1:
-            bad("moe_layer_freq", "must be >= 1")
-        if self.rope_scaling is not None and not isinstance(self.rope_scaling, dict):
-            bad("rope_scaling", "must be an object or null")
-        qc = self.quantization_config
-        if qc is not None:
-            method = qc.get("quant_method")
-            # mlx-lm mirrors its own `quantization` dict here (bits, no quant_method): not a source format.
-            if method != "fp8" and not (method is None and "bits" in qc):
-                raise ConfigError(
-                    f"{source}: quantization_config.quant_method {method!r} "
-                    "is not supported; mlxseek reads DeepSeek's 'fp8' block format"
-                )
-
-    def _validate_dsa(self, bad) -> None:
-        for key in ("index_n_heads", "index_head_dim", "index_topk"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) <= 0:
-                bad(key, "DeepSeek sparse attention needs a positive integer")
-        if self.q_lora_rank is None:
-            bad("q_lora_rank", "the DSA indexer reads the query's low-rank latent; V3.2 needs q_lora_rank")
-        if self.index_head_dim < self.qk_rope_head_dim:
-            bad("index_head_dim", f"must be >= qk_rope_head_dim ({self.qk_rope_head_dim}): its head starts with the rotary part")
-
-    def _validate_v4(self, bad) -> None:
-        ratios = self.compress_ratios
-        if not isinstance(ratios, list) or not all(isinstance(r, int) and r >= 0 for r in ratios):
-            bad("compress_ratios", "must be a list of non-negative integers (0 sliding-only, 4 CSA, 128 HCA)")
-        if len(ratios) < self.num_hidden_layers:
-            bad("compress_ratios", f"needs one entry per layer (num_hidden_layers = {self.num_hidden_layers})")
-        if not 0 < self.qk_rope_head_dim < self.head_dim or self.qk_rope_head_dim % 2:
-            bad("qk_rope_head_dim", f"must be even and below head_dim ({self.head_dim}): RoPE rotates its trailing pairs")
-        if (self.num_attention_heads * self.head_dim) % self.o_groups:
-            bad("o_groups", "must divide num_attention_heads * head_dim (the grouped output projection splits heads)")
-        if 4 in ratios[: self.num_hidden_layers] and not (self.index_head_dim or 0) > self.qk_rope_head_dim:
-            bad("index_head_dim", "ratio-4 layers carry an indexer whose head must exceed qk_rope_head_dim")
-        for key in ("sliding_window", "hc_mult", "hc_sinkhorn_iters"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
-                bad(key, "must be a positive integer")
-        if not 0 <= self.num_hash_layers <= self.num_hidden_layers:
-            bad("num_hash_layers", f"must be in 0..num_hidden_layers ({self.num_hidden_layers})")
+        """Types and ranges of every key the model reads; ConfigError names the key (see config_checks)."""
+        validate(self, source)
 
     # ---- derived ------------------------------------------------------------------------------
     def compress_ratio(self, idx: int) -> int:

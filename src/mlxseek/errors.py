@@ -51,3 +51,7 @@ class QueueFullError(ServeError):
 
 class BatchingError(GenerationError):
     """Batched decoding cannot run: the model family's caches cannot be batched, or a row id is unknown."""
+
+
+class VocabularyError(GenerationError):
+    """A token id lies outside the model's vocabulary (config.json vocab_size); names the id and its position."""

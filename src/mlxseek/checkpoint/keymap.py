@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Callable, Optional
 
 import mlx.core as mx
@@ -32,6 +33,8 @@ from .fp8 import dequant_block_fp8
 from .quant_record import quant_params
 
 SCALE_SUFFIX = "_scale_inv"
+# V3 stores its FP8 block scales as floats, V4 as ue8m0 exponent bytes.
+_SCALE_DTYPES = ("F32", "BF16", "F16", "F8_E8M0")
 
 
 def _mtp_renames(cfg: ModelConfig) -> list[tuple[re.Pattern, str]]:
@@ -150,6 +153,9 @@ def build_plan(keys: list[str], cfg: ModelConfig) -> Plan:
             if pat.search(new):
                 new = pat.sub(repl, new, count=1)
                 break
+        if new in source_of:  # two stored tensors would fill one parameter: one would silently win
+            raise CheckpointError(f"{k} and {source_of[new]} both map to {new}; config.json's num_hidden_layers "
+                                  f"({cfg.num_hidden_layers}) or the checkpoint's names are wrong")
         source_of[new] = k
     targets, dropped, quantization = [], [], {}
     experts: dict[tuple[str, str, str], dict[int, str]] = {}
@@ -168,11 +174,15 @@ def build_plan(keys: list[str], cfg: ModelConfig) -> Plan:
         elif op == "copy":
             targets.append(Target("copy", (key,), (key,)))
     for (prefix, proj, suffix), by_e in sorted(experts.items()):
-        if sorted(by_e) != list(range(cfg.n_routed_experts or 0)):
-            missing = sorted(set(range(cfg.n_routed_experts or 0)) - set(by_e))
+        n = cfg.n_routed_experts or 0
+        unexpected = sorted(e for e in by_e if e >= n)
+        if unexpected or len(by_e) != n:
+            # islice, not a set of range(n): n comes from config.json and may be absurd (10**12)
+            missing = list(islice((e for e in range(n) if e not in by_e), 8))
             raise CheckpointError(
-                f"{prefix}.mlp.experts.*.{proj}.{suffix}: expected experts 0..{(cfg.n_routed_experts or 0) - 1} "
-                f"(n_routed_experts), missing {missing[:8]}, unexpected {sorted(set(by_e) - set(range(cfg.n_routed_experts or 0)))[:8]}"
+                f"{prefix}.mlp.experts.*.{proj}.{suffix}: expected experts 0..{n - 1} (config.json "
+                f"n_routed_experts = {n}) but the checkpoint stores {len(by_e)}: missing {missing}, "
+                f"unexpected {unexpected[:8]}"
             )
         out = f"{prefix}.mlp.switch_mlp.{proj}.{suffix}"
         sources = tuple(by_e[e] for e in sorted(by_e))
@@ -204,7 +214,11 @@ class Materializer:
         if scale_key is None:
             return None, None
         self.used_scales.add(scale_key)
-        return self.store.get(scale_key), self.store.dtype(scale_key)
+        kind = self.store.dtype(scale_key)
+        if kind not in _SCALE_DTYPES:  # an integer here would be read as scale values, silently wrong
+            raise CheckpointError(f"{self.store.file_of(scale_key)}: scale {scale_key} is {kind}; block scales "
+                                  f"are {' or '.join(_SCALE_DTYPES)}; re-download or re-convert this shard")
+        return self.store.get(scale_key), kind
 
     def fetch(self, key: str) -> mx.array:
         """Read renamed `key` from its checkpoint key, dequantizing DeepSeek FP8 blocks / V4 FP4 in float32."""

@@ -12,9 +12,6 @@ runs unchanged on the sliced arrays: a sliced tensor converts exactly as the who
 
 from __future__ import annotations
 
-import os
-import struct
-from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
@@ -22,76 +19,31 @@ import mlx.core as mx
 import numpy as np
 
 from ..errors import CheckpointError
-from .store import WeightStore, read_header
-
-# safetensors dtype -> (numpy dtype of the raw bytes, MLX dtype to view them as; None = same as numpy).
-# Float8 arrives as uint8 bits, as `mx.load` gives it; the key map dequantizes it.
-_RAW = {
-    "F32": (np.float32, None), "F16": (np.float16, None), "BF16": (np.uint16, mx.bfloat16),
-    "F8_E4M3": (np.uint8, None), "F8_E8M0": (np.uint8, None), "U8": (np.uint8, None), "I8": (np.int8, None),
-    "U16": (np.uint16, None), "I16": (np.int16, None), "U32": (np.uint32, None), "I32": (np.int32, None),
-    "I64": (np.int64, None), "BOOL": (np.bool_, None),
-}
-
-
-@lru_cache(maxsize=256)
-def _layout(path: Path) -> tuple[int, dict]:
-    """(absolute offset of the data section, header) of one shard."""
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-    return 8 + n, read_header(path)
+from . import safetensors
+from .store import WeightStore
 
 
 def row_nbytes(store: WeightStore, key: str) -> int:
     """Bytes of one leading-axis row of `key` as stored."""
-    shape = store.shape(key)
-    return int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(_RAW[store.dtype(key)][0]).itemsize
+    return safetensors.nbytes(store.dtype(key), store.shape(key)[1:])
 
 
 def tensor_nbytes(store: WeightStore, key: str) -> int:
     """Bytes of `key` as stored."""
-    shape = store.shape(key)
-    return shape[0] * row_nbytes(store, key) if shape else np.dtype(_RAW[store.dtype(key)][0]).itemsize
+    return safetensors.nbytes(store.dtype(key), store.shape(key))
 
 
 def read_rows_raw(store: WeightStore, key: str, start: int, stop: int) -> np.ndarray:
     """Rows [start, stop) of `key`'s leading axis as a NumPy array of the stored bits (thread-safe)."""
     shape = store.shape(key)
-    if not 0 <= start < stop <= shape[0]:
+    if not shape or not 0 <= start < stop <= shape[0]:
         raise CheckpointError(f"{store.file_of(key)}: rows {start}:{stop} of {key!r} are outside its shape {shape}")
-    path = store.file_of(key)
-    base, header = _layout(path)
-    np_dtype = _RAW[store.dtype(key)][0]
-    row = row_nbytes(store, key)
-    out = np.empty((stop - start, *shape[1:]), dtype=np_dtype)
-    offset = base + header[key]["data_offsets"][0] + start * row
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        view, done = memoryview(out.reshape(-1).view(np.uint8)), 0
-        while done < len(view):  # reads may return short counts
-            n = _pread_into(fd, view[done:], offset + done)
-            if n == 0:
-                raise CheckpointError(f"{path}: unexpected end of file reading {key!r} rows {start}:{stop}")
-            done += n
-    finally:
-        os.close(fd)
-    return out
-
-
-def _pread_into(fd: int, view: memoryview, offset: int) -> int:
-    """Positional read into `view` (no shared file position, so threads may read concurrently)."""
-    if hasattr(os, "preadv"):  # straight into the buffer; the GIL is released while reading
-        return os.preadv(fd, [view], offset)
-    data = os.pread(fd, len(view), offset)
-    view[: len(data)] = data
-    return len(data)
+    return safetensors.read_rows(store.file_of(key), store.header_of(key), key, start, stop)
 
 
 def to_mlx(store: WeightStore, key: str, raw: np.ndarray) -> mx.array:
     """Raw stored bits of `key` (from `read_rows_raw`) -> an MLX array of the dtype `mx.load` gives."""
-    a = mx.array(raw)
-    view = _RAW[store.dtype(key)][1]
-    return a.view(view) if view is not None else a
+    return safetensors.to_mlx(raw, store.dtype(key))
 
 
 def read_rows(store: WeightStore, key: str, start: int, stop: int) -> mx.array:

@@ -9,73 +9,63 @@ Tensors are returned as lazy MLX arrays (`mx.load`): nothing is read until it is
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
 import mlx.core as mx
 
 from ..errors import CheckpointError
+from . import safetensors
+from .safetensors import Header, read_header
 
 INDEX_NAME = "model.safetensors.index.json"
-# safetensors dtypes MLX can load (F8_E4M3 arrives as uint8 bits and is dequantized by the key map).
-SUPPORTED_DTYPES = {"F32", "F16", "BF16", "F8_E4M3", "F8_E8M0", "U8", "I8", "U32", "I32", "I64", "U16", "I16", "BOOL"}
 
 
-def read_header(path: Path) -> dict:
-    """Parse and check a safetensors header; returns {key: {dtype, shape, data_offsets}}."""
+def read_weight_map(folder: Path) -> dict[str, str]:
+    """key -> shard file name, from the index, or from the headers of the folder's `*.safetensors`."""
+    index = folder / INDEX_NAME
+    if not index.exists():
+        files = sorted(folder.glob("*.safetensors"))
+        if not files:
+            raise CheckpointError(f"{folder}: no *.safetensors files and no {INDEX_NAME}")
+        weight_map: dict[str, str] = {}
+        for f in files:
+            for k in read_header(f).tensors:
+                if k in weight_map:
+                    raise CheckpointError(f"{f}: tensor {k!r} is also stored in {weight_map[k]}; keep one copy "
+                                          f"(or write a {INDEX_NAME} naming the shard to read)")
+                weight_map[k] = f.name
+        return weight_map
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            raw = f.read(8)
-            if len(raw) < 8:
-                raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes, no header)")
-            (n,) = struct.unpack("<Q", raw)
-            if n > size - 8:
-                raise CheckpointError(f"{path}: truncated safetensors file (header claims {n} bytes, file has {size})")
-            header = json.loads(f.read(n))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: safetensors header is not valid JSON ({e})") from None
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    except (ValueError, KeyError, TypeError) as e:  # JSON, UTF-8, or a top level that is not an object
+        raise CheckpointError(f"{index}: not a valid safetensors index ({type(e).__name__}: {e})") from None
     except OSError as e:
-        raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
-    header.pop("__metadata__", None)
-    data_len = size - 8 - n
-    for key, info in header.items():
-        end = info["data_offsets"][1]
-        if end > data_len:
-            raise CheckpointError(
-                f"{path}: truncated safetensors file: tensor {key!r} ends at byte {end} of the data "
-                f"section but the file holds only {data_len}; re-download or re-convert this shard"
-            )
-    return header
+        raise CheckpointError(f"{index}: cannot read ({e.strerror})") from None
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index}: weight_map is a {type(weight_map).__name__}, not an object of key -> shard")
+    for key, shard in weight_map.items():
+        # A shard is a file of this folder: a name, not a path that could point elsewhere.
+        if not isinstance(shard, str) or not shard or Path(shard).name != shard or shard in (".", ".."):
+            raise CheckpointError(f"{index}: weight_map maps {key!r} to {shard!r}, not a shard file name in {folder}")
+    return weight_map
 
 
 class WeightStore:
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
-        index = self.folder / INDEX_NAME
-        if index.exists():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from None
-        else:
-            files = sorted(self.folder.glob("*.safetensors"))
-            if not files:
-                raise CheckpointError(f"{self.folder}: no *.safetensors files and no {INDEX_NAME}")
-            weight_map = {k: f.name for f in files for k in read_header(f)}
+        weight_map = read_weight_map(self.folder)
         self._headers: dict[str, dict] = {}
+        self._parsed: dict[str, Header] = {}
         for shard in sorted(set(weight_map.values())):
             p = self.folder / shard
-            if not p.exists():
+            if not p.is_file():
                 key = next(k for k, s in weight_map.items() if s == shard)
                 raise CheckpointError(f"{p}: missing shard (the index maps {key!r} and others to it)")
-            self._headers[shard] = read_header(p)
+            self._parsed[shard] = read_header(p)
+            self._headers[shard] = self._parsed[shard].tensors
         for key, shard in weight_map.items():
-            info = self._headers[shard].get(key)
-            if info is None:
+            if key not in self._headers[shard]:
                 raise CheckpointError(f"{self.folder / shard}: the index lists {key!r} but the shard lacks it")
-            if info["dtype"] not in SUPPORTED_DTYPES:
-                raise CheckpointError(f"{self.folder / shard}: tensor {key!r} has unsupported dtype {info['dtype']}")
         self.weight_map = weight_map
         self._loaded: dict[str, dict] = {}
 
@@ -94,8 +84,21 @@ class WeightStore:
     def file_of(self, key: str) -> Path:
         return self.folder / self.weight_map[key]
 
+    def header_of(self, key: str) -> Header:
+        """The validated header of the shard holding `key`."""
+        return self._parsed[self.weight_map[key]]
+
+    def nbytes_of(self, key: str) -> int:
+        """Bytes of `key` as stored."""
+        return safetensors.nbytes(self.dtype(key), self.shape(key))
+
     def nbytes(self) -> int:
         return sum(i["data_offsets"][1] - i["data_offsets"][0] for h in self._headers.values() for i in h.values())
+
+    def read_rows(self, key: str, start: int = 0, stop: int | None = None) -> mx.array:
+        """Rows [start, stop) of `key`'s leading axis (the whole tensor for 0, None), read fresh from disk."""
+        raw = safetensors.read_rows(self.file_of(key), self.header_of(key), key, start, stop)
+        return safetensors.to_mlx(raw, self.dtype(key))
 
     def get(self, key: str) -> mx.array:
         """Lazy array for `key`; the shard is opened on first use and its data read on evaluation."""

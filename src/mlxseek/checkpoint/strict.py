@@ -3,6 +3,7 @@ shared by the loader (on the materialized weights) and the converter (on the pla
 
 from __future__ import annotations
 
+import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from ..errors import WeightMismatchError
@@ -26,3 +27,16 @@ def check_against_model(shapes: dict[str, tuple], model, folder, source_of: dict
         parts.append(f"shape mismatch vs config.json ({len(bad)}): {'; '.join(bad[:10])}")
     if parts:
         raise WeightMismatchError(f"{folder}: checkpoint does not match config.json: " + " | ".join(parts))
+
+
+def check_dtypes(lazy: dict[str, mx.array], model, folder, source_of: dict) -> None:
+    """A float parameter must come from a float tensor and a packed/integer one from an integer tensor:
+    a header whose dtype was edited to another of the same width (F32 -> I32, BF16 -> U16) would
+    otherwise load its unchanged bytes as other numbers."""
+    expected = dict(tree_flatten(model.parameters()))
+    for k, a in lazy.items():
+        want = expected.get(k)
+        if want is not None and mx.issubdtype(want.dtype, mx.floating) != mx.issubdtype(a.dtype, mx.floating):
+            src = source_of.get(k, k)
+            raise WeightMismatchError(f"{folder}: {src} is stored as {a.dtype} but the model's {k} is {want.dtype}; "
+                                      "the shard header's dtype is wrong: re-download or re-convert this shard")

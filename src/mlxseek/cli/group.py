@@ -13,6 +13,12 @@ from ..errors import MlxseekError
 @click.version_option(package_name="mlxseek")
 def main() -> None:
     """Run DeepSeek-family models (V2, V3, R1, V3.1, V3.2, V4) on Apple Silicon with MLX."""
+    from ..cpu import blas
+
+    try:
+        blas.check()  # MLXSEEK_BLAS naming a library that cannot be used: one line, before any command
+    except MlxseekError as e:
+        raise click.ClickException(str(e)) from None
 
 
 def library_errors(fn):

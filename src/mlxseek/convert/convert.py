@@ -26,12 +26,14 @@ import mlx.core as mx
 from mlx import nn
 from tqdm import tqdm
 
+from ..checkpoint.consistency import check_counts
 from ..checkpoint.format import FORMAT_VERSION
 from ..checkpoint.keymap import build_plan
 from ..checkpoint.strict import check_against_model
 from ..config import ModelConfig
 from ..errors import ConversionError
-from ..models import build_model
+from ..models import build_checked, build_model
+from .failures import as_conversion_error, check_output_parent, clean_up
 from .finalize import finish, output_config
 from .layout import assign_shards, plan_jobs, shard_names
 from .manifest import Progress
@@ -95,9 +97,15 @@ def convert(
     options = {"recipe": recipe if quantize else None, "bits": q_bits if quantize else None, "layout": layout,
                "group_size": q_group_size if quantize else None, "dtype": dtype, "drop_mtp": drop_mtp}
     job = _plan(src, dst, options, max_shard_bytes)
-    progress, done = _open_partial(job, log)
-    _write_shards(job, progress, done, quiet)
-    report = _finish(job, progress)
+    progress = None
+    try:
+        progress, done = _open_partial(job, log)
+        _write_shards(job, progress, done, quiet)
+        report = _finish(job, progress)
+    except (OSError, ConversionError) as e:
+        kept = clean_up(job.partial, len(progress.shards) if progress else None)
+        err = as_conversion_error(e, dst) if isinstance(e, OSError) else e
+        raise ConversionError(f"{err}{kept}") from None
     for line in summary_lines(report):
         log(line)
     seconds = time.perf_counter() - t0
@@ -139,9 +147,10 @@ def _plan(src: Path, dst: Path, options: dict, max_shard_bytes: int) -> _Convers
     options = {**options, "dtype": _dtype_name(dtype)}
     reader = SourceReader(src)
     plan = build_plan(reader.keys(), cfg)
+    check_counts(cfg, plan, reader, src)  # before the skeleton is built: its size comes from the checkpoint
     if options["drop_mtp"]:
         _drop_mtp(plan)
-    skeleton = build_model(cfg, with_mtp=plan.has_mtp)
+    skeleton = build_checked(build_model, cfg, src, with_mtp=plan.has_mtp)
     qplan = None
     if options["recipe"] or plan.quantization:
         qplan = plan_quantization(skeleton, cfg, recipe=options["recipe"], bits=options["bits"],
@@ -225,6 +234,7 @@ def _check_paths(src: Path, dst: Path, force: bool) -> tuple[Path, Path]:
                               "(the source is never modified)")
     if dst.exists() and not force:
         raise ConversionError(f"--mlx-path {dst}: already exists; pass --force to replace it, or choose another path")
+    check_output_parent(dst)
     return src, dst
 
 
@@ -252,7 +262,7 @@ def _dtype_name(dtype: mx.Dtype) -> str:
 def _as_stored(cfg: ModelConfig, plan) -> nn.Module:
     """The model as the output stores it before our quantization: modules the source already packs
     (V4 FP4 experts, recorded in plan.quantization) quantized; parameters lazy, never evaluated."""
-    model = build_model(cfg, with_mtp=plan.has_mtp)
+    model = build_model(cfg, with_mtp=plan.has_mtp)  # the same build as the skeleton's, which succeeded
     if plan.quantization:
         nn.quantize(model, class_predicate=lambda path, m: plan.quantization.get(path, False))
     return model

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 from collections import OrderedDict
 from pathlib import Path
 
 import mlx.core as mx
-import numpy as np
 from mlx.utils import tree_flatten
 
+from ..checkpoint import safetensors
 from ..checkpoint.fp8 import quant_block_fp8
 from ..checkpoint.keymap import SCALE_SUFFIX
 from ..config import ModelConfig
@@ -34,7 +33,8 @@ FP8_SUFFIXES = (
     "self_attn.kv_a_proj_with_mqa.weight", "self_attn.kv_b_proj.weight", "self_attn.o_proj.weight",
     "gate_proj.weight", "up_proj.weight", "down_proj.weight", "eh_proj.weight",
 )
-_ST_DTYPES = {mx.bfloat16: "BF16", mx.float32: "F32", mx.float16: "F16", mx.uint8: "F8_E4M3"}
+# What an export holds: float weights, and FP8 weights as their e4m3 bits in uint8 arrays.
+_ST_DTYPES = {**{d: safetensors.name_of(d) for d in (mx.bfloat16, mx.float32, mx.float16)}, mx.uint8: "F8_E4M3"}
 _SWITCH = re.compile(r"^(.*)\.mlp\.switch_mlp\.(gate_proj|up_proj|down_proj)\.weight$")
 
 
@@ -99,19 +99,16 @@ def to_fp8_official(tensors: dict, block: tuple[int, int]) -> "OrderedDict[str, 
 
 def write_safetensors(path: Path, tensors: dict) -> None:
     """Plain safetensors writer (uint8 arrays are written as F8_E4M3, which MLX cannot save itself)."""
-    header, offset, blobs = {}, 0, []
+    entries, blobs = [], []
     for k, v in tensors.items():
         if v.dtype not in _ST_DTYPES:
             raise ConversionError(f"{path}: cannot write {k} of dtype {v.dtype}")
-        raw = np.array(v.view(mx.uint16) if v.dtype == mx.bfloat16 else v).tobytes()
-        header[k] = {"dtype": _ST_DTYPES[v.dtype], "shape": list(v.shape), "data_offsets": [offset, offset + len(raw)]}
-        offset += len(raw)
+        raw = safetensors.host_bits(v).tobytes()
+        entries.append((k, _ST_DTYPES[v.dtype], v.shape, len(raw)))
         blobs.append(raw)
-    header["__metadata__"] = {"format": "pt"}
-    head = json.dumps(header).encode()
-    head += b" " * (-len(head) % 8)
+    header, _ = safetensors.layout_header(entries, {"format": "pt"})
     with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(head)) + head)
+        f.write(safetensors.encode_header(header, compact=False))
         for b in blobs:
             f.write(b)
 

@@ -60,7 +60,7 @@ def plan_jobs(reader: SourceReader, cfg: ModelConfig, plan: Plan, quant: QuantPl
     for t in sorted(plan.targets, key=lambda t: natural_key(t.outputs[0])):
         try:
             lazy = mat.materialize(t)
-        except ValueError as e:  # mx.stack / reshape on tensors whose shapes disagree
+        except (ValueError, OverflowError, RuntimeError) as e:  # mx.stack / reshape on shapes that disagree
             raise CheckpointError(f"{reader.folder}: cannot build {', '.join(t.outputs)} from "
                                   f"{t.sources[0]} and {len(t.sources) - 1} more ({e})") from None
         specs, qmap, shapes = [], {}, {}

@@ -15,66 +15,20 @@ Two views feed the one key map (`Materializer`) without touching its code:
 from __future__ import annotations
 
 import hashlib
-import math
-import struct
 from pathlib import Path
 
 import mlx.core as mx
-import numpy as np
 
 from ..checkpoint.keymap import SCALE_SUFFIX
+from ..checkpoint.safetensors import DTYPES
 from ..checkpoint.store import INDEX_NAME, WeightStore
-from ..errors import CheckpointError
-
-# safetensors dtype -> (NumPy dtype holding the raw bits, MLX dtype of the array handed out).
-# F8_E4M3 arrives as uint8 bits, as mx.load gives it; the key map dequantizes it.
-DTYPES = {
-    "F32": (np.float32, mx.float32), "F16": (np.float16, mx.float16), "BF16": (np.uint16, mx.bfloat16),
-    "F8_E4M3": (np.uint8, mx.uint8), "F8_E8M0": (np.uint8, mx.uint8), "U8": (np.uint8, mx.uint8), "I8": (np.int8, mx.int8),
-    "U16": (np.uint16, mx.uint16), "I16": (np.int16, mx.int16), "U32": (np.uint32, mx.uint32),
-    "I32": (np.int32, mx.int32), "I64": (np.int64, mx.int64), "BOOL": (np.bool_, mx.bool_),
-}
 
 
 class SourceReader(WeightStore):
     """A WeightStore whose `get` reads fresh from disk every time and caches nothing."""
 
-    def __init__(self, folder: str | Path):
-        super().__init__(folder)
-        self._data_start = {}
-        for shard in self._headers:
-            with open(self.folder / shard, "rb") as f:
-                self._data_start[shard] = 8 + struct.unpack("<Q", f.read(8))[0]
-
     def get(self, key: str) -> mx.array:
         return self.read_rows(key, 0, None)
-
-    def nbytes_of(self, key: str) -> int:
-        a, b = self._headers[self.weight_map[key]][key]["data_offsets"]
-        return b - a
-
-    def read_rows(self, key: str, start: int, stop: int | None) -> mx.array:
-        """Rows [start, stop) along axis 0 of `key` (the whole tensor for 0, None)."""
-        shard = self.weight_map[key]
-        info = self._headers[shard][key]
-        shape = list(info["shape"])
-        np_dtype, mx_dtype = DTYPES[info["dtype"]]
-        row_elems = math.prod(shape[1:])
-        if shape:
-            stop = shape[0] if stop is None else min(stop, shape[0])
-            shape[0] = stop - start
-        count = math.prod(shape)
-        offset = self._data_start[shard] + info["data_offsets"][0] + start * row_elems * np.dtype(np_dtype).itemsize
-        path = self.folder / shard
-        try:
-            with open(path, "rb") as f:
-                raw = np.fromfile(f, dtype=np_dtype, count=count, offset=offset)
-        except OSError as e:
-            raise CheckpointError(f"{path}: cannot read {key!r} ({e.strerror})") from None
-        if raw.size != count:
-            raise CheckpointError(f"{path}: truncated while reading {key!r}; re-download this shard")
-        arr = mx.array(raw.reshape(shape))
-        return arr.view(mx_dtype) if mx_dtype == mx.bfloat16 else arr
 
     def fingerprint(self) -> str:
         """sha256 over the index file (if any) and every shard's raw header: changes when the source does."""
@@ -82,9 +36,9 @@ class SourceReader(WeightStore):
         index = self.folder / INDEX_NAME
         if index.exists():
             h.update(index.read_bytes())
-        for shard, start in sorted(self._data_start.items()):
+        for shard, header in sorted(self._parsed.items()):
             with open(self.folder / shard, "rb") as f:
-                h.update(shard.encode() + f.read(start))
+                h.update(shard.encode() + f.read(header.data_start))
         return h.hexdigest()
 
 
@@ -111,7 +65,7 @@ class ShapeOnly(_View):
     """Every tensor as a lazy zeros array: shapes and dtypes propagate, nothing is read or computed."""
 
     def get(self, key: str) -> mx.array:
-        return mx.zeros(self.reader.shape(key), dtype=DTYPES[self.reader.dtype(key)][1])
+        return mx.zeros(self.reader.shape(key), dtype=DTYPES[self.reader.dtype(key)].mlx)
 
 
 class RowWindow(_View):

@@ -14,29 +14,17 @@ import errno
 import hashlib
 import json
 import os
-import struct
 from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 
+from ..checkpoint import safetensors
+from ..checkpoint.store import INDEX_NAME
 from ..errors import ConversionError
 from .layout import TensorSpec
 
-INDEX_NAME = "model.safetensors.index.json"
-SAFETENSORS_DTYPES = {
-    mx.float32: "F32", mx.float16: "F16", mx.bfloat16: "BF16", mx.uint8: "U8", mx.int8: "I8",
-    mx.uint16: "U16", mx.int16: "I16", mx.uint32: "U32", mx.int32: "I32", mx.int64: "I64",
-    mx.uint64: "U64", mx.bool_: "BOOL",
-}
 _MAX_WRITE = 1 << 30  # Linux writes at most ~2 GiB per call; stay well below
-
-
-def _host_bytes(a: mx.array) -> memoryview:
-    """Row-major bytes of an evaluated array (bf16 goes through its uint16 bits: NumPy has no bf16)."""
-    if a.dtype == mx.bfloat16:
-        a = a.view(mx.uint16)
-    return memoryview(np.ascontiguousarray(np.asarray(a))).cast("B")
 
 
 class ShardWriter:
@@ -44,22 +32,17 @@ class ShardWriter:
 
     def __init__(self, path: Path, specs: list[TensorSpec], metadata: dict | None = None):
         self.path = Path(path)
-        header, self._ranges, offset = {}, {}, 0
-        for s in specs:
-            header[s.name] = {"dtype": SAFETENSORS_DTYPES[s.dtype], "shape": list(s.shape),
-                              "data_offsets": [offset, offset + s.nbytes]}
-            self._ranges[s.name] = (offset, s)
-            offset += s.nbytes
-        header["__metadata__"] = metadata or {"format": "mlx"}
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        raw += b" " * (-len(raw) % 8)
-        self._data_start = 8 + len(raw)
+        header, offset = safetensors.layout_header(
+            ((s.name, safetensors.name_of(s.dtype), s.shape, s.nbytes) for s in specs), metadata or {"format": "mlx"})
+        self._ranges = {s.name: (header[s.name]["data_offsets"][0], s) for s in specs}
+        raw = safetensors.encode_header(header)
+        self._data_start = len(raw)
         self.size = self._data_start + offset
         self._written = dict.fromkeys(self._ranges, 0)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             _preallocate(self._fd, self.size, self.path)
-            self._pwrite(struct.pack("<Q", len(raw)) + raw, 0)
+            self._pwrite(raw, 0)
         except BaseException:
             os.close(self._fd)
             raise
@@ -77,7 +60,7 @@ class ShardWriter:
         start = begin + row * cols * spec.dtype.size
         if start + array.nbytes > begin + spec.nbytes:
             raise ConversionError(f"{self.path}: piece at row {row} overruns tensor {name} {spec.shape}")
-        self._pwrite(_host_bytes(array), self._data_start + start)
+        self._pwrite(memoryview(safetensors.host_bits(array)).cast("B"), self._data_start + start)
         self._written[name] += array.nbytes
 
     def write_cols(self, name: str, array: mx.array, slab: int, col: int) -> None:
@@ -91,7 +74,7 @@ class ShardWriter:
                 or col + array.shape[1] > cols or slab >= n_slabs):
             raise ConversionError(f"{self.path}: piece {array.dtype}{tuple(array.shape)} at matrix {slab}, "
                                   f"column {col} does not fit tensor {name} {spec.dtype}{spec.shape}")
-        host = np.asarray(array.view(mx.uint16) if array.dtype == mx.bfloat16 else array)
+        host = safetensors.host_bits(array)
         offset = self._data_start + begin + slab * rows * cols * spec.dtype.size
         mm = np.memmap(self.path, dtype=host.dtype, mode="r+", offset=offset, shape=(rows, cols))
         mm[:, col : col + host.shape[1]] = host

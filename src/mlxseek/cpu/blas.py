@@ -10,6 +10,8 @@ matmuls are MLX's own kernels and are unaffected. macOS builds use Accelerate (C
 MLXSEEK_BLAS selects: unset or "auto" (use a system OpenBLAS when one is installed, e.g. Debian's
 `libopenblas0-pthread`), "bundled" (leave MLX's own), or a path to a CBLAS shared library (an error
 if it cannot be loaded). `status()` says what happened; `mlxseek info` and the benchmarks report it.
+The choice is made at `import mlxseek`, but an explicit path that fails is raised at first use (`check()`,
+`status()`, `load`), where the CLI turns it into one line, rather than as a traceback out of the import.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import ctypes.util
 import os
 import sys
 from pathlib import Path
+
+from ..errors import BlasError
 
 ENV = "MLXSEEK_BLAS"
 _CANDIDATES = (
@@ -33,10 +37,29 @@ def _find_openblas() -> str | None:
     return found or ctypes.util.find_library("openblas")
 
 
-def choose(env: str | None = None) -> dict:
-    """Pick the BLAS once per process (idempotent). Raises BlasError for an explicit path that fails."""
+def choose(env: str | None = None, *, defer: bool = False) -> dict:
+    """Pick the BLAS once per process (idempotent). Raises BlasError for an explicit path that fails;
+    with `defer`, records it instead, for `check()` to raise at first use."""
     if _state["blas"] != "not chosen":
+        if not defer:
+            check()
         return dict(_state)
+    try:
+        return _choose(env)
+    except BlasError as e:
+        _state.update(blas="mlx-bundled", reason=str(e), error=e)
+        if not defer:
+            raise
+        return dict(_state)
+
+
+def check() -> None:
+    """Raise the BlasError that choosing the BLAS met, if any (MLXSEEK_BLAS names a library that failed)."""
+    if "error" in _state:
+        raise _state["error"]
+
+
+def _choose(env: str | None) -> dict:
     choice = (os.environ.get(ENV, "auto") if env is None else env).strip() or "auto"
     if not sys.platform.startswith("linux") or choice == "bundled":
         _state.update(blas="mlx-bundled", reason="macOS (Accelerate/Metal)" if sys.platform == "darwin"
@@ -50,7 +73,6 @@ def choose(env: str | None = None) -> dict:
     if "mlx.core" in sys.modules:
         # libmlx.so has already bound its BLAS symbols: loading another library now changes nothing.
         if explicit:
-            from ..errors import BlasError
             raise BlasError(f"{ENV}={choice}: mlx.core was imported before mlxseek; import mlxseek first")
         _state.update(blas="mlx-bundled", reason="mlx.core was imported before mlxseek")
         return dict(_state)
@@ -58,8 +80,8 @@ def choose(env: str | None = None) -> dict:
         ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
     except OSError as e:
         if explicit:
-            from ..errors import BlasError
-            raise BlasError(f"{ENV}={choice}: cannot load it ({e})") from None
+            raise BlasError(f"{ENV}={choice}: cannot load it ({e}); point it at a CBLAS shared library, or "
+                            "unset it (auto) or set it to 'bundled'") from None
         _state.update(blas="mlx-bundled", reason=f"{path}: {e}")
         return dict(_state)
     _state.update(blas="openblas" if "openblas" in Path(path).name else "custom", path=path)
@@ -67,5 +89,7 @@ def choose(env: str | None = None) -> dict:
 
 
 def status() -> dict:
-    """{"blas": "openblas" | "custom" | "mlx-bundled" | "not chosen", "path" or "reason": ...}."""
+    """{"blas": "openblas" | "custom" | "mlx-bundled" | "not chosen", "path" or "reason": ...}.
+    Raises the BlasError of an explicit MLXSEEK_BLAS that failed."""
+    check()
     return dict(_state)

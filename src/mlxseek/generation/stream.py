@@ -4,6 +4,7 @@ stop strings are held back until they can no longer match, and R1-style reasonin
 
 from __future__ import annotations
 
+import numbers
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Generator, Iterable, Optional, Sequence, Union
@@ -11,7 +12,7 @@ from typing import Callable, Generator, Iterable, Optional, Sequence, Union
 import mlx.core as mx
 from mlx_lm.generate import wired_limit
 
-from ..errors import GenerationError
+from ..errors import GenerationError, VocabularyError
 from ..formats import ReplyParser, ToolCall
 from ..speculative.policy import DraftStats
 from ..speculative.step import speculative_generate_step
@@ -73,8 +74,10 @@ class _StopFilter:
         return out
 
 
-def encode_prompt(tokenizer, prompt: Union[str, Sequence[int], mx.array]) -> mx.array:
-    """A prompt string or token ids -> 1-D int array; the string goes through the tokenizer as is."""
+def encode_prompt(tokenizer, prompt: Union[str, Sequence[int], mx.array], *,
+                  vocab_size: Optional[int] = None) -> mx.array:
+    """A prompt string or token ids -> 1-D int array; the string goes through the tokenizer as is.
+    With `vocab_size`, every id is checked against it (VocabularyError)."""
     if isinstance(prompt, str):
         if tokenizer is None:
             raise GenerationError("prompt is a string but the model folder has no tokenizer; pass token ids")
@@ -84,7 +87,25 @@ def encode_prompt(tokenizer, prompt: Union[str, Sequence[int], mx.array]) -> mx.
         ids = prompt.tolist() if isinstance(prompt, mx.array) else list(prompt)
     if len(ids) == 0:
         raise GenerationError("prompt is empty: give at least one token")
+    check_token_ids(ids, vocab_size)
     return mx.array(ids, dtype=mx.uint32)
+
+
+def check_token_ids(ids: Sequence[int], vocab_size: Optional[int], *, what: str = "prompt") -> None:
+    """Every id must be an integer in [0, vocab_size). MLX's embedding gather does not bounds-check: an id
+    past the table reads other memory (garbage on a small vocabulary, SIGSEGV on a wide one)."""
+    for i, t in enumerate(ids):
+        if isinstance(t, bool) or not isinstance(t, numbers.Integral) or t < 0:
+            raise VocabularyError(f"{what} token {i} is {t!r}: token ids are non-negative integers")
+        if vocab_size is not None and t >= vocab_size:
+            raise VocabularyError(
+                f"{what} token {i} is id {t} but the model's vocabulary has {vocab_size} ids (0..{vocab_size - 1}, "
+                "config.json vocab_size); the tokenizer does not belong to this model, or the ids are wrong")
+
+
+def _vocab_size(model) -> Optional[int]:
+    cfg = getattr(model, "config", None) or getattr(model, "args", None)
+    return getattr(cfg, "vocab_size", None)
 
 
 def _context_length(model) -> Optional[int]:
@@ -175,7 +196,7 @@ def stream_generate(
     `chat_style` (default: the tokenizer's) picks the reply format parsed into reasoning/content/tool_calls;
     `tools` (OpenAI schemas) makes calls to other names malformed.
     """
-    ids = encode_prompt(tokenizer, prompt)
+    ids = encode_prompt(tokenizer, prompt, vocab_size=_vocab_size(model))
     budget = _check_lengths(model, ids.size, prompt_cache[0].offset if prompt_cache else 0, max_tokens)
     if prompt_cache is None:
         prompt_cache = make_prompt_cache(model)

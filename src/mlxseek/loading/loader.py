@@ -13,15 +13,16 @@ from typing import Any, Optional
 import mlx.core as mx
 import mlx.nn as nn
 
+from ..checkpoint.consistency import check_counts
 from ..checkpoint.format import check_format
-from ..checkpoint.keymap import Materializer, build_plan
+from ..checkpoint.keymap import Materializer, Target, build_plan
 from ..checkpoint.precision import keep_fp32
 from ..checkpoint.quant_record import quant_params
 from ..checkpoint.store import WeightStore
-from ..checkpoint.strict import check_against_model
+from ..checkpoint.strict import check_against_model, check_dtypes
 from ..config import ModelConfig
 from ..errors import CheckpointError, WeightMismatchError
-from ..models import CausalLM, KernelLayout, build_model
+from ..models import CausalLM, KernelLayout, build_checked, build_model
 from .placement import placement_for
 
 _DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
@@ -65,6 +66,9 @@ def load_model(path: str | Path, *, dtype: Any = None, with_mtp: bool = True, cp
                group: Any = None, parallel: str = "pipeline", expert_memory_gb: Optional[float] = None) -> CausalLM:
     """Build the model described by `path/config.json` and fill it from the folder's shards.
     cpu_layout, group, parallel, expert_memory_gb: see `load`."""
+    from ..cpu import blas
+
+    blas.check()  # an MLXSEEK_BLAS that failed at import is reported here, at first use
     folder = Path(path)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: not a folder; pass a local checkpoint folder (HF or converted)")
@@ -73,6 +77,7 @@ def load_model(path: str | Path, *, dtype: Any = None, with_mtp: bool = True, cp
     dt = resolve_dtype(dtype)
     store = WeightStore(folder)
     plan = build_plan(store.keys(), cfg)
+    check_counts(cfg, plan, store, folder)  # before anything is built: sizes come from the checkpoint
     if plan.quantization:  # weights the key map imports packed (V4 FP4 experts as mxfp4), recorded per path
         cfg = cfg.replace(quantization={**(cfg.quantization or {}), **plan.quantization})
     if not with_mtp or not plan.has_mtp:
@@ -86,17 +91,18 @@ def load_model(path: str | Path, *, dtype: Any = None, with_mtp: bool = True, cp
     mat = Materializer(store, cfg, plan, dtype=dt, keep_fp32=keep_fp32)
     lazy = {}
     for t in plan.targets:
-        lazy.update(mat.materialize(t))
+        lazy.update(_materialize(mat, t, store.folder))
     dropped = set(plan.dropped)  # with_mtp=False drops the MTP's FP8 scales along with its weights
     # V3 `*_scale_inv`, V4 `*.scale`
     scales = {s for k, s in plan.source_of.items() if k.endswith("_scale_inv") and k not in dropped}
     unused_scales = sorted(scales - mat.used_scales)
     if unused_scales:
         raise WeightMismatchError(f"{store.folder}: scale tensors with no float8 weight: {', '.join(unused_scales[:10])}")
-    build = placement.build if placement else build_model
-    model = build(cfg, with_mtp=with_mtp and plan.has_mtp)
-    _quantize(model, cfg, set(lazy))
+    produced = set(lazy)
+    model = build_checked(placement.build if placement else build_model, cfg, folder,
+                          prepare=lambda m: _quantize(m, cfg, produced), with_mtp=with_mtp and plan.has_mtp)
     check_against_model({k: tuple(v.shape) for k, v in lazy.items()}, model, store.folder, plan.source_of)
+    check_dtypes(lazy, model, store.folder, plan.source_of)
     _load_in_batches(model, lazy, store)
     # Drop every handle on the checkpoint's arrays (the store caches what it read) before any re-layout,
     # so the old layout is freed module by module instead of living until load() returns.
@@ -106,6 +112,41 @@ def load_model(path: str | Path, *, dtype: Any = None, with_mtp: bool = True, cp
         placement.finish(model)
     model.eval()
     return model
+
+
+def _materialize(mat: Materializer, t: Target, folder: Path) -> dict[str, mx.array]:
+    """One target's lazy arrays; a reshape or stack of stored shapes that config.json contradicts (heads,
+    head dims, expert shapes) is a named mismatch, not MLX's ValueError."""
+    try:
+        return mat.materialize(t)
+    except (ValueError, OverflowError, RuntimeError) as e:  # MLX's shape errors (RuntimeError: int32 casts)
+        shapes = ", ".join(f"{mat.plan.source_of[s]} {tuple(mat.store.shape(mat.plan.source_of[s]))}"
+                           for s in t.sources[:3])
+        raise WeightMismatchError(f"{folder}: checkpoint does not match config.json: cannot build "
+                                  f"{', '.join(t.outputs)} from {shapes} ({e}); check the head counts and "
+                                  "dimensions in config.json") from None
+
+
+def check_checkpoint(path: str | Path) -> ModelConfig:
+    """Everything `load_model` checks before reading a weight: config.json's types and ranges, the format
+    version, every shard header, the counts config.json claims, and every parameter's name and shape
+    (the model is built lazily: nothing is allocated or read). Returns the config."""
+    folder = Path(path)
+    cfg = ModelConfig.from_file(folder)
+    check_format(cfg, folder)
+    store = WeightStore(folder)
+    plan = build_plan(store.keys(), cfg)
+    check_counts(cfg, plan, store, folder)
+    if plan.quantization:
+        cfg = cfg.replace(quantization={**(cfg.quantization or {}), **plan.quantization})
+    mat = Materializer(store, cfg, plan, keep_fp32=keep_fp32)
+    lazy = {k: v for t in plan.targets for k, v in _materialize(mat, t, folder).items()}
+    produced = set(lazy)
+    model = build_checked(build_model, cfg, folder, prepare=lambda m: _quantize(m, cfg, produced),
+                          with_mtp=plan.has_mtp)
+    check_against_model({k: tuple(v.shape) for k, v in lazy.items()}, model, folder, plan.source_of)
+    check_dtypes(lazy, model, folder, plan.source_of)
+    return cfg
 
 
 def _choose_layout(model, cpu_layout: Any) -> None:
@@ -144,10 +185,15 @@ def load_tokenizer(path: str | Path):
     """mlx-lm's TokenizerWrapper (tokenizers/transformers underneath, streaming detokenizer included),
     or None when the folder ships no tokenizer files (e.g. the tiny test checkpoints).
     DeepSeek's V3/R1 chat format is used when the tokenizer config has no chat template."""
+    from .tokenizer import check_vocabulary
     from .tokenizer import load_tokenizer as load_tok
 
     folder = Path(path)
-    return load_tok(folder, eos_token_ids=ModelConfig.from_file(folder).eos_token_ids or None)
+    cfg = ModelConfig.from_file(folder)
+    tok = load_tok(folder, eos_token_ids=cfg.eos_token_ids or None)
+    if tok is not None:
+        check_vocabulary(tok._tokenizer, cfg.vocab_size, folder)
+    return tok
 
 
 def load(

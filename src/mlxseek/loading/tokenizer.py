@@ -66,8 +66,9 @@ def load_tokenizer(folder: str | Path, *, eos_token_ids: Optional[Iterable[int]]
 
     try:
         tok = load_wrapper(folder, eos_token_ids=list(eos_token_ids) if eos_token_ids else None)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{folder}: cannot read the tokenizer files ({e})") from None
+    except Exception as e:  # noqa: BLE001  transformers/tokenizers report a malformed file with any type
+        raise CheckpointError(f"{folder}: cannot read the tokenizer files ({type(e).__name__}: {e}); "
+                              "copy tokenizer.json and tokenizer_config.json from the original checkpoint") from None
     from ..formats.style import style_of_checkpoint
 
     tok.chat_style = style_of_checkpoint(folder, chat_template=tok.chat_template)  # read by stream_generate
@@ -75,6 +76,23 @@ def load_tokenizer(folder: str | Path, *, eos_token_ids: Optional[Iterable[int]]
         tok._tokenizer.chat_template = DEEPSEEK_CHAT_TEMPLATE
         tok.has_chat_template = True
     return tok
+
+
+def check_vocabulary(tokenizer, vocab_size: int, folder: Path) -> None:
+    """Warn, naming both sizes, when the tokenizer can produce ids the model has no embedding for (a text
+    prompt would then be refused by `stream_generate`, which checks every id)."""
+    import warnings
+
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    n = max(len(tokenizer), max(vocab.values(), default=-1) + 1) if hasattr(tokenizer, "__len__") else 0
+    if n > vocab_size:
+        warnings.warn(f"{folder}: the tokenizer has {n} ids but the model's vocabulary has {vocab_size} "
+                      "(config.json vocab_size): text whose ids exceed it will be refused; use the tokenizer "
+                      "files of the checkpoint the weights came from", TokenizerSizeWarning, stacklevel=3)
+
+
+class TokenizerSizeWarning(UserWarning):
+    """The folder's tokenizer has more ids than the model's vocabulary."""
 
 
 def apply_chat_template(tokenizer, messages: list[dict], *, add_generation_prompt: bool = True) -> str:

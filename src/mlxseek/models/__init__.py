@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Callable, Optional
+
 from ..config import ModelConfig
 from ..errors import ConfigError
 from .base import CausalLM, KernelLayout
@@ -20,4 +23,20 @@ def build_model(cfg: ModelConfig, *, with_mtp: bool = True) -> CausalLM:
     return MODEL_CLASSES[cfg.model_type](cfg, with_mtp=with_mtp)
 
 
-__all__ = ["CausalLM", "KernelLayout", "MODEL_CLASSES", "Model", "V4Model", "build_model"]
+def build_checked(build: Callable, cfg: ModelConfig, folder: Path, *, prepare: Optional[Callable] = None,
+                  **kw) -> CausalLM:
+    """`build(cfg, **kw)`, then `prepare(model)` (e.g. quantize like the checkpoint), with the sizes
+    config.json gives that MLX cannot even describe (an array shape past 2**31, a dimension a quantization
+    group does not divide) reported as a ConfigError. Parameters stay lazy: nothing is allocated."""
+    try:
+        model = build(cfg, **kw)
+        if prepare is not None:
+            prepare(model)
+        return model
+    except (OverflowError, ValueError, ZeroDivisionError, RuntimeError) as e:
+        raise ConfigError(f"{Path(folder) / 'config.json'}: describes a model that cannot be built "
+                          f"({type(e).__name__}: {e}); its sizes (hidden_size, head counts and dims, hc_mult, ...) "
+                          "are wrong") from None
+
+
+__all__ = ["CausalLM", "KernelLayout", "MODEL_CLASSES", "Model", "V4Model", "build_checked", "build_model"]

@@ -19,6 +19,7 @@ import mlx.core as mx
 import numpy as np
 
 from ..errors import EvaluationError
+from ..generation.stream import check_token_ids
 
 LOGITS_BUDGET = 1 << 26  # float32 logits per forward pass (256 MB): sets how many chunks run together
 
@@ -141,7 +142,9 @@ def evaluate(*, model: str | Path, data: str | Path, kl_vs: Optional[str | Path]
         if ref.config.vocab_size != m.config.vocab_size:
             raise EvaluationError(f"--kl-vs {kl_vs}: vocabulary {ref.config.vocab_size} differs from the model's "
                                   f"{m.config.vocab_size}; compare models that share a tokenizer")
-    chunks = make_chunks(read_tokens(tokenizer, data), ctx, tokenizer.bos_token_id, str(data))
+    ids = read_tokens(tokenizer, data)
+    check_token_ids(ids + [tokenizer.bos_token_id or 0], m.config.vocab_size, what=f"{data}: the tokenized text's")
+    chunks = make_chunks(ids, ctx, tokenizer.bos_token_id, str(data))
     s = score(m, chunks, score_from, ref)
     nll = float(s["nll"].mean())
     stderr = float(s["nll"].std(ddof=1) / math.sqrt(s["nll"].size)) if s["nll"].size > 1 else 0.0

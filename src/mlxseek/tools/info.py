@@ -18,10 +18,9 @@ from typing import Union
 from ..checkpoint.store import WeightStore
 from ..config import ModelConfig
 from ..errors import CheckpointError
+from ..loading.loader import check_checkpoint
 from .estimate import resolve_config
 
-DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "U8": 1, "I8": 1, "U32": 4, "I32": 4, "I64": 8,
-               "U16": 2, "I16": 2, "BOOL": 1}
 _ROUTED = re.compile(r"\.experts\.\d+\.|\.switch_mlp\.")
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 # The HF MTP layer stores copies of the embedding and output head, which the model shares (V3 report 2.2).
@@ -82,7 +81,7 @@ def info(path: Union[str, Path]) -> dict:
     params = {"main": 0, "mtp": 0, "copy": 0}
     active, per_token, tensor_bytes, by_dtype = 0.0, 0.0, 0, {}
     for key in sorted(keys):
-        nbytes = math.prod(store.shape(key)) * DTYPE_BYTES[store.dtype(key)]
+        nbytes = store.nbytes_of(key)
         tensor_bytes += nbytes
         by_dtype[store.dtype(key)] = by_dtype.get(store.dtype(key), 0) + nbytes
         if key.endswith("rotary_emb.inv_freq"):
@@ -97,6 +96,7 @@ def info(path: Union[str, Path]) -> dict:
         if part == "main":
             active += n * reads
             per_token += nbytes * reads
+    check_checkpoint(folder)  # the view `load` validates: no figure below from a config the shards contradict
     n_mtp = cfg.num_nextn_predict_layers
     moe = sum(cfg.is_moe_layer(i) for i in range(L))
     return {
