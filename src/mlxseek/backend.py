@@ -15,11 +15,12 @@ CUDA backend `mx.metal.is_available()` is False although the device is a GPU.
                                                                            ~(k+1)x, so time it first; GPU: it
                                                                            costs ~1x, judge by acceptance only
 
-Fallbacks (each tested in tests/test_backend.py): an unknown device gets the cpu policy; half precision
-on MLX's CPU backend keeps float (unquantized) routed experts in float32, since its gather_mm is
-float32-only; the K-major layout leaves modules it cannot hold (mxfp4, indivisible shapes) as stored;
-a packed cache read needs a quantized latent cache and reads a float one as it is; prefill chunks shrink
-to fit the scores budget (down to 32 tokens); "acceptance" drafting stops when drafts stop paying.
+Fallbacks (tested in tests/test_backend.py): an unknown device gets the cpu policy; half precision on
+MLX's CPU backend (the policy's dtype, not an explicit `dtype=`) keeps float (unquantized) routed experts
+in float32, since its gather_mm is float32-only; the K-major layout leaves modules it cannot hold
+(mxfp4, indivisible shapes) as stored; a packed cache read applies to a quantized latent cache only;
+prefill chunks shrink to fit the scores budget (down to 32 tokens); "acceptance" drafting stops when
+drafts stop paying.
 
 Every choice can be overridden: `mlxseek.load(path, backend="gpu")`, or
 `backend=backend_policy(compute_dtype="float32")`; `dtype=` and `cpu_layout=` still win over the policy.

@@ -73,7 +73,8 @@ def load_model(path: str | Path, *, dtype: Any = None, with_mtp: bool = True, cp
     policy = resolve_policy(backend)
     dt = resolve_dtype(dtype, policy)
     policy = policy.replace(compute_dtype=_dtype_name(dt))
-    keep = _precision_rule(policy)
+    # An explicit dtype is taken as it is (e.g. bf16 weights to quantize); the policy's own choice falls back.
+    keep = _precision_rule(policy) if dtype is None else keep_fp32
     store = WeightStore(folder)
     plan = build_plan(store.keys(), cfg)
     if plan.quantization:  # weights the key map imports packed (V4 FP4 experts as mxfp4), recorded per path
