@@ -233,3 +233,21 @@ def test_draft_auto_follows_the_policy(fixture_model):
     policy = DraftPolicy()
     list(speculative_generate_step(prompt, model, max_tokens=4, draft="auto", policy=policy))
     assert policy.mode == "measure" and policy.costs is not None
+
+
+def test_layout_and_cache_read_fallbacks(fixture_model):
+    """The K-major choice leaves what it cannot hold as stored (V4's mxfp4 experts: re-quantizing would
+    lose their exact encoding), and model.backend records the layout in use; a packed-read policy on a
+    float latent cache reads it as floats (the same logits as the cpu policy's model)."""
+    v4 = mlxseek.load(FIXTURES / "v4_fp4", tokenizer=False)[0]
+    assert v4.backend.kind == "cpu" and v4.kernel_layout == KernelLayout.CHECKPOINT
+    assert v4.backend.weight_layout == "checkpoint" and v4.layers[1].mlp.switch_mlp.gate_proj.mode == "mxfp4"
+    ref = fixture_model("v3")
+    packed = mlxseek.load(FIXTURES / "v3", backend=be.backend_policy("gpu", compute_dtype="float32"), tokenizer=False)[0]
+    prompt = _prompt(ref, 12)
+    outs = []
+    for m in (ref, packed):
+        cache = m.make_cache()
+        m(prompt[None, :8], cache=cache)
+        outs.append(m(prompt[None, 8:], cache=cache))
+    assert mx.array_equal(outs[0], outs[1]).item()
