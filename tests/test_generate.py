@@ -84,13 +84,15 @@ def test_chunked_prefill_gives_the_same_tokens(tiny, prompt_ids):
 def test_prefill_chunks_shrink_as_the_context_grows(tiny, prompt_ids, monkeypatch):
     """With a small score budget, chunks get shorter as the cache fills (heads * chunk * context bounded),
     and the tokens are those of one whole-prompt prefill."""
+    from mlxseek.backend import policy_of
     from mlxseek.generation import prefill
     model, tok = tiny
     prompt_ids = prompt_ids * 4  # 44 tokens
     whole = [r.token for r in mlxseek.stream_generate(model, tok, prompt_ids, max_tokens=6)]
     heads = model.config.num_attention_heads
     monkeypatch.setattr(prefill, "MIN_PREFILL_STEP", 2)
-    monkeypatch.setattr(prefill, "PREFILL_SCORES_BYTES", 4 * heads * 8 * 16)  # 8 tokens at 16 of context
+    budget = 4 * heads * 8 * 16  # 8 tokens at 16 of context
+    monkeypatch.setattr(model, "backend", policy_of(model).replace(prefill_scores_bytes=budget))
     seen = []
     chunked = mlxseek.stream_generate(model, tok, prompt_ids, max_tokens=6, prefill_step_size=8,
                                       progress=lambda done, total: seen.append(done))
@@ -98,7 +100,7 @@ def test_prefill_chunks_shrink_as_the_context_grows(tiny, prompt_ids, monkeypatc
     steps = [b - a for a, b in zip([0] + seen, seen)][:-1]  # the last: the final chunk, prefilled with decode
     assert steps[0] == 8 and steps[-1] < steps[0] and steps == sorted(steps, reverse=True)
     for a, n in zip([0] + seen, steps):
-        assert n == 2 or 4 * heads * n * (a + 8) <= prefill.PREFILL_SCORES_BYTES
+        assert n == 2 or 4 * heads * n * (a + 8) <= budget
 
 
 def test_eos_stops_and_is_not_in_the_text(tiny, prompt_ids):

@@ -33,6 +33,10 @@ PIECE_BYTES = 4 << 20
 # Quantization error is measured on this many evenly spaced experts of each stack (all of them for
 # up to this many): measuring doubles the CPU cost of a piece, and routed experts are ~95% of V3.
 MEASURED_EXPERTS = 16
+# ... and on every MEASURED_ROW_STRIDE-th row of each measured matrix: the error statistics cost ~3x the
+# quantization itself on MLX's CPU backend, and a piece starts on a multiple of 128 rows of its matrix,
+# so the sampled rows are the same however a tensor is split. The report says so ("measured_rows").
+MEASURED_ROW_STRIDE = 8
 
 
 @dataclass(frozen=True)
@@ -100,49 +104,77 @@ def pieces(job: Job, src: Source) -> Iterator[Piece]:
         yield Piece(0, src.materializer(src.reader).materialize(t), done=len(t.sources))
 
 
+class _Out(NamedTuple):
+    """One output of a piece, launched (evaluating asynchronously) and waiting to be written."""
+
+    job: Job
+    name: str
+    row: int
+    shape: tuple  # the float piece's shape
+    arrays: tuple  # (float array,) or (packed weight, scales, biases)
+    terms: object  # lazy error terms (None: not measured) and the elements they cover
+    measured: int
+
+
 def write_shard(path, jobs: list[Job], src: Source, on_piece: Callable[[int, int], None]) -> dict[str, dict]:
-    """Write `jobs` into a new shard at `path`; returns the quantization error entries of its tensors."""
+    """Write `jobs` into a new shard at `path`; returns the quantization error entries of its tensors.
+
+    Pipelined one piece deep: a piece's outputs are launched with `mx.async_eval` (MLX computes them on
+    its own stream), then the previous piece's outputs are written while they compute, and the next
+    piece is read while they compute in turn. Memory stays at two pieces."""
     specs: list[TensorSpec] = [s for j in jobs for s in j.outputs]
     errors: dict[str, TensorError] = {}
     with ShardWriter(path, specs) as writer:
+        pending: list[_Out] = []
         for job in jobs:
             done_bytes = 0
             for piece in pieces(job, src):
-                for name, a in piece.arrays.items():
-                    _emit(writer, job, name, a, piece, errors)
+                launched = [_launch(job, name, a, piece) for name, a in piece.arrays.items()]
+                mx.async_eval([x for o in launched for x in (*o.arrays, o.terms) if x is not None])
+                for o in pending:
+                    _store(writer, o, errors)
+                pending = launched
                 if piece.done:
                     share = job.source_bytes * piece.done // len(job.target.sources)
                     on_piece(share, piece.done)
                     done_bytes += share
             if done_bytes < job.source_bytes:
                 on_piece(job.source_bytes - done_bytes, 0)
-            mx.clear_cache()
+            mx.clear_cache()  # only buffers no array holds: the launched piece keeps its own
+        for o in pending:
+            _store(writer, o, errors)
     return {k: v.to_dict() for k, v in errors.items()}
 
 
-def _emit(writer: ShardWriter, job: Job, name: str, a: mx.array, piece: Piece, errors: dict) -> None:
+def _launch(job: Job, name: str, a: mx.array, piece: Piece) -> _Out:
     params = job.quant.get(name)
     if params is None:
-        mx.eval(a)
-        writer.write(name, a, piece.row)
-        return
+        return _Out(job, name, piece.row, tuple(a.shape), (a,), None, 0)
     packed = quantize(a, params)
-    terms = error_terms(a, packed, params) if piece.measure else None
-    mx.eval(packed, terms)
+    terms, measured = error_terms(a, packed, params, MEASURED_ROW_STRIDE) if piece.measure else (None, 0)
+    return _Out(job, name, piece.row, tuple(a.shape), tuple(packed), terms, measured)
+
+
+def _store(writer: ShardWriter, o: _Out, errors: dict) -> None:
+    job, name = o.job, o.name
+    params = job.quant.get(name)
+    if params is None:
+        writer.write(name, o.arrays[0], o.row)
+        return
     base = name[: -len("weight")]
     shape = job.float_shapes[name]
-    if params.get("layout") == KMAJOR and tuple(a.shape) != shape:
+    if params.get("layout") == KMAJOR and o.shape != shape:
         # A block of rows of W (..., out, in) is a block of columns of the stored (..., in, out).
-        slab, r = divmod(piece.row, shape[-2])
-        for suffix, q in zip(("weight", "scales", "biases"), packed):
-            writer.write_cols(base + suffix, q, slab, r * q.shape[-1] // a.shape[-2])
+        slab, r = divmod(o.row, shape[-2])
+        for suffix, q in zip(("weight", "scales", "biases"), o.arrays):
+            writer.write_cols(base + suffix, q, slab, r * q.shape[-1] // o.shape[-2])
     else:
-        for suffix, q in zip(("weight", "scales", "biases"), packed):
-            writer.write(base + suffix, q, piece.row)
-    if terms is not None:
+        for suffix, q in zip(("weight", "scales", "biases"), o.arrays):
+            writer.write(base + suffix, q, o.row)
+    if o.terms is not None:
         stats = errors.get(name)
         if stats is None:
-            shape = job.float_shapes[name]
             sampled = len(measured_experts(shape[0])) if job.target.op == "stack_experts" else None
-            stats = errors[name] = TensorError(shape, params["bits"], params["group_size"], sampled)
-        stats.add(np.array(terms), a.size)
+            stats = errors[name] = TensorError(shape, params["bits"], params["group_size"], sampled,
+                                               row_stride=MEASURED_ROW_STRIDE)
+        stats.add(np.array(o.terms), o.measured)

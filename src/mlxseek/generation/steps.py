@@ -13,7 +13,7 @@ from typing import Callable, Generator, Optional, Sequence
 import mlx.core as mx
 from mlx_lm.sample_utils import make_sampler
 
-from .prefill import DEFAULT_PREFILL_STEP, cached_tokens, prefill_chunk
+from .prefill import cached_tokens, prefill_chunk
 
 Sampler = Callable[[mx.array], mx.array]
 LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
@@ -50,12 +50,12 @@ def generate_step(
     sampler: Optional[Sampler] = None,
     logits_processors: Optional[Sequence[LogitsProcessor]] = None,
     prompt_cache: Optional[list] = None,
-    prefill_step_size: int = DEFAULT_PREFILL_STEP,
+    prefill_step_size: Optional[int] = None,
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> Generator[tuple[int, mx.array], None, None]:
     """Yield (token, logprobs (V,)) for up to `max_tokens` new tokens after `prompt` (1-D int array).
 
-    The prompt is prefilled in chunks of `prefill_step_size` tokens, fewer as the context grows (see
+    The prompt is prefilled in chunks of `prefill_step_size` tokens (None: the backend policy's), fewer as the context grows (see
     `prefill_chunk`: attention scores stay bounded); `prompt_cache` (if given) is extended in
     place, so a later call continues the same context. No EOS handling here: see `stream_generate`.
     """

@@ -16,7 +16,6 @@ from ..errors import GenerationError, VocabularyError
 from ..formats import ReplyParser, ToolCall
 from ..speculative.policy import DraftStats
 from ..speculative.step import speculative_generate_step
-from .prefill import DEFAULT_PREFILL_STEP
 from .reasoning import held_prefix, prompt_opens_reasoning
 from .steps import LogitsProcessor, Sampler, generate_step, make_prompt_cache
 
@@ -177,7 +176,7 @@ def stream_generate(
     prompt_cache: Optional[list] = None,
     stop: Optional[Iterable[str]] = None,
     seed: Optional[int] = None,
-    prefill_step_size: int = DEFAULT_PREFILL_STEP,
+    prefill_step_size: Optional[int] = None,
     progress: Optional[Callable[[int, int], None]] = None,
     draft: Optional[str] = None,
     num_draft: int = 1,

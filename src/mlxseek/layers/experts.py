@@ -48,7 +48,9 @@ class RoutedExperts(nn.Module):
             y = self._glu(xs, idx, True)[inv]  # (T*K, 1, D) back in token order
         else:
             y = self._glu(xt[:, None], it, False)  # x (T, 1, 1, D) broadcasts over K
-        return y.reshape(*lead, K, D)
+        # Float32 experts under half-precision activations (the CPU fallback, mlxseek.backend) promote;
+        # hand the rest of the model its own dtype back.
+        return y.reshape(*lead, K, D).astype(x.dtype)
 
     def reference(self, x: mx.array, inds: mx.array) -> mx.array:
         """Slow path: loop over experts with dense weights. Same contract as __call__."""

@@ -23,6 +23,7 @@ from mlx_lm.models.mla import (
     MultiLinear,  # (H, out, in) per-head weights with to_quantized()
 )
 
+from ..backend import backend_policy
 from ..config import ModelConfig
 from .norms import RMSNorm
 from .rope import RotaryEmbedding, softmax_scale
@@ -41,7 +42,8 @@ class MultiHeadLatentAttention(nn.Module):
         self.scale = softmax_scale(self.q_head_dim, cfg.rope_scaling)
         # "auto": absorbed when few query tokens attend over a cache, naive (MHA-style) otherwise.
         self.impl = "auto"
-        # How absorbed attention reads a quantized latent cache: "auto" (per device), "packed", "dequantize".
+        # How absorbed attention reads a quantized latent cache: "auto" (the backend policy's; the loader
+        # sets the loaded policy's choice), "packed", "dequantize".
         self.quantized_cache_read = "auto"
         H, D, bias = self.num_heads, cfg.hidden_size, cfg.attention_bias
 
@@ -71,7 +73,7 @@ class MultiHeadLatentAttention(nn.Module):
         is ~7x slower than dequantize + BLAS at 8K tokens: benchmarks/speed_table.py long context)."""
         if self.quantized_cache_read != "auto":
             return self.quantized_cache_read == "packed"
-        return mx.default_device() == mx.gpu
+        return backend_policy().packed_cache_read
 
     def _use_absorbed(self, L: int, S: int) -> bool:
         if self.impl != "auto":

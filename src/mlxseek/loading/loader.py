@@ -13,6 +13,7 @@ from typing import Any, Optional
 import mlx.core as mx
 import mlx.nn as nn
 
+from ..backend import BackendPolicy, backend_policy, resolve_policy
 from ..checkpoint.consistency import check_counts
 from ..checkpoint.format import check_format
 from ..checkpoint.keymap import Materializer, Target, build_plan
@@ -29,16 +30,14 @@ _DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16
 
 
 def default_dtype() -> mx.Dtype:
-    """Compute dtype for this device. MLX's CPU backend runs quantized matmuls ~8x faster with float32
-    activations than bf16 and has no bf16 gather_mm at all; Metal kernels want half precision."""
-    if mx.default_device() == mx.gpu and mx.metal.is_available():
-        return mx.bfloat16
-    return mx.float32
+    """Compute dtype for this device (the backend policy's): float32 on MLX's CPU backend, whose quantized
+    matmuls run ~8x faster with float32 activations; bfloat16 on a GPU (Metal or CUDA)."""
+    return backend_policy().dtype
 
 
-def resolve_dtype(dtype: Any) -> mx.Dtype:
+def resolve_dtype(dtype: Any, policy: BackendPolicy | None = None) -> mx.Dtype:
     if dtype is None:
-        return default_dtype()
+        return (policy or backend_policy()).dtype
     if isinstance(dtype, mx.Dtype):
         return dtype
     if dtype not in _DTYPES:
@@ -63,9 +62,10 @@ def _quantize(model: CausalLM, cfg: ModelConfig, produced: set[str]) -> None:
 
 
 def load_model(path: str | Path, *, dtype: Any = None, with_mtp: bool = True, cpu_layout: Any = None,
-               group: Any = None, parallel: str = "pipeline", expert_memory_gb: Optional[float] = None) -> CausalLM:
+               group: Any = None, parallel: str = "pipeline", expert_memory_gb: Optional[float] = None,
+               backend: Any = None) -> CausalLM:
     """Build the model described by `path/config.json` and fill it from the folder's shards.
-    cpu_layout, group, parallel, expert_memory_gb: see `load`."""
+    cpu_layout, group, parallel, expert_memory_gb, backend: see `load`."""
     from ..cpu import blas
 
     blas.check()  # an MLXSEEK_BLAS that failed at import is reported here, at first use
@@ -74,7 +74,11 @@ def load_model(path: str | Path, *, dtype: Any = None, with_mtp: bool = True, cp
         raise CheckpointError(f"{folder}: not a folder; pass a local checkpoint folder (HF or converted)")
     cfg = ModelConfig.from_file(folder)
     check_format(cfg, folder)
-    dt = resolve_dtype(dtype)
+    policy = resolve_policy(backend)
+    dt = resolve_dtype(dtype, policy)
+    policy = policy.replace(compute_dtype=_dtype_name(dt))
+    # An explicit dtype is taken as it is (e.g. bf16 weights to quantize); the policy's own choice falls back.
+    keep = _precision_rule(policy) if dtype is None else keep_fp32
     store = WeightStore(folder)
     plan = build_plan(store.keys(), cfg)
     check_counts(cfg, plan, store, folder)  # before anything is built: sizes come from the checkpoint
@@ -85,10 +89,10 @@ def load_model(path: str | Path, *, dtype: Any = None, with_mtp: bool = True, cp
         plan.dropped.extend(k for k in plan.source_of if k.startswith("mtp."))
         plan.targets = [t for t in plan.targets if not t.outputs[0].startswith("mtp.")]
     placement = placement_for(cfg, store, plan, group=group, parallel=parallel, expert_memory_gb=expert_memory_gb,
-                              dtype=dt, keep_fp32=keep_fp32)
+                              dtype=dt, keep_fp32=keep)
     if placement:  # one rank's share, or everything but the paged experts: read only what stays resident
         store, plan = placement.restrict(store, plan)
-    mat = Materializer(store, cfg, plan, dtype=dt, keep_fp32=keep_fp32)
+    mat = Materializer(store, cfg, plan, dtype=dt, keep_fp32=keep)
     lazy = {}
     for t in plan.targets:
         lazy.update(_materialize(mat, t, store.folder))
@@ -107,9 +111,12 @@ def load_model(path: str | Path, *, dtype: Any = None, with_mtp: bool = True, cp
     # Drop every handle on the checkpoint's arrays (the store caches what it read) before any re-layout,
     # so the old layout is freed module by module instead of living until load() returns.
     del lazy, mat, store
-    _choose_layout(model, cpu_layout)
+    _choose_layout(model, cpu_layout, policy)
     if placement:
         placement.finish(model)
+    _apply_cache_read(model, policy)
+    model.backend = policy.replace(weight_layout="kmajor" if model.kernel_layout != KernelLayout.CHECKPOINT
+                                   else "checkpoint")
     model.eval()
     return model
 
@@ -149,11 +156,33 @@ def check_checkpoint(path: str | Path) -> ModelConfig:
     return cfg
 
 
-def _choose_layout(model, cpu_layout: Any) -> None:
-    """Record (and on MLX's CPU backend, by default, apply) the quantized-weight layout."""
+def _dtype_name(dt: mx.Dtype) -> str:
+    return next(k for k, v in _DTYPES.items() if v == dt)
+
+
+def _precision_rule(policy: BackendPolicy):
+    """What stays float32: the precision policy's parameters, plus float routed experts when the policy
+    computes in half precision on MLX's CPU backend (its gather_mm is float32-only; the experts cast
+    their output back to the compute dtype)."""
+    if not policy.float32_float_experts:
+        return keep_fp32
+    return lambda name: keep_fp32(name) or (".switch_mlp." in name and name.endswith("_proj.weight"))
+
+
+def _apply_cache_read(model, policy: BackendPolicy) -> None:
+    """Tell every attention that reads a quantized latent cache how to read it (policy's choice), unless
+    the module was already told."""
+    for _, m in model.named_modules():
+        if getattr(m, "quantized_cache_read", None) == "auto":
+            m.quantized_cache_read = policy.quantized_cache_read
+
+
+def _choose_layout(model, cpu_layout: Any, policy: BackendPolicy | None = None) -> None:
+    """Record (and where the policy says so, by default on MLX's CPU backend, apply) the quantized-weight
+    layout. `cpu_layout` True/False overrides the policy."""
     if cpu_layout not in (None, True, False):
         raise ValueError(f"cpu_layout must be None (auto), True or False, got {cpu_layout!r}")
-    on_cpu = mx.default_device() == mx.cpu or not mx.metal.is_available()
+    on_cpu = (policy or backend_policy()).weight_layout == "kmajor"
     from ..cpu.kmajor import (
         KMajorQuantizedLinear,
         KMajorQuantizedSwitchLinear,
@@ -198,15 +227,19 @@ def load_tokenizer(path: str | Path):
 
 def load(
     path: str | Path, *, dtype: Any = None, with_mtp: bool = True, tokenizer: bool = True, cpu_layout: Any = None,
-    group: Any = None, parallel: str = "pipeline", expert_memory_gb: Optional[float] = None,
+    group: Any = None, parallel: str = "pipeline", expert_memory_gb: Optional[float] = None, backend: Any = None,
 ):
     """Load a DeepSeek checkpoint folder. Returns (model, tokenizer); tokenizer is None when the folder
     has no tokenizer files or `tokenizer=False`.
 
-    dtype: compute dtype ("float32", "bfloat16", "float16" or an mx.Dtype); None picks per device
-    (float32 on MLX's CPU backend, bfloat16 on Metal).
+    backend: the per-device choices (`mlxseek.backend`): None = this device's (cpu, or gpu for Metal and
+    CUDA alike), "cpu" / "gpu" = that kind's defaults, or a `BackendPolicy` with choices overridden
+    (`mlxseek.backend.backend_policy(compute_dtype=...)`). The policy in use is `model.backend`.
+    dtype: compute dtype ("float32", "bfloat16", "float16" or an mx.Dtype); None = the backend policy's
+    (float32 on MLX's CPU backend, bfloat16 on a GPU).
     cpu_layout: for quantized checkpoints, re-lay weights once into MLX CPU's fast quantized layout
-    (K-major, 8-bit; see `mlxseek.cpu.kmajor`). None = on the CPU backend only; False = never.
+    (K-major, 8-bit; see `mlxseek.cpu.kmajor`). None = the backend policy's (on the CPU backend only);
+    True / False = always / never.
     A folder written by `mlxseek convert --layout kmajor` already stores that layout at its own bits
     (no re-layout, no extra memory). The layout in use is `model.kernel_layout`.
     group: an `mx.distributed.Group` (e.g. `mlxseek.parallel.rank.join().group`); with more than one rank, this
@@ -216,5 +249,5 @@ def load(
     checkpoint on demand (LRU; outputs unchanged). `model.pager.stats()` has hits and bytes read.
     """
     model = load_model(path, dtype=dtype, with_mtp=with_mtp, cpu_layout=cpu_layout, group=group,
-                       parallel=parallel, expert_memory_gb=expert_memory_gb)
+                       parallel=parallel, expert_memory_gb=expert_memory_gb, backend=backend)
     return model, (load_tokenizer(path) if tokenizer else None)

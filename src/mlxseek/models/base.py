@@ -10,7 +10,7 @@ and V4 alike.
   mtp_forward(T, next_ids, c)    the MTP module: (logits for t+2, its own features for chaining)
   make_mtp_cache()               the MTP block's cache, wrapped as the prompt cache's MTP entry
   set_attention_impl(impl)       "auto" | "naive" | "absorbed" (a family without a path raises)
-Placement and layout are typed attributes set by the loader: `kernel_layout`, `pager`, `shard`.
+Placement and layout are typed attributes set by the loader: `kernel_layout`, `pager`, `shard`, `backend`.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ class CausalLM(nn.Module):
         self.kernel_layout = KernelLayout.CHECKPOINT
         self.pager: Optional[Any] = None  # mlxseek.paging.pager.ExpertPager when experts are paged
         self.shard: Optional[Any] = None  # mlxseek.parallel.distributed.Shard on a distributed rank
+        self.backend: Optional[Any] = None  # mlxseek.backend.BackendPolicy the loader applied (None: built directly)
 
     @property
     def layers(self) -> list:

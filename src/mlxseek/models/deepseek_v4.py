@@ -44,6 +44,10 @@ class V4Backbone(nn.Module):
 
 
 class V4Model(CausalLM):
+    # Speculative decoding rolls the verify step's rejected tokens back with `trim`, which V4's window and
+    # compressor caches support up to their trim slack (cache/v4.py, 16 tokens: num_draft <= 15).
+    supports_mtp_drafting = True
+
     def __init__(self, cfg: ModelConfig, *, with_mtp: bool = True):
         super().__init__(cfg)
         self.model = V4Backbone(cfg)

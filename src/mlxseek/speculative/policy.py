@@ -10,6 +10,10 @@ from .costs import DraftCosts
 
 AUTO_MIN_SPEEDUP = 1.05  # draft="auto" drafts only while the expected speedup exceeds this
 AUTO_WARMUP_STEPS = 8  # verify steps before "auto" judges the measured acceptance
+# draft="auto" in "acceptance" mode (the GPU policy's, mlxseek.backend): a verify step of a few tokens costs
+# about one decode step on a bandwidth-bound device, plus the MTP block's step (one layer of ~40-60 and
+# its dispatches), so drafting pays while more than about one step in ten gains a token.
+AUTO_MIN_TOKENS_PER_STEP = 1.1
 
 
 @dataclass
@@ -38,10 +42,14 @@ class DraftStats:
 
 @dataclass
 class DraftPolicy:
-    """Whether to draft. draft="mtp" always drafts; "auto" (`auto=True`) drafts while the expected
-    speedup, from the measured step costs and the observed tokens per step, exceeds `min_speedup`."""
+    """Whether to draft. draft="mtp" always drafts; "auto" (`auto=True`) in `mode` "measure" drafts while
+    the expected speedup, from the measured step costs and the observed tokens per step, exceeds
+    `min_speedup`; in mode "acceptance" it skips the timing and drafts while the observed tokens per step
+    exceed `min_tokens_per_step`. mode None: the model's backend policy (`mlxseek.backend`) decides."""
 
     auto: bool = False
+    mode: Optional[str] = None  # "measure" | "acceptance" | None (the backend policy's draft_auto)
+    min_tokens_per_step: float = AUTO_MIN_TOKENS_PER_STEP
     min_speedup: float = AUTO_MIN_SPEEDUP
     warmup_steps: int = AUTO_WARMUP_STEPS
     drafting: bool = True  # False once "auto" turned drafting off
@@ -60,7 +68,14 @@ class DraftPolicy:
     def judge(self, stats: DraftStats, draft_wall_s: float, draft_steps: int) -> None:
         """After each drafting step: compare what drafting achieves (tokens per step over the wall time of
         a drafting step, which also counts the loop's own overhead) with a plain step's measured cost."""
-        if not self.auto or draft_steps < self.warmup_steps or self.costs is None:
+        if not self.auto or draft_steps < self.warmup_steps:
+            return
+        if self.mode == "acceptance":  # no timing: a verify step is taken to cost one decode step
+            self.expected_speedup = stats.tokens_per_step
+            if stats.tokens_per_step <= self.min_tokens_per_step:
+                self.drafting = False
+            return
+        if self.costs is None:
             return
         self.expected_speedup = stats.tokens_per_step * self.costs.step_s / (draft_wall_s / draft_steps)
         if self.expected_speedup <= self.min_speedup:

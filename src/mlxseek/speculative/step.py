@@ -22,9 +22,9 @@ from typing import Generator, Optional, Sequence
 
 import mlx.core as mx
 
+from ..backend import policy_of
 from ..cache.mtp import MTPCache
 from ..errors import GenerationError
-from ..generation.prefill import DEFAULT_PREFILL_STEP
 from ..generation.steps import generate_step, split_prompt_cache
 from . import costs as draft_costs
 from .decoder import SpeculativeDecoder
@@ -82,25 +82,29 @@ def speculative_generate_step(
     sampler=None,
     logits_processors: Optional[Sequence] = None,
     prompt_cache: Optional[list] = None,
-    prefill_step_size: int = DEFAULT_PREFILL_STEP,
+    prefill_step_size: Optional[int] = None,
     progress=None,
     stats: Optional[DraftStats] = None,
     policy: Optional[DraftPolicy] = None,
 ) -> Generator[tuple[int, mx.array], None, None]:
     """Yield (token, logprobs (V,)) like `mlxseek.generation.generate_step`, drafting with the MTP module.
 
-    draft="mtp" always drafts `num_draft` tokens per step; "auto" first measures what a verify step costs
-    on this device (`measure_draft_costs`, kept in the prompt cache's MTP entry) and drafts only while
-    the expected speedup, from the measured acceptance, exceeds AUTO_MIN_SPEEDUP. `stats` (a DraftStats)
+    draft="mtp" always drafts `num_draft` tokens per step; "auto" follows the backend policy's draft_auto
+    (or `policy.mode`): "measure" (CPU) first measures what a verify step costs on this device
+    (`measure_draft_costs`, kept in the prompt cache's MTP entry) and drafts only while the expected
+    speedup, from the measured acceptance, exceeds AUTO_MIN_SPEEDUP; "acceptance" (GPU) drafts at once
+    and stops when tokens per step fall to AUTO_MIN_TOKENS_PER_STEP. `stats` (a DraftStats)
     counts as tokens are produced; `policy` (a DraftPolicy) holds the on/off decision and its reasons.
     """
     check_draft_args(model, draft, num_draft, sampler)
     stats = stats if stats is not None else DraftStats()
     policy = policy if policy is not None else DraftPolicy()
     policy.auto = draft == "auto"
+    if policy.auto and policy.mode is None:
+        policy.mode = policy_of(model).draft_auto
     cache = prompt_cache if prompt_cache is not None else model.make_cache()
     entry = mtp_cache_for(model, cache)
-    if policy.auto:
+    if policy.auto and policy.mode == "measure":
         if num_draft not in entry.costs:
             entry.costs[num_draft] = draft_costs.measure_draft_costs(model, num_draft)
         policy.calibrate(entry.costs[num_draft], num_draft)
