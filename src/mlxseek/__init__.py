@@ -18,12 +18,8 @@ from .generation.batch import (
 )
 from .generation.chat import ChatSession  # noqa: E402
 from .generation.rows import BatchRecord, RowParams
-from .generation.stream import (
-           GenerationResponse,
-           generate,
-           make_prompt_cache,
-           stream_generate,
-)
+from .generation.steps import make_prompt_cache
+from .generation.stream import GenerationResponse, generate, stream_generate
 from .loading.loader import load, load_model, load_tokenizer
 from .models.deepseek_v3 import Model
 

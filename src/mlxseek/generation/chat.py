@@ -19,7 +19,8 @@ from mlx_lm.models.cache import trim_prompt_cache
 from ..errors import ChatFormatError, GenerationError
 from ..formats import render_chat
 from ..loading.tokenizer import apply_chat_template
-from .stream import GenerationResponse, make_prompt_cache, stream_generate
+from .steps import make_prompt_cache
+from .stream import GenerationResponse, stream_generate
 
 
 class ChatSession:

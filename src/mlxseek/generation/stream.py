@@ -17,7 +17,7 @@ from ..formats import ReplyParser, ToolCall
 from ..speculative.policy import DraftStats
 from ..speculative.step import speculative_generate_step
 from .reasoning import held_prefix, prompt_opens_reasoning
-from .steps import LogitsProcessor, Sampler, generate_step, make_prompt_cache
+from .steps import LogitsProcessor, Sampler, generate_step
 
 
 @dataclass
@@ -197,8 +197,6 @@ def stream_generate(
     """
     ids = encode_prompt(tokenizer, prompt, vocab_size=_vocab_size(model))
     budget = _check_lengths(model, ids.size, prompt_cache[0].offset if prompt_cache else 0, max_tokens)
-    if prompt_cache is None:
-        prompt_cache = make_prompt_cache(model)
     if seed is not None:
         mx.random.seed(seed)
     eos = set(tokenizer.eos_token_ids) if tokenizer is not None else set()

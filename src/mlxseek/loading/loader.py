@@ -16,7 +16,7 @@ import mlx.nn as nn
 from ..backend import BackendPolicy, backend_policy, resolve_policy
 from ..checkpoint.consistency import check_counts
 from ..checkpoint.format import check_format
-from ..checkpoint.keymap import Materializer, Target, build_plan
+from ..checkpoint.keymap import Materializer, Plan, Target, build_plan
 from ..checkpoint.precision import keep_fp32
 from ..checkpoint.quant_record import quant_params
 from ..checkpoint.store import WeightStore
@@ -72,18 +72,12 @@ def load_model(path: str | Path, *, dtype: Any = None, with_mtp: bool = True, cp
     folder = Path(path)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: not a folder; pass a local checkpoint folder (HF or converted)")
-    cfg = ModelConfig.from_file(folder)
-    check_format(cfg, folder)
     policy = resolve_policy(backend)
     dt = resolve_dtype(dtype, policy)
     policy = policy.replace(compute_dtype=_dtype_name(dt))
     # An explicit dtype is taken as it is (e.g. bf16 weights to quantize); the policy's own choice falls back.
     keep = _precision_rule(policy) if dtype is None else keep_fp32
-    store = WeightStore(folder)
-    plan = build_plan(store.keys(), cfg)
-    check_counts(cfg, plan, store, folder)  # before anything is built: sizes come from the checkpoint
-    if plan.quantization:  # weights the key map imports packed (V4 FP4 experts as mxfp4), recorded per path
-        cfg = cfg.replace(quantization={**(cfg.quantization or {}), **plan.quantization})
+    cfg, store, plan = _open(folder)
     if not with_mtp or not plan.has_mtp:
         # mlx-lm's converter drops the MTP layer; a folder without it loads without `model.mtp`.
         plan.dropped.extend(k for k in plan.source_of if k.startswith("mtp."))
@@ -102,11 +96,8 @@ def load_model(path: str | Path, *, dtype: Any = None, with_mtp: bool = True, cp
     unused_scales = sorted(scales - mat.used_scales)
     if unused_scales:
         raise WeightMismatchError(f"{store.folder}: scale tensors with no float8 weight: {', '.join(unused_scales[:10])}")
-    produced = set(lazy)
-    model = build_checked(placement.build if placement else build_model, cfg, folder,
-                          prepare=lambda m: _quantize(m, cfg, produced), with_mtp=with_mtp and plan.has_mtp)
-    check_against_model({k: tuple(v.shape) for k, v in lazy.items()}, model, store.folder, plan.source_of)
-    check_dtypes(lazy, model, store.folder, plan.source_of)
+    model = _build_strict(placement.build if placement else build_model, cfg, folder, lazy, plan.source_of,
+                          with_mtp=with_mtp and plan.has_mtp)
     _load_in_batches(model, lazy, store)
     # Drop every handle on the checkpoint's arrays (the store caches what it read) before any re-layout,
     # so the old layout is freed module by module instead of living until load() returns.
@@ -134,25 +125,39 @@ def _materialize(mat: Materializer, t: Target, folder: Path) -> dict[str, mx.arr
                                   "dimensions in config.json") from None
 
 
+def _open(folder: Path) -> tuple[ModelConfig, WeightStore, Plan]:
+    """config.json (types and ranges) and its format version, every shard header, and the counts config.json
+    claims against the stored keys: all checked before anything is built or read."""
+    cfg = ModelConfig.from_file(folder)
+    check_format(cfg, folder)
+    store = WeightStore(folder)
+    plan = build_plan(store.keys(), cfg)
+    check_counts(cfg, plan, store, folder)  # before anything is built: sizes come from the checkpoint
+    if plan.quantization:  # weights the key map imports packed (V4 FP4 experts as mxfp4), recorded per path
+        cfg = cfg.replace(quantization={**(cfg.quantization or {}), **plan.quantization})
+    return cfg, store, plan
+
+
+def _build_strict(build, cfg: ModelConfig, folder: Path, lazy: dict[str, mx.array], source_of: dict,
+                  **kw) -> CausalLM:
+    """The lazy skeleton, quantized like the checkpoint, then strict: every parameter produced once with its
+    shape and a matching kind of dtype."""
+    produced = set(lazy)
+    model = build_checked(build, cfg, folder, prepare=lambda m: _quantize(m, cfg, produced), **kw)
+    check_against_model({k: tuple(v.shape) for k, v in lazy.items()}, model, folder, source_of)
+    check_dtypes(lazy, model, folder, source_of)
+    return model
+
+
 def check_checkpoint(path: str | Path) -> ModelConfig:
     """Everything `load_model` checks before reading a weight: config.json's types and ranges, the format
     version, every shard header, the counts config.json claims, and every parameter's name and shape
     (the model is built lazily: nothing is allocated or read). Returns the config."""
     folder = Path(path)
-    cfg = ModelConfig.from_file(folder)
-    check_format(cfg, folder)
-    store = WeightStore(folder)
-    plan = build_plan(store.keys(), cfg)
-    check_counts(cfg, plan, store, folder)
-    if plan.quantization:
-        cfg = cfg.replace(quantization={**(cfg.quantization or {}), **plan.quantization})
+    cfg, store, plan = _open(folder)
     mat = Materializer(store, cfg, plan, keep_fp32=keep_fp32)
     lazy = {k: v for t in plan.targets for k, v in _materialize(mat, t, folder).items()}
-    produced = set(lazy)
-    model = build_checked(build_model, cfg, folder, prepare=lambda m: _quantize(m, cfg, produced),
-                          with_mtp=plan.has_mtp)
-    check_against_model({k: tuple(v.shape) for k, v in lazy.items()}, model, folder, plan.source_of)
-    check_dtypes(lazy, model, folder, plan.source_of)
+    _build_strict(build_model, cfg, folder, lazy, plan.source_of, with_mtp=plan.has_mtp)
     return cfg
 
 

@@ -124,6 +124,3 @@ def speculative_generate_step(
         yield from dec.run(prompt, max_tokens, prefill_step_size, progress)
     finally:
         dec.settle()
-        # Wait for the draft queued with async_eval: MLX aborts at exit if a thread that queued work ended
-        # with it still in flight (a server's worker thread does exactly that).
-        mx.synchronize()
