@@ -30,22 +30,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tests"))
 
-from mlxseek.formats import STYLES, ReplyParser, parse_reply, render_chat  # noqa: E402
+from mlxseek.formats import STYLES, parse_reply  # noqa: E402
 from scripted_model import real_tokenizer, tokenizer_dir  # noqa: E402  (the tests' tokenizer loader)
-
-GOLDENS = REPO / "tests" / "data" / "chat_goldens"
-
-
-def render_case(style: str, case: dict) -> str:  # as tests/test_chat_formats.py renders a golden
-    return render_chat(case["messages"], style=style, tools=case.get("tools"), thinking=case.get("thinking"),
-                       reasoning_effort=case.get("reasoning_effort"),
-                       add_generation_prompt=case.get("add_generation_prompt", True))
-
-
-def streamed(style, thinking, pieces):
-    parser = ReplyParser(style, thinking=thinking, id_prefix="t")
-    deltas = [parser.feed(p) for p in pieces] + [parser.finish()]
-    return parser.reply, deltas
+from test_chat_formats import golden, render_case  # noqa: E402  (rendered exactly as the golden tests render)
+from test_reply_parser import streamed  # noqa: E402  (fed exactly as the split-point test feeds)
 
 
 def same_stream(style, thinking, pieces, whole) -> bool:
@@ -62,7 +50,7 @@ def main() -> None:
     bare = Tokenizer.from_file(str(tokenizer_dir() / "tokenizer.json"))
     rows, problems = [], []
     for style in STYLES:
-        g = json.loads((GOLDENS / f"{style}.json").read_text(encoding="utf-8"))
+        g = golden(style)
         convs = g["conversations"]
         n_bytes = n_tok = n_bare = 0
         for case in convs:

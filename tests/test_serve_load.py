@@ -32,21 +32,29 @@ def body(i: int, stream: bool, long: bool = False) -> dict:
             "temperature": 0, "stream": stream}
 
 
+async def streamed(http: httpx.AsyncClient, i: int, leave: bool, while_running=None) -> str:
+    """A streaming client: 'ok', 'queue_full', or 'left' after 2 lines (awaiting `while_running` first, if
+    given, with the stream still open)."""
+    async with http.stream("POST", "/v1/completions", json=body(i, True, leave)) as r:
+        if r.status_code == 429:
+            assert r.headers["retry-after"].isdigit()
+            return "queue_full"
+        assert r.status_code == 200
+        lines = 0
+        async for line in r.aiter_lines():
+            lines += bool(line)
+            if leave and lines >= 2:
+                if while_running:
+                    await while_running()
+                return "left"  # leaving the block closes the connection mid-stream
+        return "ok"
+
+
 async def one_client(http: httpx.AsyncClient, i: int, rng: random.Random) -> str:
     """What happened to client i: 'ok', 'queue_full' or 'left' (it disconnected on purpose)."""
     stream, leave = rng.random() < 0.5, rng.random() < 0.4
     if stream:
-        async with http.stream("POST", "/v1/completions", json=body(i, True, leave)) as r:
-            if r.status_code == 429:
-                assert r.headers["retry-after"].isdigit()
-                return "queue_full"
-            assert r.status_code == 200
-            lines = 0
-            async for line in r.aiter_lines():
-                lines += bool(line)
-                if leave and lines >= 2:
-                    return "left"  # leaving the block closes the connection mid-stream
-            return "ok"
+        return await streamed(http, i, leave)
     try:
         r = await asyncio.wait_for(http.post("/v1/completions", json=body(i, False, leave)),
                                    timeout=rng.uniform(0.05, 0.5) if leave else TIMEOUT)
@@ -63,16 +71,15 @@ async def one_client(http: httpx.AsyncClient, i: int, rng: random.Random) -> str
 async def leader(http: httpx.AsyncClient, running: asyncio.Event) -> str:
     """A streaming client that is surely generating when it leaves: random leavers may all be refused (429)
     or withdrawn while still queued, and neither counts as cancelling a running generation."""
-    async with http.stream("POST", "/v1/completions", json=body(N_CLIENTS, True, long=True)) as r:
-        assert r.status_code == 200
-        lines = 0
-        async for line in r.aiter_lines():
-            lines += bool(line)
-            if lines >= 2:
-                break
-        running.set()  # the crowd arrives while this generation runs
+
+    async def crowd_arrives():  # the crowd arrives while this generation runs
+        running.set()
         await asyncio.sleep(0.2)
-    return "left"
+
+    try:
+        return await streamed(http, N_CLIENTS, True, while_running=crowd_arrives)
+    finally:
+        running.set()  # a leader that failed still lets the crowd go, and gather reports its error
 
 
 async def crowd(url: str) -> list[str]:
@@ -82,7 +89,8 @@ async def crowd(url: str) -> list[str]:
         first = asyncio.create_task(leader(http, running))
         await asyncio.wait_for(running.wait(), timeout=TIMEOUT)
         rest = asyncio.gather(*(one_client(http, i, rng) for i in range(N_CLIENTS - 1)))
-        return await asyncio.wait_for(asyncio.gather(first, rest), timeout=300)
+        lead, others = await asyncio.wait_for(asyncio.gather(first, rest), timeout=300)
+        return [lead, *others]
 
 
 def complete(url: str) -> dict:
@@ -94,8 +102,7 @@ def test_fifty_clients_with_disconnects(server, trained):
     reference = complete(srv.url)["choices"][0]["text"]
     mx.clear_cache()
     baseline = mx.get_active_memory()
-    lead, others = asyncio.run(crowd(srv.url))
-    outcomes = [lead, *others]
+    outcomes = asyncio.run(crowd(srv.url))
     assert len(outcomes) == N_CLIENTS
     assert {"ok", "queue_full", "left"} >= set(outcomes) and "ok" in outcomes and "queue_full" in outcomes
     # the server is still up, drains its queue, and answers the same as before
