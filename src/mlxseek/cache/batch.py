@@ -23,12 +23,17 @@ from mlx_lm.models.cache import _BaseCache
 
 from ..errors import BatchingError
 from .mla import LatentCache
+from .protocol import Capabilities, CacheState, CacheStateError, cut, capabilities_of, owned
 
 STEP = 256  # capacity grows in whole steps, as mlx-lm's KVCache does
 
 
 class BatchLatentCache(_BaseCache):
     """One layer's latent cache for B sequences of different lengths (ragged rows, see the module doc)."""
+
+    kind = "batch_latent"
+    # Already a batch: rows join with `insert` and leave with `extract`/`remove`; a state holds every row.
+    capabilities = Capabilities(cut=False, batch=True, quantize=False)
 
     def __init__(self):
         self.latent: Optional[mx.array] = None  # (B, 1, C, R)
@@ -134,19 +139,38 @@ class BatchLatentCache(_BaseCache):
     def state(self):
         return [] if self.latent is None else [self.latent, self.rope]
 
+    def snapshot(self) -> CacheState:
+        if self.latent is None:
+            return CacheState(self.kind, 0, {})
+        S = self.width
+        arrays = {"latent": owned(self.latent[..., :S, :]), "rope": owned(self.rope[..., :S, :]),
+                  "lengths": mx.array(self.lengths, dtype=mx.int32)}
+        return CacheState(self.kind, S, arrays)
+
+    def restore(self, state: CacheState) -> None:
+        if state.kind != self.kind:
+            raise CacheStateError(f"cache state kind: {state.kind!r} cannot be restored into a {self.kind!r} cache")
+        if not state.arrays:
+            self.latent, self.rope, self.lengths = None, None, []
+            return
+        self.latent, self.rope = owned(state.arrays["latent"]), owned(state.arrays["rope"])
+        self.lengths = state.arrays["lengths"].tolist()
+
+    cut_state = staticmethod(cut)  # no token axis: valid only where it was taken
+
     @property
     def nbytes(self) -> int:
         return 0 if self.latent is None else self.latent.nbytes + self.rope.nbytes
 
 
 def make_batch_cache(model) -> list[BatchLatentCache]:
-    """One batched latent cache per layer; a family whose caches are not plain MLA latents (DSA's
-    indexer keys, V4's compressed caches, a quantized latent) is refused by name."""
+    """One batched latent cache per layer; a family whose caches say they cannot batch (the protocol's
+    `capabilities.batch`: DSA's indexer keys, V4's compressed caches, a quantized latent) is refused."""
     probe = model.make_cache()
-    if not all(type(c) is LatentCache for c in probe):
-        kinds = sorted({type(c).__name__ for c in probe})
+    if not capabilities_of(probe).batch:
+        kinds = sorted({c.kind for c in probe if not type(c).capabilities.batch})
         raise BatchingError(
             f"batched decoding is not supported for {model.config.model_type} models yet (their caches are "
-            f"{', '.join(kinds)}, not plain MLA latent caches); decode their prompts one at a time"
+            f"{', '.join(kinds)}, which cannot batch); decode their prompts one at a time"
         )
     return [BatchLatentCache() for _ in probe]

@@ -20,10 +20,13 @@ import mlx.core as mx
 from mlx_lm.sample_utils import make_sampler
 
 from ..errors import GenerationError
+from ..formats.tokens import ASSISTANT, USER
+from ..generation.prefill import prefill_chunk
 from ..generation.steps import make_prompt_cache
 from ..generation.stream import stream_generate
+from . import cache_state
 from .batching import BatchRunner
-from .prefix_cache import PrefixCache, model_identity
+from .prefix_cache import PrefixCache, model_identity, snapshot_points
 from .scheduler import DONE, Request, Scheduler
 
 log = logging.getLogger("mlxseek.serve")
@@ -61,6 +64,19 @@ class TokenEvent:
     drafting: bool = False  # MTP drafting was on for this token
 
 
+def chat_marks(tokenizer) -> dict[str, int]:
+    """Token ids of `<｜User｜>` and `<｜Assistant｜>` (where the tokenizer has them): snapshot points."""
+    out = {}
+    for name, text in (("user", USER), ("assistant", ASSISTANT)):
+        try:
+            i = tokenizer.convert_tokens_to_ids(text)
+        except (AttributeError, KeyError, TypeError, ValueError):
+            continue
+        if isinstance(i, int) and i != getattr(tokenizer, "unk_token_id", None):
+            out[name] = i
+    return out
+
+
 class _Cancelled(Exception):
     """Raised inside the worker when the consumer went away mid-prefill."""
 
@@ -89,12 +105,17 @@ class Engine:
     """Serves one loaded model to many asyncio consumers; see the module docstring."""
 
     def __init__(self, model, tokenizer, *, model_id: str, max_queue: int = 16, prompt_cache_bytes: int = 2 << 30,
-                 prompt_cache_dir: str | None = None, draft: str = "none", max_batch: int = 1):
+                 prompt_cache_dir: str | None = None, draft: str = "none", max_batch: int = 1,
+                 snapshot_marks: dict[str, int] | None = None):
         if draft not in DRAFT_MODES:
             raise GenerationError(f"draft: must be one of {', '.join(DRAFT_MODES)}, got {draft!r}")
         if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
             raise GenerationError(f"max_batch: must be a positive integer, got {max_batch!r}")
         self.model, self.tokenizer, self.model_id, self.draft = model, tokenizer, model_id, draft
+        # Where exact snapshots are taken in a prompt (see prefix_cache.snapshot_points).
+        self.snapshot_marks = chat_marks(tokenizer) if snapshot_marks is None else dict(snapshot_marks)
+        # What this model's caches can do, as the cache protocol answers (kinds, cut, batch, quantize).
+        self.cache_capabilities = cache_state.capabilities(model)
         cfg = getattr(model, "config", None) or getattr(model, "args", None)
         self.context_length: int = int(cfg.max_position_embeddings)
         self.vocab_size: int = int(cfg.vocab_size)
@@ -123,7 +144,8 @@ class Engine:
         """Counters for /metrics: requests, tokens, queue depth and the prefix cache's hits, misses and bytes."""
         out = dict(self._counts, queue_depth=self.queue_depth, running=self._scheduler.active,
                    max_batch=self.max_batch,
-                   prefix_cache_enabled=self.prefix is not None, prefix_cache_reason=self.prefix_reason)
+                   prefix_cache_enabled=self.prefix is not None, prefix_cache_reason=self.prefix_reason,
+                   cache=self.cache_capabilities)
         out.update(self.prefix.stats() if self.prefix is not None else PrefixCache.empty_stats())
         return out
 
@@ -203,8 +225,26 @@ class Engine:
             del cache
             mx.clear_cache()
 
+    def _snapshot_prefill(self, req: Request, cache: list, start: int) -> int:
+        """Prefill up to each snapshot point past `start`, keeping an exact snapshot at each; returns the
+        tokens fed. Only for caches that cannot be cut (the snapshot is taken as prefill passes the point)."""
+        if self.prefix is None or not self.prefix.exact:
+            return start
+        prompt = req.prompt
+        for point in snapshot_points(prompt, start, self.snapshot_marks):
+            while start < point:
+                if req.cancelled.is_set():
+                    raise _Cancelled
+                n = min(point - start, prefill_chunk(self.model, start))
+                self.model(mx.array(prompt[start: start + n])[None], cache=cache)
+                mx.eval([c.state for c in cache])
+                start += n
+            self.prefix.insert(prompt[:point], cache)
+        return start
+
     def _decode(self, req: Request, cache: list, cached: int, generated: list[int]) -> None:
         prompt, p = req.prompt, req.params
+        fed = self._snapshot_prefill(req, cache, cached)
         draft = p.draft or self.draft
         # Drafting keeps greedy output unchanged; sampled drafting needs the speculative sampler: plain decode.
         draft = draft if draft != "none" and p.temperature == 0 else None
@@ -215,7 +255,7 @@ class Engine:
 
         budget = min(p.max_tokens, self.context_length - len(prompt))
         steps = stream_generate(
-            self.model, self.tokenizer, prompt[cached:], max_tokens=budget, prompt_cache=cache,
+            self.model, self.tokenizer, prompt[fed:], max_tokens=budget, prompt_cache=cache,
             sampler=make_sampler(temp=p.temperature, top_p=p.top_p), stop=list(p.stop), seed=p.seed,
             progress=progress, draft=draft)
         try:

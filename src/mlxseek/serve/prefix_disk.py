@@ -28,7 +28,7 @@ from .cache_state import CacheSnapshot
 log = logging.getLogger("mlxseek.serve")
 
 FORMAT = "mlxseek-prefix-cache"
-VERSION = "1"
+VERSION = "2"  # 2: exact (snapshot-point) entries and states with a token axis
 MAX_HEADER = 64 << 20  # bytes; a safetensors header larger than this is not one of ours
 _ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2, "U32": 4, "I32": 4, "U8": 1, "I8": 1, "I64": 8, "U64": 8, "BOOL": 1}
 
@@ -43,6 +43,21 @@ def shared_blocks(a, b) -> int:
         else:
             hi = mid - 1
     return lo
+
+
+def exact_tokens(key: str) -> int | None:
+    """Tokens an exact snapshot's key covers (None for a block key): exact keys end in `-<tokens>`."""
+    head, _, n = key.rpartition("-")
+    return int(n) if head and n.isdigit() else None
+
+
+def usable(entry: tuple[str, ...], hashes: list[str], tail_key, block: int) -> int:
+    """Tokens of a request an entry serves: a cuttable entry its shared whole blocks, an exact one all
+    its tokens or none. `tail_key(n)` is the request's exact key at n tokens (None when too short)."""
+    n = exact_tokens(entry[-1])
+    if n is None:
+        return shared_blocks(entry, hashes) * block
+    return n if tail_key(n) == entry[-1] else 0
 
 
 class _Rejected(Exception):
@@ -146,11 +161,11 @@ class DiskTier:
         except OSError:
             pass
 
-    def best(self, hashes: list[str]) -> tuple[int, str | None]:
-        """(shared blocks, key) of the indexed entry sharing the most leading blocks with `hashes`."""
+    def best(self, score) -> tuple[int, str | None]:
+        """(tokens, key) of the indexed entry serving the most tokens by `score(block keys)`."""
         best, key = 0, None
         for k, h in self._index.items():
-            j = shared_blocks(h, hashes)
+            j = score(h)
             if j > best:
                 best, key = j, k
         return best, key
@@ -190,7 +205,9 @@ class DiskTier:
 
     def drop_subsumed(self, hashes: list[str]) -> None:
         """Remove entries whose every block is a prefix of `hashes` (the new entry serves them)."""
+        if exact_tokens(hashes[-1]) is not None:
+            return  # an exact snapshot serves only its own length: it subsumes nothing
         for k, h in list(self._index.items()):
-            if len(h) < len(hashes) and shared_blocks(h, hashes) == len(h):
+            if exact_tokens(h[-1]) is None and len(h) < len(hashes) and shared_blocks(h, hashes) == len(h):
                 self._index.pop(k)
                 self._path(k).unlink(missing_ok=True)
