@@ -78,19 +78,23 @@ def _pack(entries: list[CacheState]) -> None:
             at += a.size
 
 
-def snapshot(cache: list, tokens: int) -> CacheSnapshot:
+def snapshot(cache: list, tokens: int, *, exact: bool = False) -> CacheSnapshot:
     """States of the first `tokens` tokens of `cache` (the main entries' count). Entries that hold a
     different count (the MTP cache trails the main one) drop as many tokens as the main entries do; the
-    first entry that cannot be cut there ends the snapshot."""
+    first entry that cannot be cut there ends the snapshot, and so does (unless `exact`: a snapshot
+    served only at its own length) the first whose state could not be cut later."""
     drop = cache[0].offset - tokens
     entries = []
     for c in cache:
         try:
-            entries.append(cut_state(c.snapshot(), max(0, c.offset - drop)))
+            state = cut_state(c.snapshot(), max(0, c.offset - drop))
         except CacheStateError:
             if not entries:
                 raise
             break
+        if entries and not exact and state.token_axis is None:
+            break
+        entries.append(state)
     _pack(entries)
     return CacheSnapshot(entries)
 

@@ -1,0 +1,83 @@
+"""Agent-like sessions through the engine for the families whose caches are not plain MLA latents:
+V3.2 (DSA: cuttable snapshots) and V4 (exact snapshots at snapshot points). Each turn resends the whole
+conversation (system block, earlier turns with their replies, a new user turn); from turn 2 most of the
+prompt must come from the prefix cache, and every reply must equal a server with the cache off, also
+through the disk tier after a restart."""
+
+import asyncio
+import random
+from pathlib import Path
+
+import pytest
+
+import mlxseek
+from mlxseek.serve.engine import Engine, SamplingParams
+
+FIXTURES = Path(__file__).parent / "fixtures"
+USER, ASSISTANT = 5, 6  # stand-ins for <｜User｜> / <｜Assistant｜> (the fixtures have no tokenizer)
+MARKS = {"user": USER, "assistant": ASSISTANT}
+TURNS, SYSTEM, TURN_TOKENS, REPLY = 5, 200, 60, 8
+_MODELS: dict = {}
+
+
+def load(name):
+    if name not in _MODELS:
+        _MODELS[name] = mlxseek.load(FIXTURES / name, dtype="float32")
+    return _MODELS[name]
+
+
+def ask(engine, prompt, n=REPLY):
+    async def go():
+        return [e async for e in engine.generate(prompt, SamplingParams(max_tokens=n, top_logprobs=0))]
+
+    return asyncio.run(asyncio.wait_for(go(), 120))
+
+
+def make(model, tok, **kw):
+    eng = Engine(model, tok, model_id="fixture", snapshot_marks=MARKS, **kw)
+    eng.start()
+    return eng
+
+
+def session(engine, vocab: int, seed: int) -> list[list]:
+    """Run TURNS turns; returns each turn's events. A turn appends the reply and a new user turn."""
+    rng = random.Random(seed)
+    words = lambda n: [rng.randrange(10, vocab) for _ in range(n)]  # noqa: E731 - never a mark token
+    history, turns = words(SYSTEM), []
+    for _ in range(TURNS):
+        prompt = history + [USER] + words(TURN_TOKENS) + [ASSISTANT]
+        events = ask(engine, prompt)
+        turns.append(events)
+        history = prompt + [e.token for e in events]
+    return turns
+
+
+def check(turns, reference) -> None:
+    for t, (got, ref) in enumerate(zip(turns, reference)):
+        assert [e.token for e in got] == [e.token for e in ref], f"turn {t + 1}"
+        assert [e.logprob for e in got] == pytest.approx([e.logprob for e in ref], abs=1e-4), f"turn {t + 1}"
+        if t > 0:
+            share = got[-1].cached_tokens / got[-1].prompt_tokens
+            assert share >= 0.75, f"turn {t + 1}: {got[-1].cached_tokens} of {got[-1].prompt_tokens} cached"
+
+
+@pytest.mark.parametrize("name", ["v32", "v4_flash"])
+def test_agent_session_is_cached_and_exact_also_from_disk(name, tmp_path):
+    model, tok = load(name)
+    vocab = model.config.vocab_size
+    cold = make(model, tok, prompt_cache_bytes=0)
+    reference = session(cold, vocab, seed=3)
+    cold.stop()
+    assert all(t[-1].cached_tokens == 0 for t in reference)
+    warm = make(model, tok, prompt_cache_dir=str(tmp_path))
+    check(session(warm, vocab, seed=3), reference)
+    stats = warm.stats()
+    warm.stop()
+    kind = "exact" if name == "v4_flash" else "block"
+    assert stats["prefix_cache_enabled"] and stats[f"hit_tokens_{kind}"] == stats["hit_tokens"] > 0
+    assert stats["cache"]["cut"] == (name != "v4_flash")
+    restarted = make(model, tok, prompt_cache_dir=str(tmp_path), prompt_cache_bytes=1)  # RAM holds nothing
+    check(session(restarted, vocab, seed=3), reference)
+    stats = restarted.stats()
+    restarted.stop()
+    assert stats["disk_hits"] >= TURNS - 1 and stats["disk_rejected"] == 0
