@@ -12,14 +12,14 @@ from conftest import FIXTURES, golden
 
 import mlxseek
 from mlxseek import cache as cache_pkg
-from mlxseek.cache.batch import BatchLatentCache
+from mlxseek.cache.batch import BatchLatentCache, RowBatchCache
 from mlxseek.cache.mla import DSACache, LatentCache, QuantizedLatentCache
 from mlxseek.cache.mtp import MTPCache
 from mlxseek.cache.protocol import Capabilities, CacheStateError, implements
 from mlxseek.cache.v4 import V4LayerCache
 from mlxseek.serve import cache_state
 
-CACHE_CLASSES = [LatentCache, QuantizedLatentCache, DSACache, V4LayerCache, MTPCache, BatchLatentCache]
+CACHE_CLASSES = [LatentCache, QuantizedLatentCache, DSACache, V4LayerCache, MTPCache, BatchLatentCache, RowBatchCache]
 _MODELS: dict = {}
 
 
@@ -130,3 +130,21 @@ def test_v4_snapshot_packs_its_arrays_into_a_few_buffers():
     assert len(arrays) > 10
     assert len({a.dtype for a in arrays}) <= 2
     assert snap.nbytes == sum(a.nbytes for a in arrays)
+
+
+def test_row_batch_cache_state_round_trips():
+    model = load("v4_flash")
+    from mlxseek.cache.batch import make_batch_cache
+
+    batch = make_batch_cache(model)
+    for n in (3, 70):
+        solo = model.make_cache()
+        model(mx.array([list(range(10, 10 + n))]), cache=solo)
+        for bc, c in zip(batch, solo):
+            bc.insert(c)
+    fresh = make_batch_cache(model)
+    for bc, f in zip(batch, fresh):
+        f.restore(bc.snapshot())
+        assert f.offset.tolist() == bc.offset.tolist() == [3, 70]
+        for a, b in zip(f.snapshot().arrays.values(), bc.snapshot().arrays.values()):
+            assert mx.array_equal(a, b).item()

@@ -8,7 +8,10 @@ the next step; `step()` decodes one token for every row and returns (row id, rec
 string, their max_tokens) leave by themselves. `batch_generate` / `stream_batch_generate` run a list
 of prompts through it, at most `max_batch` rows at a time, later prompts joining as rows leave.
 
-The cache is `cache.batch.BatchLatentCache` (ragged rows; its docstring says why not left padding).
+The cache is `cache.batch.BatchLatentCache` (ragged rows; its docstring says why not left padding) for
+plain MLA latents; for kinds whose rows cannot share a buffer (the cache protocol's `capabilities.batch`:
+DSA's per-row top-k, V4's window rings and compressor groups) it is `cache.batch.RowBatchCache`, which
+runs each row's forward over its own solo caches: exact by construction, not faster than solo runs.
 A row's prefill is exactly `generate_step`'s, and its decode differs from a solo decode only in the
 rows around it, which the per-row mask keeps out of its attention. With `draft="mtp"` a row that runs
 alone drafts with the MTP module (speculative/), and drafting is off while more than one row runs;
@@ -36,7 +39,8 @@ Prompt = Union[str, Sequence[int], mx.array]
 
 class BatchDecoder:
     """Decode many sequences together; rows join (`add`) and leave (`remove`, or by finishing) between
-    steps. Refuses (BatchingError) a family whose caches cannot be batched (DSA, V4)."""
+    steps. Every family batches: plain MLA latents in one shared buffer and one forward per step, other
+    kinds (DSA, V4, a quantized latent) as rows of solo caches, one forward per row (`cache.batch`)."""
 
     def __init__(self, model, tokenizer, *, prefill_step_size: int = DEFAULT_PREFILL_STEP,
                  draft: Optional[str] = None, num_draft: int = 1, keep_caches: bool = False,
@@ -145,7 +149,7 @@ class BatchDecoder:
             return events
         B = len(self.rows)
         tokens = mx.array([[r.y] for r in self.rows], dtype=mx.uint32)  # (B, 1)
-        logits = self.model.head(self.model.trunk(tokens, self.cache)[:, -1])  # (B, V)
+        logits = self._forward(tokens)  # (B, V)
         logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
         ys = self._sample(logprobs)
         done = []
@@ -156,6 +160,15 @@ class BatchDecoder:
         if done:
             self._drop(done)
         return events
+
+    def _forward(self, tokens: mx.array) -> mx.array:
+        """(B, 1) next tokens -> (B, V) logits: one forward for a shared-buffer batch cache, else one per
+        row over its own caches (kinds whose rows cannot share a buffer: see `cache.batch.RowBatchCache`)."""
+        if self.cache[0].shared_forward:
+            return self.model.head(self.model.trunk(tokens, self.cache)[:, -1])
+        feats = [self.model.trunk(tokens[i: i + 1], [bc.extract(i) for bc in self.cache])[:, -1]
+                 for i in range(tokens.shape[0])]
+        return self.model.head(mx.concatenate(feats))
 
     def _sample(self, logprobs: mx.array) -> mx.array:
         """(B, V) -> (B,): one argmax for the greedy rows, each sampled row with its own sampler."""

@@ -78,11 +78,11 @@ def _pack(entries: list[CacheState]) -> None:
             at += a.size
 
 
-def snapshot(cache: list, tokens: int, *, exact: bool = False) -> CacheSnapshot:
+def snapshot(cache: list, tokens: int) -> CacheSnapshot:
     """States of the first `tokens` tokens of `cache` (the main entries' count). Entries that hold a
-    different count (the MTP cache trails the main one) drop as many tokens as the main entries do; the
-    first entry that cannot be cut there ends the snapshot, and so does (unless `exact`: a snapshot
-    served only at its own length) the first whose state could not be cut later."""
+    different count (the MTP cache trails the main one) drop as many tokens as the main entries do. The
+    run of entries ends at the first that cannot be cut there, and, in a cuttable snapshot (the first
+    entry's state can be cut), at the first whose state could not be cut later."""
     drop = cache[0].offset - tokens
     entries = []
     for c in cache:
@@ -92,7 +92,7 @@ def snapshot(cache: list, tokens: int, *, exact: bool = False) -> CacheSnapshot:
             if not entries:
                 raise
             break
-        if entries and not exact and state.token_axis is None:
+        if entries and entries[0].token_axis is not None and state.token_axis is None:
             break
         entries.append(state)
     _pack(entries)

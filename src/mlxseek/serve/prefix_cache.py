@@ -210,7 +210,7 @@ class PrefixCache:
         if hashes[-1] in self._ram:
             self._ram.move_to_end(hashes[-1])
             return
-        snap = cache_state.snapshot(cache, n, exact=True)
+        snap = cache_state.snapshot(cache, n)
         if self.disk is not None:
             self.disk.save(hashes, snap)
         self.counts["inserts"] += 1
