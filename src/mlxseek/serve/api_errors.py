@@ -36,7 +36,8 @@ class ApiError(Exception):
 
 
 def is_anthropic(path: str) -> bool:
-    return path.startswith("/v1/messages")
+    # also the root and /beta aliases of /v1/messages (url_aliases.py)
+    return path.startswith(("/v1/messages", "/messages", "/beta/messages"))
 
 
 def error_body(err: ApiError, *, anthropic: bool) -> dict:
