@@ -36,8 +36,7 @@ class ApiError(Exception):
 
 
 def is_anthropic(path: str) -> bool:
-    # also the root and /beta aliases of /v1/messages (url_aliases.py)
-    return path.startswith(("/v1/messages", "/messages", "/beta/messages"))
+    return path.startswith("/v1/messages")
 
 
 def error_body(err: ApiError, *, anthropic: bool) -> dict:

@@ -17,7 +17,7 @@ from .guard import Guard
 from .limits import Limits
 from .metrics import CONTENT_TYPE, Metrics
 from .state import ServedModel
-from .url_aliases import add_url_aliases, canonical_path
+from .url_aliases import UrlAliases
 
 log = logging.getLogger("mlxseek.serve")
 _ROUTES = ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/messages",
@@ -43,17 +43,12 @@ def create_app(*, model, tokenizer, engine, model_id: str, api_key: Optional[str
     app = FastAPI(title="mlxseek", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.served = served
     _add_routes(app, served)
-    add_url_aliases(app)  # after every route, so routes added above get their aliases too
     _add_error_handlers(app)
     app.add_middleware(Guard, api_key=api_key, max_body_bytes=limits.max_body_bytes,
                        on_response=lambda path, status: metrics.requests.labels(
-                           _label(path), str(status)).inc())
+                           path if path in _ROUTES else "other", str(status)).inc())
+    app.add_middleware(UrlAliases, router=app.router)  # outermost: the rest sees /v1 paths only
     return app
-
-
-def _label(path: str) -> str:
-    path = canonical_path(path)
-    return path if path in _ROUTES else "other"
 
 
 def _detect_style(model, tokenizer) -> Optional[str]:

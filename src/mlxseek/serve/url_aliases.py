@@ -2,37 +2,46 @@
 
 DeepSeek's docs give clients `base_url="https://api.deepseek.com"` (no `/v1`) and put the beta features
 (chat prefix completion, FIM) under `https://api.deepseek.com/beta`; llama-server answers without `/v1`
-too. The aliases are added once, after every router is in, so a route registered later under `/v1` gets
-them without knowing about this module.
+too. Rather than registering each route three times, a request whose path matches no route is retried as
+its `/v1` path: `/chat/completions` and `/beta/chat/completions` reach `/v1/chat/completions`. Routes added
+later under `/v1` get the aliases without knowing about this module, and handlers, error shapes (Anthropic
+for `/messages`) and metrics all see the canonical path.
 """
 
 from __future__ import annotations
 
-from fastapi import FastAPI
-from fastapi.routing import APIRoute
+from starlette.routing import Match
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 CANONICAL = "/v1"
-ALIAS_PREFIXES = ("", "/beta")
+BETA = "/beta"
 
 
-def add_url_aliases(app: FastAPI) -> None:
-    """Serve each `/v1/X` route of `app` at `/X` and `/beta/X` too (same handler, hidden from schemas)."""
-    for route in list(app.router.routes):
-        if not (isinstance(route, APIRoute) and route.path.startswith(CANONICAL + "/")):
-            continue
-        rest = route.path[len(CANONICAL):]
-        for prefix in ALIAS_PREFIXES:
-            app.router.add_api_route(prefix + rest, route.endpoint, methods=sorted(route.methods),
-                                     name=f"{route.name}{prefix.replace('/', '_') or '_root'}",
-                                     response_class=route.response_class, status_code=route.status_code,
-                                     include_in_schema=False)
+def _matches(routes, scope: Scope) -> bool:
+    return any(route.matches(scope)[0] != Match.NONE for route in routes)
 
 
-def canonical_path(path: str) -> str:
-    """The `/v1` path an aliased request path stands for ("/beta/completions" -> "/v1/completions");
-    other paths ("/health", "/v1/models") come back unchanged."""
-    if path.startswith("/beta/"):
-        return CANONICAL + path[len("/beta"):]
-    if path.startswith(CANONICAL + "/") or path in ("/health", "/metrics", "/"):
+def canonical_path(routes, scope: Scope) -> str:
+    """The path to route `scope` by: its own when a route matches it, else its `/v1` form when that
+    matches (`/beta/X` and `/X` -> `/v1/X`), else its own (the app answers 404)."""
+    path = scope["path"]
+    if path.startswith(CANONICAL + "/") or _matches(routes, scope):
         return path
-    return CANONICAL + path
+    rest = path[len(BETA):] if path.startswith(BETA + "/") else path
+    candidate = CANONICAL + rest
+    return candidate if _matches(routes, dict(scope, path=candidate)) else path
+
+
+class UrlAliases:
+    """ASGI middleware: rewrites an aliased path to its `/v1` route (see the module docstring). Add it
+    last, so that it runs first."""
+
+    def __init__(self, app: ASGIApp, *, router) -> None:
+        self.app, self.router = app, router
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = canonical_path(self.router.routes, scope)
+            if path != scope["path"]:
+                scope = dict(scope, path=path, raw_path=path.encode())
+        await self.app(scope, receive, send)
