@@ -22,7 +22,8 @@ from serve_helpers import deadline, running_server
 import mlxseek
 from mlxseek.formats import ReplyParser, render_chat, render_prefix_completion
 from mlxseek.serve.fim import fim_text
-from mlxseek.serve.model_names import DEEPSEEK_NAMES
+from mlxseek.errors import ServeError
+from mlxseek.serve.model_names import DEEPSEEK_NAMES, model_names, parse_alias
 
 STYLE = "v3.2"
 NAMES = dict(DEEPSEEK_NAMES, **{"my-thinker": True})
@@ -65,6 +66,18 @@ def parsed(text: str, *, thinking: bool, continuation: bool = False):
     p.feed(text)
     p.finish()
     return p.reply
+
+
+def test_model_names_and_aliases():
+    assert parse_alias("r=thinking") == ("r", True) and parse_alias(" c = chat ") == ("c", False)
+    assert parse_alias("d=default") == ("d", None)
+    names = model_names(["folder", "other"], aliases=["deepseek-chat=thinking", "x=chat"])
+    assert list(names) == ["folder", "other", *DEEPSEEK_NAMES, "x"]
+    assert names["deepseek-chat"] is True and names["deepseek-reasoner"] is True and names["x"] is False
+    assert list(model_names(["folder"], deepseek=False)) == ["folder"]
+    for bad in ("noequals", "=thinking", "r=fast"):
+        with pytest.raises(ServeError, match="--model-alias"):
+            parse_alias(bad)
 
 
 def test_models_lists_every_name_at_each_base_url(root, beta):
