@@ -80,6 +80,24 @@ def test_model_names_and_aliases():
             parse_alias(bad)
 
 
+def test_a_bad_alias_stops_the_server_before_loading():
+    from mlxseek.serve import serve
+
+    with pytest.raises(ServeError, match="--model-alias 'fast'"):
+        serve(model_path="/no/such/folder", model_aliases=["fast"])
+
+
+def test_a_name_selects_thinking_only_where_the_format_has_a_toggle():
+    from mlxseek.serve import Limits
+    from mlxseek.serve.state import ServedModel
+
+    for style, want in (("v3", None), ("r1", None), ("v3.1", True), ("v3.2", True), ("v4", True), (None, None)):
+        served = ServedModel(model=None, tokenizer=None, engine=None, model_id="m", style=style, limits=Limits(),
+                             metrics=None, names=dict(DEEPSEEK_NAMES))
+        assert served.thinking_for("deepseek-reasoner") is want
+        assert served.thinking_for("m") is None and list(served.names)[0] == "m"
+
+
 def test_models_lists_every_name_at_each_base_url(root, beta):
     want = ["tiny", *NAMES]
     assert [m.id for m in root.models.list()] == want
@@ -144,6 +162,9 @@ def test_prefix_completion_continues_the_assistant_message(tiny, beta):
     r = beta.chat.completions.create(model="deepseek-chat", messages=msgs, max_tokens=12, temperature=0)
     assert r.choices[0].message.content == want.content
     assert r.usage.prompt_tokens == len(tiny[1].encode(text, add_special_tokens=False))
+    stream = beta.chat.completions.create(model="deepseek-chat", messages=msgs, max_tokens=12, temperature=0,
+                                          stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == want.content
 
 
 def test_prefix_completion_in_thinking_mode_continues_the_reasoning(tiny, beta):
