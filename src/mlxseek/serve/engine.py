@@ -20,14 +20,13 @@ import mlx.core as mx
 from mlx_lm.sample_utils import make_sampler
 
 from ..errors import GenerationError
-from ..formats.tokens import ASSISTANT, USER
 from ..generation.prefill import prefill_chunk
 from ..generation.steps import make_prompt_cache
 from ..generation.stream import stream_generate
 from . import cache_state
 from .batching import BatchRunner
-from .prefix_cache import PrefixCache, model_identity, snapshot_points
-from .scheduler import DONE, Request, Scheduler
+from .prefix_cache import PrefixCache, chat_marks, model_identity, snapshot_points
+from .scheduler import DONE, Cancelled, Request, Scheduler
 
 log = logging.getLogger("mlxseek.serve")
 
@@ -64,21 +63,19 @@ class TokenEvent:
     drafting: bool = False  # MTP drafting was on for this token
 
 
-def chat_marks(tokenizer) -> dict[str, int]:
-    """Token ids of `<｜User｜>` and `<｜Assistant｜>` (where the tokenizer has them): snapshot points."""
-    out = {}
-    for name, text in (("user", USER), ("assistant", ASSISTANT)):
-        try:
-            i = tokenizer.convert_tokens_to_ids(text)
-        except (AttributeError, KeyError, TypeError, ValueError):
-            continue
-        if isinstance(i, int) and i != getattr(tokenizer, "unk_token_id", None):
-            out[name] = i
-    return out
+class _DraftedSteps:
+    """Whether the forward that produced a solo record drafted: records of one verify step share its
+    `verify_steps` count, and a step drafted when `draft_tokens` grew in it (the totals are cumulative,
+    so testing `draft_tokens > 0` would stay true after drafting stopped)."""
 
+    def __init__(self):
+        self.steps, self.drafts, self.drafting = -1, 0, False
 
-class _Cancelled(Exception):
-    """Raised inside the worker when the consumer went away mid-prefill."""
+    def __call__(self, r) -> bool:
+        steps, drafts = getattr(r, "verify_steps", 0), getattr(r, "draft_tokens", 0)
+        if steps != self.steps:
+            self.steps, self.drafting, self.drafts = steps, drafts > self.drafts, drafts
+        return self.drafting
 
 
 def _check_params(p: SamplingParams, context: int) -> None:
@@ -139,6 +136,11 @@ class Engine:
     def stop(self) -> None:
         """Cancel running and queued work and join the worker."""
         self._scheduler.stop()
+
+    def count(self, **deltas: int) -> None:
+        """Add to the request and token counters (the solo path and the batch runner both report here)."""
+        for key, n in deltas.items():
+            self._counts[key] += n
 
     def stats(self) -> dict:
         """Counters for /metrics: requests, tokens, queue depth and the prefix cache's hits, misses and bytes."""
@@ -213,7 +215,7 @@ class Engine:
         generated: list[int] = []
         try:
             self._decode(req, cache, cached, generated)
-        except _Cancelled:
+        except Cancelled:
             self._counts["cancelled"] += 1
         except Exception:
             self._counts["errors"] += 1
@@ -225,7 +227,7 @@ class Engine:
             del cache
             mx.clear_cache()
 
-    def _snapshot_prefill(self, req: Request, cache: list, start: int) -> int:
+    def prefill_snapshots(self, req: Request, cache: list, start: int) -> int:
         """Prefill up to each snapshot point past `start`, keeping an exact snapshot at each; returns the
         tokens fed. Only for caches that cannot be cut (the snapshot is taken as prefill passes the point)."""
         if self.prefix is None or not self.prefix.exact:
@@ -234,7 +236,7 @@ class Engine:
         for point in snapshot_points(prompt, start, self.snapshot_marks):
             while start < point:
                 if req.cancelled.is_set():
-                    raise _Cancelled
+                    raise Cancelled
                 n = min(point - start, prefill_chunk(self.model, start))
                 self.model(mx.array(prompt[start: start + n])[None], cache=cache)
                 mx.eval([c.state for c in cache])
@@ -244,33 +246,35 @@ class Engine:
 
     def _decode(self, req: Request, cache: list, cached: int, generated: list[int]) -> None:
         prompt, p = req.prompt, req.params
-        fed = self._snapshot_prefill(req, cache, cached)
+        fed = self.prefill_snapshots(req, cache, cached)
         draft = p.draft or self.draft
         # Drafting keeps greedy output unchanged; sampled drafting needs the speculative sampler: plain decode.
         draft = draft if draft != "none" and p.temperature == 0 else None
 
         def progress(done: int, total: int) -> None:
             if req.cancelled.is_set():
-                raise _Cancelled
+                raise Cancelled
 
         budget = min(p.max_tokens, self.context_length - len(prompt))
         steps = stream_generate(
             self.model, self.tokenizer, prompt[fed:], max_tokens=budget, prompt_cache=cache,
             sampler=make_sampler(temp=p.temperature, top_p=p.top_p), stop=list(p.stop), seed=p.seed,
             progress=progress, draft=draft)
+        drafted = _DraftedSteps()
         try:
             for r in steps:
                 generated.append(r.token)
-                req.emit(self._event(r, p, len(prompt), cached))
+                req.emit(self.event(r, p, len(prompt), cached, drafted(r)))
                 if r.finish_reason is not None:
                     self._counts["finished"] += 1
                     return
                 if req.cancelled.is_set():
-                    raise _Cancelled
+                    raise Cancelled
         finally:
             steps.close()
 
-    def _event(self, r, p: SamplingParams, n_prompt: int, cached: int) -> TokenEvent:
+    def event(self, r, p: SamplingParams, n_prompt: int, cached: int, drafting: bool | None = None) -> TokenEvent:
+        """The TokenEvent of record `r`; `drafting` None: the record's own `drafting` (batched records)."""
         logprob, top = None, None
         if p.top_logprobs is not None:
             lp = r.logprobs.astype(mx.float32)
@@ -282,7 +286,7 @@ class Engine:
         return TokenEvent(token=r.token, text=r.text, logprob=logprob, top_logprobs=top,
                           finish_reason=r.finish_reason, prompt_tokens=n_prompt, cached_tokens=cached,
                           generation_tokens=r.generation_tokens, batch_size=getattr(r, "batch_size", 1),
-                          drafting=getattr(r, "drafting", False) or r.draft_tokens > 0)
+                          drafting=getattr(r, "drafting", False) if drafting is None else drafting)
 
     def _piece(self, token: int) -> str:
         return self.tokenizer.decode([token]) if self.tokenizer is not None else ""

@@ -29,6 +29,7 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
+from ..formats.tokens import ASSISTANT, USER
 from . import cache_state
 from .cache_state import CacheSnapshot
 from .prefix_disk import DiskTier, exact_tokens, shared_blocks, usable
@@ -73,6 +74,19 @@ def tail_key(identity: str, tokens: list[int], n: int, block: int = BLOCK_TOKENS
     h = hashlib.blake2b((hashes[k - 1] if k else identity).encode() + b"|exact", digest_size=16)
     h.update(np.asarray(tokens[k * block: n], dtype=np.int64).tobytes())
     return f"{h.hexdigest()}-{n}"
+
+
+def chat_marks(tokenizer) -> dict[str, int]:
+    """Token ids of `<｜User｜>` and `<｜Assistant｜>` (where the tokenizer has them): snapshot points."""
+    out = {}
+    for name, text in (("user", USER), ("assistant", ASSISTANT)):
+        try:
+            i = tokenizer.convert_tokens_to_ids(text)
+        except (AttributeError, KeyError, TypeError, ValueError):
+            continue
+        if isinstance(i, int) and i != getattr(tokenizer, "unk_token_id", None):
+            out[name] = i
+    return out
 
 
 SNAPSHOT_EVERY = 4096  # tokens between periodic snapshot points in a long prompt
