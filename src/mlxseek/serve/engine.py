@@ -198,7 +198,8 @@ class Engine:
     def _setup(self) -> None:
         nbytes, folder = self._cache_args
         self.prefix, self.prefix_reason = PrefixCache.for_model(
-            self.model, identity=model_identity(self.model, self.model_id), max_bytes=nbytes, folder=folder)
+            self.model, identity=model_identity(self.model, self.model_id), max_bytes=nbytes, folder=folder,
+            marks=self.snapshot_marks)
         if self.prefix_reason:
             log.warning("prefix cache disabled: %s", self.prefix_reason)
         if self._batch is not None:

@@ -107,6 +107,22 @@ def snapshot_points(tokens: list[int], start: int, marks: dict[str, int]) -> lis
     return sorted(p for p in points if start < p <= end)
 
 
+def keep_point(tokens: list[int], old: int, new: int, marks: dict[str, int]) -> bool:
+    """Whether an exact snapshot at `old` tokens stays once one at `new` of the same conversation
+    (`tokens`) is kept: the end of the system block and the latest point after `<｜Assistant｜>` stay (other
+    conversations and the next turn start there), periodic points stay for 4 periods back and then one
+    in four (thinned further back); earlier turns' points are served by the newer snapshot."""
+    head = tokens[:new]
+    user, assistant = marks.get("user"), marks.get("assistant")
+    if user is not None and user in head and head.index(user) == old:
+        return True
+    if assistant is not None and assistant in head and len(head) - head[::-1].index(assistant) == old:
+        return True
+    if old % SNAPSHOT_EVERY == 0:
+        return new - old <= 4 * SNAPSHOT_EVERY or old % (4 * SNAPSHOT_EVERY) == 0
+    return False
+
+
 @dataclass
 class _Entry:
     hashes: tuple[str, ...]
@@ -118,23 +134,25 @@ class PrefixCache:
     """RAM tier (LRU by the snapshots' bytes) in front of an optional disk tier. Used by the worker only."""
 
     def __init__(self, model, *, identity: str, max_bytes: int, disk: DiskTier | None = None,
-                 block: int = BLOCK_TOKENS):
+                 block: int = BLOCK_TOKENS, marks: dict[str, int] | None = None):
         self.model, self.identity, self.max_bytes, self.disk, self.block = model, identity, max_bytes, disk, block
         # A kind that cannot be cut (the protocol says so) is kept as exact snapshots at snapshot points.
         self.exact = not cache_state.capabilities(model)["cut"]
+        self.marks = dict(marks or {})  # token ids of <｜User｜> / <｜Assistant｜>: which points to keep
         self._ram: OrderedDict[str, _Entry] = OrderedDict()
         self.bytes = 0
         self.counts = {"hits": 0, "misses": 0, "hit_tokens": 0, "evictions": 0, "inserts": 0, "disk_hits": 0,
                        "hit_tokens_block": 0, "hit_tokens_exact": 0}
 
     @classmethod
-    def for_model(cls, model, *, identity: str, max_bytes: int, folder: str | None):
+    def for_model(cls, model, *, identity: str, max_bytes: int, folder: str | None,
+                  marks: dict[str, int] | None = None):
         """(PrefixCache, None), or (None, reason) when this model's cache cannot be snapshotted."""
         reason = cache_state.unsupported_reason(model)
         if reason:
             return None, reason
         disk = DiskTier(folder, identity=identity) if folder else None
-        return cls(model, identity=identity, max_bytes=max_bytes, disk=disk), None
+        return cls(model, identity=identity, max_bytes=max_bytes, disk=disk, marks=marks), None
 
     @staticmethod
     def empty_stats() -> dict:
@@ -225,8 +243,17 @@ class PrefixCache:
             self._ram.move_to_end(hashes[-1])
             return
         snap = cache_state.snapshot(cache, n)
+
+        def served_by_this(key: str) -> bool:  # an earlier point of this conversation, not worth keeping
+            m = exact_tokens(key)
+            return (m is not None and m < n and self._tail(tokens, m, hashes) == key
+                    and not keep_point(tokens, m, n, self.marks))
+
+        for key in [k for k in self._ram if served_by_this(k)]:
+            self._drop(key)
         if self.disk is not None:
             self.disk.save(hashes, snap)
+            self.disk.drop_where(served_by_this)
         self.counts["inserts"] += 1
         self._keep(hashes[-1], _Entry(tuple(hashes), snap, snap.nbytes))
 

@@ -199,6 +199,12 @@ class DiskTier:
             return None
         return hashes, snap
 
+    def drop_where(self, drop) -> None:
+        """Remove the entries whose last key `drop(key)` picks."""
+        for k in [k for k in self._index if drop(k)]:
+            self._index.pop(k)
+            self._path(k).unlink(missing_ok=True)
+
     def drop_subsumed(self, hashes: list[str]) -> None:
         """Remove entries whose every block is a prefix of `hashes` (the new entry serves them)."""
         if exact_tokens(hashes[-1]) is not None:
