@@ -148,3 +148,22 @@ def test_row_batch_cache_state_round_trips():
         assert f.offset.tolist() == bc.offset.tolist() == [3, 70]
         for a, b in zip(f.snapshot().arrays.values(), bc.snapshot().arrays.values()):
             assert mx.array_equal(a, b).item()
+
+
+def test_v4_snapshots_of_one_conversation_share_their_compressed_rows():
+    g, model = golden("v4_pro"), load("v4_pro")
+    ids = mx.array(g["prompt"])[None]  # 300 tokens
+    cache = mlxseek.make_prompt_cache(model)
+    model(ids[:, :150], cache=cache)
+    first = cache_state.snapshot(cache, 150)
+    model(ids[:, 150:290], cache=cache)
+    alone = cache_state.snapshot(cache, 290)
+    shared = cache_state.snapshot(cache, 290, like=first)
+    assert any(shared.heads) and sum(a.nbytes for a in shared.own_arrays()) < alone.nbytes
+    whole = cache_state.materialize(shared)
+    for a, b in zip(whole.entries, alone.entries):
+        assert sorted(a.arrays) == sorted(b.arrays)
+        assert all(mx.array_equal(a.arrays[k], b.arrays[k]).item() for k in a.arrays)
+    cold = np.array(model(ids)[0, 290:])
+    warm = np.array(model(ids[:, 290:], cache=cache_state.restore(model, shared))[0])
+    assert float(np.abs(warm - cold).max()) < 1e-4

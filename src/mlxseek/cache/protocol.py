@@ -48,6 +48,7 @@ class CacheState:
     arrays: dict[str, mx.array]
     meta: dict[str, int] = field(default_factory=dict)
     token_axis: int | None = None
+    append_axis: dict[str, int] = field(default_factory=dict)  # arrays that only grow, and along which axis
 
     @property
     def nbytes(self) -> int:

@@ -170,7 +170,9 @@ class V4LayerCache(_BaseCache):
         self.window.save("w.", arrays, meta)
         for prefix, part in self._named_parts():
             part.save(prefix, arrays, meta)
-        return CacheState(self.kind, self.offset, arrays, meta)
+        # compressed entries only grow (one per `ratio` tokens): snapshots of one conversation share them
+        grows = {k: 1 for k in arrays if k.endswith("entries")}
+        return CacheState(self.kind, self.offset, arrays, meta, append_axis=grows)
 
     def restore(self, state: CacheState) -> None:
         check_kind(state, self.kind)

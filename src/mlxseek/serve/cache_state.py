@@ -18,7 +18,7 @@ hands the new cache fresh copies: neither the donor nor a stored snapshot is eve
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import mlx.core as mx
 
@@ -28,9 +28,14 @@ from ..generation.steps import make_prompt_cache
 
 @dataclass
 class CacheSnapshot:
-    """Entry states of a prompt cache; `tokens` is the first entry's token count (the main model's)."""
+    """Entry states of a prompt cache; `tokens` is the first entry's token count (the main model's).
+
+    `heads[i][name]`: leading pieces of entry i's append-only array `name` that live in older snapshots of
+    the same conversation (see `snapshot(like=...)`); the entry's own array then holds only the rows after
+    them. `materialize` joins them."""
 
     entries: list[CacheState]
+    heads: list[dict[str, list[mx.array]]] = field(default_factory=list)
 
     @property
     def tokens(self) -> int:
@@ -43,9 +48,15 @@ class CacheSnapshot:
 
     @property
     def nbytes(self) -> int:
-        return sum(e.nbytes for e in self.entries)
+        """Bytes of every array it reads, shared pieces included (a tier counts shared pieces once)."""
+        return sum(a.nbytes for a in self.arrays())
 
     def arrays(self) -> list[mx.array]:
+        """Its own arrays and the shared pieces it reads."""
+        return [a for e in self.entries for a in e.arrays.values()] + [
+            p for h in self.heads for ps in h.values() for p in ps]
+
+    def own_arrays(self) -> list[mx.array]:
         return [a for e in self.entries for a in e.arrays.values()]
 
 
@@ -64,11 +75,12 @@ def capabilities(model) -> dict:
 
 
 def _pack(entries: list[CacheState]) -> None:
-    """Re-home every array as a view of one buffer per dtype (a few large arrays, not hundreds)."""
+    """Re-home every array as a view of one buffer per dtype and role (a few large arrays, not hundreds):
+    append-only arrays get buffers of their own, so a later snapshot that shares them pins no other bytes."""
     groups: dict = {}
     for e in entries:
         for name, a in e.arrays.items():
-            groups.setdefault(a.dtype, []).append((e, name, a))
+            groups.setdefault((a.dtype, name in e.append_axis), []).append((e, name, a))
     for items in groups.values():
         buf = mx.concatenate([a.reshape(-1) for _, _, a in items])
         mx.eval(buf)
@@ -78,8 +90,28 @@ def _pack(entries: list[CacheState]) -> None:
             at += a.size
 
 
-def snapshot(cache: list, tokens: int) -> CacheSnapshot:
-    """States of the first `tokens` tokens of `cache` (the main entries' count). Entries that hold a
+def _share(entries: list[CacheState], like: CacheSnapshot) -> list[dict]:
+    """Point the append-only arrays' leading rows at `like`'s (an older snapshot of the same token prefix):
+    each entry keeps only its rows past them. Returns the heads (see CacheSnapshot)."""
+    heads = [{} for _ in entries]
+    if len(like.entries) != len(entries):
+        return heads
+    for i, (new, old) in enumerate(zip(entries, like.entries)):
+        for name, axis in new.append_axis.items():
+            if name not in old.arrays or name not in new.arrays or old.kind != new.kind:
+                continue
+            pieces = (like.heads[i].get(name, []) if like.heads else []) + [old.arrays[name]]
+            rows = sum(p.shape[axis] for p in pieces)
+            if 0 < rows <= new.arrays[name].shape[axis]:
+                index = (slice(None),) * axis + (slice(rows, None),)
+                new.arrays[name] = mx.array(new.arrays[name][index])
+                heads[i][name] = pieces
+    return heads
+
+
+def snapshot(cache: list, tokens: int, *, like: CacheSnapshot | None = None) -> CacheSnapshot:
+    """States of the first `tokens` tokens of `cache` (the main entries' count); `like`: an older exact
+    snapshot whose tokens are a prefix of these, whose append-only rows this one shares. Entries that hold a
     different count (the MTP cache trails the main one) drop as many tokens as the main entries do. The
     run of entries ends at the first that cannot be cut there, and, in a cuttable snapshot (the first
     entry's state can be cut), at the first whose state could not be cut later."""
@@ -95,21 +127,37 @@ def snapshot(cache: list, tokens: int) -> CacheSnapshot:
         if entries and entries[0].token_axis is not None and state.token_axis is None:
             break
         entries.append(state)
+    heads = _share(entries, like) if like is not None else []
     _pack(entries)
+    return CacheSnapshot(entries, heads)
+
+
+def materialize(snap: CacheSnapshot) -> CacheSnapshot:
+    """The same snapshot with every array whole (shared pieces joined in front of its own rows)."""
+    if not any(snap.heads):
+        return snap
+    entries = []
+    for e, head in zip(snap.entries, snap.heads):
+        arrays = {k: mx.concatenate([*head[k], a], axis=e.append_axis[k]) if k in head else a
+                  for k, a in e.arrays.items()}
+        entries.append(CacheState(e.kind, e.offset, arrays, dict(e.meta), e.token_axis, dict(e.append_axis)))
     return CacheSnapshot(entries)
 
 
 def cut(snap: CacheSnapshot, tokens: int) -> CacheSnapshot:
     """The first `tokens` main tokens of a stored snapshot (slices: the stored arrays are never written);
     raises CacheStateError for an exact snapshot asked for another length."""
+    if tokens == snap.tokens:
+        return snap
     drop = snap.tokens - tokens
-    return CacheSnapshot([cut_state(e, max(0, e.offset - drop)) for e in snap.entries])
+    return CacheSnapshot([cut_state(e, max(0, e.offset - drop)) for e in materialize(snap).entries])
 
 
 def restore(model, snap: CacheSnapshot) -> list | None:
     """A new prompt cache holding the snapshot's tokens (fresh copies; entries past the snapshot's start
     empty), or None when the snapshot does not fit this model's cache layout."""
     cache = make_prompt_cache(model)
+    snap = materialize(snap)
     if len(snap.entries) > len(cache):
         return None
     try:
@@ -124,11 +172,12 @@ def restore(model, snap: CacheSnapshot) -> list | None:
 def layout(snap: CacheSnapshot) -> list[dict]:
     """JSON-able description of the entries (kind, offset, meta, token axis, array names) for the disk tier."""
     return [{"kind": e.kind, "offset": e.offset, "settings": e.meta, "token_axis": e.token_axis,
-             "arrays": sorted(e.arrays)} for e in snap.entries]
+             "append_axis": e.append_axis, "arrays": sorted(e.arrays)} for e in snap.entries]
 
 
 def flatten(snap: CacheSnapshot) -> dict[str, mx.array]:
-    return {f"{i}.{k}": a for i, e in enumerate(snap.entries) for k, a in e.arrays.items()}
+    """Every array whole, named `<entry>.<array>` (a file on disk shares nothing with other files)."""
+    return {f"{i}.{k}": a for i, e in enumerate(materialize(snap).entries) for k, a in e.arrays.items()}
 
 
 def unflatten(arrays: dict[str, mx.array], entries: list[dict]) -> CacheSnapshot | None:
@@ -144,7 +193,8 @@ def unflatten(arrays: dict[str, mx.array], entries: list[dict]) -> CacheSnapshot
         if axis is not None and any(a.ndim <= axis or a.shape[axis] != d["offset"] for a in got.values()):
             return None
         out.append(CacheState(d["kind"], int(d["offset"]), got, {k: int(v) for k, v in d["settings"].items()},
-                              None if axis is None else int(axis)))
+                              None if axis is None else int(axis),
+                              {k: int(v) for k, v in d.get("append_axis", {}).items()}))
     if sum(len(d["arrays"]) for d in entries) != len(arrays):
         return None
     return CacheSnapshot(out)

@@ -157,11 +157,13 @@ class PrefixCache:
     @staticmethod
     def empty_stats() -> dict:
         return {"hits": 0, "misses": 0, "hit_tokens": 0, "evictions": 0, "inserts": 0, "disk_hits": 0, "bytes": 0, "entries": 0,
-                "disk_entries": 0, "disk_rejected": 0, "hit_tokens_block": 0, "hit_tokens_exact": 0}
+                "disk_entries": 0, "disk_rejected": 0, "hit_tokens_block": 0, "hit_tokens_exact": 0,
+                "bytes_unshared": 0}
 
     def stats(self) -> dict:
         disk = self.disk.stats() if self.disk is not None else {"disk_entries": 0, "disk_rejected": 0}
-        return dict(self.counts, bytes=self.bytes, entries=len(self._ram), **disk)
+        unshared = sum(e.snap.nbytes for e in self._ram.values())  # what the entries hold without sharing
+        return dict(self.counts, bytes=self.bytes, bytes_unshared=unshared, entries=len(self._ram), **disk)
 
     def lookup(self, tokens: list[int]) -> tuple[int, list | None]:
         """(cached tokens, a new prompt cache holding them) for the longest cached prefix of `tokens`,
@@ -242,12 +244,16 @@ class PrefixCache:
         if hashes[-1] in self._ram:
             self._ram.move_to_end(hashes[-1])
             return
-        snap = cache_state.snapshot(cache, n)
-
-        def served_by_this(key: str) -> bool:  # an earlier point of this conversation, not worth keeping
+        def earlier(key: str) -> bool:  # an exact snapshot of a shorter prefix of this conversation
             m = exact_tokens(key)
-            return (m is not None and m < n and self._tail(tokens, m, hashes) == key
-                    and not keep_point(tokens, m, n, self.marks))
+            return m is not None and m < n and self._tail(tokens, m, hashes) == key
+
+        def served_by_this(key: str) -> bool:  # an earlier point not worth keeping
+            return earlier(key) and not keep_point(tokens, exact_tokens(key), n, self.marks)
+
+        # Share the compressed rows with the longest earlier snapshot of this conversation.
+        like = max((e for k, e in self._ram.items() if earlier(k)), key=lambda e: e.snap.tokens, default=None)
+        snap = cache_state.snapshot(cache, n, like=like.snap if like is not None else None)
 
         for key in [k for k in self._ram if served_by_this(k)]:
             self._drop(key)
@@ -262,13 +268,18 @@ class PrefixCache:
             return  # larger than the whole RAM budget: disk only
         self._drop(key)
         self._ram[key] = entry
-        self.bytes += entry.nbytes
+        self._count_bytes()
         while self.bytes > self.max_bytes:
             old = next(iter(self._ram))
             self._drop(old)
             self.counts["evictions"] += 1
 
     def _drop(self, key: str) -> None:
-        e = self._ram.pop(key, None)
-        if e is not None:
-            self.bytes -= e.nbytes
+        if self._ram.pop(key, None) is not None:
+            self._count_bytes()
+
+    def _count_bytes(self) -> None:
+        """The budget counts every array once, however many snapshots share it (exact snapshots of one
+        conversation share their compressed rows; a shared piece lives while any snapshot reads it)."""
+        seen = {id(a): a.nbytes for e in self._ram.values() for a in e.snap.arrays()}
+        self.bytes = sum(seen.values())
