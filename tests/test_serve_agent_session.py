@@ -84,3 +84,20 @@ def test_agent_session_is_cached_and_exact_also_from_disk(name, tmp_path):
     stats = restarted.stats()
     restarted.stop()
     assert stats["disk_hits"] >= TURNS - 1 and stats["disk_rejected"] == 0
+
+
+def test_snapshot_points_and_which_are_kept():
+    from mlxseek.serve.prefix_cache import SNAPSHOT_EVERY, keep_point, snapshot_points
+
+    tokens = [9] * (2 * SNAPSHOT_EVERY + 100)
+    tokens[10], tokens[50], tokens[3000], tokens[3010] = USER, ASSISTANT, USER, ASSISTANT
+    # the end of the system block, after the last <｜Assistant｜>, every SNAPSHOT_EVERY tokens; never the last token
+    assert snapshot_points(tokens, 0, MARKS) == [10, 3011, SNAPSHOT_EVERY, 2 * SNAPSHOT_EVERY]
+    assert snapshot_points(tokens, 3011, MARKS) == [SNAPSHOT_EVERY, 2 * SNAPSHOT_EVERY]
+    assert snapshot_points(tokens[:SNAPSHOT_EVERY], 0, {}) == []
+    n = len(tokens)
+    assert keep_point(tokens, 10, n, MARKS) and keep_point(tokens, 3011, n, MARKS)
+    assert not keep_point(tokens, 51, n, MARKS)  # an earlier turn's point: the newer snapshot serves it
+    assert keep_point(tokens, SNAPSHOT_EVERY, n, MARKS)
+    assert not keep_point(tokens, SNAPSHOT_EVERY, 6 * SNAPSHOT_EVERY, MARKS)  # thinned further back
+    assert keep_point(tokens, 4 * SNAPSHOT_EVERY, 20 * SNAPSHOT_EVERY, MARKS)

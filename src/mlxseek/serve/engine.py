@@ -6,7 +6,9 @@ join the running batch at step boundaries and leave when done or cancelled); wit
 into a fresh prompt cache, prefills only the rest and decodes with `mlxseek.stream_generate`, handing each
 token to the consumer's event loop with `loop.call_soon_threadsafe`. The cancel flag is read at every
 prefill chunk and every decode step, so a consumer that stops iterating frees the worker within one step.
-The finished prompt + reply goes back into the prefix cache.
+The finished prompt + reply goes back into the prefix cache. For a cache kind that cannot be cut (V4:
+the cache protocol's `capabilities.cut` is False) the prompt is first prefilled up to each snapshot point
+(`prefix_cache.snapshot_points`), keeping an exact snapshot there, in both the solo and the batched path.
 """
 
 from __future__ import annotations
