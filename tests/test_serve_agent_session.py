@@ -101,3 +101,12 @@ def test_snapshot_points_and_which_are_kept():
     assert keep_point(tokens, SNAPSHOT_EVERY, n, MARKS)
     assert not keep_point(tokens, SNAPSHOT_EVERY, 6 * SNAPSHOT_EVERY, MARKS)  # thinned further back
     assert keep_point(tokens, 4 * SNAPSHOT_EVERY, 20 * SNAPSHOT_EVERY, MARKS)
+
+
+def test_metrics_report_hit_tokens_by_family_and_snapshot_kind():
+    from mlxseek.serve.metrics import Metrics
+
+    stats = {"model_family": "deepseek_v4", "hit_tokens_block": 0, "hit_tokens_exact": 1234}
+    text = Metrics(engine_stats=lambda: stats).render().decode()
+    assert 'mlxseek_prefix_cache_hit_tokens{family="deepseek_v4",kind="exact"} 1234.0' in text
+    assert 'mlxseek_prefix_cache_hit_tokens{family="deepseek_v4",kind="block"} 0.0' in text

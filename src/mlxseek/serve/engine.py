@@ -117,6 +117,7 @@ class Engine:
         self.cache_capabilities = cache_state.capabilities(model)
         cfg = getattr(model, "config", None) or getattr(model, "args", None)
         self.context_length: int = int(cfg.max_position_embeddings)
+        self.family: str = str(getattr(cfg, "model_type", "unknown"))
         self.vocab_size: int = int(cfg.vocab_size)
         self._cache_args = (prompt_cache_bytes, prompt_cache_dir)
         self.prefix: PrefixCache | None = None
@@ -149,7 +150,7 @@ class Engine:
         out = dict(self._counts, queue_depth=self.queue_depth, running=self._scheduler.active,
                    max_batch=self.max_batch,
                    prefix_cache_enabled=self.prefix is not None, prefix_cache_reason=self.prefix_reason,
-                   cache=self.cache_capabilities)
+                   cache=self.cache_capabilities, model_family=self.family)
         out.update(self.prefix.stats() if self.prefix is not None else PrefixCache.empty_stats())
         return out
 
