@@ -84,3 +84,23 @@ def test_four_concurrent_server_requests_equal_solo(name):
     for i, events in enumerate(outs):
         assert [e.token for e in events] == alone[i], f"{name}: request {i}"
     assert max(e.batch_size for ev in outs for e in ev) > 1
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_mtp_drafts_while_a_row_runs_alone_and_stays_exact(name):
+    """A lone row drafts with the MTP module (its cache of the layers' kind: DSA on V3.2), stops while a
+    second row runs, drafts again once alone; both rows keep their solo tokens."""
+    model, prompts, alone = load(name)
+    dec = BatchDecoder(model, None, draft="mtp")
+    ids, out = {dec.add(prompts[0], RowParams(max_tokens=N_TOKENS)): 0}, {0: [], 1: []}
+    for step in range(10 * N_TOKENS):
+        if not (dec.active or dec.pending):
+            break
+        if step == 20:
+            ids[dec.add(prompts[1], RowParams(max_tokens=16))] = 1
+        for rid, rec in dec.step():
+            out[ids[rid]].append(rec)
+    assert [r.token for r in out[0]] == alone[0] and [r.token for r in out[1]] == alone[1][:16]
+    flags = [r.drafting for r in out[0]]
+    assert any(flags[:15]) and any(flags[-15:])
+    assert not any(r.drafting and r.batch_size > 1 for r in out[0] + out[1])

@@ -91,8 +91,11 @@ def implements(cls: type) -> list[str]:
     return missing
 
 
+NOTHING = Capabilities(cut=False, batch=False, quantize=False)  # a cache outside this protocol
+
+
 def capabilities_of(cache: list) -> Capabilities:
     """What a whole prompt cache can do: each capability only where every entry has it."""
-    caps = [type(c).capabilities for c in cache]
+    caps = [getattr(type(c), "capabilities", NOTHING) for c in cache]
     return Capabilities(cut=all(c.cut for c in caps), batch=all(c.batch for c in caps),
                         quantize=all(c.quantize for c in caps))

@@ -71,7 +71,7 @@ def unsupported_reason(model) -> str | None:
 def capabilities(model) -> dict:
     """What the model's caches can do (the protocol's answers), for /health and engine.stats()."""
     cache = model.make_cache()
-    return dict(capabilities_of(cache).as_dict(), kinds=sorted({c.kind for c in cache}))
+    return dict(capabilities_of(cache).as_dict(), kinds=sorted({getattr(c, "kind", "unknown") for c in cache}))
 
 
 def _pack(entries: list[CacheState]) -> None:
