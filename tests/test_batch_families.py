@@ -104,3 +104,23 @@ def test_mtp_drafts_while_a_row_runs_alone_and_stays_exact(name):
     flags = [r.drafting for r in out[0]]
     assert any(flags[:15]) and any(flags[-15:])
     assert not any(r.drafting and r.batch_size > 1 for r in out[0] + out[1])
+
+
+def test_quantized_latent_rows_batch_and_equal_their_solo_runs():
+    model = mlxseek.load(FIXTURES / "v3", dtype="float32", tokenizer=False)[0]
+    rng = random.Random(3)
+    prompts = [[rng.randrange(2, model.config.vocab_size) for _ in range(n)] for n in (12, 70, 33)]
+
+    def quantized():
+        return model.make_cache(kv_bits=8)
+
+    alone = [[r.token for r in mlxseek.stream_generate(model, None, p, max_tokens=16, prompt_cache=quantized())]
+             for p in prompts]
+    dec = BatchDecoder(model, None)
+    ids = {dec.add(p, RowParams(max_tokens=16), prompt_cache=quantized()): i for i, p in enumerate(prompts)}
+    assert not dec.cache[0].shared_forward
+    out = {i: [] for i in range(len(prompts))}
+    while dec.active or dec.pending:
+        for rid, rec in dec.step():
+            out[ids[rid]].append(rec.token)
+    assert [out[i] for i in range(len(prompts))] == alone

@@ -248,10 +248,11 @@ class RowBatchCache(_BaseCache):
             self.rows.append(row)
 
 
-def make_batch_cache(model) -> list:
-    """One batched cache per layer: a shared-buffer `BatchLatentCache` where the protocol says the kind
-    batches (plain MLA latents), else a `RowBatchCache` of solo caches."""
-    probe = model.make_cache()
+def make_batch_cache(model, probe: list | None = None) -> list:
+    """One batched cache per layer for rows with caches like `probe` (default: the model's own): a
+    shared-buffer `BatchLatentCache` where the protocol says the kind batches (plain MLA latents), else a
+    `RowBatchCache` of solo caches (DSA, V4, a quantized latent)."""
+    probe = model.make_cache() if probe is None else probe
     if capabilities_of(probe).batch:
         return [BatchLatentCache() for _ in probe]
     return [RowBatchCache(make_row=lambda i=i: model.make_cache()[i]) for i in range(len(probe))]

@@ -27,6 +27,7 @@ from typing import Callable, Generator, Optional, Sequence, Union
 import mlx.core as mx
 
 from ..cache.batch import make_batch_cache
+from ..cache.protocol import capabilities_of
 from ..errors import BatchingError, GenerationError
 from .prefill import DEFAULT_PREFILL_STEP
 from .rows import BatchRecord, Feed, Row, RowParams, RowSampler
@@ -95,6 +96,11 @@ class BatchDecoder:
         return Row(self._next_id, RowSampler(params), feed, records, budget)
 
     def _join(self, row: Row, layers: list) -> None:
+        if not self.rows:  # the batch takes the kind of the caches its rows bring (a quantized latent too)
+            self.cache = make_batch_cache(self.model, layers)
+        elif self.cache[0].shared_forward and not capabilities_of(layers).batch:
+            raise BatchingError(f"row {row.rid}: its caches ({layers[0].kind}) cannot join a batch of "
+                                f"{self.cache[0].kind} rows; decode it in a batch of its own kind")
         if self.solo is not None and not self.rows:
             self.solo.start(row, layers)  # alone: decode it with drafting until another row joins
         else:
