@@ -20,7 +20,7 @@ from .state import ServedModel
 
 log = logging.getLogger("mlxseek.serve")
 _ROUTES = ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/messages",
-           "/v1/messages/count_tokens")
+           "/v1/messages/count_tokens", "/v1/responses")
 
 
 def create_app(*, model, tokenizer, engine, model_id: str, api_key: Optional[str] = None,
@@ -69,6 +69,7 @@ def _detect_style(model, tokenizer) -> Optional[str]:
 def _add_routes(app: FastAPI, served: ServedModel) -> None:
     from .anthropic_api import router as anthropic_router
     from .openai_api import router as openai_router
+    from .responses import router as responses_router
 
     @app.get("/health")
     async def health():
@@ -80,6 +81,7 @@ def _add_routes(app: FastAPI, served: ServedModel) -> None:
 
     app.include_router(openai_router)
     app.include_router(anthropic_router)
+    app.include_router(responses_router)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
