@@ -9,7 +9,6 @@ from . import dispatch
 from .anthropic_map import check_model, message, thinking, to_messages, to_tools
 from .anthropic_stream import message_events
 from .chat_bridge import (
-    check_max_tokens,
     generation_budget,
     parse_events,
     render_prompt,
@@ -27,10 +26,9 @@ async def messages(req: MessagesRequest, request: Request):
 
     served = request.app.state.served
     check_model(served, req)
-    check_max_tokens(served, req.max_tokens, "max_tokens")
     prompt = await run_in_threadpool(render_prompt, served, to_messages(req), tools=to_tools(req),
                                      thinking=thinking(req, served.style))
-    budget = generation_budget(served, len(prompt.tokens), req.max_tokens, "max_tokens")
+    budget = generation_budget(served, len(prompt.tokens), req.max_tokens)
     params = SamplingParams(max_tokens=budget, temperature=1.0 if req.temperature is None else req.temperature,
                             top_p=1.0 if req.top_p is None else req.top_p,
                             stop=stop_strings(req.stop_sequences, "stop_sequences"))

@@ -5,6 +5,7 @@ reply -> a message object or its streaming event sequence
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from typing import Any, Optional
 
@@ -14,6 +15,7 @@ from .chat_bridge import Chunk
 from .schemas_anthropic import CountTokensRequest
 
 _STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
+log = logging.getLogger("mlxseek.serve")
 
 
 def check_model(served, req: CountTokensRequest) -> None:
@@ -66,8 +68,12 @@ def _assistant_blocks(blocks, index: int) -> dict:
 
 
 def to_tools(req: CountTokensRequest) -> Optional[list[dict]]:
+    server_tools = sorted({t.type for t in req.tools or [] if t.type not in (None, "custom")})
+    if server_tools:
+        log.warning("messages: ignored server tools of types %s; this server runs client tools only", server_tools)
     tools = [{"type": "function", "function": {"name": t.name, "description": t.description or "",
-                                               "parameters": t.input_schema}} for t in req.tools or []]
+                                               "parameters": t.input_schema or {"type": "object"}}}
+             for t in req.tools or [] if t.type in (None, "custom")]
     choice = req.tool_choice
     if choice is None or choice.type in ("auto", "any"):
         if choice is not None and choice.type == "any" and not tools:

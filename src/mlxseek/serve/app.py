@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Optional, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -24,7 +24,8 @@ _ROUTES = ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/com
 
 
 def create_app(*, model, tokenizer, engine, model_id: str, api_key: Optional[str] = None,
-               limits: Optional[Limits] = None, chat_style: Optional[str] = None, log_prompts: bool = False):
+               limits: Optional[Limits] = None, chat_style: Optional[str] = None, log_prompts: bool = False,
+               cors_origins: Sequence[str] = ()):
     """An ASGI app serving `model` through a started `engine` (mlxseek.serve.engine.Engine).
 
     chat_style: the chat format for /v1/chat/completions and /v1/messages (one of mlxseek.formats.STYLES);
@@ -38,13 +39,18 @@ def create_app(*, model, tokenizer, engine, model_id: str, api_key: Optional[str
                          style=chat_style or _detect_style(model, tokenizer), limits=limits, metrics=metrics,
                          log_prompts=log_prompts)
     log.info("serving %s with the %s chat format", model_id, served.style)
-    app = FastAPI(title="mlxseek", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="mlxseek", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.state.served = served
     _add_routes(app, served)
     _add_error_handlers(app)
     app.add_middleware(Guard, api_key=api_key, max_body_bytes=limits.max_body_bytes,
                        on_response=lambda path, status: metrics.requests.labels(
                            path if path in _ROUTES else "other", str(status)).inc())
+    if cors_origins:  # outermost, so a browser's preflight (which carries no API key) is answered here
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["*"])
     return app
 
 
@@ -70,6 +76,10 @@ def _add_routes(app: FastAPI, served: ServedModel) -> None:
     from .anthropic_api import router as anthropic_router
     from .openai_api import router as openai_router
     from .responses import router as responses_router
+
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    async def root():
+        return {"status": "ok"}
 
     @app.get("/health")
     async def health():

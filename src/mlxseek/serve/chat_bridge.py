@@ -95,18 +95,13 @@ def check_prompt_length(served: ServedModel, n: int, param: str) -> None:
                        "tokens; shorten it", param=param, code="context_length_exceeded")
 
 
-def check_max_tokens(served: ServedModel, requested: Optional[int], param: str) -> None:
-    """A request's max_tokens over the server's cap (default: the model's context) is a 400."""
+def generation_budget(served: ServedModel, n_prompt: int, requested: Optional[int]) -> int:
+    """max_tokens for the engine: the request's, clamped to the server's cap (--max-tokens; default the model's
+    context) and to the context the prompt leaves. A clamped reply ends with finish `length` (Anthropic:
+    `max_tokens`) instead of a 400: agents such as Claude Code ask for 32000 by habit and give up on a refusal.
+    A prompt that alone fills the context is still a 400 (check_prompt_length)."""
     cap = served.limits.max_tokens or served.context_length
-    if requested is not None and requested > cap:
-        raise ApiError(400, f"{param}: {requested} is over this server's limit of {cap} tokens", param=param)
-
-
-def generation_budget(served: ServedModel, n_prompt: int, requested: Optional[int], param: str) -> int:
-    """max_tokens for the engine: the request's (checked against the cap) but never past the model's context."""
-    check_max_tokens(served, requested, param)
-    cap = served.limits.max_tokens or served.context_length
-    return max(1, min(requested or cap, served.context_length - n_prompt))
+    return max(1, min(requested or cap, cap, served.context_length - n_prompt))
 
 
 async def parse_events(events: AsyncIterator, prompt: ChatPrompt) -> AsyncIterator[Chunk]:

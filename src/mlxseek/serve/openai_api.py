@@ -10,7 +10,6 @@ from starlette.concurrency import run_in_threadpool
 from . import dispatch
 from .api_errors import ApiError
 from .chat_bridge import (
-    check_max_tokens,
     check_prompt_length,
     generation_budget,
     parse_events,
@@ -61,12 +60,10 @@ async def get_model(model_id: str, request: Request):
 async def chat_completions(req: ChatCompletionRequest, request: Request):
     served = request.app.state.served
     check_common(served, req)
-    param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
-    check_max_tokens(served, req.max_completion_tokens or req.max_tokens, param)
     thinking = resolve_thinking(req.chat_template_kwargs, req.thinking.type if req.thinking else None)
     prompt = await run_in_threadpool(render_prompt, served, chat_messages(req), tools=chat_tools(req),
                                      thinking=thinking, reasoning_effort=req.reasoning_effort)
-    budget = generation_budget(served, len(prompt.tokens), req.max_completion_tokens or req.max_tokens, param)
+    budget = generation_budget(served, len(prompt.tokens), req.max_completion_tokens or req.max_tokens)
     top = (req.top_logprobs or 0) if req.logprobs else None
     events = await dispatch.start(served, request, prompt.tokens, sampling(req, max_tokens=budget, top_logprobs=top),
                                   endpoint="chat")
@@ -97,7 +94,7 @@ async def completions(req: CompletionRequest, request: Request):
     check_common(served, req)
     tokens = await run_in_threadpool(completion_tokens, served, req.prompt)
     check_prompt_length(served, len(tokens), "prompt")
-    budget = generation_budget(served, len(tokens), req.max_tokens, "max_tokens")
+    budget = generation_budget(served, len(tokens), req.max_tokens)
     params = sampling(req, max_tokens=budget, top_logprobs=req.logprobs)
     echo = served.tokenizer.decode(tokens) if req.echo else ""
     events = await dispatch.start(served, request, tokens, params, endpoint="completions")

@@ -43,12 +43,13 @@ def serve(*, model_path: str | Path, host: str = "127.0.0.1", port: int = 8080, 
           prompt_cache_gb: float = 2.0, prompt_cache_dir: Optional[str | Path] = None, draft: str = "none",
           max_queue: int = 16, max_batch: int = 1, model_id: Optional[str] = None, chat_style: Optional[str] = None,
           max_body_mb: float = 8.0, max_tokens: Optional[int] = None, log_prompts: bool = False,
-          log_level: str = "info", warn: bool = True) -> None:
+          log_level: str = "info", warn: bool = True, cors_origins: tuple[str, ...] = ()) -> None:
     """Serve the checkpoint at `model_path` until interrupted (OpenAI and Anthropic APIs on host:port).
 
     model_id: the name clients send as `model` (default: the folder's name). Raises ServeError for a bad
     option and CheckpointError for a folder that cannot be loaded or has no tokenizer. warn: log a warning
-    when listening beyond this machine without an API key (the CLI prints its own).
+    when listening beyond this machine without an API key (the CLI prints its own). cors_origins: browser
+    origins allowed to call the API (off by default).
     """
     import uvicorn
 
@@ -72,7 +73,7 @@ def serve(*, model_path: str | Path, host: str = "127.0.0.1", port: int = 8080, 
                     draft=draft, max_batch=max_batch)
     limits = Limits(max_body_bytes=int(max_body_mb * (1 << 20)), max_tokens=max_tokens)
     app = create_app(model=model, tokenizer=tokenizer, engine=engine, model_id=name, api_key=api_key,
-                     limits=limits, chat_style=chat_style, log_prompts=log_prompts)
+                     limits=limits, chat_style=chat_style, log_prompts=log_prompts, cors_origins=cors_origins)
     engine.start()
     try:
         uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)

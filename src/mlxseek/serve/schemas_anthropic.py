@@ -57,9 +57,12 @@ class Message(_Model):
 
 
 class ToolDef(_Model):
+    # client tools have no type (or "custom"); server tools (web_search_20250305, ...) carry a versioned type
+    # and no input_schema, and are skipped. Extras (cache_control, strict, defer_loading, ...) are ignored.
+    type: Optional[str] = None
     name: str = Field(min_length=1, max_length=256)
     description: Optional[str] = None
-    input_schema: dict[str, Any]
+    input_schema: Optional[dict[str, Any]] = None
 
 
 class ToolChoice(_Model):

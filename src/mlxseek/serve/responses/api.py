@@ -51,7 +51,7 @@ async def create_response(req: ResponsesRequest, request: Request):
     turn = to_turn(req, served.style, store.history(req.previous_response_id))
     prompt = await run_in_threadpool(render_prompt, served, turn.messages, tools=turn.tools, thinking=turn.thinking,
                                      reasoning_effort=turn.reasoning_effort)
-    budget = generation_budget(served, len(prompt.tokens), req.max_output_tokens, "max_output_tokens")
+    budget = generation_budget(served, len(prompt.tokens), req.max_output_tokens)
     events = await dispatch.start(served, request, prompt.tokens, sampling(req, turn, max_tokens=budget),
                                   endpoint="responses")
     chunks = parse_events(events, prompt)
