@@ -69,12 +69,13 @@ def test_a_request_past_the_context_gets_what_is_left(tokenizer):
 # what Claude Code sends besides the basics (as of 2.1.3xx): betas in the query, fields this server ignores
 CLAUDE_CODE_BODY = {
     "model": MODEL_ID, "max_tokens": 32000, "stream": False,
-    "thinking": {"type": "adaptive"},
+    "thinking": {"type": "adaptive", "display": "omitted"},
     "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
     "output_config": {"effort": "high"},
     "metadata": {"user_id": "u"},
     "system": [{"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}],
-    "messages": [{"role": "user", "content": [{"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}]}],
+    "messages": [{"role": "user", "content": [{"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}]},
+                 {"role": "system", "content": [{"type": "text", "text": "# Environment\n - Platform: linux"}]}],
     "tools": [
         {"name": "Write", "description": "Write a file", "strict": True, "defer_loading": False,
          "input_examples": [{"file_path": "/a", "content": "x"}], "cache_control": {"type": "ephemeral"},

@@ -108,7 +108,6 @@ BAD_INPUTS = [
     ("messages: max_tokens missing", MSG, without(OK_MESSAGES, "max_tokens"), 400, None),
     ("messages: unknown block type", MSG,
      messages(messages=[{"role": "user", "content": [{"type": "video"}]}]), 400, None),
-    ("messages: system role in messages", MSG, messages(messages=[{"role": "system", "content": "x"}]), 400, None),
     ("messages: tool_result in an assistant turn", MSG,
      messages(messages=[{"role": "assistant", "content": [{"type": "tool_result", "tool_use_id": "t"}]}]), 400,
      None),

@@ -37,6 +37,8 @@ def to_messages(req: CountTokensRequest) -> list[dict]:
     for i, m in enumerate(req.messages):
         if isinstance(m.content, str):
             out.append({"role": m.role, "content": m.content})
+        elif m.role == "system":
+            out.append({"role": "system", "content": "".join(b.text for b in m.content if b.type == "text")})
         elif m.role == "user":
             out.extend(_user_blocks(m.content))
         else:

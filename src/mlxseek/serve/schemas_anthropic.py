@@ -52,7 +52,9 @@ Block = Annotated[
 
 
 class Message(_Model):
-    role: Literal["user", "assistant"]
+    # "system" mid-conversation: Claude Code (2.1.33x) sends its environment notes so; rendered as the
+    # chat format renders later system messages (DeepSeek's templates fold them into the system prompt)
+    role: Literal["user", "assistant", "system"]
     content: Union[str, list[Block]]
 
 
