@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,6 +130,26 @@ def agent_server(tool: str, arguments: dict):
             yield server, app
     finally:
         engine.stop()
+
+
+@dataclass
+class Turn:
+    done: subprocess.CompletedProcess
+    work: Path
+    exchanges: list
+    seconds: float
+
+
+def agent_turn(program, exe: Path, tmp: Path) -> Turn:
+    """One headless turn of `program` (programs.Program) in tmp/work against a fresh agent server."""
+    work = tmp / "work"
+    work.mkdir()
+    with agent_server(program.tool, program.arguments(work)) as (srv, recorder):
+        argv, env = program.command(exe, srv.url, tmp, work)
+        t0 = time.perf_counter()
+        done = run(argv, cwd=work, env=env)
+        seconds = time.perf_counter() - t0
+    return Turn(done, work, list(recorder.exchanges), seconds)
 
 
 def run(argv: list, *, cwd: Path, env: dict) -> subprocess.CompletedProcess:
