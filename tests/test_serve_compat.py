@@ -60,10 +60,12 @@ def test_a_request_past_the_context_gets_what_is_left(tokenizer):
                              json=chat(messages=[{"role": "user", "content": "hi " * CONTEXT}]))
         msg = http.post("/v1/messages", json={**chat(max_tokens=5), "messages": [
             {"role": "user", "content": "hi " * CONTEXT}]})
+        resp = http.post("/v1/responses", json={"model": MODEL_ID, "input": "hi " * CONTEXT})
     assert ok["choices"][0]["finish_reason"] == "length"
     assert ok["usage"]["total_tokens"] == CONTEXT
     assert too_long.status_code == 400 and too_long.json()["error"]["param"] == "messages"
     assert msg.status_code == 400 and "context" in msg.json()["error"]["message"]
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "input"
 
 
 # what Claude Code sends besides the basics (as of 2.1.3xx): betas in the query, fields this server ignores

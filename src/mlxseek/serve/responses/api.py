@@ -49,8 +49,7 @@ async def create_response(req: ResponsesRequest, request: Request):
         raise ApiError(404, f"model: '{req.model}' is not served here; GET /v1/models lists '{served.model_id}'",
                        param="model", code="model_not_found")
     turn = to_turn(req, served.style, store.history(req.previous_response_id))
-    prompt = await run_in_threadpool(render_prompt, served, turn.messages, tools=turn.tools, thinking=turn.thinking,
-                                     reasoning_effort=turn.reasoning_effort)
+    prompt = await run_in_threadpool(_render, served, turn)
     budget = generation_budget(served, len(prompt.tokens), req.max_output_tokens)
     events = await dispatch.start(served, request, prompt.tokens, sampling(req, turn, max_tokens=budget),
                                   endpoint="responses")
@@ -70,6 +69,16 @@ async def create_response(req: ResponsesRequest, request: Request):
     build.finish(collected[-1].event)
     keep()
     return build.response()
+
+
+def _render(served, turn: ResponseTurn):
+    try:
+        return render_prompt(served, turn.messages, tools=turn.tools, thinking=turn.thinking,
+                             reasoning_effort=turn.reasoning_effort)
+    except ApiError as e:  # the chat layer names `messages`, which this API calls `input`
+        if e.param and e.param.startswith("messages"):
+            e.param = "input"
+        raise
 
 
 async def _stream(build: ResponseBuilder, chunks, keep: Callable[[], None]) -> AsyncIterator[dict]:
