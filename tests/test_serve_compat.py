@@ -134,3 +134,44 @@ def test_cors_only_when_asked(tokenizer):
         off = preflight(http)
         r = http.post("/v1/chat/completions", json=chat(max_tokens=2), headers={"Origin": ORIGIN})
     assert "access-control-allow-origin" not in off.headers and "access-control-allow-origin" not in r.headers
+
+
+class SlowFirstToken:
+    """The real engine, with its first event held back as if a long prompt were being prefilled; with
+    `fail`, the wait ends in an error instead."""
+
+    def __init__(self, inner, *, fail=False):
+        self.inner, self.fail = inner, fail
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    async def generate(self, tokens, params):
+        import asyncio
+
+        await asyncio.sleep(1.0)
+        if self.fail:
+            raise RuntimeError("failed during prefill")
+        async for ev in self.inner.generate(tokens, params):
+            yield ev
+
+
+def streamed_events(srv, body) -> list[str]:
+    with httpx.Client(base_url=srv.url, timeout=TIMEOUT) as http, \
+            http.stream("POST", "/v1/messages", json={**body, "stream": True}) as r:
+        assert r.status_code == 200
+        return [line[7:] for line in r.iter_lines() if line.startswith("event: ")]
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_pings_while_the_first_token_is_late(tokenizer, monkeypatch, fail):
+    from mlxseek.serve import dispatch
+
+    monkeypatch.setattr(dispatch, "KEEPALIVE_AFTER_S", 0.1)
+    monkeypatch.setattr(dispatch, "KEEPALIVE_EVERY_S", 0.2)
+    with server(tokenizer, wrap=lambda e: SlowFirstToken(e, fail=fail)) as (srv, _):
+        names = streamed_events(srv, chat(max_tokens=4))
+    assert names[0] == "message_start"
+    before_content = names[:names.index("error" if fail else "content_block_start")]
+    assert before_content.count("ping") >= 3  # the opening ping and at least two while waiting
+    assert names[-1] == ("error" if fail else "message_stop")

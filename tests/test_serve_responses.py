@@ -192,3 +192,39 @@ def test_failure_mid_stream_ends_with_response_failed(trained):
             data = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
     assert data[0]["type"] == "response.created" and data[-1]["type"] == "response.failed"
     assert data[-1]["response"]["status"] == "failed" and "secret" not in json.dumps(data)
+
+
+def test_late_first_token_streams_created_at_once(trained, monkeypatch):
+    """The engine holds its first token until the client has seen response.created (or gives up after 20 s,
+    failing the stream): a long prefill no longer keeps the stream from starting."""
+    import asyncio
+    import threading
+
+    from mlxseek.serve import dispatch
+
+    seen_created = threading.Event()
+
+    class HeldBack(FailingEngine):
+        async def generate(self, tokens, params):
+            for _ in range(400):
+                if seen_created.is_set():
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise RuntimeError("the client never saw response.created")
+            async for ev in self.inner.generate(tokens, params):
+                yield ev
+
+    monkeypatch.setattr(dispatch, "KEEPALIVE_AFTER_S", 0.1)
+    model, tok = trained
+    body = {"model": MODEL_ID, "input": "hi", "stream": True, "max_output_tokens": 4}
+    data = []
+    with running_server(model, tok, model_id=MODEL_ID, chat_style="v3", wrap=HeldBack) as (srv, _):
+        with httpx.Client(base_url=srv.url, timeout=TIMEOUT) as http, \
+                http.stream("POST", "/v1/responses", json=body) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    data.append(json.loads(line[6:]))
+                    seen_created.set()
+    assert data[0]["type"] == "response.created" and data[-1]["type"] == "response.completed"
+    assert data[-1]["response"]["usage"]["output_tokens"] >= 1

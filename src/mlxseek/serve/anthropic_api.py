@@ -32,10 +32,10 @@ async def messages(req: MessagesRequest, request: Request):
     params = SamplingParams(max_tokens=budget, temperature=1.0 if req.temperature is None else req.temperature,
                             top_p=1.0 if req.top_p is None else req.top_p,
                             stop=stop_strings(req.stop_sequences, "stop_sequences"))
-    events = await dispatch.start(served, request, prompt.tokens, params, endpoint="messages")
+    events = await dispatch.start(served, request, prompt.tokens, params, endpoint="messages", keepalive=req.stream)
     chunks = parse_events(events, prompt)
     if req.stream:
-        return anthropic_stream(message_events(served, chunks))
+        return anthropic_stream(message_events(served, chunks, prompt_tokens=len(prompt.tokens)))
     return message(served, await dispatch.collect(chunks, request))
 
 

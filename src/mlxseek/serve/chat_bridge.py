@@ -12,6 +12,7 @@ from typing import Any, AsyncIterator, Optional
 
 from ..errors import ChatFormatError
 from .api_errors import ApiError
+from .dispatch import WAITING
 from .state import ServedModel
 
 MAX_STOPS = 16
@@ -111,6 +112,9 @@ async def parse_events(events: AsyncIterator, prompt: ChatPrompt) -> AsyncIterat
     parser = ReplyParser(prompt.style, thinking=prompt.thinking, tools=prompt.tools)
     try:
         async for ev in events:
+            if ev is WAITING:  # a keepalive stream's first token is late: nothing to parse yet
+                yield Chunk(ev)
+                continue
             d = parser.feed(ev.text)
             chunk = Chunk(ev, d.reasoning, d.content, list(d.tool_calls))
             if ev.finish_reason is not None:

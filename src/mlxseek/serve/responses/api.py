@@ -52,7 +52,7 @@ async def create_response(req: ResponsesRequest, request: Request):
     prompt = await run_in_threadpool(_render, served, turn)
     budget = generation_budget(served, len(prompt.tokens), req.max_output_tokens)
     events = await dispatch.start(served, request, prompt.tokens, sampling(req, turn, max_tokens=budget),
-                                  endpoint="responses")
+                                  endpoint="responses", keepalive=req.stream)
     chunks = parse_events(events, prompt)
     build = ResponseBuilder(model_id=served.model_id, echo=echo_fields(req, max_output_tokens=budget),
                             parallel_tool_calls=req.parallel_tool_calls is not False)
@@ -88,6 +88,8 @@ async def _stream(build: ResponseBuilder, chunks, keep: Callable[[], None]) -> A
     last = None
     try:
         async for c in chunks:
+            if c.event is dispatch.WAITING:  # a long prefill: response.created is out, SSE pings keep it open
+                continue
             last = c.event
             for e in build.step(c):
                 yield e
