@@ -2,7 +2,15 @@
 
 
 class MlxseekError(Exception):
-    """Base class for every error mlxseek raises on bad input."""
+    """Base class for every error mlxseek raises on bad input.
+
+    field: the input field, key or option at fault when there is one (e.g. "messages[2].content",
+    "max_tokens"); the server answers it as the error's `param` instead of reading it back out of the text.
+    """
+
+    def __init__(self, *args, field: str | None = None):
+        super().__init__(*args)
+        self.field = field
 
 
 class ConfigError(MlxseekError):

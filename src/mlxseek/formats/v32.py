@@ -55,7 +55,8 @@ def _assistant(m: dict, i: int, after_last_user: bool, thinking: bool) -> str:
     if thinking and after_last_user:
         if not (m["reasoning_content"] or m["tool_calls"]):
             raise ChatFormatError(f"messages[{i}].reasoning_content is missing: in thinking mode an assistant "
-                                  "turn after the last user message needs its reasoning or tool calls")
+                                  "turn after the last user message needs its reasoning or tool calls",
+                                  field=f"messages[{i}].reasoning_content")
         reasoning = (m["reasoning_content"] or "") + THINK_END
     calls = encode_block(m["tool_calls"], "function_calls") if m["tool_calls"] else ""
     return reasoning + (m["content"] or "") + calls + EOS

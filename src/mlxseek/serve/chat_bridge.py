@@ -16,7 +16,6 @@ from .dispatch import WAITING
 from .state import ServedModel
 
 MAX_STOPS = 16
-_FIELD = re.compile(r"((?:messages|tools)(?:\[\d+\]|\.\w+)*|thinking|reasoning_effort)(?=[\s=:,]|$)")
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,7 @@ def render_prompt(served: ServedModel, messages: list[dict], *, tools: Optional[
         text = render_chat(messages, style=served.style, tools=tools or None, thinking=thinking,
                            reasoning_effort=reasoning_effort, tokenizer=served.tokenizer)
     except ChatFormatError as e:
-        raise ApiError(400, str(e), param=format_error_field(str(e))) from None
+        raise ApiError(400, str(e), param=request_field(e.field)) from None
     # the rendered text already holds the BOS token: do not add special tokens again
     tokens = list(served.tokenizer.encode(text, add_special_tokens=False))
     check_prompt_length(served, len(tokens), "messages")
@@ -70,13 +69,10 @@ def render_prompt(served: ServedModel, messages: list[dict], *, tools: Optional[
                       thinking=prompt_opens_thinking(served.style, thinking, prompt=text))
 
 
-def format_error_field(message: str) -> str:
-    """The request field a ChatFormatError names ("messages[2].content: ..." -> "messages.2.content",
-    "thinking=True: ..." -> "thinking")."""
-    m = _FIELD.match(message)
-    if m is None:
-        return "messages"
-    return re.sub(r"\[(\d+)\]", r".\1", m.group(1))
+def request_field(field: Optional[str]) -> str:
+    """A library error's field as the request's dotted path ("messages[2].content" -> "messages.2.content");
+    an error without one is about the messages as a whole."""
+    return re.sub(r"\[(\d+)\]", r".\1", field) if field else "messages"
 
 
 def stop_strings(stop, param: str) -> tuple[str, ...]:

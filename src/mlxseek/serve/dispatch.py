@@ -75,8 +75,7 @@ async def start(served: ServedModel, request, tokens: list[int], params, *, endp
                        headers={"Retry-After": str(retry)}) from None
     except GenerationError as e:
         await agen.aclose()
-        field = str(e).split(":", 1)[0]
-        raise ApiError(400, str(e), param=field if field.isidentifier() else None) from None
+        raise ApiError(400, str(e), param=e.field) from None
     except BaseException:
         nxt.cancel()
         await asyncio.gather(nxt, return_exceptions=True)

@@ -67,7 +67,7 @@ class _Cancelled(Exception):
 
 def _check_params(p: SamplingParams, context: int) -> None:
     def bad(field_name: str, why: str):
-        raise GenerationError(f"{field_name}: {why}")
+        raise GenerationError(f"{field_name}: {why}", field=field_name)
 
     if not isinstance(p.max_tokens, int) or isinstance(p.max_tokens, bool) or p.max_tokens < 1:
         bad("max_tokens", f"must be a positive integer, got {p.max_tokens!r}")
