@@ -24,7 +24,8 @@ from programs import PROGRAMS  # noqa: E402
 
 
 def bench(name: str, turns: int) -> dict:
-    program, exe = PROGRAMS[name], binary(name)
+    program = PROGRAMS[name]
+    exe = binary(program.name)
     seconds, per_turn = [], []
     for _ in range(turns):
         with tempfile.TemporaryDirectory() as tmp:
@@ -34,7 +35,7 @@ def bench(name: str, turns: int) -> dict:
             seconds.append(turn.seconds)
             per_turn.append([ex for ex in turn.exchanges if ex.path == program.endpoint])
     last = per_turn[-1]
-    return {"bench": "clients", "program": name, "package": PINS[name][0], "version": PINS[name][1],
+    return {"bench": "clients", "program": name, "package": PINS[program.name][0], "version": PINS[program.name][1],
             "endpoint": program.endpoint, "turns": turns, "turn_s_median": round(statistics.median(seconds), 2),
             "turn_s_min": round(min(seconds), 2), "requests_per_turn": len(last),
             "request_bytes_max": max(ex.request_bytes for ex in last),

@@ -34,7 +34,9 @@ CONTEXT = 200_000           # agents send long system prompts and tool lists; th
 FILE_NAME = "hello.txt"
 FILE_TEXT = "written by the scripted model"
 FINAL = "Done: hello.txt holds the greeting."
-OUTPUT_BEGIN = "<｜tool▁output▁begin｜>"  # in the v3 prompt only once a tool result came back
+OUTPUT_BEGIN = "<｜tool▁output▁begin｜>"  # in a v3 / v3.1 prompt only once a tool result came back
+THINK = "<think>"
+THOUGHT = "The user wants a file; I will write it."
 
 
 class Unavailable(Exception):
@@ -67,8 +69,11 @@ def binary(name: str) -> Path:
     return CLIENTS_DIR / "node_modules" / ".bin" / name
 
 
-def tool_call_text(name: str, arguments: dict) -> str:
-    """A tool call as a v3-format model writes it."""
+def tool_call_text(name: str, arguments: dict, style: str) -> str:
+    """A tool call as a v3- or v3.1-format model writes it."""
+    if style == "v3.1":
+        return (f"<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>{name}<｜tool▁sep｜>{json.dumps(arguments)}"
+                "<｜tool▁call▁end｜><｜tool▁calls▁end｜>")
     return (f"<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>{name}\n```json\n"
             f"{json.dumps(arguments)}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>")
 
@@ -109,23 +114,27 @@ class Recorder:
 
 
 @contextlib.contextmanager
-def agent_server(tool: str, arguments: dict):
+def agent_server(tool: str, arguments: dict, style: str = "v3"):
     """Yields (LiveServer, Recorder): its model calls `tool` with `arguments` until a tool result is in the
-    prompt, then writes FINAL."""
+    prompt, then writes FINAL; where the prompt opens a reasoning block (v3.1 in thinking mode) it first
+    reasons (THOUGHT) and closes the block."""
     from mlxseek.serve import create_app
 
     tok = real_tokenizer()
-    call = tok.encode(tool_call_text(tool, arguments), add_special_tokens=False)
-    final = tok.encode(FINAL, add_special_tokens=False)
+    call = tool_call_text(tool, arguments, style)
 
     def choose(prompt_ids):
-        return final if OUTPUT_BEGIN in tok.decode(prompt_ids[-4000:]) else call
+        prompt = tok.decode(prompt_ids[-4000:])
+        reply = FINAL if OUTPUT_BEGIN in prompt else call
+        if prompt.endswith(THINK):
+            reply = THOUGHT + "</think>" + reply
+        return tok.encode(reply, add_special_tokens=False)
 
     model = servable(BranchingScriptedModel(choose, len(tok.get_vocab())), tok, context=CONTEXT)
     engine = make_engine(model, tok, model_id=MODEL_ID, prompt_cache_bytes=0)
     engine.start()
     try:
-        app = Recorder(create_app(model=model, tokenizer=tok, engine=engine, model_id=MODEL_ID, chat_style="v3"))
+        app = Recorder(create_app(model=model, tokenizer=tok, engine=engine, model_id=MODEL_ID, chat_style=style))
         with LiveServer(app) as server:
             yield server, app
     finally:
@@ -144,7 +153,7 @@ def agent_turn(program, exe: Path, tmp: Path) -> Turn:
     """One headless turn of `program` (programs.Program) in tmp/work against a fresh agent server."""
     work = tmp / "work"
     work.mkdir()
-    with agent_server(program.tool, program.arguments(work)) as (srv, recorder):
+    with agent_server(program.tool, program.arguments(work), program.style) as (srv, recorder):
         argv, env = program.command(exe, srv.url, tmp, work)
         t0 = time.perf_counter()
         done = run(argv, cwd=work, env=env)

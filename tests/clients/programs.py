@@ -26,14 +26,17 @@ class Program:
     arguments: Callable[[Path], dict]          # that tool's arguments for the work folder
     command: Callable[..., tuple[list, dict]]  # (exe, url, tmp, work) -> (argv, env)
     answer: Callable[[str], str]               # its stdout -> the final answer text
+    style: str = "v3"                          # the chat format served (v3.1: the model reasons first)
 
 
-def _codex(exe, url: str, tmp: Path, work: Path):
+def _codex(exe, url: str, tmp: Path, work: Path, effort: str = ""):
     home = tmp / "codex"
     home.mkdir()
     (home / "config.toml").write_text(
-        f'model = "{MODEL_ID}"\nmodel_provider = "local"\n\n[model_providers.local]\nname = "local"\n'
-        f'base_url = "{url}/v1"\nwire_api = "responses"\nenv_key = "LOCAL_API_KEY"\n')
+        f'model = "{MODEL_ID}"\nmodel_provider = "local"\n'
+        + (f'model_reasoning_effort = "{effort}"\nshow_raw_agent_reasoning = true\n' if effort else "")
+        + f'\n[model_providers.local]\nname = "local"\nbase_url = "{url}/v1"\nwire_api = "responses"\n'
+        'env_key = "LOCAL_API_KEY"\n')
     # no sandbox: a container may lack what Codex's sandbox needs, and the turn runs in a temp folder
     argv = [exe, "exec", "--skip-git-repo-check", "--ephemeral", "--dangerously-bypass-approvals-and-sandbox", PROMPT]
     return argv, {"CODEX_HOME": str(home), "LOCAL_API_KEY": "unused"}
@@ -71,6 +74,10 @@ def _opencode_answer(stdout: str) -> str:
 PROGRAMS = {
     "codex": Program("codex", "/v1/responses", "exec_command",
                      lambda work: {"cmd": f"printf '{FILE_TEXT}' > {FILE_NAME}"}, _codex, lambda out: out),
+    # a reasoning model: Codex asks for effort, gets reasoning items and sends them back with the tool result
+    "codex-reasoning": Program("codex", "/v1/responses", "exec_command",
+                               lambda work: {"cmd": f"printf '{FILE_TEXT}' > {FILE_NAME}"},
+                               lambda *a: _codex(*a, effort="high"), lambda out: out, style="v3.1"),
     "claude": Program("claude", "/v1/messages", "Write",
                       lambda work: {"file_path": str(work / FILE_NAME), "content": FILE_TEXT}, _claude,
                       lambda out: json.loads(out)["result"]),
