@@ -30,6 +30,7 @@ CLIENTS_DIR = Path(os.environ.get("MLXSEEK_CLIENTS_DIR") or Path.home() / ".cach
 INSTALL_TIMEOUT_S = 900
 TURN_TIMEOUT_S = 180
 MODEL_ID = "scripted"
+MAX_TOKENS = 4096            # a shared machine's cap: Claude Code asks for 32000, which must be clamped, not refused
 CONTEXT = 200_000           # agents send long system prompts and tool lists; the scripted model reads none
 FILE_NAME = "hello.txt"
 FILE_TEXT = "written by the scripted model"
@@ -118,7 +119,7 @@ def agent_server(tool: str, arguments: dict, style: str = "v3"):
     """Yields (LiveServer, Recorder): its model calls `tool` with `arguments` until a tool result is in the
     prompt, then writes FINAL; where the prompt opens a reasoning block (v3.1 in thinking mode) it first
     reasons (THOUGHT) and closes the block."""
-    from mlxseek.serve import create_app
+    from mlxseek.serve import Limits, create_app
 
     tok = real_tokenizer()
     call = tool_call_text(tool, arguments, style)
@@ -134,7 +135,8 @@ def agent_server(tool: str, arguments: dict, style: str = "v3"):
     engine = make_engine(model, tok, model_id=MODEL_ID, prompt_cache_bytes=0)
     engine.start()
     try:
-        app = Recorder(create_app(model=model, tokenizer=tok, engine=engine, model_id=MODEL_ID, chat_style=style))
+        app = Recorder(create_app(model=model, tokenizer=tok, engine=engine, model_id=MODEL_ID, chat_style=style,
+                                    limits=Limits(max_tokens=MAX_TOKENS)))
         with LiveServer(app) as server:
             yield server, app
     finally:
