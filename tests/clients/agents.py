@@ -59,6 +59,7 @@ def install(names=tuple(PINS)) -> None:
         raise Unavailable(f"the npm registry is unreachable: {ping.stderr.strip()[-300:]}")
     CLIENTS_DIR.mkdir(parents=True, exist_ok=True)
     specs = [f"{PINS[n][0]}@{PINS[n][1]}" for n in names]
+    # their install scripts must run: Claude Code's and opencode's put the platform binary in place (no download)
     subprocess.run([npm, "install", "--no-audit", "--no-fund", "--prefix", str(CLIENTS_DIR), *specs], check=True,
                    timeout=INSTALL_TIMEOUT_S)
 
