@@ -48,7 +48,7 @@ class ApiKind(Enum):
         return cls.ANTHROPIC if path.startswith(_ANTHROPIC_PREFIXES) else cls.OPENAI
 
 
-_ANTHROPIC_PREFIXES = ("/v1/messages", "/messages")
+_ANTHROPIC_PREFIXES = ("/v1/messages",)  # aliases (/messages, /beta/...) reach here as /v1 paths
 
 
 def error_body(err: ApiError, *, api: ApiKind) -> dict:
