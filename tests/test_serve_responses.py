@@ -7,6 +7,7 @@ import json
 import httpx
 import openai
 import pytest
+from scripted_model import ScriptedModel, servable
 from serve_helpers import deadline, running_server
 from test_serve_tools import CONTENT, HISTORY, REASONING, REPLIES, TOOL, check_call, scripted_server
 
@@ -228,3 +229,22 @@ def test_late_first_token_streams_created_at_once(trained, monkeypatch):
                     seen_created.set()
     assert data[0]["type"] == "response.created" and data[-1]["type"] == "response.completed"
     assert data[-1]["response"]["usage"]["output_tokens"] >= 1
+
+
+def test_root_url_and_deepseek_model_names(tokenizer):
+    """Through DeepSeek's URL layout (no /v1) and model names: deepseek-reasoner turns thinking on, as on
+    the chat endpoint; deepseek-chat leaves it off."""
+    from mlxseek.serve.model_names import model_names
+
+    text = REASONING + "</think>" + CONTENT
+    model = servable(ScriptedModel(tokenizer.encode(text, add_special_tokens=False), len(tokenizer.get_vocab())),
+                     tokenizer)
+    names = model_names([MODEL_ID])
+    with running_server(model, tokenizer, model_id=MODEL_ID, chat_style="v3.1", prompt_cache_bytes=0,
+                        model_names=names) as (srv, _):
+        root = openai.OpenAI(base_url=srv.url, api_key="unused", timeout=TIMEOUT, max_retries=0)
+        reasoner = root.responses.create(model="deepseek-reasoner", input="Weather in Paris?")
+        chat = root.responses.create(model="deepseek-chat", input="Weather in Paris?")
+    assert [i.type for i in reasoner.output] == ["reasoning", "message"]
+    assert reasoner.output[0].content[0].text == REASONING and reasoner.output_text == CONTENT
+    assert [i.type for i in chat.output] == ["message"] and REASONING in chat.output_text

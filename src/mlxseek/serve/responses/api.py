@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from .. import dispatch
 from ..api_errors import ApiError
 from ..chat_bridge import generation_budget, parse_events, render_prompt
+from ..model_names import check_name
 from .convert import ResponseTurn, to_turn
 from .output import ResponseBuilder, echo_fields
 from .schemas import ResponsesRequest
@@ -45,10 +46,9 @@ def sampling(req: ResponsesRequest, turn: ResponseTurn, *, max_tokens: int):
 @router.post("/v1/responses")
 async def create_response(req: ResponsesRequest, request: Request):
     served, store = request.app.state.served, store_of(request.app)
-    if req.model != served.model_id:
-        raise ApiError(404, f"model: '{req.model}' is not served here; GET /v1/models lists '{served.model_id}'",
-                       param="model", code="model_not_found")
-    turn = to_turn(req, served.style, store.history(req.previous_response_id))
+    check_name(served, req.model)
+    turn = to_turn(req, served.style, store.history(req.previous_response_id),
+                   default_thinking=served.thinking_for(req.model))
     prompt = await run_in_threadpool(_render, served, turn)
     budget = generation_budget(served, len(prompt.tokens), req.max_output_tokens)
     events = await dispatch.start(served, request, prompt.tokens, sampling(req, turn, max_tokens=budget),

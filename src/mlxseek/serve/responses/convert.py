@@ -197,10 +197,13 @@ def output_format(req: ResponsesRequest) -> Optional[OutputFormat]:
     return OutputFormat(kind=fmt.type, schema=fmt.schema_, name=fmt.name, strict=bool(fmt.strict))
 
 
-def to_turn(req: ResponsesRequest, style: Optional[str], history: Optional[list[dict]] = None) -> ResponseTurn:
+def to_turn(req: ResponsesRequest, style: Optional[str], history: Optional[list[dict]] = None, *,
+            default_thinking: Optional[bool] = None) -> ResponseTurn:
+    """default_thinking: the switch when reasoning.effort sets none (the one the model name selects)."""
     tools = function_tools(req.tools)
     choice = tool_choice(req.tool_choice, tools)
     thinking, effort = thinking_controls(req.reasoning.effort if req.reasoning else None, style)
+    thinking = default_thinking if thinking is None else thinking
     conversation = [dict(m) for m in history or ()] + to_messages(req.input)
     system = [{"role": "system", "content": req.instructions}] if req.instructions else []
     return ResponseTurn(messages=system + conversation, conversation=conversation,
