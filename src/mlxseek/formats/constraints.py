@@ -24,6 +24,7 @@ ANY_OBJECT = {"type": "object"}
 # with any constraint besides its description goes the other way, as a JSON string (string="false").
 _RAW_TEXT = r"/[^<]*/"
 _PLAIN_STRING_KEYS = {"type", "description", "title"}
+MAX_PARALLEL_CALLS = 4
 
 
 def _lit(text: str) -> str:
@@ -102,13 +103,15 @@ _CALL = {"v3": _fenced, "r1": _fenced, "v3.1": _plain, "v3.2": _dsml, "v4": _dsm
 
 def tool_call_grammar(style: str, tools: list[dict], *, parallel: bool = False) -> str:
     """The reply is a tool-call block in `style`'s syntax calling one of `tools` (OpenAI function schemas)
-    with arguments matching that tool's `parameters` schema; `parallel`: one or more calls, else one."""
+    with arguments matching that tool's `parameters` schema; `parallel`: 1 to MAX_PARALLEL_CALLS calls, else one."""
     check_style(style)
     functions = tool_functions(tools)
     if not functions:
         raise ChatFormatError("tools: a forced tool call needs at least one tool")
     rules = [f"fn_{i}: {_CALL[style](f['name'], _arguments(f))}" for i, f in enumerate(functions)]
     call = " | ".join(f"fn_{i}" for i in range(len(functions)))
-    sep = '"\\n"' if style in ("v3.2", "v4") else ""
-    calls = f"call ({sep} call)*" if parallel else "call"
+    sep = '"\\n" ' if style in ("v3.2", "v4") else ""
+    calls = "call"
+    for _ in range(MAX_PARALLEL_CALLS - 1 if parallel else 0):  # bounded, so the block always closes
+        calls = f"call ({sep}{calls})?"
     return "\n".join([f"start: {_block(style, calls)}", f"call: {call}", *rules])
