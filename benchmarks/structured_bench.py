@@ -8,8 +8,9 @@ One JSON line per (round, mode, batch): decode tok/s over the tokens after the f
 the constrained runs the mean host time per mask (compute + unpack, `TokenConstraint.mask_seconds`);
 then one summary line per batch size: medians and the ratio constrained / plain (the goal is >= 0.9).
 Solo runs go through `generate_step` (the loop `stream_generate` drives), batched ones through
-`BatchDecoder`; modes alternate within a round so machine noise hits both alike. The schema is an array
-of at least 1,000 small objects, so a random model cannot finish it before --gen-tokens; greedy.
+`BatchDecoder`; modes alternate, and so does which goes first, so machine noise hits both alike. The
+schema is an array of at least 1,000 small objects, so a random model cannot finish it before
+--gen-tokens; greedy.
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def main() -> None:
     rows: dict[tuple[int, str], list[dict]] = {}
     for rnd in range(args.rounds):
         for batch in args.batch:
-            for mode, g in (("plain", None), ("json_schema", grammar)):
+            modes = [("plain", None), ("json_schema", grammar)]
+            for mode, g in modes if rnd % 2 == 0 else modes[::-1]:  # alternate who goes first
                 r = solo(model, tok, ids, args.gen_tokens, g) if batch == 1 else \
                     batched(model, tok, ids, args.gen_tokens, g, batch)
                 rows.setdefault((batch, mode), []).append(r)
