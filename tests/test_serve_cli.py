@@ -17,8 +17,8 @@ import mlxseek.serve
 from mlxseek.cli import main
 
 OPTIONS = ("--model", "--host", "--port", "--api-key", "--prompt-cache-gb", "--prompt-cache-dir", "--draft",
-           "--max-queue", "--max-batch", "--model-id", "--chat-style", "--max-body-mb", "--max-tokens",
-           "--log-prompts", "--log-level")
+           "--max-queue", "--max-batch", "--model-id", "--model-alias", "--deepseek-names", "--chat-style",
+           "--max-body-mb", "--max-tokens", "--log-prompts", "--log-level")
 
 
 def test_help_explains_every_option():
@@ -59,6 +59,14 @@ def test_bad_options_are_refused(calls):
     assert calls == []
 
 
+def test_model_names_and_aliases_reach_the_library(calls):
+    r = CliRunner().invoke(main, ["serve", "--model", str(TRAINED), "--model-id", "a", "--model-id", "b",
+                                  "--model-alias", "think=thinking", "--no-deepseek-names"])
+    assert r.exit_code == 0, r.output
+    assert calls[0]["model_id"] == ["a", "b"] and calls[0]["model_aliases"] == ["think=thinking"]
+    assert calls[0]["deepseek_names"] is False
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -90,6 +98,9 @@ def test_serve_as_a_subprocess_answers_and_logs_no_prompt_text():
         r = httpx.post(url + "/v1/chat/completions", timeout=60,
                        json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["role"] == "assistant"
+        # DeepSeek's layout: no /v1, DeepSeek's model names served beside the folder's
+        ids = [m["id"] for m in httpx.get(url + "/models", timeout=10).json()["data"]]
+        assert ids[0] == "tiny" and "deepseek-reasoner" in ids
     finally:
         proc.send_signal(signal.SIGINT)
         try:

@@ -32,7 +32,14 @@ from .group import library_errors, main
 @click.option("--max-batch", default=1, show_default=True, type=click.IntRange(min=1),
               help="Requests decoded together (continuous batching: they join and leave at step boundaries, each "
                    "gets the tokens it gets alone; --draft mtp drafts only while one runs). Not for V3.2/V4.")
-@click.option("--model-id", default=None, help="Name clients send as `model` (default: the folder's name).")
+@click.option("--model-id", "model_ids", multiple=True,
+              help="Name clients send as `model` (default: the folder's name); repeat it for several names.")
+@click.option("--model-alias", "model_aliases", multiple=True, metavar="NAME=thinking|chat|default",
+              help="One more name, selecting thinking on or off where the chat format has a toggle (a request's "
+                   "own thinking switch still wins); repeatable.")
+@click.option("--deepseek-names/--no-deepseek-names", default=True, show_default=True,
+              help="Also answer to DeepSeek's API names: deepseek-chat (thinking off), deepseek-reasoner (on), "
+                   "deepseek-v4-flash, deepseek-v4-pro.")
 @click.option("--chat-style", default=None, type=click.Choice(STYLES),
               help="Chat format for /v1/chat/completions and /v1/messages (default: detected from the checkpoint).")
 @click.option("--max-body-mb", default=8.0, show_default=True, type=click.FloatRange(min=0.001),
@@ -44,13 +51,14 @@ from .group import library_errors, main
               type=click.Choice(["critical", "error", "warning", "info", "debug"]), help="Server log level.")
 @library_errors
 def serve(model_dir: Path, host: str, port: int, api_key: Optional[str], prompt_cache_gb: float,
-          prompt_cache_dir: Optional[Path], draft: str, max_queue: int, max_batch: int, model_id: Optional[str],
-          chat_style: Optional[str], max_body_mb: float, max_tokens: Optional[int], log_prompts: bool,
-          log_level: str) -> None:
+          prompt_cache_dir: Optional[Path], draft: str, max_queue: int, max_batch: int, model_ids: tuple,
+          model_aliases: tuple, deepseek_names: bool, chat_style: Optional[str], max_body_mb: float,
+          max_tokens: Optional[int], log_prompts: bool, log_level: str) -> None:
     """Serve a model over the OpenAI (/v1/chat/completions, /v1/completions) and Anthropic (/v1/messages) APIs.
 
-    Point clients at http://HOST:PORT/v1 (OpenAI) or http://HOST:PORT (Anthropic). /health, /v1/models and
-    /metrics (Prometheus) are there too.
+    Point clients at http://HOST:PORT/v1 (OpenAI), http://HOST:PORT (Anthropic, or DeepSeek's API layout:
+    every /v1 route is also served at the root and under /beta). /health, /v1/models and /metrics
+    (Prometheus) are there too.
     """
     from ..serve import serve as run_server
     from ..serve.runner import bind_warning
@@ -59,5 +67,6 @@ def serve(model_dir: Path, host: str, port: int, api_key: Optional[str], prompt_
         click.secho(f"warning: {warning}", fg="yellow", err=True)
     run_server(model_path=model_dir, host=host, port=port, api_key=api_key, prompt_cache_gb=prompt_cache_gb,
                prompt_cache_dir=prompt_cache_dir, draft=draft, max_queue=max_queue, max_batch=max_batch,
-               model_id=model_id, chat_style=chat_style, max_body_mb=max_body_mb, max_tokens=max_tokens,
+               model_id=list(model_ids), model_aliases=list(model_aliases), deepseek_names=deepseek_names,
+               chat_style=chat_style, max_body_mb=max_body_mb, max_tokens=max_tokens,
                log_prompts=log_prompts, log_level=log_level, warn=False)

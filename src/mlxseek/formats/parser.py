@@ -39,16 +39,19 @@ def _earliest(text: str, markers: tuple[str, ...]) -> tuple[int, str]:
 class ReplyParser:
     """Parses one reply of `style` as it streams. `thinking=True`: the reply starts inside reasoning
     (the prompt ended with `<think>`). `tools` (OpenAI schemas): calls to other names are malformed.
-    `id_prefix`: tool call ids are id_prefix + index (default: a random prefix per reply)."""
+    `id_prefix`: tool call ids are id_prefix + index (default: a random prefix per reply).
+    `continuation=True`: the prompt ended with text of the reply itself (chat prefix completion), so the
+    start of the text is not a fresh start: no leading newline is dropped and no `<think>` is looked for."""
 
     def __init__(self, style: str, *, thinking: bool, tools: list[dict] | None = None,
-                 id_prefix: str | None = None):
+                 id_prefix: str | None = None, continuation: bool = False):
         self._g = GRAMMARS[check_style(style)]
         self._state = REASONING if thinking and self._g.has_reasoning else CONTENT
         self._names = {f["name"] for f in tool_functions(tools)} if tools else None
         self._prefix = id_prefix if id_prefix is not None else f"call_{uuid.uuid4().hex[:12]}_"
-        self._buf, self._fresh = "", True
-        self._started = self._state == REASONING  # whether the start of the reply has been looked at
+        self._buf, self._fresh = "", not continuation
+        # whether the start of the reply has been looked at
+        self._started = self._state == REASONING or continuation
         self._opener, self._block_bad, self._block_calls = "", False, 0
         self.reply = Reply()
 

@@ -30,7 +30,7 @@ async def messages(req: MessagesRequest, request: Request):
     check_model(served, req)
     check_max_tokens(served, req.max_tokens, "max_tokens")
     prompt = await run_in_threadpool(render_prompt, served, to_messages(req), tools=to_tools(req),
-                                     thinking=thinking(req, served.style))
+                                     thinking=_thinking(req, served))
     budget = generation_budget(served, len(prompt.tokens), req.max_tokens, "max_tokens")
     params = SamplingParams(max_tokens=budget, temperature=1.0 if req.temperature is None else req.temperature,
                             top_p=1.0 if req.top_p is None else req.top_p,
@@ -45,10 +45,16 @@ async def messages(req: MessagesRequest, request: Request):
     return message(served, await dispatch.collect(chunks, request))
 
 
+def _thinking(req, served):
+    """The request's thinking switch, else the one its model name selects (deepseek-reasoner: on)."""
+    wanted = thinking(req, served.style)
+    return served.thinking_for(req.model) if wanted is None else wanted
+
+
 @router.post("/v1/messages/count_tokens")
 async def count_tokens(req: CountTokensRequest, request: Request):
     served = request.app.state.served
     check_model(served, req)
     prompt = await run_in_threadpool(render_prompt, served, to_messages(req), tools=to_tools(req),
-                                     thinking=thinking(req, served.style))
+                                     thinking=_thinking(req, served))
     return {"input_tokens": len(prompt.tokens)}

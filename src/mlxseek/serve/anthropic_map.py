@@ -11,15 +11,14 @@ from typing import Any, Optional
 from ..errors import ChatFormatError
 from .api_errors import ApiError
 from .chat_bridge import Chunk
+from .model_names import check_name
 from .schemas_anthropic import CountTokensRequest
 
 _STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 
 
 def check_model(served, req: CountTokensRequest) -> None:
-    if req.model != served.model_id:
-        raise ApiError(404, f"model: '{req.model}' is not served here; GET /v1/models lists '{served.model_id}'",
-                       param="model")
+    check_name(served, req.model, code=None)
 
 
 def _text(content) -> str:

@@ -17,6 +17,7 @@ from .guard import Guard
 from .limits import Limits
 from .metrics import CONTENT_TYPE, Metrics
 from .state import ServedModel
+from .url_aliases import UrlAliases
 
 log = logging.getLogger("mlxseek.serve")
 _ROUTES = ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/messages",
@@ -24,7 +25,8 @@ _ROUTES = ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/com
 
 
 def create_app(*, model, tokenizer, engine, model_id: str, api_key: Optional[str] = None,
-               limits: Optional[Limits] = None, chat_style: Optional[str] = None, log_prompts: bool = False):
+               limits: Optional[Limits] = None, chat_style: Optional[str] = None, log_prompts: bool = False,
+               model_names: Optional[dict] = None):
     """An ASGI app serving `model` through a started `engine` (mlxseek.serve.engine.Engine).
 
     chat_style: the chat format for /v1/chat/completions and /v1/messages (one of mlxseek.formats.STYLES);
@@ -36,7 +38,7 @@ def create_app(*, model, tokenizer, engine, model_id: str, api_key: Optional[str
     metrics = Metrics(queue_depth=lambda: engine.queue_depth, engine_stats=getattr(engine, "stats", None))
     served = ServedModel(model=model, tokenizer=tokenizer, engine=engine, model_id=model_id,
                          style=chat_style or _detect_style(model, tokenizer), limits=limits, metrics=metrics,
-                         log_prompts=log_prompts)
+                         log_prompts=log_prompts, names=dict(model_names or {}))
     log.info("serving %s with the %s chat format", model_id, served.style)
     app = FastAPI(title="mlxseek", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.served = served
@@ -45,6 +47,7 @@ def create_app(*, model, tokenizer, engine, model_id: str, api_key: Optional[str
     app.add_middleware(Guard, api_key=api_key, max_body_bytes=limits.max_body_bytes,
                        on_response=lambda path, status: metrics.requests.labels(
                            path if path in _ROUTES else "other", str(status)).inc())
+    app.add_middleware(UrlAliases, router=app.router)  # outermost: the rest sees /v1 paths only
     return app
 
 

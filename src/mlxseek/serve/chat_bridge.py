@@ -24,6 +24,7 @@ class ChatPrompt:
     style: str
     thinking: bool            # the generation prompt leaves the model inside a reasoning block
     tools: Optional[list]     # the tools rendered: a call to any other name parses as malformed text
+    continuation: bool = False  # the prompt ends inside the reply (chat prefix completion): the reply continues it
 
 
 @dataclass
@@ -53,20 +54,26 @@ def resolve_thinking(template_kwargs: Optional[dict], toggle: Optional[str]) -> 
 
 def render_prompt(served: ServedModel, messages: list[dict], *, tools: Optional[list[dict]],
                   thinking: Optional[bool], reasoning_effort: Optional[str] = None) -> ChatPrompt:
-    from ..formats import prompt_opens_thinking, render_chat
+    from ..formats import prefix_message_index, prompt_opens_thinking, render_chat, render_prefix_completion
 
     if served.style is None:
         raise ApiError(400, "this model has no chat format; use /v1/completions with a raw prompt", param="messages")
+    kw = dict(style=served.style, tools=tools or None, thinking=thinking, reasoning_effort=reasoning_effort,
+              tokenizer=served.tokenizer)
     try:
-        text = render_chat(messages, style=served.style, tools=tools or None, thinking=thinking,
-                           reasoning_effort=reasoning_effort, tokenizer=served.tokenizer)
+        if prefix_message_index(messages) is not None:  # continue the last assistant message
+            p = render_prefix_completion(messages, **kw)
+            text, opens, continuation = p.text, p.in_reasoning, p.continuation
+        else:
+            text = render_chat(messages, **kw)
+            opens, continuation = prompt_opens_thinking(served.style, thinking, prompt=text), False
     except ChatFormatError as e:
         raise ApiError(400, str(e), param=format_error_field(str(e))) from None
     # the rendered text already holds the BOS token: do not add special tokens again
     tokens = list(served.tokenizer.encode(text, add_special_tokens=False))
     check_prompt_length(served, len(tokens), "messages")
-    return ChatPrompt(tokens=tokens, style=served.style, tools=tools or None,
-                      thinking=prompt_opens_thinking(served.style, thinking, prompt=text))
+    return ChatPrompt(tokens=tokens, style=served.style, tools=tools or None, thinking=opens,
+                      continuation=continuation)
 
 
 def format_error_field(message: str) -> str:
@@ -113,7 +120,8 @@ async def parse_events(events: AsyncIterator, prompt: ChatPrompt) -> AsyncIterat
     """Feed each event's text to mlxseek.formats.ReplyParser; the last chunk also carries finish()'s flush."""
     from ..formats import ReplyParser
 
-    parser = ReplyParser(prompt.style, thinking=prompt.thinking, tools=prompt.tools)
+    parser = ReplyParser(prompt.style, thinking=prompt.thinking, tools=prompt.tools,
+                         continuation=prompt.continuation)
     try:
         async for ev in events:
             d = parser.feed(ev.text)

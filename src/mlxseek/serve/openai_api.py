@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from . import dispatch
-from .api_errors import ApiError
 from .chat_bridge import (
     check_max_tokens,
     check_prompt_length,
@@ -17,6 +14,8 @@ from .chat_bridge import (
     render_prompt,
     resolve_thinking,
 )
+from .fim import fim_max_tokens, fim_tokens
+from .model_names import check_name, model_cards
 from .openai_map import (
     ChatChunks,
     chat_messages,
@@ -37,25 +36,18 @@ from .structured import request_grammar
 router = APIRouter()
 
 
-def _model_card(served) -> dict:
-    # OpenAI's fields, plus Anthropic's (type, display_name, created_at) so both SDKs can list models
-    created = datetime.fromtimestamp(served.created, tz=timezone.utc).isoformat().replace("+00:00", "Z")
-    return {"id": served.model_id, "object": "model", "created": served.created, "owned_by": "mlxseek",
-            "type": "model", "display_name": served.model_id, "created_at": created}
-
-
 @router.get("/v1/models")
 async def list_models(request: Request):
-    card = _model_card(request.app.state.served)
-    return {"object": "list", "data": [card], "has_more": False, "first_id": card["id"], "last_id": card["id"]}
+    cards = model_cards(request.app.state.served)
+    return {"object": "list", "data": cards, "has_more": False, "first_id": cards[0]["id"],
+            "last_id": cards[-1]["id"]}
 
 
 @router.get("/v1/models/{model_id:path}")
 async def get_model(model_id: str, request: Request):
     served = request.app.state.served
-    if model_id != served.model_id:
-        raise ApiError(404, f"model: '{model_id}' is not served here", param="model", code="model_not_found")
-    return _model_card(served)
+    check_name(served, model_id)
+    return next(c for c in model_cards(served) if c["id"] == model_id)
 
 
 @router.post("/v1/chat/completions")
@@ -65,6 +57,7 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
     param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     check_max_tokens(served, req.max_completion_tokens or req.max_tokens, param)
     thinking = resolve_thinking(req.chat_template_kwargs, req.thinking.type if req.thinking else None)
+    thinking = served.thinking_for(req.model) if thinking is None else thinking
     prompt = await run_in_threadpool(render_prompt, served, chat_messages(req), tools=chat_tools(req),
                                      thinking=thinking, reasoning_effort=req.reasoning_effort)
     budget = generation_budget(served, len(prompt.tokens), req.max_completion_tokens or req.max_tokens, param)
@@ -98,11 +91,17 @@ async def _chat_stream(served, chunks, req: ChatCompletionRequest):
 async def completions(req: CompletionRequest, request: Request):
     served = request.app.state.served
     check_common(served, req)
-    tokens = await run_in_threadpool(completion_tokens, served, req.prompt)
+    if req.suffix is not None:  # FIM: the echo is the prompt text, not the PSM markup around it
+        tokens = await run_in_threadpool(fim_tokens, served, req.prompt, req.suffix)
+        requested = fim_max_tokens(served, req.max_tokens)
+        echo = (req.prompt if isinstance(req.prompt, str) else req.prompt[0]) if req.echo else ""
+    else:
+        tokens = await run_in_threadpool(completion_tokens, served, req.prompt)
+        requested = req.max_tokens
+        echo = served.tokenizer.decode(tokens) if req.echo else ""
     check_prompt_length(served, len(tokens), "prompt")
-    budget = generation_budget(served, len(tokens), req.max_tokens, "max_tokens")
+    budget = generation_budget(served, len(tokens), requested, "max_tokens")
     params = sampling(req, max_tokens=budget, top_logprobs=req.logprobs)
-    echo = served.tokenizer.decode(tokens) if req.echo else ""
     events = await dispatch.start(served, request, tokens, params, endpoint="completions")
     if req.stream:
         return openai_stream(_completion_stream(served, events, req, echo))

@@ -8,14 +8,13 @@ from typing import Any, Optional
 
 from .api_errors import ApiError
 from .chat_bridge import Chunk, as_text, stop_strings
+from .model_names import check_name
 from .schemas_openai import ChatCompletionRequest, _Sampling
 from .state import ServedModel
 
 
 def check_common(served: ServedModel, req: _Sampling) -> None:
-    if req.model != served.model_id:
-        raise ApiError(404, f"model: '{req.model}' is not served here; GET /v1/models lists '{served.model_id}'",
-                       param="model", code="model_not_found")
+    check_name(served, req.model)
     if req.n != 1:
         raise ApiError(400, f"n: only n=1 is supported, got {req.n}", param="n")
 
@@ -44,6 +43,8 @@ def chat_messages(req: ChatCompletionRequest) -> list[dict]:
             d["tool_call_id"] = m.tool_call_id
         if m.name is not None:
             d["name"] = m.name
+        if m.prefix is not None:
+            d["prefix"] = m.prefix
         out.append(d)
     return out
 
@@ -73,7 +74,10 @@ def finish_reason(raw: str, tool_calls) -> str:
 def usage(ev) -> dict:
     return {"prompt_tokens": ev.prompt_tokens, "completion_tokens": ev.generation_tokens,
             "total_tokens": ev.prompt_tokens + ev.generation_tokens,
-            "prompt_tokens_details": {"cached_tokens": ev.cached_tokens}}
+            "prompt_tokens_details": {"cached_tokens": ev.cached_tokens},
+            # DeepSeek's context-caching fields (api-docs.deepseek.com, "Context Caching"), from the same count
+            "prompt_cache_hit_tokens": ev.cached_tokens,
+            "prompt_cache_miss_tokens": ev.prompt_tokens - ev.cached_tokens}
 
 
 def new_id(prefix: str) -> str:

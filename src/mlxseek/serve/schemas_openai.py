@@ -42,6 +42,7 @@ class ChatMessage(_Model):
     tool_calls: Optional[list[ToolCallIn]] = None
     tool_call_id: Optional[str] = None
     name: Optional[str] = None
+    prefix: Optional[bool] = None  # DeepSeek's chat prefix completion: continue this (last, assistant) message
 
 
 class FunctionDef(_Model):
@@ -102,5 +103,6 @@ class ChatCompletionRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: Union[str, list[int], list[str]]
+    suffix: Optional[str] = None  # FIM: the text after the hole (DeepSeek's /beta/completions)
     logprobs: Optional[int] = Field(default=None, ge=0, le=20)
     echo: bool = False

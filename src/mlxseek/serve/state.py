@@ -21,6 +21,20 @@ class ServedModel:
     metrics: Metrics
     log_prompts: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
+    # every name clients may send as `model` -> the thinking mode it selects (model_names.py); model_id first
+    names: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.names = {self.model_id: None, **self.names}
+
+    def thinking_for(self, name: str) -> Optional[bool]:
+        """The thinking mode the served name `name` selects, where this chat format has a toggle (None: the
+        format's default). deepseek-chat / deepseek-reasoner select off / on, as on DeepSeek's API."""
+        from ..formats.style import THINKING
+
+        if self.style is None or THINKING[self.style] != "toggle":
+            return None
+        return self.names.get(name)
 
     @property
     def context_length(self) -> int:
