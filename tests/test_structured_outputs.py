@@ -240,3 +240,31 @@ def test_served_tool_choice_forces_a_valid_call(random_v3, style):
         for use in uses:
             assert want is None or use.name == want
             jsonschema.validate(use.input, SCHEMA_OF[use.name])
+
+
+def test_request_grammar_reads_every_api_shape_and_names_bad_fields():
+    from mlxseek.serve.api_errors import ApiError
+    from mlxseek.serve.structured import request_grammar
+
+    schema = SCHEMAS[1]
+    chat = request_grammar(style="v3", response_format={"type": "json_schema",
+                                                        "json_schema": {"name": "p", "schema": schema}})
+    responses = request_grammar(style="v3", response_format={"type": "json_schema", "name": "p", "schema": schema},
+                                format_param="text.format")  # the Responses API's text.format
+    assert chat == responses == json_grammar(schema)
+    named = tool_call_grammar("v3.2", [TIME])
+    assert request_grammar(style="v3.2", tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_time"}}) \
+        == request_grammar(style="v3.2", tools=TOOLS, tool_choice={"type": "function", "name": "get_time"}) \
+        == request_grammar(style="v3.2", tools=TOOLS, tool_choice={"type": "tool", "name": "get_time"}) == named
+    assert request_grammar(style="v4", tools=TOOLS, tool_choice="auto", response_format={"type": "text"}) is None
+    for kwargs, param in [
+        ({"tools": TOOLS, "tool_choice": {"type": "function", "name": "nope"}}, "tool_choice"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format.json_schema.schema"),
+        ({"response_format": {"type": "yaml"}}, "response_format.type"),
+        ({"response_format": {"type": "json_schema", "schema": {"if": {}}}, "format_param": "text.format"},
+         "text.format.schema"),
+    ]:
+        with pytest.raises(ApiError) as e:
+            request_grammar(style="v3", **kwargs)
+        assert e.value.status == 400 and e.value.param == param, (kwargs, e.value.param)
