@@ -63,3 +63,12 @@ class BatchingError(GenerationError):
 
 class VocabularyError(GenerationError):
     """A token id lies outside the model's vocabulary (config.json vocab_size); names the id and its position."""
+
+
+class ConstraintError(GenerationError):
+    """A structured-output schema or forced-tool grammar cannot be used for constrained decoding; `keyword`
+    names the JSON-schema keyword at fault when there is one."""
+
+    def __init__(self, message: str, *, keyword: str | None):
+        super().__init__(message)
+        self.keyword = keyword

@@ -16,6 +16,7 @@ from .chat_bridge import (
 )
 from .schemas_anthropic import CountTokensRequest, MessagesRequest
 from .sse import anthropic_stream
+from .structured import request_grammar
 
 router = APIRouter()
 
@@ -31,7 +32,10 @@ async def messages(req: MessagesRequest, request: Request):
     budget = generation_budget(served, len(prompt.tokens), req.max_tokens)
     params = SamplingParams(max_tokens=budget, temperature=1.0 if req.temperature is None else req.temperature,
                             top_p=1.0 if req.top_p is None else req.top_p,
-                            stop=stop_strings(req.stop_sequences, "stop_sequences"))
+                            stop=stop_strings(req.stop_sequences, "stop_sequences"),
+                            grammar=request_grammar(style=served.style, tools=prompt.tools, tool_choice=req.tool_choice,
+                                                    parallel_tool_calls=not (req.tool_choice and
+                                                                             req.tool_choice.disable_parallel_tool_use)))
     events = await dispatch.start(served, request, prompt.tokens, params, endpoint="messages", keepalive=req.stream)
     chunks = parse_events(events, prompt)
     if req.stream:

@@ -30,6 +30,7 @@ from .openai_map import (
 )
 from .schemas_openai import ChatCompletionRequest, CompletionRequest
 from .sse import openai_stream
+from .structured import request_grammar
 
 router = APIRouter()
 
@@ -58,8 +59,10 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
                                      thinking=thinking, reasoning_effort=req.reasoning_effort)
     budget = generation_budget(served, len(prompt.tokens), req.max_completion_tokens or req.max_tokens)
     top = (req.top_logprobs or 0) if req.logprobs else None
-    events = await dispatch.start(served, request, prompt.tokens, sampling(req, max_tokens=budget, top_logprobs=top),
-                                  endpoint="chat")
+    grammar = request_grammar(style=served.style, tools=prompt.tools, tool_choice=req.tool_choice,
+                              response_format=req.response_format, parallel_tool_calls=req.parallel_tool_calls)
+    events = await dispatch.start(served, request, prompt.tokens,
+                                  sampling(req, max_tokens=budget, top_logprobs=top, grammar=grammar), endpoint="chat")
     chunks = parse_events(events, prompt)
     if req.stream:
         return openai_stream(_chat_stream(served, chunks, req))

@@ -70,6 +70,7 @@ class ToolDef(_Model):
 class ToolChoice(_Model):
     type: Literal["auto", "any", "tool", "none"]
     name: Optional[str] = None
+    disable_parallel_tool_use: bool = False
 
 
 class Thinking(_Model):
