@@ -44,7 +44,8 @@ class SoloDrafter:
         """Decode `row` alone from its solo per-layer caches (holding every emitted token but row.y)."""
         self.row, self.primed = row, False
         self.dec = SpeculativeDecoder(self.model, layers, self.model.make_mtp_cache(), sampler=None, processors=[],
-                                      num_draft=self.k, stats=DraftStats(), policy=self._policy(), keep_state=False)
+                                      num_draft=self.k, stats=DraftStats(), policy=self._policy(), keep_state=False,
+                                      constraint=row.constraint)
 
     def _policy(self) -> DraftPolicy:
         policy = DraftPolicy(auto=self.auto, mode=policy_of(self.model).draft_auto if self.auto else None)

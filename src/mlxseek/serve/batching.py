@@ -64,7 +64,8 @@ class BatchRunner:
                 raise Cancelled
 
         params = RowParams(max_tokens=min(p.max_tokens, e.context_length - len(req.prompt)),
-                           temperature=p.temperature, top_p=p.top_p, seed=p.seed, stop=tuple(p.stop))
+                           temperature=p.temperature, top_p=p.top_p, seed=p.seed, stop=tuple(p.stop),
+                           grammar=p.grammar)
         try:
             fed = e.prefill_snapshots(req, cache, cached)  # exact snapshots for kinds that cannot be cut
             rid = self.dec.add(req.prompt[fed:], params, prompt_cache=cache, progress=progress)

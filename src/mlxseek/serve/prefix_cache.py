@@ -98,7 +98,9 @@ def snapshot_points(tokens: list[int], start: int, marks: dict[str, int]) -> lis
     tools), just after the last `<｜Assistant｜>` (the next turn re-renders the reply without its
     reasoning, so it diverges there), and every SNAPSHOT_EVERY tokens. `marks`: name -> token id."""
     end = len(tokens) - 1  # the last token is fed by the decode loop
-    points = set(range(SNAPSHOT_EVERY, end + 1, SNAPSHOT_EVERY))
+    # Periodic points leave the prompt's last 4 tokens to the decode loop, which reads them to tell whether
+    # the prompt opens reasoning (`<think>` and a newline or two after `<｜Assistant｜>`).
+    points = set(range(SNAPSHOT_EVERY, len(tokens) - 4, SNAPSHOT_EVERY))
     user, assistant = marks.get("user"), marks.get("assistant")
     if user is not None and user in tokens:
         points.add(tokens.index(user))
