@@ -16,6 +16,8 @@ from mlxseek.serve.engine import Engine, SamplingParams
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FAMILIES = ["v32", "v4_flash"]
+# V3.2's rows share one buffer and one forward per step (cache/ragged.py); V4's are rows of solo caches.
+FUSED = {"v32": True, "v4_flash": False}
 ROWS, N_TOKENS = 8, 64
 _MODELS: dict = {}
 
@@ -49,11 +51,25 @@ def run_staggered(dec: BatchDecoder, prompts, limit: int, cancel=None) -> dict[i
 @pytest.mark.parametrize("name", FAMILIES)
 def test_eight_staggered_rows_equal_their_solo_runs(name):
     model, prompts, alone = load(name)
-    assert not make_batch_cache(model)[0].shared_forward  # rows of solo caches, as the protocol asks
+    assert make_batch_cache(model)[0].shared_forward == FUSED[name]
     out = run_staggered(BatchDecoder(model, None), prompts, ROWS)
     for i, recs in out.items():
         assert [r.token for r in recs] == alone[i], f"{name}: prompt {i}"
     assert max(r.batch_size for recs in out.values() for r in recs) == ROWS
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_a_batched_step_runs_one_forward_for_a_fused_family(name, monkeypatch):
+    """V3.2's rows decode in one forward per step (the fused path); V4's still take one per row."""
+    model, prompts, alone = load(name)
+    dec = BatchDecoder(model, None)
+    for p in prompts[:4]:
+        dec.add(p, RowParams(max_tokens=4))
+    calls = []
+    trunk = model.trunk
+    monkeypatch.setattr(model, "trunk", lambda tokens, cache=None: calls.append(tokens.shape[0]) or trunk(tokens, cache))
+    dec.step()
+    assert calls == ([4] if FUSED[name] else [1] * 4)
 
 
 @pytest.mark.parametrize("name", FAMILIES)

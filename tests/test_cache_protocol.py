@@ -12,14 +12,15 @@ from conftest import FIXTURES, golden
 
 import mlxseek
 from mlxseek import cache as cache_pkg
-from mlxseek.cache.batch import BatchLatentCache, RowBatchCache
+from mlxseek.cache.batch import BatchDSACache, BatchLatentCache, RowBatchCache
 from mlxseek.cache.mla import DSACache, LatentCache, QuantizedLatentCache
 from mlxseek.cache.mtp import MTPCache
 from mlxseek.cache.protocol import Capabilities, CacheStateError, implements
 from mlxseek.cache.v4 import V4LayerCache
 from mlxseek.serve import cache_state
 
-CACHE_CLASSES = [LatentCache, QuantizedLatentCache, DSACache, V4LayerCache, MTPCache, BatchLatentCache, RowBatchCache]
+CACHE_CLASSES = [LatentCache, QuantizedLatentCache, DSACache, V4LayerCache, MTPCache, BatchLatentCache,
+                 BatchDSACache, RowBatchCache]
 _MODELS: dict = {}
 
 
@@ -132,8 +133,10 @@ def test_v4_snapshot_packs_its_arrays_into_a_few_buffers():
     assert snap.nbytes == sum(a.nbytes for a in arrays)
 
 
-def test_row_batch_cache_state_round_trips():
-    model = load("v4_flash")
+@pytest.mark.parametrize("name", ["v4_flash", "v32"])
+def test_batch_cache_state_round_trips(name):
+    """V4's rows of solo caches and V3.2's shared DSA buffer (latent, rope key, indexer keys) alike."""
+    model = load(name)
     from mlxseek.cache.batch import make_batch_cache
 
     batch = make_batch_cache(model)
@@ -148,6 +151,28 @@ def test_row_batch_cache_state_round_trips():
         assert f.offset.tolist() == bc.offset.tolist() == [3, 70]
         for a, b in zip(f.snapshot().arrays.values(), bc.snapshot().arrays.values()):
             assert mx.array_equal(a, b).item()
+
+
+def test_a_dsa_row_extracted_from_the_batch_equals_its_solo_cache():
+    model = load("v32")
+    from mlxseek.cache.batch import make_batch_cache
+
+    batch, solos = make_batch_cache(model), []
+    for n in (3, 70, 20):
+        solo = model.make_cache()
+        model(mx.array([list(range(10, 10 + n))]), cache=solo)
+        solos.append(solo)
+        for bc, c in zip(batch, solo):
+            bc.insert(c)
+    for bc in batch:
+        bc.remove([0])
+    for bc, c in zip(batch, solos[2]):
+        row = bc.extract(1)
+        assert row.kind == "dsa" and row.offset == c.offset == 20
+        for k, a in c.snapshot().arrays.items():
+            assert mx.array_equal(row.snapshot().arrays[k], a).item(), k
+    with pytest.raises(mlxseek.errors.BatchingError, match="'latent' row cannot join"):
+        batch[0].insert(load("v3").make_cache()[0])
 
 
 def test_v4_snapshots_of_one_conversation_share_their_compressed_rows():

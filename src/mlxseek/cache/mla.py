@@ -154,7 +154,7 @@ class DSACache(LatentCache):
     The indexer keys reuse a KVCache (keys (B, 1, S, Di); zero-width values, so no memory)."""
 
     kind = "dsa"
-    capabilities = Capabilities(cut=True, batch=False, quantize=False)
+    capabilities = Capabilities(cut=True, batch=True, quantize=False)
 
     def __init__(self):
         super().__init__()

@@ -46,11 +46,14 @@ class SparseLatentAttention(MultiHeadLatentAttention):
         if S <= self.indexer.topk:  # every key is selected: plain causal MLA
             out = self._dense(q_nope, q_pe, latent, k_pe, mask)
         else:
-            if mask is not None and mask.ndim == 4:
+            ragged = mask is not None and mask.ndim == 4  # batched ragged rows: (B, 1, L, S)
+            if ragged:
                 mask = mask[:, 0]  # (B, L, S): one mask for all heads
             top = self.indexer.top_keys(x, qr, index_keys, offset, mask)  # (B, L, K)
             if self._use_absorbed(L, S) and L * self.indexer.topk <= S:
-                out = self.gathered(q_nope, q_pe, latent, k_pe, top)
+                # A ragged row shorter than K keys (or than L*K) picks masked columns too: keep them out.
+                keep = mx.take_along_axis(mask, top, axis=-1) if ragged else None  # (B, L, K)
+                out = self.gathered(q_nope, q_pe, latent, k_pe, top, keep)
             else:
                 out = self._dense(q_nope, q_pe, latent, k_pe, self._sparse_mask(top, mask, S))
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
@@ -69,11 +72,12 @@ class SparseLatentAttention(MultiHeadLatentAttention):
             keep = keep & mask
         return keep[:, None]
 
-    def gathered(self, q_nope, q_pe, latent, k_pe, top) -> mx.array:
+    def gathered(self, q_nope, q_pe, latent, k_pe, top, keep: Optional[mx.array] = None) -> mx.array:
         """Absorbed attention over each query's K selected keys; returns (B, H, L, Dv).
 
-        Used only when L * K <= S. Then every query sees at least S - L + 1 >= K earlier keys, so the
-        top-K never contains a future position and no mask is needed."""
+        Used only when L * K <= S. Then every query of a single row sees at least S - L + 1 >= K earlier
+        keys, so the top-K never contains a future position and no mask is needed. Batched ragged rows
+        (S is the longest row's) pass `keep` (B, L, K): which selected keys the row's mask allows."""
         B, H, L, _ = q_nope.shape
         K = top.shape[-1]
         idx = top[..., None]  # (B, L, K, 1), broadcast over the feature axis
@@ -83,5 +87,6 @@ class SparseLatentAttention(MultiHeadLatentAttention):
         def per_query(t):  # (B, H, L, d) -> (B*L, H, 1, d): each query becomes its own batch row
             return t.transpose(0, 2, 1, 3).reshape(B * L, H, 1, t.shape[-1])
 
-        out = self.absorbed(per_query(q_nope), per_query(q_pe), lat, pe, None)  # (B*L, H, 1, Dv)
+        m = None if keep is None else keep.reshape(B * L, 1, 1, K)  # broadcast over heads
+        out = self.absorbed(per_query(q_nope), per_query(q_pe), lat, pe, m)  # (B*L, H, 1, Dv)
         return out.reshape(B, L, H, -1).transpose(0, 2, 1, 3)
