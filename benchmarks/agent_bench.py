@@ -4,6 +4,7 @@ decode per family; prints JSON lines.
     python benchmarks/agent_bench.py                                   # the test fixtures: V3, V3.2, V4
     python benchmarks/agent_bench.py --turns 8 --system 1900 --turn-tokens 2000 --jsonl out.jsonl
     python benchmarks/agent_bench.py --models v4=DIR --batches 1 2 4 8
+    python benchmarks/agent_bench.py --turns 0                         # batched decode only
 
 A session: a system block (with tool schemas, here random ids) ends at `<｜User｜>`; each turn appends a user
 turn of --turn-tokens ids and `<｜Assistant｜>`, and the next turn resends everything plus the reply (greedy,
@@ -140,7 +141,8 @@ def main(argv=None) -> None:
         _emit({"bench": "agent_bench", "argv": sys.argv[1:], "models": models, "device": str(mx.default_device())}, out)
         for family, folder in models.items():
             model = mlxseek.load(folder, dtype="float32", tokenizer=False)[0]
-            session(family, model, args, out)
+            if args.turns > 0:  # --turns 0: the batched decode alone
+                session(family, model, args, out)
             if args.batches:
                 batched_decode(family, model, args, out)
     finally:
