@@ -57,5 +57,11 @@ def ours_from(ref_model, cfg: dict = TINY) -> V41Model:
         if name.endswith("o_a_proj.weight"):
             p = p.reshape(-1, p.shape[-1])  # (G, R, in) -> the checkpoint's (G*R, in)
         weights.append((name, p))
+    # Parameters mlx-lm has no counterpart for (Engram's wkv, q_weight, k_weight): random too, seeded.
+    have, rng = {n for n, _ in weights}, np.random.default_rng(7)
+    for name, p in tree_flatten(model.parameters()):
+        if name not in have:
+            v = rng.normal(1.0 if name.endswith("_weight") else 0.0, 0.3 if name.endswith("_weight") else 0.05, p.shape)
+            weights.append((name, mx.array(v.astype(np.float32))))
     model.load_weights(weights, strict=True)
     return model

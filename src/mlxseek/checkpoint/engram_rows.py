@@ -49,8 +49,8 @@ class ResidentRows:
             out.append((read_rows(s.path, h, s.weight_key), read_rows(s.path, h, s.scale_key)))
         return cls(out)
 
-    def fetch(self, table: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        self.stats.lookups += rows.size
+    def fetch(self, table: int, rows: np.ndarray, asked: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        self.stats.lookups += asked or rows.size
         self.stats.unique += rows.size
         w, s = self.tables[table]
         return w[rows], s[rows]
@@ -76,9 +76,10 @@ class DiskRows:
         self.capacity = max(0, int(budget_bytes) // row_bytes)
         self._lru: OrderedDict = OrderedDict()  # (table, row) -> (weights, scales) bytes
 
-    def fetch(self, table: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """rows (n,) distinct, sorted row ids -> their stored bytes; misses are read in sorted runs."""
-        self.stats.lookups += rows.size
+    def fetch(self, table: int, rows: np.ndarray, asked: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """rows (n,) distinct, sorted row ids (`asked`: how many lookups they dedupe) -> their stored bytes;
+        misses are read in sorted runs."""
+        self.stats.lookups += asked or rows.size
         self.stats.unique += rows.size
         path, _, hd, _, sd, n = self._where[table]
         if rows.size and (rows.min() < 0 or rows.max() >= n):

@@ -15,13 +15,12 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from ...cache.v41 import V41LayerCache, append
 from ...config import ModelConfig
 from ..norms import RMSNorm
 from ..v4.attention import window_mask
 from ..v4.grouped_linear import GroupedLinear
 from ..v4.partial_rope import rope_for_layer
-from .compressor import CSA2Compressor
+from .compressor import CSA2Compressor, append
 from .fake_quant import fake_fp4, fake_fp8
 from .indexer import CSA2Indexer
 
@@ -47,7 +46,7 @@ class CSA2Attention(nn.Module):
         if self.ratio and layer_idx in cfg.index_source_layer_ids:
             self.indexer = CSA2Indexer(cfg, layer_idx)
 
-    def _publish(self, x: mx.array, offset: int, cache: V41LayerCache, shared: dict) -> None:
+    def _publish(self, x: mx.array, offset: int, cache, shared: dict) -> None:
         """A KV source: compress this chunk's complete groups into the cache and share the running entries."""
         latent, first = self.compressor(x, offset, cache)
         if latent is not None:
@@ -60,7 +59,7 @@ class CSA2Attention(nn.Module):
         if "indexer" in self:
             shared["index_k"] = cache.index_k
 
-    def _compressed_mask(self, x, q_residual, offset: int, cache: V41LayerCache, shared: dict):
+    def _compressed_mask(self, x, q_residual, offset: int, cache, shared: dict):
         """(entries (B, T, d), picked (B, L, T)) this layer reads, or None before any entry exists."""
         if "compressor" in self:
             self._publish(x, offset, cache, shared)
@@ -78,7 +77,7 @@ class CSA2Attention(nn.Module):
             return None
         return entries, picked
 
-    def __call__(self, x: mx.array, cache: V41LayerCache, shared: dict) -> mx.array:
+    def __call__(self, x: mx.array, cache, shared: dict) -> mx.array:
         """x (B, L, D) -> (B, L, D); positions continue from cache.offset."""
         B, L, _ = x.shape
         offset = cache.offset

@@ -16,7 +16,6 @@ from typing import Optional
 import mlx.core as mx
 import mlx.nn as nn
 
-from ...cache.v41 import V41LayerCache
 from ...config import ModelConfig
 from ..moe import DeepSeekMoE
 from ..norms import RMSNorm
@@ -44,7 +43,7 @@ class V41DecoderLayer(nn.Module):
             columns = (cfg.engram_max_ngram_size - 1) * cfg.engram_n_heads
             self.engram = Engram(D, cfg.hc_mult, columns, cfg.engram_head_dim, eps)
 
-    def __call__(self, streams: mx.array, pre: mx.array, cache: V41LayerCache, shared: dict,
+    def __call__(self, streams: mx.array, pre: mx.array, cache, shared: dict,
                  engram_rows: Optional[mx.array] = None) -> tuple[mx.array, mx.array]:
         if "engram" in self and engram_rows is not None:
             streams = self.engram(streams, engram_rows)

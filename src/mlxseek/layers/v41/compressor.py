@@ -12,8 +12,12 @@ from typing import Optional
 import mlx.core as mx
 import mlx.nn as nn
 
-from ...cache.v41 import V41LayerCache, append
 from ..norms import RMSNorm
+
+
+def append(old: Optional[mx.array], new: mx.array) -> mx.array:
+    """Rows of a cache part (B, T, ...) and the new ones along axis 1."""
+    return new if old is None else mx.concatenate([old, new], axis=1)
 
 
 class CSA2Compressor(nn.Module):
@@ -25,7 +29,7 @@ class CSA2Compressor(nn.Module):
             self.gate_proj = nn.Linear(hidden_size, head_dim, bias=False)
         self.kv_norm = RMSNorm(head_dim, eps=eps)
 
-    def __call__(self, x: mx.array, offset: int, cache: V41LayerCache) -> tuple[Optional[mx.array], int]:
+    def __call__(self, x: mx.array, offset: int, cache) -> tuple[Optional[mx.array], int]:
         """x (B, L, D) at positions offset.. -> (latents (B, G, d) or None, group index of the first)."""
         if self.ratio == 1:
             return self.kv_norm(self.kv_proj(x)), offset

@@ -29,7 +29,7 @@ def dequant_rows(weights: np.ndarray, scales: np.ndarray) -> mx.array:
 def gather_rows(memory, table: int, rows: np.ndarray) -> mx.array:
     """rows (B, L, C) -> (B, L, C, d) float32, each distinct row fetched once (sorted) from `memory`."""
     uniq, inverse = np.unique(rows.reshape(-1), return_inverse=True)
-    w, s = memory.fetch(table, uniq)
+    w, s = memory.fetch(table, uniq, asked=rows.size)
     return dequant_rows(w, s)[mx.array(inverse.astype(np.int32))].reshape(*rows.shape, -1)
 
 
