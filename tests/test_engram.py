@@ -196,3 +196,22 @@ def test_missing_tables_are_a_typed_error(cfg):
 
 def test_dead_token_constant():
     assert DEAD == -1
+
+
+def test_load_official_folder_reads_engram_from_disk(tmp_path):
+    from v41_checkpoint import write_official
+
+    import mlxseek
+    from mlxseek.layers.v41.engram_hash import EngramHasher, EngramLayout
+
+    base = engram_config(TINY)
+    ours = ours_from(mlx_lm_model(), base)
+    cfg = write_official(tmp_path / "v41", ours, TINY)
+    model, _ = mlxseek.load(tmp_path / "v41", dtype="float32", tokenizer=False, engram_memory_gb=1e-6)
+    assert model.engram_memory.capacity == 1000 // (32 + 1)  # 1 KB of 33-byte rows
+    ours.attach_engram(EngramHasher(EngramLayout.from_config(cfg), np.arange(256) // 2, cfg.engram_pad_id),
+                       ResidentRows.from_sources(model.engram_memory.sources))
+    ids = mx.array(np.random.default_rng(8).integers(0, 256, (1, 30)))
+    a, b = _run(model, ids, steps=4), _run(ours, ids, steps=4)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert model.engram_memory.stats.disk_rows > 0

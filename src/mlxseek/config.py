@@ -193,9 +193,20 @@ class ModelConfig:
         return self.compress_ratios[idx]
 
     @property
-    def uses_v4_moe(self) -> bool:
-        """V4 and V4.1: sqrtsoftplus routing (V4: hash-routed first layers) and SwiGLU-clamped experts."""
+    def is_v4_family(self) -> bool:
+        """V4 and V4.1: DeepSeek's official V4 key names and ue8m0 `X.scale` tensors, sqrtsoftplus routing
+        (V4: hash-routed first layers) and SwiGLU-clamped experts."""
         return self.model_type in ("deepseek_v4", "deepseek_v41")
+
+    @property
+    def ignored_checkpoint_keys(self) -> tuple[str, ...]:
+        """Regexes of stored keys the text model never loads as parameters. V4.1: the vision tower and
+        aligner, the image delimiters, image-token routing biases (`gate.bias_vl`), the DSpark drafter
+        (`mtp.*`, not built yet) and the Engram tables, which stay on disk (loading/engram.py)."""
+        if self.model_type != "deepseek_v41":
+            return ()
+        return (r"^(vision|aligner)\.", r"^image_(start|end|newline)$", r"\.gate\.bias_vl$", r"^mtp\.",
+                r"\.engram\.embed\.(weight|scale)$")
 
     def is_hash_layer(self, idx: int) -> bool:
         """V4: the first `num_hash_layers` MoE layers pick experts by token id (tid2eid), not by score."""
