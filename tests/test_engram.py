@@ -215,3 +215,19 @@ def test_load_official_folder_reads_engram_from_disk(tmp_path):
     a, b = _run(model, ids, steps=4), _run(ours, ids, steps=4)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert model.engram_memory.stats.disk_rows > 0
+
+
+def test_generate_cli_with_engram_memory_gb(tmp_path):
+    from click.testing import CliRunner
+    from v41_checkpoint import write_official
+
+    from mlxseek.cli import main
+
+    write_official(tmp_path / "v41", ours_from(mlx_lm_model(), engram_config(TINY)), TINY)
+    r = CliRunner().invoke(main, ["generate", "--model", str(tmp_path / "v41"), "--prompt", "w1", "--raw",
+                                  "--max-tokens", "3", "--engram-memory-gb", "0.001"])
+    assert r.exit_code == 0, r.output
+    assert "generation: 3 tokens" in r.output
+    bad = CliRunner().invoke(main, ["generate", "--model", str(tmp_path / "v41"), "--prompt", "w1", "--raw",
+                                    "--engram-memory-gb", "-1"])
+    assert bad.exit_code != 0 and "engram-memory-gb" in bad.output

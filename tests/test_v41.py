@@ -94,6 +94,12 @@ def test_composite_config_round_trips():
     assert cfg.to_dict()["vision_config"] == {"hidden_size": 8}
 
 
+def test_candidate_source_defaults_to_the_last_kv_source():
+    text = {k: v for k, v in TINY.items() if k != "candidate_source_layer_id"}
+    assert ModelConfig.from_dict(text).candidate_source == 5  # transformers' default (mlx-lm: off)
+    assert ModelConfig.from_dict({**TINY, "candidate_source_layer_id": -1}).candidate_source == -1
+
+
 def test_first_compressed_layer_must_be_a_kv_source():
     from mlxseek.models.deepseek_v41 import V41Model
 

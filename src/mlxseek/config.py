@@ -42,13 +42,14 @@ _FAMILY_DEFAULTS = {
         "compress_rope_theta": 160000.0, "hc_mult": 4, "hc_sinkhorn_iters": 20, "hc_eps": 1e-6,
         "num_hash_layers": 3, "swiglu_limit": 10.0,
     },
-    # V4.1 defaults: mlx-lm 0.32.2 `deepseek_v41.ModelArgs` and transformers' DeepseekV41TextConfig; no hash
-    # layers, one shared expert, the two-level top-k off unless candidate_source_layer_id names a layer.
+    # V4.1 defaults: transformers' DeepseekV41TextConfig; no hash layers, one shared expert. An absent
+    # candidate_source_layer_id means the last KV source (`candidate_source`); mlx-lm 0.32.2 turns the
+    # two-level top-k off instead, so it disagrees on a config.json without the key.
     "deepseek_v41": {
         "topk_method": "noaux_tc", "scoring_func": "sqrtsoftplus", "norm_topk_prob": True,
         "index_n_heads": 32, "index_head_dim": 128, "index_topk": 512, "sliding_window": 128,
         "compress_rope_theta": 160000.0, "hc_mult": 4, "hc_sinkhorn_iters": 20, "hc_eps": 1e-6,
-        "num_hash_layers": 0, "swiglu_limit": 10.0, "n_shared_experts": 1, "candidate_source_layer_id": -1,
+        "num_hash_layers": 0, "swiglu_limit": 10.0, "n_shared_experts": 1,
         "candidate_topk_blocks": 2048, "candidate_block_size": 8, "engram_max_ngram_size": 4,
         "engram_n_heads": 8, "engram_head_dim": 256, "engram_pad_id": 2,
     },
@@ -191,6 +192,13 @@ class ModelConfig:
             raise ConfigError(f"config.json: compress_ratios has {len(self.compress_ratios)} entries; layer {idx} "
                               "(an MTP layer) needs one more: append its ratio (0 in DeepSeek's releases)")
         return self.compress_ratios[idx]
+
+    @property
+    def candidate_source(self) -> int:
+        """V4.1's two-level top-k layer: `candidate_source_layer_id`, else the last KV source; < 0 is off."""
+        if self.candidate_source_layer_id is not None:
+            return self.candidate_source_layer_id
+        return max(self.kv_source_layer_ids or [-1])
 
     @property
     def is_v4_family(self) -> bool:

@@ -46,7 +46,7 @@ class CSA2Indexer(nn.Module):
         super().__init__()
         self.ratio = cfg.compress_ratios[layer_idx]
         self.n_heads, self.head_dim, self.topk = cfg.index_n_heads, cfg.index_head_dim, cfg.index_topk
-        self.is_candidate_source = layer_idx == cfg.candidate_source_layer_id and cfg.candidate_topk_blocks > 0
+        self.is_candidate_source = layer_idx == cfg.candidate_source and cfg.candidate_topk_blocks > 0
         self.topk_blocks, self.block = cfg.candidate_topk_blocks, cfg.candidate_block_size
         self.fake_quant = True
         self.q_b_proj = nn.Linear(cfg.q_lora_rank, self.n_heads * self.head_dim, bias=False)
