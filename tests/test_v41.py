@@ -106,3 +106,10 @@ def test_first_compressed_layer_must_be_a_kv_source():
     cfg = ModelConfig.from_dict({**TINY, "kv_source_layer_ids": [5]})
     with pytest.raises(ConfigError, match="kv_source_layer_ids: layer 2"):
         V41Model(cfg)
+
+
+def test_estimate_refuses_v41_by_name():
+    from mlxseek.tools.estimate import estimate
+
+    with pytest.raises(ConfigError, match="deepseek_v41"):
+        estimate(dict(TINY))

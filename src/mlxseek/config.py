@@ -194,6 +194,11 @@ class ModelConfig:
         return self.compress_ratios[idx]
 
     @property
+    def uses_csa2(self) -> bool:
+        """DeepSeek-V4.1: cross-layer compressed KV (CSA2), lagged mHC and Engram memory."""
+        return self.model_type == "deepseek_v41"
+
+    @property
     def candidate_source(self) -> int:
         """V4.1's two-level top-k layer: `candidate_source_layer_id`, else the last KV source; < 0 is off."""
         if self.candidate_source_layer_id is not None:
