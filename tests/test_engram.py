@@ -231,3 +231,38 @@ def test_generate_cli_with_engram_memory_gb(tmp_path):
     bad = CliRunner().invoke(main, ["generate", "--model", str(tmp_path / "v41"), "--prompt", "w1", "--raw",
                                     "--engram-memory-gb", "-1"])
     assert bad.exit_code != 0 and "engram-memory-gb" in bad.output
+
+
+def test_engram_prefill_equals_chunked_and_token_by_token(engram_models):
+    resident, _, _ = engram_models
+    ids = mx.array(np.random.default_rng(9).integers(0, TINY["vocab_size"], (1, 24)))
+    full = np.array(resident(ids))
+    for chunks in ([5, 19], [1] * 24):  # the look-back crosses chunk boundaries through the cache
+        cache, parts, start = resident.make_cache(), [], 0
+        for n in chunks:
+            parts.append(np.array(resident(ids[:, start:start + n], cache)))
+            start += n
+        assert np.abs(np.concatenate(parts, axis=1) - full).max() < 1e-4
+
+
+def test_load_official_fp8_32x32_and_fp4_experts(tmp_path):
+    from v41_checkpoint import write_official
+
+    import mlxseek
+    from mlxseek.layers.v41.engram_hash import EngramHasher, EngramLayout
+
+    ours = ours_from(mlx_lm_model(), engram_config(TINY))
+    cfg = write_official(tmp_path / "v41", ours, TINY, quantized=True)  # `ours` now holds the exact values
+    model, _ = mlxseek.load(tmp_path / "v41", dtype="float32", tokenizer=False)
+    np.testing.assert_array_equal(np.array(model.layers[3].self_attn.q_b_proj.weight),
+                                  np.array(ours.layers[3].self_attn.q_b_proj.weight))  # FP8 32x32: exact
+    sw = model.layers[2].mlp.switch_mlp.up_proj
+    assert (sw.mode, sw.group_size) == ("mxfp4", 32)  # FP4 experts kept as their bytes
+    got = mx.dequantize(sw.weight, sw.scales, None, group_size=32, bits=4, mode="mxfp4", dtype=mx.float32)
+    np.testing.assert_array_equal(np.array(got), np.array(ours.layers[2].mlp.switch_mlp.up_proj.weight))
+    ours.attach_engram(EngramHasher(EngramLayout.from_config(cfg), np.arange(256) // 2, cfg.engram_pad_id),
+                       ResidentRows.from_sources(model.engram_memory.sources))
+    ids = mx.array(np.random.default_rng(10).integers(0, 256, (1, 30)))
+    diff = np.abs(np.array(model(ids)) - np.array(ours(ids))).max()
+    print(f"FP8 32x32 + FP4 official folder vs dequantized weights: max logit diff {diff:.2e}")
+    assert diff < 1e-4

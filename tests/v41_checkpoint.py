@@ -9,6 +9,7 @@ import json
 import re
 from pathlib import Path
 
+import mlx.core as mx
 import numpy as np
 from engram_fixture import engram_config, write_st, write_tables
 from mlx.utils import tree_flatten
@@ -33,6 +34,7 @@ _RENAMES = [
     (r"\.mlp\.shared_experts\.down_proj\.", ".ffn.shared_experts.w2."),
 ]
 _EXPERT = {"gate_proj": "w1", "up_proj": "w3", "down_proj": "w2"}
+_DTYPE = {("f", False): "F32", ("u", False): "F8_E4M3", ("u", True): "F8_E8M0", ("i", False): "I8"}
 
 
 def write_tokenizer(folder: Path, vocab: int) -> None:
@@ -43,27 +45,71 @@ def write_tokenizer(folder: Path, vocab: int) -> None:
     Tokenizer(WordLevel(words, unk_token="w0")).save(str(folder / "tokenizer.json"))
 
 
-def write_official(folder: Path, model, base: dict) -> ModelConfig:
-    """`model`: our V41Model (or anything with our parameter names) holding the weights to write."""
+# As DeepSeek ships V4.1: FP8 e4m3 in 32x32 blocks with ue8m0 scales for these, FP4 routed experts.
+_FP8 = re.compile(r"\.(attn\.(wq_a|wq_b|wkv|wo_a|wo_b)|ffn\.shared_experts\.w[123])\.weight$")
+QUANT = {"quant_method": "fp8", "fmt": "e4m3", "scale_fmt": "ue8m0", "weight_block_size": [32, 32]}
+
+
+def fp8_32(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(M, N) float32 -> (e4m3 bytes, ue8m0 scale bytes per 32x32 block, the exact dequantized values)."""
+    M, N = a.shape
+    b = a.reshape(M // 32, 32, N // 32, 32)
+    scale = 2.0 ** np.ceil(np.log2(np.maximum(np.abs(b).max(axis=(1, 3)), 1e-12) / 448.0))
+    q = mx.to_fp8(mx.array((b / scale[:, None, :, None]).astype(np.float32)))
+    deq = np.array(mx.from_fp8(q, mx.float32)) * scale[:, None, :, None]
+    return np.array(q).reshape(M, N), (np.log2(scale) + 127).astype(np.uint8), deq.reshape(M, N)
+
+
+def fp4_experts(a: np.ndarray) -> tuple[list, list, np.ndarray]:
+    """(E, M, N) -> per expert (e2m1 bytes (M, N/2), e8m0 scales (M, N/32)), and the dequantized stack."""
+    ws, ss, deq = [], [], []
+    for e in range(a.shape[0]):
+        w, s = mx.quantize(mx.array(a[e]), group_size=32, bits=4, mode="mxfp4")
+        ws.append(np.array(w.view(mx.uint8)).view(np.int8))
+        ss.append(np.array(s))
+        deq.append(np.array(mx.dequantize(w, s, None, group_size=32, bits=4, mode="mxfp4", dtype=mx.float32)))
+    return ws, ss, np.stack(deq)
+
+
+def write_official(folder: Path, model, base: dict, *, quantized: bool = False) -> ModelConfig:
+    """`model`: our V41Model (or anything with our parameter names) holding the weights to write.
+    quantized: store FP8 32x32 / FP4 experts, and load the dequantized values back into `model`."""
     folder.mkdir(parents=True, exist_ok=True)
     text = {**engram_config(base), "engram_compressed_vocab_size": base["vocab_size"] // 2}
+    if quantized:
+        text.update(quantization_config=QUANT, expert_dtype="fp4")
     cfg = ModelConfig.from_dict(text)
-    tensors = {}
+    tensors, exact = {}, []
     for name, p in tree_flatten(model.parameters()):
         a = np.array(p, dtype=np.float32)
         m = re.match(r"model\.layers\.(\d+)\.mlp\.switch_mlp\.(\w+)\.weight$", name)
         if m:
+            key = f"layers.{m[1]}.ffn.experts.{{}}.{_EXPERT[m[2]]}"
+            if quantized:
+                ws, ss, deq = fp4_experts(a)
+                exact.append((name, deq))
+                for e in range(a.shape[0]):
+                    tensors[key.format(e) + ".weight"], tensors[key.format(e) + ".scale"] = ws[e], ss[e]
+                continue
             for e in range(a.shape[0]):
-                tensors[f"layers.{m[1]}.ffn.experts.{e}.{_EXPERT[m[2]]}.weight"] = a[e]
+                tensors[key.format(e) + ".weight"] = a[e]
             continue
+        ours = name
         for pat, repl in _RENAMES:
             name = re.sub(pat, repl, name)
+        if quantized and _FP8.search(name):
+            q, s, deq = fp8_32(a)
+            tensors[name], tensors[name.removesuffix("weight") + "scale"] = q, s
+            exact.append((ours, deq.reshape(np.array(p).shape)))
+            continue
         tensors[name] = a
     tensors["layers.3.ffn.gate.bias_vl"] = np.zeros(base["n_routed_experts"], np.float32)
     tensors["vision.patch_embed.weight"] = np.zeros((4, 4), np.float32)
     tensors["mtp.0.main_proj.weight"] = np.zeros((4, 4), np.float32)
-    write_st(folder / "model-00001-of-00002.safetensors",
-             {k: ("F32", v, v.shape) for k, v in tensors.items()})
+    write_st(folder / "model-00001-of-00002.safetensors", {k: (_DTYPE[(v.dtype.kind, k.endswith(".scale"))], v, v.shape)
+                                                          for k, v in tensors.items()})
+    if exact:
+        model.load_weights([(k, mx.array(v.astype(np.float32))) for k, v in exact], strict=False)
     sources = write_tables(folder, cfg)
     shards = {k: "model-00001-of-00002.safetensors" for k in tensors}
     for s in sources:
