@@ -266,3 +266,28 @@ def test_load_official_fp8_32x32_and_fp4_experts(tmp_path):
     diff = np.abs(np.array(model(ids)) - np.array(ours(ids))).max()
     print(f"FP8 32x32 + FP4 official folder vs dequantized weights: max logit diff {diff:.2e}")
     assert diff < 1e-4
+
+
+def test_convert_keeps_engram_tables_8bit_in_their_own_shards(tmp_path):
+    from v41_checkpoint import write_official
+
+    import mlxseek
+    from mlxseek.convert.convert import convert
+
+    write_official(tmp_path / "v41", ours_from(mlx_lm_model(), engram_config(TINY)), TINY)
+    convert(hf_path=tmp_path / "v41", mlx_path=tmp_path / "q", quantize=True, quiet=True)
+    shards = sorted(p.name for p in (tmp_path / "q").glob("engram-*.safetensors"))
+    assert shards == ["engram-00001-of-00002.safetensors", "engram-00002-of-00002.safetensors"]
+    src, _ = mlxseek.load(tmp_path / "v41", dtype="float32", tokenizer=False)
+    out, _ = mlxseek.load(tmp_path / "q", dtype="float32", tokenizer=False)
+    for a, b in zip(src.engram_memory.sources, out.engram_memory.sources):
+        rows = np.arange(0, 50)
+        for x, y in zip(ResidentRows.from_sources([a]).fetch(0, rows), ResidentRows.from_sources([b]).fetch(0, rows)):
+            assert x.dtype == np.uint8 and np.array_equal(x, y)  # the same bytes, still 8-bit
+    ids = mx.array(np.random.default_rng(11).integers(0, 256, (1, 20)))
+    assert np.isfinite(np.array(out(ids))).all()
+    # Unquantized, the converted folder is the source exactly (a random tiny V4.1 is too chaotic for a
+    # 4-bit bound: FP8 rounding and top-k flips amplify any weight change).
+    convert(hf_path=tmp_path / "v41", mlx_path=tmp_path / "f32", dtype="float32", quiet=True)
+    same, _ = mlxseek.load(tmp_path / "f32", dtype="float32", tokenizer=False)
+    assert np.array_equal(np.array(src(ids)), np.array(same(ids)))

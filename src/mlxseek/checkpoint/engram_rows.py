@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import ModelConfig
 from ..errors import CheckpointError
 from .safetensors import read_header, read_rows
 
@@ -30,11 +31,31 @@ class EngramReadStats:
 
 @dataclass(frozen=True)
 class TableSource:
-    """Where one table lives: its shard (weight and scale in the same file) and tensor names."""
+    """Where one table lives: its shard, tensor names, and the scale's shard when it is another one."""
 
     path: Path
     weight_key: str
     scale_key: str
+    scale_path: Path | None = None
+
+    @property
+    def scales_in(self) -> Path:
+        return self.scale_path or self.path
+
+
+def table_sources(cfg: ModelConfig, store) -> list[TableSource]:
+    out = []
+    for layer in cfg.engram_layer_ids or []:
+        for prefix in (f"layers.{layer}.engram.embed", f"model.layers.{layer}.engram.embed"):
+            w, s = f"{prefix}.weight", f"{prefix}.scale"
+            if w in store and s in store:
+                break
+        else:
+            raise CheckpointError(f"{store.folder}: config.json engram_layer_ids names layer {layer}, but no "
+                                  f"shard holds layers.{layer}.engram.embed.weight and .scale; re-download or "
+                                  "re-convert the Engram shards")
+        out.append(TableSource(store.file_of(w), w, s, store.file_of(s)))
+    return out
 
 
 class ResidentRows:
@@ -45,8 +66,8 @@ class ResidentRows:
     def from_sources(cls, sources: list[TableSource]) -> "ResidentRows":
         out = []
         for s in sources:
-            h = read_header(s.path)
-            out.append((read_rows(s.path, h, s.weight_key), read_rows(s.path, h, s.scale_key)))
+            out.append((read_rows(s.path, read_header(s.path), s.weight_key),
+                        read_rows(s.scales_in, read_header(s.scales_in), s.scale_key)))
         return cls(out)
 
     def fetch(self, table: int, rows: np.ndarray, asked: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -61,18 +82,19 @@ class DiskRows:
 
     def __init__(self, sources: list[TableSource], budget_bytes: int):
         self.sources, self.stats = sources, EngramReadStats()
-        self._where = []  # per table: (fd path, weight offset, weight row bytes, scale offset, scale row bytes, rows)
+        self._where = []  # per table: (weight path, offset, row bytes, scale path, offset, row bytes, rows)
         for s in sources:
-            h = read_header(s.path)  # a truncated shard fails here, naming the file
-            for key in (s.weight_key, s.scale_key):
+            hw = read_header(s.path)  # a truncated shard fails here, naming the file
+            hs = hw if s.scales_in == s.path else read_header(s.scales_in)
+            for h, key, path in ((hw, s.weight_key, s.path), (hs, s.scale_key, s.scales_in)):
                 if key not in h.tensors:
-                    raise CheckpointError(f"{s.path}: no tensor {key!r}; this is not the Engram table's shard: "
+                    raise CheckpointError(f"{path}: no tensor {key!r}; this is not the Engram table's shard: "
                                           "re-convert the model")
-            w, sc = h.tensors[s.weight_key], h.tensors[s.scale_key]
+            w, sc = hw.tensors[s.weight_key], hs.tensors[s.scale_key]
             n, hd = w["shape"]
-            self._where.append((s.path, h.data_start + w["data_offsets"][0], hd,
-                                h.data_start + sc["data_offsets"][0], sc["shape"][1], n))
-        row_bytes = max(w[2] + w[4] for w in self._where) if self._where else 1
+            self._where.append((s.path, hw.data_start + w["data_offsets"][0], hd,
+                                s.scales_in, hs.data_start + sc["data_offsets"][0], sc["shape"][1], n))
+        row_bytes = max(w[2] + w[5] for w in self._where) if self._where else 1
         self.capacity = max(0, int(budget_bytes) // row_bytes)
         self._lru: OrderedDict = OrderedDict()  # (table, row) -> (weights, scales) bytes
 
@@ -81,7 +103,7 @@ class DiskRows:
         misses are read in sorted runs."""
         self.stats.lookups += asked or rows.size
         self.stats.unique += rows.size
-        path, _, hd, _, sd, n = self._where[table]
+        path, _, hd, _, _, sd, n = self._where[table]
         if rows.size and (rows.min() < 0 or rows.max() >= n):
             raise CheckpointError(f"{path}: Engram row {int(rows.max())} asked for, the table has {n} rows; "
                                   "config.json's engram keys do not match this checkpoint")
@@ -99,20 +121,21 @@ class DiskRows:
         return w, s
 
     def _read(self, table: int, rows: np.ndarray, missing: np.ndarray, w: np.ndarray, s: np.ndarray) -> None:
-        path, w_off, hd, s_off, sd, _ = self._where[table]
+        w_path, w_off, hd, s_path, s_off, sd, _ = self._where[table]
         ids = rows[missing]
         breaks = np.flatnonzero(np.diff(ids) != 1) + 1  # runs of adjacent rows: one read each
-        fd = os.open(path, os.O_RDONLY)
+        w_fd, s_fd = os.open(w_path, os.O_RDONLY), os.open(s_path, os.O_RDONLY)
         try:
             for run in np.split(np.arange(ids.size), breaks):
                 first, count = int(ids[run[0]]), run.size
-                wb = _pread(fd, path, w_off + first * hd, count * hd)
-                sb = _pread(fd, path, s_off + first * sd, count * sd)
+                wb = _pread(w_fd, w_path, w_off + first * hd, count * hd)
+                sb = _pread(s_fd, s_path, s_off + first * sd, count * sd)
                 w[missing[run]] = np.frombuffer(wb, np.uint8).reshape(count, hd)
                 s[missing[run]] = np.frombuffer(sb, np.uint8).reshape(count, sd)
                 self.stats.reads += 2
         finally:
-            os.close(fd)
+            os.close(w_fd)
+            os.close(s_fd)
         self.stats.disk_rows += ids.size
         for i in missing.tolist():
             if self.capacity == 0:

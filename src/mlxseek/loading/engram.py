@@ -9,31 +9,13 @@ from typing import Optional
 
 import numpy as np
 
-from ..checkpoint.engram_rows import DiskRows, TableSource
+from ..checkpoint.engram_rows import DiskRows, table_sources
 from ..config import ModelConfig
 from ..errors import CheckpointError, ConfigError
 from ..layers.v41.compressed_vocab import compressed_token_map
 from ..layers.v41.engram_hash import EngramHasher, EngramLayout
 
 DEFAULT_ENGRAM_MEMORY_GB = 1.0  # hot rows kept in RAM; V4.1-Flash's tables are ~203 GB on disk
-
-
-def table_sources(cfg: ModelConfig, store) -> list[TableSource]:
-    out = []
-    for layer in cfg.engram_layer_ids or []:
-        for prefix in (f"layers.{layer}.engram.embed", f"model.layers.{layer}.engram.embed"):
-            w, s = f"{prefix}.weight", f"{prefix}.scale"
-            if w in store and s in store:
-                break
-        else:
-            raise CheckpointError(f"{store.folder}: config.json engram_layer_ids names layer {layer}, but no "
-                                  f"shard holds layers.{layer}.engram.embed.weight and .scale; re-download or "
-                                  "re-convert the Engram shards")
-        if store.file_of(w) != store.file_of(s):
-            raise CheckpointError(f"{store.folder}: {w} and {s} are in different shards; re-convert the model "
-                                  "(mlxseek keeps each Engram table with its scales in a shard of its own)")
-        out.append(TableSource(store.file_of(w), w, s))
-    return out
 
 
 def token_map_for(cfg: ModelConfig, folder: Path) -> np.ndarray:

@@ -35,8 +35,8 @@ class CSA2Compressor(nn.Module):
             return self.kv_norm(self.kv_proj(x)), offset
         h = x.astype(mx.float32)
         held = 0 if cache.pending_kv is None else cache.pending_kv.shape[1]
-        kv = append(cache.pending_kv, h @ self.kv_proj.weight.astype(mx.float32).T)
-        gate = append(cache.pending_gate, h @ self.gate_proj.weight.astype(mx.float32).T)
+        kv = append(cache.pending_kv, self.kv_proj(h))
+        gate = append(cache.pending_gate, self.gate_proj(h))
         full = kv.shape[1] - kv.shape[1] % self.ratio
         cache.pending_kv, cache.pending_gate = kv[:, full:], gate[:, full:]
         first = (offset - held) // self.ratio
