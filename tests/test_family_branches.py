@@ -14,7 +14,7 @@ import mlxseek
 ROOT = Path(mlxseek.__file__).parent
 EXEMPT = ("models/", "config.py", "config_checks.py")
 FLAGS = {"is_v4", "is_v4_family", "uses_dsa", "uses_csa2"}
-BASELINE = 24  # main before issue 22: 23 (+1: census refuses V4.1 through `uses_csa2`)
+BASELINE = 26  # main before issue 22: 23; +3 for V4.1 sizing (census, estimate x2) until it moves into its family
 
 
 def _is_family(node: ast.AST) -> bool:

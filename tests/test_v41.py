@@ -108,8 +108,19 @@ def test_first_compressed_layer_must_be_a_kv_source():
         V41Model(cfg)
 
 
-def test_estimate_refuses_v41_by_name():
+def test_estimate_sizes_v41_flash_with_engram_apart():
+    from pathlib import Path
+
     from mlxseek.tools.estimate import estimate
 
-    with pytest.raises(ConfigError, match="deepseek_v41"):
-        estimate(dict(TINY))
+    # V4.1-Flash's text_config as the issue describes it (tests/data/configs/deepseek_v41_flash.json)
+    e = estimate(Path(__file__).parent / "data" / "configs" / "deepseek_v41_flash.json", recipe="native")
+    rows = 384006168 + 384016682
+    assert e["engram"]["on_disk_bytes"] == round(rows * (256 + 8))  # ~203 GB: FP8 rows + E8M0 per 32
+    assert e["engram"]["rows_per_token"] == 48 and e["engram"]["resident"] is False
+    shipped = e["size_bytes"] + e["engram"]["on_disk_bytes"]
+    # 510.3 GB published also holds the vision tower and the DSpark drafter, which the census leaves out
+    assert 480e9 < shipped < 510.3e9
+    assert e["resident_bytes"] < e["size_bytes"] + 20e9  # tables never counted as resident
+    # CSA2: only the 4 KV sources cache compressed entries (3 at ratio 2, 1 at ratio 1; + index keys)
+    assert e["kv_bytes_per_token"] == (3 * (512 + 128) / 2 + (512 + 128)) * 2

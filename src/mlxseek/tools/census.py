@@ -16,7 +16,6 @@ import math
 from dataclasses import dataclass
 
 from ..config import ModelConfig
-from ..errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -41,8 +40,9 @@ class Tensor:
 def census(cfg: ModelConfig) -> list[Tensor]:
     """Every tensor of the checkpoint `cfg` describes: main model, MTP modules, and HF-only copies."""
     if cfg.uses_csa2:
-        raise ConfigError(f"config.json model_type {cfg.model_type!r}: estimate cannot size DeepSeek-V4.1 yet "
-                          "(CSA2 sources, Engram tables); `mlxseek info <folder>` reads a downloaded one")
+        from .census_v41 import census_v41
+
+        return census_v41(cfg)
     build = _v4_layer if cfg.is_v4 else _mla_layer
     L, D, V = cfg.num_hidden_layers, cfg.hidden_size, cfg.vocab_size
     out = [_t("model.embed_tokens", "embedding", (V, D), kind="embedding", native="bf16", reads=1 / V)]
