@@ -69,3 +69,49 @@ def real_tokenizer():
     from mlxseek.loading.tokenizer import load_tokenizer
 
     return load_tokenizer(tokenizer_dir())
+
+
+class TokenCache(CountingCache):
+    """A CountingCache that also keeps the token ids that went through the model."""
+
+    def __init__(self):
+        super().__init__()
+        self.tokens: list[int] = []
+
+    def trim(self, n: int) -> int:
+        n = super().trim(n)
+        del self.tokens[self.offset:]
+        return n
+
+
+class BranchingScriptedModel(ScriptedModel):
+    """A ScriptedModel whose script depends on the prompt: `choose(prompt_ids)` returns the token ids to write
+    (then EOS). An agent test uses it to call a tool first and answer once the tool's result is in the prompt."""
+
+    def __init__(self, choose, vocab_size: int, *, eos_token_id: int = 1):
+        super().__init__([], vocab_size, eos_token_id=eos_token_id)
+        self.choose, self.eos = choose, eos_token_id
+
+    def make_cache(self) -> list:
+        return [TokenCache()]
+
+    def __call__(self, inputs: mx.array, cache=None) -> mx.array:
+        ids = inputs[0].tolist()
+        decoding = len(ids) == 1 and self._next > 0 and ids[-1] == self.script[self._next - 1]
+        if cache:
+            cache[0].tokens += ids
+        if not decoding:
+            self.script = [int(t) for t in self.choose(cache[0].tokens if cache else ids)] + [self.eos]
+            self._next = 0
+        return super().__call__(inputs, cache)
+
+
+def servable(model, tokenizer, *, context: int = 4096):
+    """Give a scripted model what the serve engine reads: a config (context length, vocabulary) and parameters
+    to fingerprint."""
+    from types import SimpleNamespace
+
+    model.config = SimpleNamespace(max_position_embeddings=context, vocab_size=len(tokenizer.get_vocab()),
+                                   model_type="deepseek_v3")
+    model.parameters = dict
+    return model

@@ -54,7 +54,7 @@ class LiveServer:
 @contextlib.contextmanager
 def running_server(model, tokenizer, *, model_id: str, chat_style: Optional[str] = None,
                    api_key: Optional[str] = None, limits=None, log_prompts: bool = False, wrap=None,
-                   model_names=None, **engine_kw):
+                   model_names=None, cors_origins=(), **engine_kw):
     """Yields (LiveServer, Engine) for `model` behind the real engine; stops both on exit.
     wrap: a function of the engine returning what the app should call instead (a test double around it)."""
     from mlxseek.serve import Limits, create_app
@@ -64,7 +64,7 @@ def running_server(model, tokenizer, *, model_id: str, chat_style: Optional[str]
     try:
         app = create_app(model=model, tokenizer=tokenizer, engine=wrap(engine) if wrap else engine,
                          model_id=model_id, api_key=api_key, limits=limits or Limits(), chat_style=chat_style,
-                         log_prompts=log_prompts, model_names=model_names)
+                         log_prompts=log_prompts, model_names=model_names, cors_origins=cors_origins)
         with LiveServer(app) as server:
             yield server, engine
     finally:

@@ -27,12 +27,13 @@ def test_policy_table():
     assert (gpu.compute_dtype, gpu.weight_layout, gpu.quantized_cache_read, gpu.draft_auto) == (
         "bfloat16", "checkpoint", "packed", "acceptance")
     assert gpu.prefill_step > cpu.prefill_step and gpu.prefill_scores_bytes > cpu.prefill_scores_bytes
-    assert be.device_kind() == "cpu" and be.backend_policy() == cpu  # this machine: MLX's CPU backend
+    assert be.backend_policy() == be.policy_for(be.device_kind())  # this machine's: cpu here, gpu on Metal/CUDA
 
 
 def test_metal_is_not_the_gpu_test(monkeypatch):
     """A Metal probe saying yes on a CPU default device does not make a GPU policy (the old test did)."""
     monkeypatch.setattr(mx.metal, "is_available", lambda: True)
+    monkeypatch.setattr(mx, "default_device", lambda: mx.Device(mx.cpu))  # a CPU default device, even on a Mac
     assert be.device_kind() == "cpu" and be.backend_policy().compute_dtype == "float32"
     assert mlxseek.loading.loader.default_dtype() == mx.float32
 
@@ -81,7 +82,8 @@ def quantized(tmp_path_factory):
 
 def test_loader_reads_the_policy(quantized):
     path = quantized("v3")
-    cpu = mlxseek.load(path, tokenizer=False)[0]
+    assert mlxseek.load(path, tokenizer=False)[0].backend == be.backend_policy()  # this machine's policy
+    cpu = mlxseek.load(path, backend="cpu", tokenizer=False)[0]
     assert cpu.backend.kind == "cpu" and cpu.kernel_layout == KernelLayout.KMAJOR_RELAID
     assert cpu.layers[0].self_attn.quantized_cache_read == "dequantize"
     gpu = mlxseek.load(path, backend="gpu", tokenizer=False)[0]

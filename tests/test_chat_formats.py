@@ -139,3 +139,15 @@ def test_style_from_a_checkpoint_tokenizer(tmp_path):
 
     text = render_chat([{"role": "user", "content": "hi"}], tokenizer=Tok())
     assert text == render_chat([{"role": "user", "content": "hi"}], style="v3.2")
+
+
+@pytest.mark.parametrize("messages,kwargs,field", [
+    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": None}], {}, "messages[1].content"),
+    ([{"role": "tool", "content": "x"}], {}, "messages[0].role"),
+    ([{"role": "user", "content": "a"}], {"tools": [{"type": "function"}]}, "tools[0].function.name"),
+    ([{"role": "user", "content": "a"}], {"reasoning_effort": "max"}, "reasoning_effort"),
+])
+def test_format_errors_carry_the_field_they_name(messages, kwargs, field):
+    with pytest.raises(ChatFormatError) as e:
+        render_chat(messages, style="v3.1", **kwargs)
+    assert e.value.field == field and str(e.value).startswith(field)

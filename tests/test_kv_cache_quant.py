@@ -66,10 +66,11 @@ def test_cache_bytes_per_token(model_and_prompt):
         c = cache[0]
         sizes[bits] = c.bytes_per_token() if bits else sum(a.nbytes for a in c.keys_and_values()) / x.shape[1]
     R, Dr = cfg.kv_lora_rank, cfg.qk_rope_head_dim
-    assert sizes[None] == (R + Dr) * 4  # float32 compute dtype on CPU
-    # packed latent + one float32 scale and bias per 32 values, rotary key unquantized
-    assert sizes[8] == R + 2 * 4 * R / 32 + Dr * 4
-    assert sizes[4] == R / 2 + 2 * 4 * R / 32 + Dr * 4
+    item = getattr(mx, model.backend.compute_dtype).size  # the backend policy's: float32 on CPU, bf16 on a GPU
+    assert sizes[None] == (R + Dr) * item
+    # packed latent + one scale and bias (compute dtype) per 32 values, rotary key unquantized
+    assert sizes[8] == R + 2 * item * R / 32 + Dr * item
+    assert sizes[4] == R / 2 + 2 * item * R / 32 + Dr * item
 
 
 def test_to_quantized_keeps_tokens_and_trims(model_and_prompt):

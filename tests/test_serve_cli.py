@@ -18,7 +18,7 @@ from mlxseek.cli import main
 
 OPTIONS = ("--model", "--host", "--port", "--api-key", "--prompt-cache-gb", "--prompt-cache-dir", "--draft",
            "--max-queue", "--max-batch", "--model-id", "--model-alias", "--deepseek-names", "--chat-style",
-           "--max-body-mb", "--max-tokens", "--log-prompts", "--log-level")
+           "--max-body-mb", "--max-tokens", "--cors-origin", "--log-prompts", "--log-level")
 
 
 def test_help_explains_every_option():
@@ -47,6 +47,15 @@ def test_loopback_or_key_does_not_warn(calls):
         r = CliRunner().invoke(main, ["serve", "--model", str(TRAINED), *args])
         assert r.exit_code == 0 and "warning" not in r.output
     assert calls[-1]["host"] == "127.0.0.1" and calls[-1]["port"] == 8080
+
+
+def test_cors_origins_reach_the_server(calls):
+    r = CliRunner().invoke(main, ["serve", "--model", str(TRAINED), "--cors-origin", "http://a.test",
+                                  "--cors-origin", "http://b.test"])
+    assert r.exit_code == 0, r.output
+    assert calls[0]["cors_origins"] == ("http://a.test", "http://b.test")
+    CliRunner().invoke(main, ["serve", "--model", str(TRAINED)])
+    assert calls[1]["cors_origins"] == ()
 
 
 def test_bad_options_are_refused(calls):

@@ -63,12 +63,9 @@ BAD_INPUTS = [
     ("max_tokens a string", CHAT, chat(max_tokens="5"), 400, "max_tokens"),
     ("max_tokens negative", CHAT, chat(max_tokens=-1), 400, "max_tokens"),
     ("max_tokens zero", COMP, completion(max_tokens=0), 400, "max_tokens"),
-    ("max_tokens huge", CHAT, chat(max_tokens=10**12), 400, "max_tokens"),
-    ("max_tokens over 2**64", COMP, completion(max_tokens=2**70), 400, "max_tokens"),
     ("max_tokens a float", COMP, completion(max_tokens=5.5), 400, "max_tokens"),
     ("max_tokens 1e400 (inf)", COMP, '{"model": "trained_v3", "prompt": "x", "max_tokens": 1e400}', 400,
      "max_tokens"),
-    ("max_completion_tokens huge", CHAT, chat(max_completion_tokens=10**9), 400, "max_completion_tokens"),
     ("temperature negative", CHAT, chat(temperature=-0.5), 400, "temperature"),
     ("temperature a string", CHAT, chat(temperature="hot"), 400, "temperature"),
     ("temperature NaN", COMP, '{"model": "trained_v3", "prompt": "x", "temperature": NaN}', 400, "temperature"),
@@ -111,14 +108,12 @@ BAD_INPUTS = [
     ("messages: max_tokens missing", MSG, without(OK_MESSAGES, "max_tokens"), 400, None),
     ("messages: unknown block type", MSG,
      messages(messages=[{"role": "user", "content": [{"type": "video"}]}]), 400, None),
-    ("messages: system role in messages", MSG, messages(messages=[{"role": "system", "content": "x"}]), 400, None),
     ("messages: tool_result in an assistant turn", MSG,
      messages(messages=[{"role": "assistant", "content": [{"type": "tool_result", "tool_use_id": "t"}]}]), 400,
      None),
     ("messages: temperature above 1", MSG, messages(temperature=1.5), 400, None),
     ("messages: unknown model", MSG, messages(model="claude-9"), 404, None),
     ("messages: bad JSON", MSG, "{", 400, None),
-    ("messages: max_tokens over the cap", MSG, messages(max_tokens=10**6), 400, None),
     ("messages: surrogate in text", MSG, messages(messages=[{"role": "user", "content": "\udc00"}]), 400, None),
     ("messages: empty stop sequence", MSG, messages(stop_sequences=[""]), 400, None),
     ("count_tokens: bad block", MSG + "/count_tokens",
@@ -181,12 +176,6 @@ def test_unicode_garbage_that_is_valid_text_is_served(http):
     r = http.post(CHAT, json={**OK_CHAT, "messages": [{"role": "user", "content": weird}]})
     assert r.status_code == 200, r.text
     assert http.get("/health").status_code == 200
-
-
-def test_max_tokens_over_the_server_cap_is_refused(http):
-    r = http.post(COMP, json={**OK_COMPLETION, "max_tokens": 513})
-    assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
-    assert "512" in r.json()["error"]["message"]
 
 
 @pytest.fixture(scope="module")

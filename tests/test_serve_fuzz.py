@@ -37,7 +37,9 @@ def http():
         yield client
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# derandomize: the same 150 bodies every run (a fixed seed), so a failure reproduces and CI does not flake
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(path=st.sampled_from(PATHS), payload=body)
 def test_random_bodies_never_break_the_server(http, path, payload):
     raw = json.dumps(payload, ensure_ascii=True)  # \\ud800-style escapes carry the surrogates through

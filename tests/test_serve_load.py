@@ -119,15 +119,16 @@ def test_fifty_clients_with_disconnects(server, trained):
 
 
 def test_health_answers_during_a_long_generation(server):
-    srv, _ = server
+    """/health does not wait for the model: it answers while the generation still runs (behaviour, not a
+    latency bound; the server's timings are benchmarks/serve_bench.py's)."""
+    srv, engine = server
     with httpx.Client(base_url=srv.url, timeout=TIMEOUT) as http:
         long = {"model": MODEL_ID, "prompt": PROMPT, "max_tokens": 800, "temperature": 0, "stream": True}
         with http.stream("POST", "/v1/completions", json=long) as r:
             lines = r.iter_lines()
             next(lines)  # generating now
-            t0 = time.monotonic()
             assert httpx.get(srv.url + "/health", timeout=5).status_code == 200
-            assert time.monotonic() - t0 < 1.0
+            assert engine.stats()["running"] == 1  # ... and it still was when /health answered
 
 
 def wait_idle(engine, timeout: float = 10) -> None:

@@ -2,7 +2,15 @@
 
 
 class MlxseekError(Exception):
-    """Base class for every error mlxseek raises on bad input."""
+    """Base class for every error mlxseek raises on bad input.
+
+    field: the input field, key or option at fault when there is one (e.g. "messages[2].content",
+    "max_tokens"); the server answers it as the error's `param` instead of reading it back out of the text.
+    """
+
+    def __init__(self, *args, field: str | None = None):
+        super().__init__(*args)
+        self.field = field
 
 
 class ConfigError(MlxseekError):
@@ -55,3 +63,12 @@ class BatchingError(GenerationError):
 
 class VocabularyError(GenerationError):
     """A token id lies outside the model's vocabulary (config.json vocab_size); names the id and its position."""
+
+
+class ConstraintError(GenerationError):
+    """A structured-output schema or forced-tool grammar cannot be used for constrained decoding; `keyword`
+    names the JSON-schema keyword at fault when there is one."""
+
+    def __init__(self, message: str, *, keyword: str | None):
+        super().__init__(message)
+        self.keyword = keyword

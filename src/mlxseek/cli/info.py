@@ -24,7 +24,7 @@ def report(i: dict) -> str:
     else:
         quant = f"none ({q['dtype']})"
     lay, rt = i["layers"], i["runtime"]
-    where = rt.get("path") or rt.get("reason")
+    where = " ".join(filter(None, (rt.get("source"), rt.get("path") or rt.get("reason"))))  # source: the pip wheel
     mtp = ""
     if lay["mtp"]:
         mtp = f", MTP {lay['mtp']}" + ("" if lay["mtp_in_checkpoint"] else " (not in this checkpoint)")

@@ -45,7 +45,11 @@ from .group import library_errors, main
 @click.option("--max-body-mb", default=8.0, show_default=True, type=click.FloatRange(min=0.001),
               help="Largest request body accepted (bigger: 413).")
 @click.option("--max-tokens", default=None, type=click.IntRange(min=1),
-              help="Most tokens one request may ask to generate (default: the model's context).")
+              help="Most tokens one request generates (default: the model's context); larger requests are clamped "
+                   "to it and end with finish `length`.")
+@click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
+              help="A browser origin allowed to call the API (CORS), e.g. http://localhost:3000; repeat for more, "
+                   "'*' for any. Off by default.")
 @click.option("--log-prompts", is_flag=True, help="Write prompt text to the log (off: logs carry counts only).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]), help="Server log level.")
@@ -53,8 +57,9 @@ from .group import library_errors, main
 def serve(model_dir: Path, host: str, port: int, api_key: Optional[str], prompt_cache_gb: float,
           prompt_cache_dir: Optional[Path], draft: str, max_queue: int, max_batch: int, model_ids: tuple,
           model_aliases: tuple, deepseek_names: bool, chat_style: Optional[str], max_body_mb: float,
-          max_tokens: Optional[int], log_prompts: bool, log_level: str) -> None:
-    """Serve a model over the OpenAI (/v1/chat/completions, /v1/completions) and Anthropic (/v1/messages) APIs.
+          max_tokens: Optional[int], log_prompts: bool, log_level: str, cors_origins: tuple[str, ...]) -> None:
+    """Serve a model over the OpenAI (/v1/chat/completions, /v1/completions, /v1/responses) and Anthropic
+    (/v1/messages) APIs.
 
     Point clients at http://HOST:PORT/v1 (OpenAI), http://HOST:PORT (Anthropic, or DeepSeek's API layout:
     every /v1 route is also served at the root and under /beta). /health, /v1/models and /metrics
@@ -69,4 +74,4 @@ def serve(model_dir: Path, host: str, port: int, api_key: Optional[str], prompt_
                prompt_cache_dir=prompt_cache_dir, draft=draft, max_queue=max_queue, max_batch=max_batch,
                model_id=list(model_ids), model_aliases=list(model_aliases), deepseek_names=deepseek_names,
                chat_style=chat_style, max_body_mb=max_body_mb, max_tokens=max_tokens,
-               log_prompts=log_prompts, log_level=log_level, warn=False)
+               log_prompts=log_prompts, log_level=log_level, warn=False, cors_origins=cors_origins)

@@ -7,9 +7,10 @@ Loading a system OpenBLAS with RTLD_GLOBAL before libmlx.so is loaded makes the 
 libmlx's `cblas_*` calls to it (ELF symbol interposition, the same thing LD_PRELOAD does). Quantized
 matmuls are MLX's own kernels and are unaffected. macOS builds use Accelerate (CPU) or Metal: no-op.
 
-MLXSEEK_BLAS selects: unset or "auto" (use a system OpenBLAS when one is installed, e.g. Debian's
-`libopenblas0-pthread`), "bundled" (leave MLX's own), or a path to a CBLAS shared library (an error
-if it cannot be loaded). `status()` says what happened; `mlxseek info` and the benchmarks report it.
+MLXSEEK_BLAS selects: unset or "auto" (a system OpenBLAS when one is installed, e.g. Debian's
+`libopenblas0-pthread`, else the OpenBLAS of the scipy-openblas32 wheel, a Linux dependency of mlxseek,
+through a small shim: see pip_openblas.py), "system" or "pip" (only that one), "bundled" (leave MLX's
+own), or a path to a CBLAS shared library (an error if it cannot be loaded). `status()` says what happened; `mlxseek info` and the benchmarks report it.
 The choice is made at `import mlxseek`, but an explicit path that fails is raised at first use (`check()`,
 `status()`, `load`), where the CLI turns it into one line, rather than as a traceback out of the import.
 """
@@ -23,6 +24,7 @@ import sys
 from pathlib import Path
 
 from ..errors import BlasError
+from . import pip_openblas
 
 ENV = "MLXSEEK_BLAS"
 _CANDIDATES = (
@@ -65,16 +67,21 @@ def _choose(env: str | None) -> dict:
         _state.update(blas="mlx-bundled", reason="macOS (Accelerate/Metal)" if sys.platform == "darwin"
                       else f"{ENV}={choice}")
         return dict(_state)
-    explicit = choice != "auto"
-    path = choice if explicit else _find_openblas()
-    if path is None:
-        _state.update(blas="mlx-bundled", reason="no system OpenBLAS found (apt-get install libopenblas0-pthread)")
-        return dict(_state)
+    explicit = choice not in ("auto", "system", "pip")
     if "mlx.core" in sys.modules:
         # libmlx.so has already bound its BLAS symbols: loading another library now changes nothing.
-        if explicit:
+        if explicit or choice == "pip":
             raise BlasError(f"{ENV}={choice}: mlx.core was imported before mlxseek; import mlxseek first")
         _state.update(blas="mlx-bundled", reason="mlx.core was imported before mlxseek")
+        return dict(_state)
+    path, source = (choice, None) if explicit else (None if choice == "pip" else _find_openblas(), "system")
+    if path is None and choice != "system":
+        path, source = pip_openblas.shim()
+        if path is None and choice == "pip":
+            raise BlasError(f"{ENV}=pip: {source}")
+    if path is None:
+        why = "no system OpenBLAS found (apt-get install libopenblas0-pthread)" if choice == "system" else source
+        _state.update(blas="mlx-bundled", reason=why)
         return dict(_state)
     try:
         ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
@@ -84,12 +91,16 @@ def _choose(env: str | None) -> dict:
                             "unset it (auto) or set it to 'bundled'") from None
         _state.update(blas="mlx-bundled", reason=f"{path}: {e}")
         return dict(_state)
-    _state.update(blas="openblas" if "openblas" in Path(path).name else "custom", path=path)
+    if source not in (None, "system"):  # the pip wheel, through its shim
+        _state.update(blas="openblas", source=source, path=path)
+    else:
+        _state.update(blas="openblas" if "openblas" in Path(path).name else "custom", path=path)
     return dict(_state)
 
 
 def status() -> dict:
-    """{"blas": "openblas" | "custom" | "mlx-bundled" | "not chosen", "path" or "reason": ...}.
+    """{"blas": "openblas" | "custom" | "mlx-bundled" | "not chosen", "path" or "reason": ..., and "source":
+    the wheel when the OpenBLAS is scipy-openblas32's}.
     Raises the BlasError of an explicit MLXSEEK_BLAS that failed."""
     check()
     return dict(_state)

@@ -19,36 +19,41 @@ def _where(i: int, field: str) -> str:
     return f"messages[{i}].{field}"
 
 
+def _bad(where: str, why: str) -> ChatFormatError:
+    """The error about field `where`: named first in the message and carried as `field` (a server's `param`)."""
+    return ChatFormatError(where + why, field=where)
+
+
 def _text(value, i: int, field: str, *, optional: bool) -> str | None:
     """Plain text, or OpenAI's list of {"type": "text", "text": ...} parts joined."""
     if value is None:
         if optional:
             return None
-        raise ChatFormatError(f"{_where(i, field)} is missing; give it a string (\"\" for empty)")
+        raise _bad(_where(i, field), " is missing; give it a string (\"\" for empty)")
     if isinstance(value, str):
         return value
     if isinstance(value, list):
         parts = []
         for k, part in enumerate(value):
             if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
-                raise ChatFormatError(f"{_where(i, f'{field}[{k}]')}: only text parts "
+                raise _bad(_where(i, f'{field}[{k}]'), ": only text parts "
                                       '({"type": "text", "text": ...}) can be rendered')
             parts.append(part["text"])
         return "".join(parts)
-    raise ChatFormatError(f"{_where(i, field)} must be a string, not {type(value).__name__}")
+    raise _bad(_where(i, field), f" must be a string, not {type(value).__name__}")
 
 
 def _arguments(value, where: str) -> str:
     if isinstance(value, dict):
         return json.dumps(value, ensure_ascii=False)
     if not isinstance(value, str):
-        raise ChatFormatError(f"{where} must be a JSON object as a string, not {type(value).__name__}")
+        raise _bad(where, f" must be a JSON object as a string, not {type(value).__name__}")
     try:
         parsed = json.loads(value)
     except ValueError as e:
-        raise ChatFormatError(f"{where} is not JSON ({e}); send the arguments as a JSON object string") from None
+        raise _bad(where, f" is not JSON ({e}); send the arguments as a JSON object string") from None
     if not isinstance(parsed, dict):
-        raise ChatFormatError(f"{where} must be a JSON object, not {type(parsed).__name__}")
+        raise _bad(where, f" must be a JSON object, not {type(parsed).__name__}")
     return value
 
 
@@ -56,22 +61,22 @@ def _tool_calls(value, i: int) -> list[dict] | None:
     if value is None:
         return None
     if not isinstance(value, list):
-        raise ChatFormatError(f"{_where(i, 'tool_calls')} must be a list of tool calls")
+        raise _bad(_where(i, 'tool_calls'), " must be a list of tool calls")
     calls = []
     for j, call in enumerate(value):
         base = f"tool_calls[{j}]"
         if not isinstance(call, dict) or not isinstance(call.get("function"), dict):
-            raise ChatFormatError(f"{_where(i, base)} must be {{\"id\", \"type\": \"function\", \"function\": "
+            raise _bad(_where(i, base), f" must be {{\"id\", \"type\": \"function\", \"function\": "
                                   "{\"name\", \"arguments\"}}")
         if call.get("type", "function") != "function":
-            raise ChatFormatError(f"{_where(i, base + '.type')} must be \"function\", not {call.get('type')!r}")
+            raise _bad(_where(i, base + '.type'), " must be \"function\", not {call.get('type')!r}")
         name = call["function"].get("name")
         if not isinstance(name, str) or not name:
-            raise ChatFormatError(f"{_where(i, base + '.function.name')} must be a non-empty string")
+            raise _bad(_where(i, base + '.function.name'), " must be a non-empty string")
         args = _arguments(call["function"].get("arguments"), _where(i, base + ".function.arguments"))
         call_id = call.get("id")
         if call_id is not None and not isinstance(call_id, str):
-            raise ChatFormatError(f"{_where(i, base + '.id')} must be a string")
+            raise _bad(_where(i, base + '.id'), " must be a string")
         calls.append({"id": call_id, "name": name, "arguments": args})
     return calls
 
@@ -79,31 +84,31 @@ def _tool_calls(value, i: int) -> list[dict] | None:
 def _answered_call(msg: dict, i: int, open_calls: list[dict] | None, answered: int) -> None:
     """A tool message must follow an assistant turn with tool calls and answer one of them."""
     if open_calls is None:
-        raise ChatFormatError(f"{_where(i, 'role')}: this tool message answers no call (it does not follow an "
+        raise _bad(_where(i, 'role'), ": this tool message answers no call (it does not follow an "
                               "assistant message with tool_calls)")
     call_id = msg.get("tool_call_id")
     if not isinstance(call_id, str):
-        raise ChatFormatError(f"{_where(i, 'tool_call_id')} is missing; give the id of the call it answers")
+        raise _bad(_where(i, 'tool_call_id'), " is missing; give the id of the call it answers")
     ids = [c["id"] for c in open_calls if c["id"] is not None]
     if ids and call_id not in ids:
-        raise ChatFormatError(f"{_where(i, 'tool_call_id')}: {call_id!r} answers no call of the preceding "
+        raise _bad(_where(i, 'tool_call_id'), f": {call_id!r} answers no call of the preceding "
                               f"assistant message (its calls: {', '.join(ids)})")
     if answered >= len(open_calls):
-        raise ChatFormatError(f"{_where(i, 'tool_call_id')}: more tool results than the {len(open_calls)} "
+        raise _bad(_where(i, 'tool_call_id'), f": more tool results than the {len(open_calls)} "
                               "call(s) of the preceding assistant message")
 
 
 def normalize_messages(messages, *, roles: tuple[str, ...] = BASE_ROLES) -> list[dict]:
     """Check `messages` and return normalized copies (see the module docstring)."""
     if not isinstance(messages, (list, tuple)) or not messages:
-        raise ChatFormatError("messages must be a non-empty list of {\"role\", \"content\"} objects")
+        raise _bad("messages", " must be a non-empty list of {\"role\", \"content\"} objects")
     out, open_calls, answered = [], None, 0
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict):
-            raise ChatFormatError(f"messages[{i}] must be an object with a role, not {type(msg).__name__}")
+            raise _bad(f"messages[{i}]", f" must be an object with a role, not {type(msg).__name__}")
         role = msg.get("role")
         if role not in roles:
-            raise ChatFormatError(f"{_where(i, 'role')}: unknown role {role!r}; this format knows "
+            raise _bad(_where(i, 'role'), f": unknown role {role!r}; this format knows "
                                   f"{', '.join(roles)}")
         norm = {"role": role, "content": None, "reasoning_content": None, "tool_calls": None, "tool_call_id": None}
         if role == "assistant":
@@ -130,12 +135,12 @@ def tool_functions(tools) -> list[dict]:
     if tools is None:
         return []
     if not isinstance(tools, (list, tuple)):
-        raise ChatFormatError("tools must be a list of {\"type\": \"function\", \"function\": {...}} schemas")
+        raise _bad("tools", " must be a list of {\"type\": \"function\", \"function\": {...}} schemas")
     out = []
     for k, tool in enumerate(tools):
         fn = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-            raise ChatFormatError(f"tools[{k}].function.name is missing; each tool is "
+            raise _bad(f"tools[{k}].function.name", " is missing; each tool is "
                                   "{\"type\": \"function\", \"function\": {\"name\", \"parameters\", ...}}")
         out.append(fn)
     return out

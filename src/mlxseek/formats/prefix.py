@@ -32,19 +32,21 @@ def prefix_message_index(messages) -> int | None:
     for i in marked:
         value = messages[i]["prefix"]
         if not isinstance(value, bool):
-            raise ChatFormatError(f"messages[{i}].prefix must be true or false, not {type(value).__name__}")
+            raise ChatFormatError(f"messages[{i}].prefix must be true or false, not {type(value).__name__}",
+                                  field=f"messages[{i}].prefix")
     marked = [i for i in marked if messages[i]["prefix"]]
     if not marked:
         return None
     i = marked[0]
     if i != len(messages) - 1:
         raise ChatFormatError(f"messages[{i}].prefix: only the last message may be a prefix to continue "
-                              f"(it is message {i} of {len(messages)})")
+                              f"(it is message {i} of {len(messages)})", field=f"messages[{i}].prefix")
     if messages[i].get("role") != "assistant":
         raise ChatFormatError(f"messages[{i}].prefix: only an assistant message can be continued, "
-                              f"not a {messages[i].get('role')!r} one")
+                              f"not a {messages[i].get('role')!r} one", field=f"messages[{i}].prefix")
     if messages[i].get("tool_calls"):
-        raise ChatFormatError(f"messages[{i}].prefix: a prefix message cannot carry tool_calls")
+        raise ChatFormatError(f"messages[{i}].prefix: a prefix message cannot carry tool_calls",
+                              field=f"messages[{i}].prefix")
     return i
 
 
@@ -56,7 +58,7 @@ def render_prefix_completion(messages: list[dict], *, style: str | None = None, 
     i = prefix_message_index(messages)
     if i is None:
         raise ChatFormatError(f"messages[{len(messages) - 1}].prefix: the last message is not marked "
-                              "prefix: true")
+                              "prefix: true", field=f"messages[{len(messages) - 1}].prefix")
     if style is None:
         style = style_of_tokenizer(tokenizer)
     last = messages[i]
@@ -79,4 +81,5 @@ def _text(value, i: int, field: str) -> str:
         return value
     if isinstance(value, list) and all(isinstance(p, dict) and isinstance(p.get("text"), str) for p in value):
         return "".join(p["text"] for p in value)
-    raise ChatFormatError(f"messages[{i}].{field} must be a string or text parts, not {type(value).__name__}")
+    raise ChatFormatError(f"messages[{i}].{field} must be a string or text parts, not {type(value).__name__}",
+                          field=f"messages[{i}].{field}")

@@ -28,13 +28,14 @@ def render_chat(messages: list[dict], *, style: str | None = None, tools: list[d
     functions = tool_functions(tools)
     if reasoning_effort is not None and (style != "v4" or reasoning_effort not in v4.REASONING_EFFORTS):
         raise ChatFormatError(f"reasoning_effort={reasoning_effort!r}: only the v4 format takes it, as "
-                              "'high' or 'max' (in thinking mode)")
+                              "'high' or 'max' (in thinking mode)", field="reasoning_effort")
     msgs = normalize_messages(messages, roles=v4.ROLES if style == "v4" else BASE_ROLES)
     if style == "v3":
         for i, m in enumerate(msgs):
             if m["role"] == "assistant" and m["tool_calls"] and m["content"] is not None:
                 raise ChatFormatError(f"messages[{i}].content: the v3 template renders an assistant turn "
-                                      "with tool_calls only when its content is empty or null")
+                                      "with tool_calls only when its content is empty or null",
+                                      field=f"messages[{i}].content")
         return v3.render(msgs, add_generation_prompt=add_generation_prompt)
     if style == "r1":
         return r1.render(msgs, add_generation_prompt=add_generation_prompt)

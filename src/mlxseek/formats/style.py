@@ -58,12 +58,12 @@ def check_thinking(style: str, thinking: bool | None) -> bool:
     if rule is None:
         if thinking:
             raise ChatFormatError(f"thinking=True: the {style} format has no reasoning mode; use r1, v3.1, v3.2 "
-                                  "or v4, or leave thinking unset")
+                                  "or v4, or leave thinking unset", field="thinking")
         return False
     if rule is True:
         if thinking is False:
             raise ChatFormatError(f"thinking=False: the {style} format always reasons and has no toggle; "
-                                  "leave thinking unset")
+                                  "leave thinking unset", field="thinking")
         return True
     return bool(thinking)
 

@@ -13,7 +13,10 @@ from ..errors import ChatFormatError
 from .dsml import encode_block, to_json
 from .tokens import ASSISTANT, BOS, DSML, EOS, THINK_END, THINK_START, USER
 
+# The paragraph breaks follow DeepSeek's current encoding_dsv32.py; tests/fixtures/make_chat_goldens.py
+# lists the copies that show them (vLLM's and SGLang's copies lack them).
 TOOLS_PROMPT = """## Tools
+
 You have access to a set of tools you can use to answer the user's question.
 You can invoke functions by writing a "<{d}function_calls>" block like the following as part of your reply to the user:
 <{d}function_calls>
@@ -25,15 +28,21 @@ You can invoke functions by writing a "<{d}function_calls>" block like the follo
 ...
 </{d}invoke>
 </{d}function_calls>
+
 String and scalar parameters should be specified as is without any escaping or quotes, while lists and objects should use JSON format. The "string" attribute should be set to "true" for string type parameters and "false" for other types (numbers, booleans, arrays, objects).
+
 If the thinking_mode is enabled, then after function results you should strongly consider outputting a thinking block. Here is an example:
+
 <{d}function_calls>
 ...
 </{d}function_calls>
+
 <function_results>
 ...
 </function_results>
+
 {ts}...thinking about results{te}
+
 Here are the functions available in JSONSchema format:
 <functions>
 {schemas}
@@ -55,7 +64,8 @@ def _assistant(m: dict, i: int, after_last_user: bool, thinking: bool) -> str:
     if thinking and after_last_user:
         if not (m["reasoning_content"] or m["tool_calls"]):
             raise ChatFormatError(f"messages[{i}].reasoning_content is missing: in thinking mode an assistant "
-                                  "turn after the last user message needs its reasoning or tool calls")
+                                  "turn after the last user message needs its reasoning or tool calls",
+                                  field=f"messages[{i}].reasoning_content")
         reasoning = (m["reasoning_content"] or "") + THINK_END
     calls = encode_block(m["tool_calls"], "function_calls") if m["tool_calls"] else ""
     return reasoning + (m["content"] or "") + calls + EOS

@@ -22,14 +22,16 @@ from dataclasses import dataclass
 from typing import Callable, Generator, Optional, Sequence, Union
 
 import mlx.core as mx
+import numpy as np
 
 from ..cache.batch import make_batch_cache
 from ..errors import BatchingError, GenerationError
+from .constraint import make_constraint
 from .prefill import DEFAULT_PREFILL_STEP
 from .rows import BatchRecord, Feed, Row, RowParams, RowSampler
 from .solo import SoloDrafter
 from .steps import generate_step, make_prompt_cache, split_prompt_cache
-from .stream import _check_lengths, _decode, encode_prompt, make_records
+from .stream import _check_lengths, _decode, _vocab_size, encode_prompt, make_records
 
 Prompt = Union[str, Sequence[int], mx.array]
 
@@ -71,7 +73,7 @@ class BatchDecoder:
         row = self._new_row(ids, params, budget)
         self._next_id += 1
         steps = generate_step(ids, self.model, max_tokens=1, sampler=row.sampler, prompt_cache=solo,
-                              prefill_step_size=self.prefill_step_size, progress=progress)
+                              prefill_step_size=self.prefill_step_size, progress=progress, constraint=row.constraint)
         y, logprobs = next(steps)
         steps.close()
         self.pending.append((row.rid, row.emit(y, logprobs, 1)))
@@ -88,7 +90,9 @@ class BatchDecoder:
         feed = Feed()
         records = _decode(feed, make_records(self.tokenizer, ids, params.stop, chat_style=self.chat_style),
                           detok, self.eos, budget)
-        return Row(self._next_id, RowSampler(params), feed, records, budget)
+        constraint = None if params.grammar is None else make_constraint(
+            self.tokenizer, params.grammar, vocab_size=_vocab_size(self.model), prompt_ids=ids[-4:].tolist())
+        return Row(self._next_id, RowSampler(params), feed, records, budget, constraint)
 
     def _join(self, row: Row, layers: list) -> None:
         if self.solo is not None and not self.rows:
@@ -145,7 +149,7 @@ class BatchDecoder:
             return events
         B = len(self.rows)
         tokens = mx.array([[r.y] for r in self.rows], dtype=mx.uint32)  # (B, 1)
-        logits = self.model.head(self.model.trunk(tokens, self.cache)[:, -1])  # (B, V)
+        logits = self._masked(self.model.head(self.model.trunk(tokens, self.cache)[:, -1]))  # (B, V)
         logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
         ys = self._sample(logprobs)
         done = []
@@ -156,6 +160,21 @@ class BatchDecoder:
         if done:
             self._drop(done)
         return events
+
+    def _masked(self, logits: mx.array) -> mx.array:
+        """(B, V) logits with each constrained row's grammar mask applied (rows.py: the constraint has
+        seen every emitted token but y, so it is fed y first)."""
+        rows = [(i, r.constraint) for i, r in enumerate(self.rows) if r.constraint is not None]
+        if not rows:
+            return logits
+        mx.async_eval(logits)  # the forward runs while the host computes the masks
+        allowed = np.ones(logits.shape, dtype=bool)
+        for i, c in rows:
+            c.feed(self.rows[i].y)
+            bits = c.mask()
+            if bits is not None:
+                allowed[i] = bits[: logits.shape[-1]]
+        return mx.where(mx.array(allowed), logits, -mx.inf)
 
     def _sample(self, logprobs: mx.array) -> mx.array:
         """(B, V) -> (B,): one argmax for the greedy rows, each sampled row with its own sampler."""

@@ -22,13 +22,15 @@ from .stream import GenerationResponse
 class RowParams:
     """Per-sequence decoding parameters. temperature 0 is greedy; `seed` makes a sampled row reproducible
     whatever else shares its batch (the row draws from its own key, as `stream_generate(seed=...)` does
-    from MLX's global one, so the two give the same tokens); `stop` strings end the row (not included)."""
+    from MLX's global one, so the two give the same tokens); `stop` strings end the row (not included);
+    `grammar` (llguidance Lark text, see `mlxseek.formats.constraints`) constrains the row's reply."""
 
     max_tokens: int = 256
     temperature: float = 0.0
     top_p: float = 1.0
     seed: Optional[int] = None
     stop: tuple[str, ...] = ()
+    grammar: Optional[str] = None
     sampler: Optional[Callable[[mx.array], mx.array]] = field(default=None, compare=False)
 
     def check(self) -> None:
@@ -92,8 +94,9 @@ class Feed:
 class Row:
     """A running sequence: `y` is its last sampled token (emitted, not yet fed to the model)."""
 
-    def __init__(self, rid: int, sampler: RowSampler, feed: Feed, records, budget: int):
+    def __init__(self, rid: int, sampler: RowSampler, feed: Feed, records, budget: int, constraint=None):
         self.rid, self.sampler, self.feed, self.records = rid, sampler, feed, records
+        self.constraint = constraint  # a TokenConstraint (fed every emitted token but y), or None
         self.budget = budget  # tokens it may emit (max_tokens capped by the context)
         self.y: int = -1
         self.finished = False

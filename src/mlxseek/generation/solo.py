@@ -39,7 +39,8 @@ class SoloDrafter:
         """Decode `row` alone from its solo per-layer caches (holding every emitted token but row.y)."""
         self.row, self.primed = row, False
         self.dec = SpeculativeDecoder(self.model, layers, self.model.make_mtp_cache(), sampler=None, processors=[],
-                                      num_draft=self.k, stats=DraftStats(), policy=DraftPolicy(), keep_state=False)
+                                      num_draft=self.k, stats=DraftStats(), policy=DraftPolicy(), keep_state=False,
+                                  constraint=row.constraint)
 
     def step(self) -> list[tuple[int, mx.array, bool]]:
         """(token, logprobs, drafted) for one forward. The first forward is plain (it gives the MTP the

@@ -52,12 +52,14 @@ def generate_step(
     prompt_cache: Optional[list] = None,
     prefill_step_size: Optional[int] = None,
     progress: Optional[Callable[[int, int], None]] = None,
+    constraint=None,
 ) -> Generator[tuple[int, mx.array], None, None]:
     """Yield (token, logprobs (V,)) for up to `max_tokens` new tokens after `prompt` (1-D int array).
 
     The prompt is prefilled in chunks of `prefill_step_size` tokens (None: the backend policy's), fewer as the context grows (see
     `prefill_chunk`: attention scores stay bounded); `prompt_cache` (if given) is extended in
     place, so a later call continues the same context. No EOS handling here: see `stream_generate`.
+    `constraint` (a `generation.constraint.TokenConstraint`) masks every sampled position.
     """
     cache = prompt_cache if prompt_cache is not None else make_prompt_cache(model)
     sampler = sampler or make_sampler()  # temp 0: argmax
@@ -71,6 +73,11 @@ def generate_step(
             history = prompt if first else mx.concatenate([history, tokens])
             for proc in logits_processors:
                 logits = proc(history, logits)
+        if constraint is not None:
+            mx.async_eval(logits)  # the forward runs while the host computes the mask
+            if not first:
+                constraint.feed(tokens.item())
+            logits = constraint.apply(logits)
         logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
         return sampler(logprobs), logprobs[0]
 

@@ -16,6 +16,7 @@ from ..errors import GenerationError, VocabularyError
 from ..formats import ReplyParser, ToolCall
 from ..speculative.policy import DraftStats
 from ..speculative.step import speculative_generate_step
+from .constraint import make_constraint
 from .reasoning import held_prefix, prompt_opens_reasoning
 from .steps import LogitsProcessor, Sampler, generate_step
 
@@ -182,6 +183,7 @@ def stream_generate(
     num_draft: int = 1,
     chat_style: Optional[str] = None,
     tools: Optional[list[dict]] = None,
+    grammar: Optional[str] = None,
 ) -> Generator[GenerationResponse, None, None]:
     """Stream GenerationResponse records for `prompt` (a string or token ids).
 
@@ -193,7 +195,8 @@ def stream_generate(
     forward (greedy output unchanged; sampling needs `mlxseek.speculative.make_sampler`); "auto" drafts
     only where it measures a speedup. Records then carry draft_tokens/accepted_tokens/verify_steps.
     `chat_style` (default: the tokenizer's) picks the reply format parsed into reasoning/content/tool_calls;
-    `tools` (OpenAI schemas) makes calls to other names malformed.
+    `tools` (OpenAI schemas) makes calls to other names malformed. `grammar` (llguidance Lark text, e.g.
+    from `mlxseek.formats.constraints`) constrains the reply (after the reasoning, if the prompt opens it).
     """
     ids = encode_prompt(tokenizer, prompt, vocab_size=_vocab_size(model))
     budget = _check_lengths(model, ids.size, prompt_cache[0].offset if prompt_cache else 0, max_tokens)
@@ -203,17 +206,20 @@ def stream_generate(
     detok = tokenizer.detokenizer if tokenizer is not None else None
     mx.reset_peak_memory()
     records = make_records(tokenizer, ids, stop, chat_style=chat_style, tools=tools)
+    constraint = None if grammar is None else make_constraint(
+        tokenizer, grammar, vocab_size=_vocab_size(model) or len(tokenizer), prompt_ids=ids[-4:].tolist())
     if draft is not None:  # MTP self-speculative decoding (mlxseek.speculative)
         records.stats = DraftStats()
         steps = speculative_generate_step(
             ids, model, max_tokens=budget, draft=draft, num_draft=num_draft, sampler=sampler,
             logits_processors=logits_processors, prompt_cache=prompt_cache, prefill_step_size=prefill_step_size,
-            progress=progress, stats=records.stats,
+            progress=progress, stats=records.stats, constraint=constraint,
         )
     else:
         steps = generate_step(
             ids, model, max_tokens=budget, sampler=sampler, logits_processors=logits_processors,
             prompt_cache=prompt_cache, prefill_step_size=prefill_step_size, progress=progress,
+            constraint=constraint,
         )
     # On Metal, wire the model's memory for the duration (no-op on the CPU backend).
     with wired_limit(model):

@@ -9,7 +9,6 @@ from . import dispatch
 from .anthropic_map import check_model, message, thinking, to_messages, to_tools
 from .anthropic_stream import message_events
 from .chat_bridge import (
-    check_max_tokens,
     generation_budget,
     parse_events,
     render_prompt,
@@ -17,6 +16,7 @@ from .chat_bridge import (
 )
 from .schemas_anthropic import CountTokensRequest, MessagesRequest
 from .sse import anthropic_stream
+from .structured import request_grammar
 
 router = APIRouter()
 
@@ -27,17 +27,19 @@ async def messages(req: MessagesRequest, request: Request):
 
     served = request.app.state.served
     check_model(served, req)
-    check_max_tokens(served, req.max_tokens, "max_tokens")
     prompt = await run_in_threadpool(render_prompt, served, to_messages(req), tools=to_tools(req),
                                      thinking=_thinking(req, served))
-    budget = generation_budget(served, len(prompt.tokens), req.max_tokens, "max_tokens")
+    budget = generation_budget(served, len(prompt.tokens), req.max_tokens)
     params = SamplingParams(max_tokens=budget, temperature=1.0 if req.temperature is None else req.temperature,
                             top_p=1.0 if req.top_p is None else req.top_p,
-                            stop=stop_strings(req.stop_sequences, "stop_sequences"))
-    events = await dispatch.start(served, request, prompt.tokens, params, endpoint="messages")
+                            stop=stop_strings(req.stop_sequences, "stop_sequences"),
+                            grammar=request_grammar(style=served.style, tools=prompt.tools, tool_choice=req.tool_choice,
+                                                    parallel_tool_calls=not (req.tool_choice and
+                                                                             req.tool_choice.disable_parallel_tool_use)))
+    events = await dispatch.start(served, request, prompt.tokens, params, endpoint="messages", keepalive=req.stream)
     chunks = parse_events(events, prompt)
     if req.stream:
-        return anthropic_stream(message_events(served, chunks))
+        return anthropic_stream(message_events(served, chunks, prompt_tokens=len(prompt.tokens)))
     return message(served, await dispatch.collect(chunks, request))
 
 

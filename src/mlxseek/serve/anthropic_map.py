@@ -5,6 +5,7 @@ reply -> a message object or its streaming event sequence
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from typing import Any, Optional
 
@@ -15,6 +16,7 @@ from .model_names import check_name
 from .schemas_anthropic import CountTokensRequest
 
 _STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
+log = logging.getLogger("mlxseek.serve")
 
 
 def check_model(served, req: CountTokensRequest) -> None:
@@ -34,6 +36,8 @@ def to_messages(req: CountTokensRequest) -> list[dict]:
     for i, m in enumerate(req.messages):
         if isinstance(m.content, str):
             out.append({"role": m.role, "content": m.content})
+        elif m.role == "system":
+            out.append({"role": "system", "content": "".join(b.text for b in m.content if b.type == "text")})
         elif m.role == "user":
             out.extend(_user_blocks(m.content))
         else:
@@ -65,8 +69,12 @@ def _assistant_blocks(blocks, index: int) -> dict:
 
 
 def to_tools(req: CountTokensRequest) -> Optional[list[dict]]:
+    server_tools = sorted({t.type for t in req.tools or [] if t.type not in (None, "custom")})
+    if server_tools:
+        log.warning("messages: ignored server tools of types %s; this server runs client tools only", server_tools)
     tools = [{"type": "function", "function": {"name": t.name, "description": t.description or "",
-                                               "parameters": t.input_schema}} for t in req.tools or []]
+                                               "parameters": t.input_schema or {"type": "object"}}}
+             for t in req.tools or [] if t.type in (None, "custom")]
     choice = req.tool_choice
     if choice is None or choice.type in ("auto", "any"):
         if choice is not None and choice.type == "any" and not tools:

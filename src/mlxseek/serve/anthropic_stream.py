@@ -8,6 +8,7 @@ from typing import AsyncIterator
 
 from .anthropic_map import new_id, stop_reason, usage
 from .chat_bridge import Chunk
+from .dispatch import WAITING
 
 _EMPTY = {"thinking": {"type": "thinking", "thinking": "", "signature": ""}, "text": {"type": "text", "text": ""}}
 _DELTA = {"thinking": ("thinking_delta", "thinking"), "text": ("text_delta", "text")}
@@ -51,7 +52,9 @@ def _check_json(arguments: str) -> str:
         return json.dumps({"arguments": arguments})
 
 
-async def message_events(served, chunks: AsyncIterator[Chunk]) -> AsyncIterator[dict]:
+async def message_events(served, chunks: AsyncIterator[Chunk], *, prompt_tokens: int) -> AsyncIterator[dict]:
+    """The event sequence; while a long prompt is prefilled (dispatch.WAITING) it sends `ping`s, after a
+    message_start whose usage counts the whole prompt as input (the cache hit is known only later)."""
     blocks, saw_calls, last = _Blocks(), False, None
     started = False
     try:
@@ -59,10 +62,18 @@ async def message_events(served, chunks: AsyncIterator[Chunk]) -> AsyncIterator[
             ev = c.event
             if not started:
                 started = True
+                opening = {"input_tokens": prompt_tokens, "cache_read_input_tokens": 0,
+                           "cache_creation_input_tokens": 0, "output_tokens": 0}
                 yield {"type": "message_start", "message": {
                     "id": new_id(), "type": "message", "role": "assistant", "model": served.model_id, "content": [],
-                    "stop_reason": None, "stop_sequence": None, "usage": usage(ev, output=0)}}
+                    "stop_reason": None, "stop_sequence": None,
+                    "usage": opening if ev is WAITING else usage(ev, output=0)}}
                 yield {"type": "ping"}
+                if ev is WAITING:
+                    continue
+            if ev is WAITING:
+                yield {"type": "ping"}
+                continue
             last = ev
             events: list[dict] = []
             if c.reasoning:

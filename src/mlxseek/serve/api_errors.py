@@ -8,6 +8,7 @@ only that the server failed (the traceback goes to the server log, never to the 
 from __future__ import annotations
 
 import json
+from enum import Enum
 from typing import Any, Optional
 
 from starlette.responses import JSONResponse
@@ -35,19 +36,30 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-def is_anthropic(path: str) -> bool:
-    return path.startswith("/v1/messages")
+class ApiKind(Enum):
+    """Which API a request speaks, and so the shape of its errors. Decided once per request from the path,
+    since the guard answers (401, 413) before any route is matched."""
+
+    OPENAI = "openai"
+    ANTHROPIC = "anthropic"
+
+    @classmethod
+    def of_path(cls, path: str) -> "ApiKind":
+        return cls.ANTHROPIC if path.startswith(_ANTHROPIC_PREFIXES) else cls.OPENAI
 
 
-def error_body(err: ApiError, *, anthropic: bool) -> dict:
+_ANTHROPIC_PREFIXES = ("/v1/messages",)  # aliases (/messages, /beta/...) reach here as /v1 paths
+
+
+def error_body(err: ApiError, *, api: ApiKind) -> dict:
     oa_type, an_type = _TYPES.get(err.status, ("invalid_request_error", "invalid_request_error"))
-    if anthropic:
+    if api is ApiKind.ANTHROPIC:
         return {"type": "error", "error": {"type": an_type, "message": err.message}}
     return {"error": {"message": err.message, "type": oa_type, "param": err.param, "code": err.code}}
 
 
 def error_response(err: ApiError, *, path: str) -> JSONResponse:
-    return JSONResponse(error_body(err, anthropic=is_anthropic(path)), status_code=err.status, headers=err.headers)
+    return JSONResponse(error_body(err, api=ApiKind.of_path(path)), status_code=err.status, headers=err.headers)
 
 
 def field_path(loc: tuple, body: Any, missing: bool) -> str:

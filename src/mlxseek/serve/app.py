@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Optional, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,18 +21,19 @@ from .url_aliases import UrlAliases
 
 log = logging.getLogger("mlxseek.serve")
 _ROUTES = ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/messages",
-           "/v1/messages/count_tokens")
+           "/v1/messages/count_tokens", "/v1/responses")
 
 
 def create_app(*, model, tokenizer, engine, model_id: str, api_key: Optional[str] = None,
                limits: Optional[Limits] = None, chat_style: Optional[str] = None, log_prompts: bool = False,
-               model_names: Optional[dict] = None):
+               model_names: Optional[dict] = None, cors_origins: Sequence[str] = ()):
     """An ASGI app serving `model` through a started `engine` (mlxseek.serve.engine.Engine).
 
     chat_style: the chat format for /v1/chat/completions and /v1/messages (one of mlxseek.formats.STYLES);
     None detects it from the checkpoint's model_type and chat template. api_key: when set, every route but
-    /health needs it. limits: body size and max_tokens caps (default `Limits()`). The caller owns the
-    engine (starts and stops it).
+    /health needs it. limits: body size and max_tokens caps (default `Limits()`). cors_origins: browser
+    origins allowed to call the API (CORS; none by default, "*" for any). The caller owns the engine
+    (starts and stops it). The OpenAPI schema is at /openapi.json; the docs UI is off.
     """
     limits = limits or Limits()
     metrics = Metrics(queue_depth=lambda: engine.queue_depth, engine_stats=getattr(engine, "stats", None))
@@ -40,14 +41,19 @@ def create_app(*, model, tokenizer, engine, model_id: str, api_key: Optional[str
                          style=chat_style or _detect_style(model, tokenizer), limits=limits, metrics=metrics,
                          log_prompts=log_prompts, names=dict(model_names or {}))
     log.info("serving %s with the %s chat format", model_id, served.style)
-    app = FastAPI(title="mlxseek", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="mlxseek", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.state.served = served
     _add_routes(app, served)
     _add_error_handlers(app)
     app.add_middleware(Guard, api_key=api_key, max_body_bytes=limits.max_body_bytes,
                        on_response=lambda path, status: metrics.requests.labels(
                            path if path in _ROUTES else "other", str(status)).inc())
-    app.add_middleware(UrlAliases, router=app.router)  # outermost: the rest sees /v1 paths only
+    app.add_middleware(UrlAliases, router=app.router)  # the rest sees /v1 paths only
+    if cors_origins:  # outermost, so a browser's preflight (which carries no API key) is answered here
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["*"])
     return app
 
 
@@ -72,6 +78,11 @@ def _detect_style(model, tokenizer) -> Optional[str]:
 def _add_routes(app: FastAPI, served: ServedModel) -> None:
     from .anthropic_api import router as anthropic_router
     from .openai_api import router as openai_router
+    from .responses import router as responses_router
+
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    async def root():
+        return {"status": "ok"}
 
     @app.get("/health")
     async def health():
@@ -83,6 +94,7 @@ def _add_routes(app: FastAPI, served: ServedModel) -> None:
 
     app.include_router(openai_router)
     app.include_router(anthropic_router)
+    app.include_router(responses_router)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -111,11 +123,13 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ChatFormatError)
     async def bad_chat(request: Request, exc: ChatFormatError):
-        return error_response(ApiError(400, str(exc), param="messages"), path=request.url.path)
+        from .chat_bridge import request_field
+
+        return error_response(ApiError(400, str(exc), param=request_field(exc.field)), path=request.url.path)
 
     @app.exception_handler(MlxseekError)
     async def library_error(request: Request, exc: MlxseekError):
-        return error_response(ApiError(400, str(exc)), path=request.url.path)
+        return error_response(ApiError(400, str(exc), param=exc.field), path=request.url.path)
 
     @app.exception_handler(ClientGone)
     async def gone(request: Request, exc: ClientGone):

@@ -70,7 +70,8 @@ class BatchRunner:
                 raise _Cancelled
 
         params = RowParams(max_tokens=min(p.max_tokens, e.context_length - len(req.prompt)),
-                           temperature=p.temperature, top_p=p.top_p, seed=p.seed, stop=tuple(p.stop))
+                           temperature=p.temperature, top_p=p.top_p, seed=p.seed, stop=tuple(p.stop),
+                           grammar=p.grammar)
         try:
             rid = self.dec.add(req.prompt[cached:], params, prompt_cache=cache, progress=progress)
         except _Cancelled:

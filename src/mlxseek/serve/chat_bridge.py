@@ -12,10 +12,10 @@ from typing import Any, AsyncIterator, Optional
 
 from ..errors import ChatFormatError
 from .api_errors import ApiError
+from .dispatch import WAITING
 from .state import ServedModel
 
 MAX_STOPS = 16
-_FIELD = re.compile(r"((?:messages|tools)(?:\[\d+\]|\.\w+)*|thinking|reasoning_effort)(?=[\s=:,]|$)")
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def render_prompt(served: ServedModel, messages: list[dict], *, tools: Optional[
             text = render_chat(messages, **kw)
             opens, continuation = prompt_opens_thinking(served.style, thinking, prompt=text), False
     except ChatFormatError as e:
-        raise ApiError(400, str(e), param=format_error_field(str(e))) from None
+        raise ApiError(400, str(e), param=request_field(e.field)) from None
     # the rendered text already holds the BOS token: do not add special tokens again
     tokens = list(served.tokenizer.encode(text, add_special_tokens=False))
     check_prompt_length(served, len(tokens), "messages")
@@ -76,13 +76,10 @@ def render_prompt(served: ServedModel, messages: list[dict], *, tools: Optional[
                       continuation=continuation)
 
 
-def format_error_field(message: str) -> str:
-    """The request field a ChatFormatError names ("messages[2].content: ..." -> "messages.2.content",
-    "thinking=True: ..." -> "thinking")."""
-    m = _FIELD.match(message)
-    if m is None:
-        return "messages"
-    return re.sub(r"\[(\d+)\]", r".\1", m.group(1))
+def request_field(field: Optional[str]) -> str:
+    """A library error's field as the request's dotted path ("messages[2].content" -> "messages.2.content");
+    an error without one is about the messages as a whole."""
+    return re.sub(r"\[(\d+)\]", r".\1", field) if field else "messages"
 
 
 def stop_strings(stop, param: str) -> tuple[str, ...]:
@@ -102,18 +99,13 @@ def check_prompt_length(served: ServedModel, n: int, param: str) -> None:
                        "tokens; shorten it", param=param, code="context_length_exceeded")
 
 
-def check_max_tokens(served: ServedModel, requested: Optional[int], param: str) -> None:
-    """A request's max_tokens over the server's cap (default: the model's context) is a 400."""
+def generation_budget(served: ServedModel, n_prompt: int, requested: Optional[int]) -> int:
+    """max_tokens for the engine: the request's, clamped to the server's cap (--max-tokens; default the model's
+    context) and to the context the prompt leaves. A clamped reply ends with finish `length` (Anthropic:
+    `max_tokens`) instead of a 400: agents such as Claude Code ask for 32000 by habit and give up on a refusal.
+    A prompt that alone fills the context is still a 400 (check_prompt_length)."""
     cap = served.limits.max_tokens or served.context_length
-    if requested is not None and requested > cap:
-        raise ApiError(400, f"{param}: {requested} is over this server's limit of {cap} tokens", param=param)
-
-
-def generation_budget(served: ServedModel, n_prompt: int, requested: Optional[int], param: str) -> int:
-    """max_tokens for the engine: the request's (checked against the cap) but never past the model's context."""
-    check_max_tokens(served, requested, param)
-    cap = served.limits.max_tokens or served.context_length
-    return max(1, min(requested or cap, served.context_length - n_prompt))
+    return max(1, min(requested or cap, cap, served.context_length - n_prompt))
 
 
 async def parse_events(events: AsyncIterator, prompt: ChatPrompt) -> AsyncIterator[Chunk]:
@@ -124,6 +116,9 @@ async def parse_events(events: AsyncIterator, prompt: ChatPrompt) -> AsyncIterat
                          continuation=prompt.continuation)
     try:
         async for ev in events:
+            if ev is WAITING:  # a keepalive stream's first token is late: nothing to parse yet
+                yield Chunk(ev)
+                continue
             d = parser.feed(ev.text)
             chunk = Chunk(ev, d.reasoning, d.content, list(d.tool_calls))
             if ev.finish_reason is not None:

@@ -19,6 +19,8 @@ from .state import ServedModel
 log = logging.getLogger("mlxseek.serve")
 T = TypeVar("T")
 _POLL_S = 0.25  # how often a waiting handler checks whether its client is still there
+KEEPALIVE_AFTER_S = 5.0  # a keepalive stream starts once its first token is this late...
+KEEPALIVE_EVERY_S = 5.0  # ...and is kept alive this often until it comes
 
 
 class ClientGone(Exception):
@@ -41,14 +43,31 @@ async def until_disconnect(awaitable: Awaitable[T], request) -> T:
             await asyncio.gather(task, return_exceptions=True)
 
 
-async def start(served: ServedModel, request, tokens: list[int], params, *, endpoint: str) -> AsyncIterator[Any]:
-    """Queue a generation and wait for its first TokenEvent; returns an iterator over all events."""
+class Waiting:
+    """Stands in the event stream for the first token while a long prompt is still being prefilled."""
+
+
+WAITING = Waiting()
+
+
+async def start(served: ServedModel, request, tokens: list[int], params, *, endpoint: str,
+                keepalive: bool = False) -> AsyncIterator[Any]:
+    """Queue a generation and wait for its first TokenEvent; returns an iterator over all events.
+
+    keepalive: a stream that would wait past KEEPALIVE_AFTER_S for its first token (a long prefill) starts
+    anyway and gets WAITING every KEEPALIVE_EVERY_S until it comes, so clients see the connection alive
+    (Anthropic `ping`). A full queue or a refused request still fails at once, as an HTTP status; a failure
+    after that point arrives in the stream.
+    """
     if served.log_prompts:
         log.info("%s prompt: %r", endpoint, served.tokenizer.decode(tokens))
     t0 = time.perf_counter()
     agen = served.engine.generate(tokens, params)
+    nxt = asyncio.ensure_future(agen.__anext__())
     try:
-        first = await until_disconnect(agen.__anext__(), request)
+        if keepalive and not await until_disconnect(_settled(nxt, KEEPALIVE_AFTER_S), request):
+            return _waiting(nxt, agen, served, endpoint, t0)
+        first = await until_disconnect(nxt, request)
     except QueueFullError:
         await agen.aclose()
         retry = served.limits.retry_after_s
@@ -56,13 +75,35 @@ async def start(served: ServedModel, request, tokens: list[int], params, *, endp
                        headers={"Retry-After": str(retry)}) from None
     except GenerationError as e:
         await agen.aclose()
-        field = str(e).split(":", 1)[0]
-        raise ApiError(400, str(e), param=field if field.isidentifier() else None) from None
+        raise ApiError(400, str(e), param=e.field) from None
     except BaseException:
+        nxt.cancel()
+        await asyncio.gather(nxt, return_exceptions=True)
         await agen.aclose()
         raise
     served.metrics.ttft.labels(endpoint).observe(time.perf_counter() - t0)
     return _events(first, agen, served, endpoint, t0)
+
+
+async def _settled(task: asyncio.Future, timeout: float) -> bool:
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    return bool(done)
+
+
+async def _waiting(nxt: asyncio.Future, agen, served: ServedModel, endpoint: str, t0: float) -> AsyncIterator[Any]:
+    """WAITING until the first event, then every event (a failure now surfaces inside the stream)."""
+    try:
+        while not await _settled(nxt, KEEPALIVE_EVERY_S):
+            yield WAITING
+        first = nxt.result()
+    except BaseException:
+        nxt.cancel()
+        await asyncio.gather(nxt, return_exceptions=True)
+        await agen.aclose()
+        raise
+    served.metrics.ttft.labels(endpoint).observe(time.perf_counter() - t0)
+    async for ev in _events(first, agen, served, endpoint, t0):
+        yield ev
 
 
 async def _events(first, agen, served: ServedModel, endpoint: str, t0: float) -> AsyncIterator[Any]:

@@ -43,6 +43,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     top_logprobs: int | None = None  # None: no logprobs; 0: the chosen token's only; k: also the top k
     draft: str | None = None  # None (the engine's default) | "none" | "mtp" | "auto"
+    grammar: str | None = None  # llguidance Lark text the reply must follow (serve/structured.py)
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class _Cancelled(Exception):
 
 def _check_params(p: SamplingParams, context: int) -> None:
     def bad(field_name: str, why: str):
-        raise GenerationError(f"{field_name}: {why}")
+        raise GenerationError(f"{field_name}: {why}", field=field_name)
 
     if not isinstance(p.max_tokens, int) or isinstance(p.max_tokens, bool) or p.max_tokens < 1:
         bad("max_tokens", f"must be a positive integer, got {p.max_tokens!r}")
@@ -217,7 +218,7 @@ class Engine:
         steps = stream_generate(
             self.model, self.tokenizer, prompt[cached:], max_tokens=budget, prompt_cache=cache,
             sampler=make_sampler(temp=p.temperature, top_p=p.top_p), stop=list(p.stop), seed=p.seed,
-            progress=progress, draft=draft)
+            progress=progress, draft=draft, grammar=p.grammar)
         try:
             for r in steps:
                 generated.append(r.token)

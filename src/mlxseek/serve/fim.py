@@ -54,8 +54,9 @@ def fim_tokens(served: ServedModel, prompt, suffix: str) -> list[int]:
 
 
 def fim_max_tokens(served: ServedModel, requested: Optional[int]) -> int:
-    """max_tokens of a FIM request: DeepSeek's 4K default and cap, or the server's own cap when lower."""
-    cap = min(FIM_MAX_TOKENS, served.limits.max_tokens or FIM_MAX_TOKENS)
-    if requested is not None and requested > cap:
-        raise ApiError(400, f"max_tokens: {requested} is over the FIM limit of {cap} tokens", param="max_tokens")
-    return requested or cap
+    """max_tokens of a FIM request: DeepSeek's 4K default and limit (past it a 400, as DeepSeek answers); the
+    server's own cap (--max-tokens) then clamps it in generation_budget, as for every request."""
+    if requested is not None and requested > FIM_MAX_TOKENS:
+        raise ApiError(400, f"max_tokens: {requested} is over the FIM limit of {FIM_MAX_TOKENS} tokens",
+                       param="max_tokens")
+    return requested or FIM_MAX_TOKENS

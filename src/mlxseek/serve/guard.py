@@ -10,10 +10,10 @@ import json
 import logging
 from typing import Callable, Optional
 
-from .api_errors import ApiError, error_body, is_anthropic
+from .api_errors import ApiError, ApiKind, error_body
 from .auth import key_ok
 
-OPEN_PATHS = ("/health",)
+OPEN_PATHS = ("/", "/health")  # "/" says only that a server is there (Claude Code probes it with HEAD)
 log = logging.getLogger("mlxseek.serve")
 
 
@@ -89,7 +89,7 @@ class Guard:
 
 
 async def _answer(send, err: ApiError, path: str, extra: Optional[dict] = None) -> None:
-    body = json.dumps(error_body(err, anthropic=is_anthropic(path))).encode()
+    body = json.dumps(error_body(err, api=ApiKind.of_path(path))).encode()
     hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     hdrs += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
     await send({"type": "http.response.start", "status": err.status, "headers": hdrs})

@@ -11,8 +11,8 @@ class Limits:
     """Caps applied to every request.
 
     max_body_bytes: larger request bodies get a 413. max_tokens: the most tokens one request may ask to
-    generate (None: the model's context); a larger `max_tokens` is a 400. Prompts longer than the model's
-    context are always a 400. retry_after_s: the `Retry-After` of a 429 when the queue is full.
+    generate (None: the model's context); a larger `max_tokens` is clamped to it, as is one that would run past
+    the context, and the reply ends with finish `length`. Prompts that fill the model's context are a 400. retry_after_s: the `Retry-After` of a 429 when the queue is full.
     """
 
     max_body_bytes: int = 8 << 20

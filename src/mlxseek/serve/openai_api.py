@@ -7,7 +7,6 @@ from starlette.concurrency import run_in_threadpool
 
 from . import dispatch
 from .chat_bridge import (
-    check_max_tokens,
     check_prompt_length,
     generation_budget,
     parse_events,
@@ -31,6 +30,7 @@ from .openai_map import (
 )
 from .schemas_openai import ChatCompletionRequest, CompletionRequest
 from .sse import openai_stream
+from .structured import request_grammar
 
 router = APIRouter()
 
@@ -53,16 +53,16 @@ async def get_model(model_id: str, request: Request):
 async def chat_completions(req: ChatCompletionRequest, request: Request):
     served = request.app.state.served
     check_common(served, req)
-    param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
-    check_max_tokens(served, req.max_completion_tokens or req.max_tokens, param)
     thinking = resolve_thinking(req.chat_template_kwargs, req.thinking.type if req.thinking else None)
     thinking = served.thinking_for(req.model) if thinking is None else thinking
     prompt = await run_in_threadpool(render_prompt, served, chat_messages(req), tools=chat_tools(req),
                                      thinking=thinking, reasoning_effort=req.reasoning_effort)
-    budget = generation_budget(served, len(prompt.tokens), req.max_completion_tokens or req.max_tokens, param)
+    budget = generation_budget(served, len(prompt.tokens), req.max_completion_tokens or req.max_tokens)
     top = (req.top_logprobs or 0) if req.logprobs else None
-    events = await dispatch.start(served, request, prompt.tokens, sampling(req, max_tokens=budget, top_logprobs=top),
-                                  endpoint="chat")
+    grammar = request_grammar(style=served.style, tools=prompt.tools, tool_choice=req.tool_choice,
+                              response_format=req.response_format, parallel_tool_calls=req.parallel_tool_calls)
+    events = await dispatch.start(served, request, prompt.tokens,
+                                  sampling(req, max_tokens=budget, top_logprobs=top, grammar=grammar), endpoint="chat")
     chunks = parse_events(events, prompt)
     if req.stream:
         return openai_stream(_chat_stream(served, chunks, req))
@@ -97,7 +97,7 @@ async def completions(req: CompletionRequest, request: Request):
         requested = req.max_tokens
         echo = served.tokenizer.decode(tokens) if req.echo else ""
     check_prompt_length(served, len(tokens), "prompt")
-    budget = generation_budget(served, len(tokens), requested, "max_tokens")
+    budget = generation_budget(served, len(tokens), requested)
     params = sampling(req, max_tokens=budget, top_logprobs=req.logprobs)
     events = await dispatch.start(served, request, tokens, params, endpoint="completions")
     if req.stream:

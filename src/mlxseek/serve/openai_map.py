@@ -19,13 +19,13 @@ def check_common(served: ServedModel, req: _Sampling) -> None:
         raise ApiError(400, f"n: only n=1 is supported, got {req.n}", param="n")
 
 
-def sampling(req: _Sampling, *, max_tokens: int, top_logprobs: Optional[int]):
+def sampling(req: _Sampling, *, max_tokens: int, top_logprobs: Optional[int], grammar: Optional[str] = None):
     from .engine import SamplingParams
 
     return SamplingParams(max_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,
                           top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed,
                           stop=stop_strings(req.stop, "stop"),
-                          top_logprobs=top_logprobs)
+                          top_logprobs=top_logprobs, grammar=grammar)
 
 
 def chat_messages(req: ChatCompletionRequest) -> list[dict]:
@@ -50,8 +50,8 @@ def chat_messages(req: ChatCompletionRequest) -> list[dict]:
 
 
 def chat_tools(req: ChatCompletionRequest) -> Optional[list[dict]]:
-    """Tools to render. DeepSeek models cannot be forced to call a tool: "none" renders none, a named
-    choice renders only that one, "auto"/"required" render all."""
+    """Tools to render: "none" renders none, a named choice renders only that one, "auto"/"required" render
+    all (a forced call is then constrained to them: serve/structured.py)."""
     tools = [t.model_dump(exclude_none=True) for t in req.tools or []]
     choice = req.tool_choice
     if choice == "none":

@@ -45,7 +45,7 @@ def serve(*, model_path: str | Path, host: str = "127.0.0.1", port: int = 8080, 
           max_queue: int = 16, max_batch: int = 1, model_id: Union[str, Sequence[str], None] = None,
           model_aliases: Sequence[str] = (), deepseek_names: bool = True, chat_style: Optional[str] = None,
           max_body_mb: float = 8.0, max_tokens: Optional[int] = None, log_prompts: bool = False,
-          log_level: str = "info", warn: bool = True) -> None:
+          log_level: str = "info", warn: bool = True, cors_origins: tuple[str, ...] = ()) -> None:
     """Serve the checkpoint at `model_path` until interrupted (OpenAI and Anthropic APIs on host:port).
 
     model_id: the name clients send as `model` (default: the folder's name), or several names (the first is
@@ -53,7 +53,8 @@ def serve(*, model_path: str | Path, host: str = "127.0.0.1", port: int = 8080, 
     "NAME=chat", "NAME=default"). deepseek_names: also answer to DeepSeek's API names (deepseek-chat: thinking
     off, deepseek-reasoner: on, deepseek-v4-flash, deepseek-v4-pro). Raises ServeError for a bad
     option and CheckpointError for a folder that cannot be loaded or has no tokenizer. warn: log a warning
-    when listening beyond this machine without an API key (the CLI prints its own).
+    when listening beyond this machine without an API key (the CLI prints its own). cors_origins: browser
+    origins allowed to call the API (off by default).
     """
     import uvicorn
 
@@ -79,7 +80,8 @@ def serve(*, model_path: str | Path, host: str = "127.0.0.1", port: int = 8080, 
                     draft=draft, max_batch=max_batch)
     limits = Limits(max_body_bytes=int(max_body_mb * (1 << 20)), max_tokens=max_tokens)
     app = create_app(model=model, tokenizer=tokenizer, engine=engine, model_id=name, api_key=api_key,
-                     limits=limits, chat_style=chat_style, log_prompts=log_prompts, model_names=names)
+                     limits=limits, chat_style=chat_style, log_prompts=log_prompts, model_names=names,
+                     cors_origins=cors_origins)
     engine.start()
     try:
         uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)

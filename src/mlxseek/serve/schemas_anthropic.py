@@ -52,19 +52,25 @@ Block = Annotated[
 
 
 class Message(_Model):
-    role: Literal["user", "assistant"]
+    # "system" mid-conversation: Claude Code (2.1.33x) sends its environment notes so; rendered as the
+    # chat format renders later system messages (DeepSeek's templates fold them into the system prompt)
+    role: Literal["user", "assistant", "system"]
     content: Union[str, list[Block]]
 
 
 class ToolDef(_Model):
+    # client tools have no type (or "custom"); server tools (web_search_20250305, ...) carry a versioned type
+    # and no input_schema, and are skipped. Extras (cache_control, strict, defer_loading, ...) are ignored.
+    type: Optional[str] = None
     name: str = Field(min_length=1, max_length=256)
     description: Optional[str] = None
-    input_schema: dict[str, Any]
+    input_schema: Optional[dict[str, Any]] = None
 
 
 class ToolChoice(_Model):
     type: Literal["auto", "any", "tool", "none"]
     name: Optional[str] = None
+    disable_parallel_tool_use: bool = False
 
 
 class Thinking(_Model):

@@ -97,6 +97,8 @@ class ChatCompletionRequest(_Sampling):
     chat_template_kwargs: Optional[dict[str, Any]] = None
     thinking: Optional[ThinkingToggle] = None
     reasoning_effort: Optional[str] = Field(default=None, max_length=32)
+    response_format: Optional[dict[str, Any]] = None  # text | json_object | json_schema (serve/structured.py)
+    parallel_tool_calls: bool = True
 
 
 class CompletionRequest(_Sampling):

@@ -9,7 +9,7 @@ from typing import AsyncIterator
 
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 
-from .api_errors import ApiError, error_body
+from .api_errors import ApiError, ApiKind, error_body
 
 log = logging.getLogger("mlxseek.serve")
 _INTERNAL = ApiError(500, "internal server error while generating; see the server log")
@@ -23,7 +23,7 @@ def openai_stream(objects: AsyncIterator[dict]) -> EventSourceResponse:
             yield ServerSentEvent(data="[DONE]")
         except Exception:
             log.exception("error in a streamed OpenAI response")
-            yield ServerSentEvent(data=json.dumps(error_body(_INTERNAL, anthropic=False)))
+            yield ServerSentEvent(data=json.dumps(error_body(_INTERNAL, api=ApiKind.OPENAI)))
         finally:
             await objects.aclose()
 
@@ -39,7 +39,7 @@ def anthropic_stream(objects: AsyncIterator[dict]) -> EventSourceResponse:
                 yield ServerSentEvent(event=obj["type"], data=json.dumps(obj, ensure_ascii=False))
         except Exception:
             log.exception("error in a streamed Anthropic response")
-            yield ServerSentEvent(event="error", data=json.dumps(error_body(_INTERNAL, anthropic=True)))
+            yield ServerSentEvent(event="error", data=json.dumps(error_body(_INTERNAL, api=ApiKind.ANTHROPIC)))
         finally:
             await objects.aclose()
 

@@ -21,8 +21,9 @@ from .sampling import rejection_sample
 
 class SpeculativeDecoder:
     def __init__(self, model, cache: list, mtp, *, sampler, processors: list, num_draft: int, stats, policy,
-                 keep_state: bool):
+                 keep_state: bool, constraint=None):
         self.model, self.cache, self.state = model, cache, mtp  # cache: the per-layer caches only
+        self.constraint = constraint  # a TokenConstraint: masks every verified position
         self.sampler, self.processors, self.k = sampler, processors, num_draft  # sampler None: greedy
         self.stats, self.policy, self.keep_state = stats, policy, keep_state
         self.history: Optional[mx.array] = None  # tokens fed so far, for logits processors
@@ -74,6 +75,8 @@ class SpeculativeDecoder:
         logits = self.model.head(h[0, -1:])  # (1, V)
         for proc in self.processors:  # plain decoding's first step: the history is the prompt
             logits = proc(prompt, logits)
+        if self.constraint is not None:
+            logits = self.constraint.apply(logits)
         self.history = prompt
         lp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
         return self._sample(lp), lp[0]
@@ -116,13 +119,21 @@ class SpeculativeDecoder:
         drafts, q = self._draft(k) if k else (mx.zeros((0,), mx.uint32), None)
         fed = mx.concatenate([mx.array([y], dtype=mx.uint32), drafts])
         h = self.model.trunk(fed[None], self.cache)  # (1, k+1, ...)
-        lp = self._logprobs(self.model.head(h[0]), fed)  # (k+1, V)
+        logits = self.model.head(h[0])  # (k+1, V)
+        if self.constraint is not None:  # a draft the grammar forbids gets p = 0: rejected
+            mx.async_eval(logits)
+            self.constraint.feed(y)
+            logits = self.constraint.verify(logits, drafts.tolist())
+        lp = self._logprobs(logits, fed)
         drafts, a, nxt = self._accept(drafts, lp, q)
         for c in self.cache:
             c.trim(k - a)  # roll back the rejected drafts
         if self.processors:
             self.history = mx.concatenate([self.history, fed[: a + 1].astype(self.history.dtype)])
         emitted = [*drafts[:a], nxt]
+        if self.constraint is not None:
+            for t in drafts[:a]:
+                self.constraint.feed(t)
         self.next_draft = None
         if drafting and (left > len(emitted) or self.keep_state):
             if k > 1:
@@ -150,7 +161,7 @@ class SpeculativeDecoder:
         left = max_tokens - 1
         while left > 0:
             drafting = self.policy.drafting and self.in_step
-            if not drafting and not self.processors:  # the plain decoder is pipelined: let it finish
+            if not drafting and not self.processors and self.constraint is None:  # the plain decoder is pipelined
                 yield from self._plain(y, left)
                 return
             out = self.step(y, min(self.k, left - 1) if drafting else 0, left, drafting)

@@ -86,6 +86,7 @@ def speculative_generate_step(
     progress=None,
     stats: Optional[DraftStats] = None,
     policy: Optional[DraftPolicy] = None,
+    constraint=None,
 ) -> Generator[tuple[int, mx.array], None, None]:
     """Yield (token, logprobs (V,)) like `mlxseek.generation.generate_step`, drafting with the MTP module.
 
@@ -95,6 +96,7 @@ def speculative_generate_step(
     speedup, from the measured acceptance, exceeds AUTO_MIN_SPEEDUP; "acceptance" (GPU) drafts at once
     and stops when tokens per step fall to AUTO_MIN_TOKENS_PER_STEP. `stats` (a DraftStats)
     counts as tokens are produced; `policy` (a DraftPolicy) holds the on/off decision and its reasons.
+    `constraint` (a TokenConstraint) masks every position, drafted ones included (see its `verify`).
     """
     check_draft_args(model, draft, num_draft, sampler)
     stats = stats if stats is not None else DraftStats()
@@ -111,7 +113,7 @@ def speculative_generate_step(
         if not policy.drafting:  # even perfect drafts would not pay here
             steps = generate_step(prompt, model, max_tokens=max_tokens, sampler=sampler,
                                   logits_processors=logits_processors, prompt_cache=cache,
-                                  prefill_step_size=prefill_step_size, progress=progress)
+                                  prefill_step_size=prefill_step_size, progress=progress, constraint=constraint)
             for n, out in enumerate(steps):
                 stats.verify_steps += n > 0  # every token after the prefill's is one decode forward
                 yield out
@@ -119,7 +121,7 @@ def speculative_generate_step(
     layers, _ = split_prompt_cache(model, cache)
     dec = SpeculativeDecoder(model, layers, entry, sampler=None if is_greedy(sampler) else sampler,
                              processors=list(logits_processors or []), num_draft=num_draft, stats=stats,
-                             policy=policy, keep_state=prompt_cache is not None)
+                             policy=policy, keep_state=prompt_cache is not None, constraint=constraint)
     try:
         yield from dec.run(prompt, max_tokens, prefill_step_size, progress)
     finally:

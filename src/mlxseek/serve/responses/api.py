@@ -1,0 +1,120 @@
+"""OpenAI Responses API endpoint: POST /v1/responses (plain and streamed, function tools, reasoning)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import AsyncIterator, Callable
+
+from fastapi import APIRouter, Request
+from sse_starlette.sse import EventSourceResponse, ServerSentEvent
+from starlette.concurrency import run_in_threadpool
+
+from .. import dispatch
+from ..api_errors import ApiError
+from ..chat_bridge import generation_budget, parse_events, render_prompt
+from ..model_names import check_name
+from .convert import ResponseTurn, to_turn
+from .output import ResponseBuilder, echo_fields
+from .schemas import ResponsesRequest
+from .store import ResponseStore
+
+log = logging.getLogger("mlxseek.serve")
+router = APIRouter()
+_FAILED = "internal server error while generating; see the server log"
+
+
+def store_of(app) -> ResponseStore:
+    store = getattr(app.state, "responses", None)
+    if store is None:
+        store = app.state.responses = ResponseStore()
+    return store
+
+
+def sampling(req: ResponsesRequest, turn: ResponseTurn, *, max_tokens: int):
+    """The engine's SamplingParams for this turn. `turn.output_format` (text.format) and `turn.tool_choice`
+    are the typed specs constrained decoding applies as a per-row logits mask; until that mask is wired
+    the formats render the tools and instructions and the reply is parsed as the model wrote it."""
+    from ..engine import SamplingParams
+
+    if turn.output_format is not None or turn.tool_choice.mode in ("required", "named"):
+        log.warning("responses: text.format / a forced tool_choice is not enforced by decoding on this server")
+    return SamplingParams(max_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,
+                          top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed)
+
+
+@router.post("/v1/responses")
+async def create_response(req: ResponsesRequest, request: Request):
+    served, store = request.app.state.served, store_of(request.app)
+    check_name(served, req.model)
+    turn = to_turn(req, served.style, store.history(req.previous_response_id),
+                   default_thinking=served.thinking_for(req.model))
+    prompt = await run_in_threadpool(_render, served, turn)
+    budget = generation_budget(served, len(prompt.tokens), req.max_output_tokens)
+    events = await dispatch.start(served, request, prompt.tokens, sampling(req, turn, max_tokens=budget),
+                                  endpoint="responses", keepalive=req.stream)
+    chunks = parse_events(events, prompt)
+    build = ResponseBuilder(model_id=served.model_id, echo=echo_fields(req, max_output_tokens=budget),
+                            parallel_tool_calls=req.parallel_tool_calls is not False)
+
+    def keep() -> None:
+        if req.store is not False:
+            store.put(build.id, turn.conversation, build.items)
+
+    if req.stream:
+        return _sse(_stream(build, chunks, keep))
+    collected = await dispatch.collect(chunks, request)
+    for c in collected:
+        build.step(c)
+    build.finish(collected[-1].event)
+    keep()
+    return build.response()
+
+
+def _render(served, turn: ResponseTurn):
+    try:
+        return render_prompt(served, turn.messages, tools=turn.tools, thinking=turn.thinking,
+                             reasoning_effort=turn.reasoning_effort)
+    except ApiError as e:  # the chat layer names `messages`, which this API calls `input`
+        if e.param and e.param.startswith("messages"):
+            e.param = "input"
+        raise
+
+
+async def _stream(build: ResponseBuilder, chunks, keep: Callable[[], None]) -> AsyncIterator[dict]:
+    """The event sequence; it always ends with response.completed or response.failed."""
+    for e in build.opening():
+        yield e
+    last = None
+    try:
+        async for c in chunks:
+            if c.event is dispatch.WAITING:  # a long prefill: response.created is out, SSE pings keep it open
+                continue
+            last = c.event
+            for e in build.step(c):
+                yield e
+    except Exception:
+        log.exception("error in a streamed Responses API reply")
+        yield build.failed(_FAILED)
+        return
+    finally:
+        await chunks.aclose()
+    if last is None:
+        yield build.failed("the generation ended before its first token")
+        return
+    for e in build.finish(last):
+        yield e
+    keep()
+
+
+def _sse(objects: AsyncIterator[dict]) -> EventSourceResponse:
+    """Each event's "type" is also its SSE event name, as the Responses API sends them (no [DONE])."""
+
+    async def events():
+        try:
+            async for obj in objects:
+                yield ServerSentEvent(event=obj["type"], data=json.dumps(obj, ensure_ascii=False))
+        finally:
+            await objects.aclose()
+
+    return EventSourceResponse(events(), sep="\n")
