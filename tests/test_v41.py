@@ -124,3 +124,17 @@ def test_estimate_sizes_v41_flash_with_engram_apart():
     assert e["resident_bytes"] < e["size_bytes"] + 20e9  # tables never counted as resident
     # CSA2: only the 4 KV sources cache compressed entries (3 at ratio 2, 1 at ratio 1; + index keys)
     assert e["kv_bytes_per_token"] == (3 * (512 + 128) / 2 + (512 + 128)) * 2
+
+
+def test_estimate_cli_shows_engram_on_disk():
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from mlxseek.cli import main
+
+    config = Path(__file__).parent / "data" / "configs" / "deepseek_v41_flash.json"
+    r = CliRunner().invoke(main, ["estimate", "--config", str(config), "--recipe", "native",
+                                  "--machine", "m3-ultra-512"])
+    assert r.exit_code == 0, r.output
+    assert "Engram       202.76 GB in 2 tables on disk, never resident; 48 rows" in r.output
