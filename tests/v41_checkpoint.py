@@ -41,8 +41,12 @@ def write_tokenizer(folder: Path, vocab: int) -> None:
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
 
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+
     words = {(f"w{i // 2}" if i % 2 == 0 else f"W{i // 2}"): i for i in range(vocab)}
-    Tokenizer(WordLevel(words, unk_token="w0")).save(str(folder / "tokenizer.json"))
+    tok = Tokenizer(WordLevel(words, unk_token="w0"))
+    tok.pre_tokenizer = WhitespaceSplit()
+    tok.save(str(folder / "tokenizer.json"))
 
 
 # As DeepSeek ships V4.1: FP8 e4m3 in 32x32 blocks with ue8m0 scales for these, FP4 routed experts.
