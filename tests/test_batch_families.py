@@ -102,6 +102,30 @@ def test_four_concurrent_server_requests_equal_solo(name):
     assert max(e.batch_size for ev in outs for e in ev) > 1
 
 
+def test_batched_v32_rows_feed_the_prefix_cache_and_restore_exactly():
+    """Fused V3.2 rows leave the batch as solo DSA caches (latent and indexer keys) that the prefix cache
+    keeps; a second wave of the same prompts, batched again, restores them and keeps its solo tokens."""
+    model, prompts, alone = load("v32")
+    eng = Engine(model, None, model_id="v32", max_batch=4)
+    eng.start()
+
+    async def collect(p):
+        return [e async for e in eng.generate(p, SamplingParams(max_tokens=N_TOKENS))]
+
+    async def wave():
+        return await asyncio.gather(*(collect(p) for p in prompts[:4]))
+
+    try:
+        first = asyncio.run(asyncio.wait_for(wave(), 300))
+        second = asyncio.run(asyncio.wait_for(wave(), 300))
+    finally:
+        eng.stop()
+    for i, (a, b) in enumerate(zip(first, second)):
+        assert [e.token for e in a] == [e.token for e in b] == alone[i], f"request {i}"
+    assert any(ev[-1].cached_tokens > 0 for ev in second)
+    assert max(e.batch_size for ev in second for e in ev) > 1
+
+
 @pytest.mark.parametrize("name", FAMILIES)
 def test_mtp_drafts_while_a_row_runs_alone_and_stays_exact(name):
     """A lone row drafts with the MTP module (its cache of the layers' kind: DSA on V3.2), stops while a
