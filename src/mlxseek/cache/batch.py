@@ -31,9 +31,18 @@ class RowBatchCache(_BaseCache):
     capabilities = Capabilities(cut=False, batch=True, quantize=False)
     cut_state = staticmethod(cut)  # no token axis: valid only where it was taken
 
-    def __init__(self, make_row=None):
+    def __init__(self, make_row=None, *, shared_forward: bool = False):
         self.rows: list = []
         self.make_row = make_row  # an empty solo cache of this layer's kind (for `restore`)
+        # True where the model's attention loops over `row_caches` itself (V4): then the rest of the
+        # forward (projections, MoE, mHC, head) runs once for every row, and each row's attention over its
+        # own window, compressor and indexer state is its solo computation.
+        self.shared_forward = shared_forward
+
+    @property
+    def row_caches(self) -> list:
+        """The rows' solo caches, in row order (what a row-by-row attention layer reads)."""
+        return self.rows
 
     @property
     def batch_size(self) -> int:
@@ -42,6 +51,9 @@ class RowBatchCache(_BaseCache):
     @property
     def offset(self) -> mx.array:
         return mx.array([c.offset for c in self.rows], dtype=mx.int32)
+
+    def accepts(self, solo) -> bool:
+        return True  # each row keeps its own cache, of any kind the model's forward reads
 
     def insert(self, solo) -> int:
         self.rows.append(solo)
@@ -111,4 +123,7 @@ def make_batch_cache(model, probe: list | None = None) -> list:
     kinds = {getattr(c, "kind", None) for c in probe}
     if capabilities_of(probe).batch and len(kinds) == 1 and next(iter(kinds)) in FUSED:
         return [FUSED[next(iter(kinds))]() for _ in probe]
-    return [RowBatchCache(make_row=lambda i=i: model.make_cache()[i]) for i in range(len(probe))]
+    # A quantized latent is read by MLA, which takes one cache per forward: one forward per row there.
+    shared = bool(getattr(model, "attends_row_caches", False))
+    return [RowBatchCache(make_row=lambda i=i: model.make_cache()[i], shared_forward=shared)
+            for i in range(len(probe))]

@@ -85,9 +85,13 @@ class BatchLatentCache(_BaseCache):
         S = self.width
         return self.latent[..., :S, :], self.rope[..., :S, :]
 
+    def accepts(self, solo) -> bool:
+        """Whether a solo cache of `solo`'s kind can join this batch."""
+        return getattr(solo, "kind", None) == self.row_kind
+
     def insert(self, solo: LatentCache) -> int:
         """Copy a single-row latent cache in as a new last row; returns its row index."""
-        if getattr(solo, "kind", None) != self.row_kind:
+        if not self.accepts(solo):
             raise BatchingError(f"cache kind: a {getattr(solo, 'kind', type(solo).__name__)!r} row cannot join "
                                 f"a batch of {self.row_kind!r} rows")
         n = solo.offset

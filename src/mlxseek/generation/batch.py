@@ -29,7 +29,6 @@ import mlx.core as mx
 import numpy as np
 
 from ..cache.batch import make_batch_cache
-from ..cache.protocol import capabilities_of
 from ..errors import BatchingError, GenerationError
 from .constraint import make_constraint
 from .prefill import DEFAULT_PREFILL_STEP
@@ -103,7 +102,7 @@ class BatchDecoder:
     def _join(self, row: Row, layers: list) -> None:
         if not self.rows:  # the batch takes the kind of the caches its rows bring (a quantized latent too)
             self.cache = make_batch_cache(self.model, layers)
-        elif self.cache[0].shared_forward and not capabilities_of(layers).batch:
+        elif not self.cache[0].accepts(layers[0]):
             raise BatchingError(f"row {row.rid}: its caches ({layers[0].kind}) cannot join a batch of "
                                 f"{self.cache[0].kind} rows; decode it in a batch of its own kind")
         if self.solo is not None and not self.rows:

@@ -49,6 +49,9 @@ class CausalLM(nn.Module):
     """Base of both families' models. Subclasses build `model` (the backbone), `lm_head`, `mtp`."""
 
     supports_mtp_drafting = False  # `draft="mtp"` works for this family
+    # Its attention layers take a batch of solo caches (`cache.batch.RowBatchCache.row_caches`) and attend
+    # row by row, so a batch of rows whose caches cannot share a buffer still runs one forward per step.
+    attends_row_caches = False
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()

@@ -75,7 +75,12 @@ class V4Attention(nn.Module):
         return entries, picked
 
     def __call__(self, x: mx.array, cache: Optional[object] = None) -> mx.array:
-        """x (B, L, D) -> (B, L, D); positions continue from cache.offset (0 without a cache)."""
+        """x (B, L, D) -> (B, L, D); positions continue from cache.offset (0 without a cache). A batch of
+        solo caches (`row_caches`: rows whose window rings and compressor groups sit at different
+        positions) is attended row by row, each row exactly as alone."""
+        rows = getattr(cache, "row_caches", None)
+        if rows is not None:
+            return mx.concatenate([self(x[b: b + 1], c) for b, c in enumerate(rows)])
         B, L, _ = x.shape
         offset = cache.offset if cache is not None else 0
         q_residual = self.q_a_norm(self.q_a_proj(x))
