@@ -2,7 +2,8 @@
 
 Kinds whose rows share one buffer (plain MLA latents, DSA's latent + indexer keys) batch as ragged rows in
 `cache.ragged` with one forward per step; the others (V4's window rings and compressor groups, a quantized
-latent) as `RowBatchCache`, a list of solo caches with one forward per row.
+latent) as `RowBatchCache`, a list of solo caches: one forward per step where the family's attention reads
+the rows' caches itself (V4: `attends_row_caches`), else one forward per row.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ FUSED = {BatchLatentCache.row_kind: BatchLatentCache, BatchDSACache.row_kind: Ba
 class RowBatchCache(_BaseCache):
     """One layer's caches for B sequences kept as B solo caches, for kinds whose rows cannot share one
     buffer (the protocol's `capabilities.batch` is False: V4's window rings and compressor groups, a
-    quantized latent). A step runs each row's forward over its own
-    cache (`shared_forward` False), so each row's state and numerics are exactly its solo run's; rows join
-    and leave as with `BatchLatentCache`, without a copy (a row's cache object moves in and out)."""
+    quantized latent). Each row's attention runs over its own cache, inside one shared forward (V4) or in a
+    forward of its own (`shared_forward` False), so each row's state and numerics are exactly its solo
+    run's; rows join and leave as with `BatchLatentCache`, without a copy (a row's cache object moves)."""
 
     shared_forward = False
     kind = "rows"
