@@ -103,11 +103,13 @@ def test_four_concurrent_server_requests_equal_solo(name):
     assert max(e.batch_size for ev in outs for e in ev) > 1
 
 
-def test_batched_v32_rows_feed_the_prefix_cache_and_restore_exactly():
-    """Fused V3.2 rows leave the batch as solo DSA caches (latent and indexer keys) that the prefix cache
-    keeps; a second wave of the same prompts, batched again, restores them and keeps its solo tokens."""
-    model, prompts, alone = load("v32")
-    eng = Engine(model, None, model_id="v32", max_batch=4)
+@pytest.mark.parametrize("name", FAMILIES)
+def test_batched_rows_feed_the_prefix_cache_and_restore_exactly(name):
+    """Batched rows leave as solo caches (V3.2: latent and indexer keys copied out of the shared buffer)
+    that the prefix cache keeps; a second wave of the same prompts, batched again, restores them and
+    keeps its solo tokens."""
+    model, prompts, alone = load(name)
+    eng = Engine(model, None, model_id=name, max_batch=4)
     eng.start()
 
     async def collect(p):
@@ -123,7 +125,8 @@ def test_batched_v32_rows_feed_the_prefix_cache_and_restore_exactly():
         eng.stop()
     for i, (a, b) in enumerate(zip(first, second)):
         assert [e.token for e in a] == [e.token for e in b] == alone[i], f"request {i}"
-    assert any(ev[-1].cached_tokens > 0 for ev in second)
+    # V4 keeps exact snapshots only at snapshot points (none inside these prompts without chat marks)
+    assert name == "v4_flash" or any(ev[-1].cached_tokens > 0 for ev in second)
     assert max(e.batch_size for ev in second for e in ev) > 1
 
 
