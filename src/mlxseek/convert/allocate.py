@@ -22,113 +22,139 @@ import mlx.core as mx
 from mlx import nn
 
 from ..errors import ConversionError
-from .quantize import BITS, MODE, QuantPlan
+from .quantize import BITS, GROUP_SIZES, MODE, QuantPlan
 from .stream import MEASURED_ROW_STRIDE, measured_experts
+
+
+# The MTP block only drafts: its error costs draft acceptance, never the main model's output, so it
+# counts at a tenth (drop it with --drop-mtp to spend nothing on it).
+MTP_WEIGHT = 0.1
+Option = tuple[int, int]  # (bits, group_size)
 
 
 @dataclass
 class Sensitivity:
-    """cost[path][bits] and params[path] for the modules of `plan` measured so far."""
+    """cost[path][(bits, group_size)] and params[path] for the modules of `plan` measured so far."""
 
     plan: QuantPlan
-    cost: dict[str, dict[int, float]] = field(default_factory=dict)
+    last_layer: int  # index of the last decoder layer: the MTP block's modules borrow its statistics
+    cost: dict[str, dict[Option, float]] = field(default_factory=dict)
     params: dict[str, int] = field(default_factory=dict)
 
     def measure(self, prefix: str, root: nn.Module, stats) -> None:
         """on_layer hook of calibrate.collect: `root` resident, its recorders (if any) wrapping modules."""
         for rel, m in root.named_modules():
             path = prefix + rel.replace(".inner", "")
-            p = self.plan.params.get(path)
-            if p is None or "weight" not in m or path in self.cost or path in self.plan.imported:
+            if path not in self.plan.params or "weight" not in m or path in self.cost or path in self.plan.imported:
                 continue
             self.params[path] = math.prod(m.weight.shape)
-            self.cost[path] = self._module_cost(path, m.weight, p["group_size"], stats)
+            self.cost[path] = self._module_cost(path, m.weight, stats)
 
-    def _module_cost(self, path: str, w: mx.array, group_size: int, stats) -> dict[int, float]:
+    def _module_cost(self, path: str, w: mx.array, stats) -> dict[Option, float]:
         lead = w.shape[:-2] if w.ndim == 3 else ()
         mats = measured_experts(lead[0]) if lead else [None]
         scale = (lead[0] / len(mats) if lead else 1.0) * MEASURED_ROW_STRIDE
-        out = dict.fromkeys(BITS, 0.0)
+        options = [(b, g) for b in BITS for g in GROUP_SIZES if w.shape[-1] % g == 0]
+        out = dict.fromkeys(options, 0.0)
         for e in mats:
             we = (w[e] if e is not None else w).astype(mx.float32)
             we = we.reshape(-1, w.shape[-1])[::MEASURED_ROW_STRIDE]
             imp, weight = self._importance(path, e, w, stats)
             if weight == 0:
                 continue
-            for b in BITS:
-                q = mx.dequantize(*mx.quantize(we, group_size=group_size, bits=b, mode=MODE),
-                                  group_size=group_size, bits=b, mode=MODE)
+            for b, g in options:
+                q = mx.dequantize(*mx.quantize(we, group_size=g, bits=b, mode=MODE), group_size=g, bits=b, mode=MODE)
                 d = q - we
-                out[b] += weight * scale * float((imp * d * d).sum())
+                out[(b, g)] += weight * scale * float((imp * d * d).sum())
         return out
 
-    @staticmethod
-    def _importance(path: str, e, w: mx.array, stats) -> tuple[mx.array, float]:
-        found = stats.importance(path, e or 0) if stats is not None else None
+    def _importance(self, path: str, e, w: mx.array, stats) -> tuple[mx.array, float]:
+        ones, tokens, weight = mx.ones((w.shape[-1],)), float(stats.tokens), 1.0
+        if path.startswith("mtp."):
+            weight = MTP_WEIGHT
+            if path.startswith("mtp.block."):  # the MTP block reads hidden states like the last layer does
+                path = f"model.layers.{self.last_layer}." + path[len("mtp.block."):]
+            elif path == "mtp.shared_head.head":
+                path = "lm_head"
+        found = stats.importance(path, e or 0)
         if found is not None:
-            return mx.array(found), float(stats.modules[path].count[e or 0])
-        tokens = float(stats.tokens) if stats is not None else 1.0
+            return mx.array(found), weight * float(stats.modules[path].count[e or 0])
         if path.endswith("embed_tokens"):  # a token reads one row: expected error = mean row error
-            return mx.ones((w.shape[-1],)), tokens / w.shape[0]
-        if stats is not None and path in stats.modules:  # a cold routed expert: no calibration token pays for it
-            return mx.ones((w.shape[-1],)), 0.0
-        return mx.ones((w.shape[-1],)), tokens
+            return ones, tokens / w.shape[0]
+        if path in stats.modules:  # a cold routed expert: no calibration token pays for it
+            return ones, 0.0
+        return ones, weight * tokens
+
+
+def _hull(points: list[tuple[float, float, Option]]) -> list[tuple[float, float, Option]]:
+    """The lower convex hull of (size, cost) points, by growing size: the options worth buying in order."""
+    pts = sorted(points)
+    hull = []
+    for p in pts:
+        if hull and p[1] >= hull[-1][1]:
+            continue  # bigger and no better
+        while len(hull) >= 2 and ((hull[-1][1] - hull[-2][1]) * (p[0] - hull[-2][0])
+                                  >= (p[1] - hull[-2][1]) * (hull[-1][0] - hull[-2][0])):
+            hull.pop()
+        hull.append(p)
+    return hull
 
 
 def allocate(sens: Sensitivity, *, target_bpw: float, total_params: int, fixed_bits: float,
              float_bits: int) -> dict:
-    """Choose bits per measured module so the whole model lands at or just under `target_bpw`.
+    """Choose (bits, group size) per measured module so the model lands at or just under `target_bpw`.
 
     fixed_bits: bits of everything not allocated here (float tensors, imported FP4 experts).
-    Sets sens.plan.params[path]["bits"]; returns the allocation's reasoning for the report."""
+    Sets sens.plan.params[path]; returns the allocation's reasoning for the report."""
     paths = sorted(sens.cost)
-    over = {p: 2 * float_bits / sens.plan.params[p]["group_size"] for p in paths}
-    size = lambda p, b: sens.params[p] * (b + over[p])
+    size = lambda p, o: sens.params[p] * (o[0] + 2 * float_bits / o[1])
+    hulls = {p: _hull([(size(p, o), c, o) for o, c in sens.cost[p].items()]) for p in paths}
     budget = target_bpw * total_params - fixed_bits
-    lo = sum(size(p, BITS[0]) for p in paths)
-    hi = sum(size(p, BITS[-1]) for p in paths)
-    if not lo <= budget:
+    lo = sum(h[0][0] for h in hulls.values())
+    hi = sum(h[-1][0] for h in hulls.values())
+    if lo > budget:
         raise ConversionError(f"--target-bpw {target_bpw}: below the smallest mix ({(lo + fixed_bits) / total_params:.3f} "
-                              f"bits/weight, everything at {BITS[0]} bits); choose between that and "
-                              f"{(hi + fixed_bits) / total_params:.3f}")
-    bits = dict.fromkeys(paths, BITS[0])
-    used = lo
-    last_ratio = None
-    for greedy in (True, False):
-        while True:
-            best = None
-            for p in paths:
-                i = BITS.index(bits[p])
-                if i + 1 == len(BITS):
-                    continue
-                nb = BITS[i + 1]
-                extra = size(p, nb) - size(p, bits[p])
-                if used + extra > budget:
-                    continue
-                gain = max(sens.cost[p][bits[p]] - sens.cost[p][nb], 0.0)
-                ratio = gain / extra
+                              f"bits/weight); choose between that and {(hi + fixed_bits) / total_params:.3f}")
+    at = dict.fromkeys(paths, 0)  # index into each hull
+    used, last_ratio = lo, 0.0
+    while True:  # greedy along the hulls: the best cost drop per added bit that still fits
+        best = None
+        for p in paths:
+            h, i = hulls[p], at[p]
+            if i + 1 < len(h) and used + h[i + 1][0] - h[i][0] <= budget:
+                ratio = (h[i][1] - h[i + 1][1]) / (h[i + 1][0] - h[i][0])
                 if best is None or ratio > best[0]:
-                    best = (ratio, p, nb, extra)
-            if best is None:
-                break
-            ratio, p, nb, extra = best
-            bits[p], used = nb, used + extra
-            if greedy:
-                last_ratio = ratio
-        # the greedy pass stops at the first upgrade that does not fit; the fill pass is the same loop
+                    best = (ratio, p)
+        if best is None:
+            break
+        last_ratio, p = best
+        used += hulls[p][at[p] + 1][0] - hulls[p][at[p]][0]
+        at[p] += 1
+    chosen = {p: hulls[p][at[p]] for p in paths}
+    for p in paths:  # fill: any cheaper-in-cost option the leftover budget still pays for
+        opts = [(c, s, o) for o, c in sens.cost[p].items() for s in [size(p, o)]
+                if c < chosen[p][1] and used - chosen[p][0] + s <= budget]
+        if opts:
+            c, s, o = min(opts)
+            used += s - chosen[p][0]
+            chosen[p] = (s, c, o)
     for p in paths:
-        sens.plan.params[p] = {**sens.plan.params[p], "bits": bits[p]}
-    achieved = (used + fixed_bits) / total_params
-    counts = {str(b): sum(1 for p in paths if bits[p] == b) for b in BITS}
-    reasons = {p: {"bits": bits[p], "parameters": sens.params[p],
-                   "cost": _g(sens.cost[p][bits[p]]), "cost_at_2": _g(sens.cost[p][BITS[0]]),
-                   "cost_at_8": _g(sens.cost[p][BITS[-1]])} for p in paths}
-    return {"target_bpw": target_bpw, "bits_per_weight": round(achieved, 4), "modules_per_bits": counts,
-            "rule": "start at 2 bits; repeatedly upgrade the module with the largest measured cost drop per "
-                    "added bit (cost = calibration tokens x importance-weighted squared error) while it fits",
-            "last_gain_per_bit": _g(last_ratio or 0.0), "modules": reasons}
+        b, g = chosen[p][2]
+        sens.plan.params[p] = {**sens.plan.params[p], "bits": b, "group_size": g}
+    mix: dict[str, int] = {}
+    for p in paths:
+        key = "{}-bit g{}".format(*chosen[p][2])
+        mix[key] = mix.get(key, 0) + sens.params[p]
+    return {"target_bpw": target_bpw, "bits_per_weight": round((used + fixed_bits) / total_params, 4),
+            "parameters_per_option": dict(sorted(mix.items())),
+            "rule": "start every module at its smallest option; repeatedly buy the (bits, group size) step with the "
+                    "largest measured cost drop per added bit while it fits (cost = calibration tokens x "
+                    "importance-weighted squared error, measured on sampled rows); then fill the remainder",
+            "last_gain_per_bit": _g(last_ratio),
+            "modules": {p: {"bits": chosen[p][2][0], "group_size": chosen[p][2][1], "parameters": sens.params[p],
+                            "cost": _g(chosen[p][1]), "cost_smallest": _g(hulls[p][0][1]),
+                            "cost_largest": _g(hulls[p][-1][1])} for p in paths}}
 
 
 def _g(x: float) -> float:
     return float(f"{x:.4g}")
-

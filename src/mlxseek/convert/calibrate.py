@@ -272,7 +272,7 @@ def calibrate(source: Source, skeleton: nn.Module, qplan, *, src: Path, path: st
 
     ctx = min(CALIBRATION_CTX, source.cfg.max_position_embeddings or CALIBRATION_CTX)
     batches = read_calibration(path, src, ctx=ctx, limit=tokens)
-    sens = Sensitivity(qplan) if target_bpw is not None else None
+    sens = Sensitivity(qplan, source.cfg.num_hidden_layers - 1) if target_bpw is not None else None
     t0 = time.perf_counter()
     stats = collect(source, batches, on_layer=sens.measure if sens else None)
     block = {"calibration": {"file": str(path), **stats.summary(), "seconds": round(time.perf_counter() - t0, 2)}}

@@ -153,12 +153,15 @@ def _launch(job: Job, name: str, a: mx.array, piece: Piece, stats=None) -> _Out:
     if params is None:
         return _Out(job, name, piece.row, tuple(a.shape), (a,), None, 0)
     imp = None
-    if stats is not None and a.ndim == 2 and params.get("layout") != KMAJOR:
+    if stats is not None and a.ndim >= 2 and params.get("layout") != KMAJOR:
         module = name[: -len(".weight")]
         expert = piece.row // job.float_shapes[name][1] if job.target.op == "stack_experts" else 0
-        found = stats.importance(module, expert)
+        found = stats.importance(module, expert) if a.ndim == 2 else None
         imp = mx.array(found) if found is not None else mx.ones((a.shape[-1],))  # weight-only: plain error
-        packed = quantize_weighted(a, imp, group_size=params["group_size"], bits=params["bits"], dtype=a.dtype)
+        # Groups run along rows, so a (H, out, in) MultiLinear is quantized as its (H * out, in) rows.
+        packed = quantize_weighted(a.reshape(-1, a.shape[-1]), imp, group_size=params["group_size"],
+                                   bits=params["bits"], dtype=a.dtype)
+        packed = tuple(p.reshape(*a.shape[:-1], p.shape[-1]) for p in packed)
         imp = imp if found is not None else None
     else:
         packed = quantize(a, params)
