@@ -154,17 +154,19 @@ class Activations:
         return item if isinstance(item, mx.array) else mx.array(np.load(item)).astype(dtype)
 
 
-def make_batches(ids: list[int], *, bos: int | None, ctx: int, limit: int) -> list[np.ndarray]:
+def make_batches(ids: list[int], *, bos: int | None, ctx: int, limit: int,
+                 batch_tokens: int = BATCH_TOKENS) -> list[np.ndarray]:
     """(B, L) token batches: chunks of `ctx` (BOS + ctx-1 text tokens), at most `limit` tokens in all."""
     body = ctx - 1 if bos is not None else ctx
     ids = ids[: max(1, limit * body // ctx)]
     chunks = [ids[i : i + body] for i in range(0, len(ids), body)]
     chunks = [([bos] if bos is not None else []) + c for c in chunks if len(c) == body or len(chunks) == 1]
-    per = max(1, BATCH_TOKENS // ctx)
+    per = max(1, batch_tokens // ctx)
     return [np.array(chunks[i : i + per], dtype=np.int32) for i in range(0, len(chunks), per)]
 
 
-def read_calibration(path: str | Path, src: Path, *, ctx: int, limit: int) -> list[np.ndarray]:
+def read_calibration(path: str | Path, src: Path, *, ctx: int, limit: int,
+                     batch_tokens: int = BATCH_TOKENS) -> list[np.ndarray]:
     """Tokenize calibration text `path` with the checkpoint's tokenizer (mlx-lm's loader)."""
     path = Path(path)
     if not path.is_file():
@@ -178,12 +180,14 @@ def read_calibration(path: str | Path, src: Path, *, ctx: int, limit: int) -> li
     ids = tok.encode(path.read_text(errors="replace"), add_special_tokens=False)
     if len(ids) < 2:
         raise ConversionError(f"--calibration {path}: holds {len(ids)} token(s); give it some text")
-    return make_batches(ids, bos=tok.bos_token_id, ctx=ctx, limit=limit)
+    return make_batches(ids, bos=tok.bos_token_id, ctx=ctx, limit=limit, batch_tokens=batch_tokens)
 
 
-def _load(root: nn.Module, source: Source, prefix: str) -> None:
+def _load(root: nn.Module, source: Source, prefix: str, *, relative: bool = True) -> None:
+    """Materialize every target under `prefix` into `root` (named relative to `prefix`, or in full)."""
     mat = source.materializer(source.reader)
-    items = [(k[len(prefix):], v) for t in source.plan.targets if t.outputs[0].startswith(prefix)
+    cut = len(prefix) if relative else 0
+    items = [(k[cut:], v) for t in source.plan.targets if t.outputs[0].startswith(prefix)
              for k, v in mat.materialize(t).items()]
     root.load_weights(items, strict=False)
     mx.eval(root.parameters())
@@ -247,13 +251,18 @@ class _Holder(nn.Module):
             setattr(self, k, v)
 
 
-def collect_in_memory(model: nn.Module, batches: list[np.ndarray]) -> Statistics:
-    """The same statistics from a fully loaded model in one forward per batch (the reference for tests)."""
+def collect_in_memory(source: Source, batches: list[np.ndarray]) -> Statistics:
+    """The same statistics with the whole model resident, one full forward per batch: the reference
+    `collect` is tested against (it needs the model's size in memory, so conversion never uses it)."""
+    source = dataclasses.replace(source, dtype=backend_policy().dtype)
+    model = build_model(source.cfg, with_mtp=False)
+    _load(model, source, "model.", relative=False)
+    _load(model, source, "lm_head.", relative=False)
     stats = Statistics(tokens=int(sum(b.size for b in batches)), chunks=sum(len(b) for b in batches),
                        ctx=int(batches[0].shape[1]))
     for i, layer in enumerate(model.model.layers):
         attach(layer, f"model.layers.{i}.", stats)
-    head = stats.get("lm_head", 1, model.lm_head.weight.shape[-1])
+    head = stats.get("lm_head", 1, source.cfg.hidden_size)
     for b in batches:
         h = model.model.embed_tokens(mx.array(b))
         for layer in model.model.layers:
