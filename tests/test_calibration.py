@@ -163,3 +163,27 @@ def test_cli_calibration_options(tmp_path, calib_text):
     r = CliRunner().invoke(main, ["convert", "--hf-path", str(TRAINED), "--mlx-path", str(tmp_path / "z"), "-q",
                                   "--calibration", str(tmp_path / "missing.txt")])
     assert r.exit_code != 0 and "missing.txt: not a file" in r.output
+
+
+def test_fit_fills_the_machine_and_estimate_agrees(tmp_path, calib_text):
+    from mlxseek.tools.estimate import estimate
+    from mlxseek.tools.fit import estimate_auto
+    from mlxseek.tools.machines import machine
+
+    m = machine("m4-16")
+    e4 = estimate(TRAINED, q_bits=4, machine=m.name, context=1 << 20)
+    per_token = e4["kv_bytes_at_context"] / (1 << 20)  # the MTP layer's cache included
+    # A context whose cache leaves the tiny model ~3.2 bits/weight of the wired limit.
+    weights = 3.2 * e4["size_bytes"] / e4["bits_per_weight"]
+    context = int((m.wired_limit_bytes - weights) // per_token)
+    auto = estimate_auto(TRAINED, machine=m.name, context=context)
+    assert 3.1 < auto["bits_per_weight"] < 3.3 and auto["fits"]
+    out = tmp_path / "fit"
+    r = CliRunner().invoke(main, ["convert", "--hf-path", str(TRAINED), "--mlx-path", str(out), "-q",
+                                  "--calibration", str(calib_text), "--calibration-tokens", "512",
+                                  "--fit", m.name, "--context", str(context)])
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "convert_report.json").read_text())
+    assert report["allocation"]["target_bpw"] == pytest.approx(auto["bits_per_weight"])
+    assert report["output_bytes"] + auto["kv_bytes_at_context"] <= m.wired_limit_bytes
+    assert report["bits_per_weight"] == pytest.approx(auto["bits_per_weight"], abs=0.05)

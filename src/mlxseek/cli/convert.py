@@ -59,7 +59,7 @@ def convert_command(hf_path, mlx_path, quantize, q_bits, q_group_size, dtype, re
     from ..convert.convert import convert
 
     if fit is not None:
-        from ..tools.estimate import fit_bits_per_weight
+        from ..tools.fit import fit_bits_per_weight
 
         if target_bpw is not None:
             raise click.UsageError("--fit and --target-bpw both set the size; pass one")
