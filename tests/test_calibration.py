@@ -92,7 +92,7 @@ def test_calibrated_3bit_same_bytes_as_uniform_and_loads(tmp_path, calib_text):
 
 def test_expert_counts_sum_to_tokens_times_top_k(calib_text):
     src = _source(TRAINED)
-    batches = read_calibration(calib_text, TRAINED, ctx=128, limit=1024)
+    batches = read_calibration(calib_text, TRAINED, ctx=128, limit=1024, vocab_size=src.cfg.vocab_size)
     stats = collect(src, batches)
     tokens = sum(b.size for b in batches)
     moe = [i for i in range(src.cfg.num_hidden_layers) if src.cfg.is_moe_layer(i)]
@@ -108,7 +108,8 @@ def test_expert_counts_sum_to_tokens_times_top_k(calib_text):
 
 def test_streaming_statistics_equal_in_memory(calib_text):
     src = _source(TRAINED_FP8)  # FP8 blocks dequantized by the same key map in both runs
-    batches = read_calibration(calib_text, TRAINED_FP8, ctx=64, limit=512, batch_tokens=128)
+    batches = read_calibration(calib_text, TRAINED_FP8, ctx=64, limit=512, vocab_size=src.cfg.vocab_size,
+                               batch_tokens=128)
     assert len(batches) > 1
     spilled = collect(src, batches, ram_bytes=0)  # activations between layers on disk
     in_ram = collect(src, batches)

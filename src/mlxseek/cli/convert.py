@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..convert.calibrate import DEFAULT_CALIBRATION_TOKENS
+from ..convert.calibrated import DEFAULT_CALIBRATION_TOKENS
 from ..convert.quantize import BITS, GROUP_SIZES, LAYOUTS, RECIPES
 from .group import library_errors, main
 

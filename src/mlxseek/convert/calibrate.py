@@ -38,7 +38,6 @@ from .stream import Source
 CALIBRATION_CTX = 512  # tokens per chunk (clipped to max_position_embeddings)
 BATCH_TOKENS = 4096  # tokens per forward: chunks are batched up to this
 RAM_BYTES = 1 << 30  # activations kept in RAM up to this, spilled to disk beyond
-DEFAULT_CALIBRATION_TOKENS = 16384  # imatrix-scale: enough to route tokens to nearly every expert of small models
 
 
 @dataclass
@@ -165,7 +164,7 @@ def make_batches(ids: list[int], *, bos: int | None, ctx: int, limit: int,
     return [np.array(chunks[i : i + per], dtype=np.int32) for i in range(0, len(chunks), per)]
 
 
-def read_calibration(path: str | Path, src: Path, *, ctx: int, limit: int,
+def read_calibration(path: str | Path, src: Path, *, ctx: int, limit: int, vocab_size: int,
                      batch_tokens: int = BATCH_TOKENS) -> list[np.ndarray]:
     """Tokenize calibration text `path` with the checkpoint's tokenizer (mlx-lm's loader)."""
     path = Path(path)
@@ -178,6 +177,9 @@ def read_calibration(path: str | Path, src: Path, *, ctx: int, limit: int,
 
     tok = load_tokenizer(src)
     ids = tok.encode(path.read_text(errors="replace"), add_special_tokens=False)
+    if ids and max(ids) >= vocab_size:
+        raise ConversionError(f"--calibration {path}: token id {max(ids)} is outside the model's vocabulary "
+                              f"(vocab_size {vocab_size}); {src}'s tokenizer does not belong to its config.json")
     if len(ids) < 2:
         raise ConversionError(f"--calibration {path}: holds {len(ids)} token(s); give it some text")
     return make_batches(ids, bos=tok.bos_token_id, ctx=ctx, limit=limit, batch_tokens=batch_tokens)
@@ -270,50 +272,3 @@ def collect_in_memory(source: Source, batches: list[np.ndarray]) -> Statistics:
             mx.eval(h)
         _LinearRecorder(nn.Identity(), head)(model.model.norm(h))
     return stats
-
-
-def calibrate(source: Source, skeleton: nn.Module, qplan, *, src: Path, path: str | Path, tokens: int,
-              target_bpw: float | None) -> tuple[Statistics, dict]:
-    """Statistics for importance-weighted quantization and, with `target_bpw`, bits per module written
-    into `qplan`. Returns the statistics and the report's `calibration` (and `allocation`) blocks."""
-    from .allocate import Sensitivity, allocate
-    from .quantize import size_summary
-
-    ctx = min(CALIBRATION_CTX, source.cfg.max_position_embeddings or CALIBRATION_CTX)
-    batches = read_calibration(path, src, ctx=ctx, limit=tokens)
-    sens = Sensitivity(qplan, source.cfg.num_hidden_layers - 1) if target_bpw is not None else None
-    t0 = time.perf_counter()
-    stats = collect(source, batches, on_layer=sens.measure if sens else None)
-    block = {"calibration": {"file": str(path), **stats.summary(), "seconds": round(time.perf_counter() - t0, 2)}}
-    if sens is not None:
-        size = size_summary(skeleton, qplan, source.dtype)
-        float_bits = 8 * source.dtype.size
-        measured = sum(sens.params[p] * (qplan.params[p]["bits"] + 2 * float_bits / qplan.params[p]["group_size"])
-                       for p in sens.cost)
-        block["allocation"] = allocate(sens, target_bpw=target_bpw, total_params=size["parameters"],
-                                       fixed_bits=size["bits"] - measured, float_bits=float_bits)
-    return stats, block
-
-
-def check_calibration(*, quantize: bool, layout: str, calibration, tokens: int, target_bpw) -> dict:
-    """Validate the calibration options; their record for the conversion's options (and fingerprint)."""
-    if calibration is None:
-        if target_bpw is not None:
-            raise ConversionError("--target-bpw: allocating bits needs measured importance; add --calibration FILE")
-        return {}
-    if not quantize:
-        raise ConversionError("--calibration: only quantized weights are calibrated; add -q")
-    if layout != "transposed":
-        raise ConversionError(f"--calibration with --layout {layout}: importance is per input column, which only "
-                              "the transposed layout groups; use --layout transposed")
-    if tokens < 2:
-        raise ConversionError(f"--calibration-tokens {tokens}: give at least 2 tokens (thousands are typical)")
-    if target_bpw is not None and not 1.0 < target_bpw <= 16.0:
-        raise ConversionError(f"--target-bpw {target_bpw}: bits per weight lie between 2 and 16")
-    path = Path(calibration)
-    if not path.is_file():
-        raise ConversionError(f"--calibration {path}: not a file; pass a text file (held-out text excluded)")
-    import hashlib
-
-    return {"calibration": str(path.resolve()), "calibration_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-            "calibration_tokens": tokens, "target_bpw": target_bpw}

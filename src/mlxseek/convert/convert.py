@@ -33,7 +33,7 @@ from ..checkpoint.strict import check_against_model
 from ..config import ModelConfig
 from ..errors import ConversionError
 from ..models import build_checked, build_model
-from .calibrate import DEFAULT_CALIBRATION_TOKENS, calibrate, check_calibration
+from .calibrated import DEFAULT_CALIBRATION_TOKENS, calibrate, check_calibration
 from .failures import as_conversion_error, check_output_parent, clean_up
 from .finalize import finish, output_config
 from .layout import assign_shards, plan_jobs, shard_names

@@ -25,9 +25,10 @@ import mlx.core as mx
 import numpy as np
 
 # Shrinking the range clips a few outliers to buy finer steps for the rest (llama.cpp's make_qx_quants
-# and AWQ's clip search both scan ~0.7-1.0).
-REFITS = 3  # least-squares refits per clipping ratio (codes, then s and b, then codes again)
-CLIP_RATIOS = (1.0, 0.97, 0.94, 0.91, 0.88, 0.85, 0.82, 0.79, 0.76, 0.73, 0.7, 0.65, 0.6)
+# and AWQ's clip search scan ~0.7-1.0). On the trained fixture at 3 bits, 13 ratios x 3 refits reached
+# KL 0.0158 vs bf16 and these 3 x 2 reach 0.0160 at a quarter of the cost (~3M weights/s on 2 CPU cores).
+REFITS = 2  # least-squares refits per clipping ratio
+CLIP_RATIOS = (1.0, 0.9, 0.8)
 
 
 def pack(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -43,60 +44,52 @@ def pack(codes: np.ndarray, bits: int) -> np.ndarray:
     return np.ascontiguousarray(by.reshape(*codes.shape[:-1], -1)).view("<u4")
 
 
-def _codes(w, s, b, n):
-    return mx.clip(mx.round((w - b) / s), 0, n)
-
-
-def _err(w, s, b, q, imp):
+def _score(w, imp, s, b, n):
+    """One candidate (s, b) per group: its codes' weighted error, and the sums its least-squares refit needs."""
+    q = mx.clip(mx.round((w - b) / s), 0, n)
     d = s * q + b - w
-    return (imp * d * d).sum(axis=-1)  # (R, G)
+    iq = imp * q
+    return (imp * d * d).sum(-1), iq.sum(-1), (iq * q).sum(-1), (iq * w).sum(-1)
 
 
-def _refit(w, q, imp):
-    """Weighted least squares for s, b given codes q: the normal equations of min sum imp (s q + b - w)^2."""
-    si, sq, sqq = imp.sum(-1), (imp * q).sum(-1), (imp * q * q).sum(-1)
-    sw, sqw = (imp * w).sum(-1), (imp * q * w).sum(-1)
+def _refit(si, sw, sq, sqq, sqw, s, b):
+    """Weighted least squares for s, b given the codes: min sum imp (s q + b - w)^2's normal equations."""
     det = sqq * si - sq * sq
     ok = det > 1e-12 * mx.maximum(sqq * si, 1e-30)
     safe = mx.where(ok, det, 1.0)
-    s = mx.where(ok, (sqw * si - sq * sw) / safe, 0.0)
-    b = mx.where(ok, (sqq * sw - sq * sqw) / safe, 0.0)
-    return s[..., None], b[..., None], ok[..., None]
+    fs = (sqw * si - sq * sw) / safe
+    fb = (sqq * sw - sq * sqw) / safe
+    ok = ok & (mx.abs(fs) > 1e-8)
+    return mx.where(ok, fs, s), mx.where(ok, fb, b)
 
 
 def quantize_weighted(w: mx.array, imp: mx.array, *, group_size: int, bits: int, dtype: mx.Dtype):
     """(packed uint32 weight, scales, biases) for 2-D w (R, in) with column importance imp (in,),
     scales and biases in `dtype` (the conversion's float dtype, as mx.quantize of a `dtype` weight)."""
     R, cols = w.shape
-    G, n = cols // group_size, float(2**bits - 1)
+    G, n = cols // group_size, mx.array(float(2**bits - 1))
     wd = w.astype(dtype)
-    packed, s0, b0 = mx.quantize(wd, group_size=group_size, bits=bits)
+    _, s0, b0 = mx.quantize(wd, group_size=group_size, bits=bits)
     wg = wd.astype(mx.float32).reshape(R, G, group_size)
     ig = imp.astype(mx.float32).reshape(1, G, group_size)
     ig = ig / mx.maximum(ig.mean(axis=-1, keepdims=True), 1e-30) + 1e-3  # no column counts for nothing
-    q0 = mx.dequantize(packed, mx.ones_like(s0), mx.zeros_like(b0), group_size=group_size, bits=bits)
-    best_s = s0.astype(mx.float32)[..., None]
-    best_b = b0.astype(mx.float32)[..., None]
-    best_q = q0.reshape(R, G, group_size)
-    best = _err(wg, best_s, best_b, best_q, ig)
-    lo, hi = wg.min(axis=-1, keepdims=True), wg.max(axis=-1, keepdims=True)
+    ig = mx.broadcast_to(ig, wg.shape)
+    si, sw = ig.sum(-1), (ig * wg).sum(-1)  # (R, G), fixed for every candidate
     rnd = lambda x: x.astype(dtype).astype(mx.float32)  # what the stored scale/bias will be
+    # Per group (R, G): the best scale and bias so far and their error. Codes are recomputed from them at
+    # the end: rounding to nearest is each element's best code whatever its weight, MLX's own codes included.
+    best_s, best_b = s0.astype(mx.float32), b0.astype(mx.float32)
+    best = _score(wg, ig, best_s[..., None], best_b[..., None], n)[0]
+    lo, hi = wg.min(axis=-1), wg.max(axis=-1)
     for ratio in CLIP_RATIOS:
-        s = rnd(mx.maximum((hi - lo) * ratio / n, 1e-8))
-        b = rnd(lo * ratio)
-        q = _codes(wg, s, b, n)
-        candidates = [(s, b, q)]
-        for _ in range(REFITS):
-            fs, fb, ok = _refit(wg, q, ig)
-            s, b = rnd(mx.where(ok & (mx.abs(fs) > 1e-8), fs, s)), rnd(mx.where(ok, fb, b))
-            q = _codes(wg, s, b, n)
-            candidates.append((s, b, q))
-        for cs, cb, cq in candidates:
-            e = _err(wg, cs, cb, cq, ig)
+        s, b = rnd(mx.maximum((hi - lo) * ratio / n, 1e-8)), rnd(lo * ratio)
+        for k in range(REFITS + 1):
+            e, sq, sqq, sqw = _score(wg, ig, s[..., None], b[..., None], n)
             better = e < best
-            best = mx.where(better, e, best)
-            m = better[..., None]
-            best_s, best_b, best_q = mx.where(m, cs, best_s), mx.where(m, cb, best_b), mx.where(m, cq, best_q)
-        mx.eval(best, best_s, best_b, best_q)  # bound the lazy graph to one ratio
-    codes = np.array(best_q.reshape(R, cols).astype(mx.uint32))
-    return (mx.array(pack(codes, bits)), best_s[..., 0].astype(dtype), best_b[..., 0].astype(dtype))
+            best, best_s, best_b = mx.where(better, e, best), mx.where(better, s, best_s), mx.where(better, b, best_b)
+            if k < REFITS:
+                s, b = (rnd(x) for x in _refit(si, sw, sq, sqq, sqw, s, b))
+        mx.eval(best, best_s, best_b)  # bound the lazy graph to one ratio
+    q = mx.clip(mx.round((wg - best_b[..., None]) / best_s[..., None]), 0, n)
+    codes = np.array(q.reshape(R, cols).astype(mx.uint32))
+    return mx.array(pack(codes, bits)), best_s.astype(dtype), best_b.astype(dtype)
