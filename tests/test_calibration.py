@@ -137,6 +137,8 @@ def test_target_bpw_lands_within_005(tmp_path, calib_text, folder, target):
 
     info = info_of(res.path)
     assert abs(info["bits_per_weight"] - res.bits_per_weight) < 0.05
+    assert info["quantization"]["calibrated"] and info["quantization"]["target_bpw"] == target
+    assert len(info["quantization"]["overrides"]) > 1  # the mix `mlxseek info` prints
     q = json.loads((res.path / "config.json").read_text())["quantization"]
     report = json.loads((res.path / "convert_report.json").read_text())["allocation"]
     for path, choice in report["modules"].items():  # every module's choice recorded in config.json

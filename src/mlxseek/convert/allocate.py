@@ -1,16 +1,17 @@
-"""Bits per module to hit a size target (`--target-bpw`), chosen by measured sensitivity x importance.
+"""Bits and group size per module to hit a size target (`--target-bpw`), by measured sensitivity x importance.
 
-While calibration holds a layer resident, every quantizable module of it is quantized at each width
-in BITS (every MEASURED_ROW_STRIDE-th row, up to MEASURED_EXPERTS experts of a stack) and its cost
-measured as the calibration's expected output error:
-  cost(b) = sum over experts e of  count_e * sum_rows sum_j imp_ej (Q_b(W) - W)_rj^2
+While calibration holds a layer resident, every quantizable module of it is quantized at each option
+(bits in BITS x group sizes in GROUP_SIZES that divide its input dim; every MEASURED_ROW_STRIDE-th row,
+up to MEASURED_EXPERTS experts of a stack) and its cost measured as the expected output error over the
+calibration tokens:
+  cost = sum over experts e of  count_e * sum_rows sum_j imp_ej (Q(W) - W)_rj^2
 (count_e the tokens routed to expert e, imp_ej their mean squared input of column j; a plain Linear is
-one "expert" seen by every token). A module with no recorded input (MultiLinear kv_b halves, the
-embedding, the MTP block) counts every token with imp = 1, the embedding per row it returns.
-Allocation starts every module at the lowest width and buys, one step at a time, the upgrade with the
-largest cost reduction per added bit while it fits the budget (a convex-hull greedy: the classic
-answer to a separable knapsack with diminishing returns), then fills what is left with any upgrade
-that still fits, so the result lands just under the target.
+one "expert" every token goes through). Modules with no recorded input count every token with imp = 1
+(MultiLinear kv_b halves), or one row per token (the embedding); the MTP block borrows the last layer's
+statistics at MTP_WEIGHT. Sizes count what `info` counts: bits + two float scales/biases per group.
+Allocation walks each module's lower convex hull of (size, cost), buying the step with the largest cost
+drop per added bit while it fits (the classic greedy for a separable knapsack with diminishing returns),
+then spends what is left on any option that still fits, so the result lands just under the target.
 """
 
 from __future__ import annotations

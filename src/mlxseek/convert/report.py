@@ -108,6 +108,14 @@ def summary_lines(report: dict, top: int = 10) -> list[str]:
     head = (f"{report['parameters'] / 1e9:.3f}B parameters, {report['bits_per_weight']:.3f} bits/weight, "
             f"{report['output_bytes'] / 2**30:.2f} GiB")
     lines = [head]
+    cal, alloc = report.get("calibration"), report.get("allocation")
+    if cal:
+        lines.append(f"calibrated on {cal['tokens']} tokens ({cal['chunks']} x {cal['ctx']}) in {cal['seconds']:.1f}s; "
+                     f"{cal['cold_experts']} expert(s) never routed and {len(cal['weight_only_modules'])} module(s) "
+                     "with no recorded input use weight-only statistics")
+    if alloc:
+        mix = ", ".join(f"{k}: {v / report['parameters']:.1%}" for k, v in alloc["parameters_per_option"].items())
+        lines.append(f"--target-bpw {alloc['target_bpw']:g}: {alloc['bits_per_weight']:.3f} bits/weight ({mix})")
     if report["unquantized_modules"]:
         lines.append(f"{len(report['unquantized_modules'])} quantizable module(s) left in float:")
         lines += [f"  {p}: {why}" for p, why in list(report["unquantized_modules"].items())[:top]]
@@ -116,7 +124,8 @@ def summary_lines(report: dict, top: int = 10) -> list[str]:
         lines.append(f"worst {min(top, len(tensors))} of {len(tensors)} quantized tensors (relative RMS error):")
         for name in report["worst_tensors"][:top]:
             t = tensors[name]
-            lines.append(f"  {name} [{t['bits']}b g{t['group_size']}]: rel_rms {t['rel_rms_err']:.4f}, "
+            weighted = f", weighted {t['weighted_rel_rms_err']:.4f}" if "weighted_rel_rms_err" in t else ""
+            lines.append(f"  {name} [{t['bits']}b g{t['group_size']}]: rel_rms {t['rel_rms_err']:.4f}{weighted}, "
                          f"max {t['max_abs_err']:.3g}, mean {t['mean_abs_err']:.3g}")
     return lines
 
