@@ -226,6 +226,7 @@ def collect(source: Source, batches: list[np.ndarray], *, ram_bytes: int = RAM_B
                 acts.put(k, layer(acts.get(k, source.dtype), causal_mask(b.shape[1], 0), None))
             on_layer(prefix, layer, stats)
             model.model.layers[i] = nn.Identity()  # drop its weights before the next layer is read
+            mx.clear_cache()  # and hand their buffers back: the next layer is read into fresh ones
         _load(model.model.norm, source, "model.norm.")
         head = stats.get("lm_head", 1, cfg.hidden_size)
         for k in range(len(batches)):
