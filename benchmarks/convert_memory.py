@@ -78,9 +78,14 @@ def vocab_safe_text(text: Path, src: Path, work: Path) -> Path:
 
     vocab = json.loads((src / "config.json").read_text())["vocab_size"]
     tok = load(src)
-    ids = [i for i in tok.encode(text.read_text(), add_special_tokens=False) if i < vocab]
+    body = text.read_text()
+    for _ in range(20):  # dropping tokens can merge their neighbours into new large ids: repeat until none
+        ids = tok.encode(body, add_special_tokens=False)
+        if max(ids) < vocab:
+            break
+        body = tok.decode([i for i in ids if i < vocab])
     out = work / f"calibration-{src.name}.txt"
-    out.write_text(tok.decode(ids))
+    out.write_text(body)
     return out
 
 
