@@ -190,3 +190,19 @@ def test_fit_fills_the_machine_and_estimate_agrees(tmp_path, calib_text):
     assert report["allocation"]["target_bpw"] == pytest.approx(auto["bits_per_weight"])
     assert report["output_bytes"] + auto["kv_bytes_at_context"] <= m.wired_limit_bytes
     assert report["bits_per_weight"] == pytest.approx(auto["bits_per_weight"], abs=0.05)
+
+
+def test_cli_subprocess_prints_calibration_and_allocation(tmp_path, calib_text):
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).parent / "mlxseek"
+    proc = subprocess.run([str(exe), "convert", "--hf-path", str(TRAINED), "--mlx-path", str(tmp_path / "o"), "-q",
+                           "--calibration", str(calib_text), "--calibration-tokens", "256", "--target-bpw", "3.5"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout + proc.stderr
+    import re
+
+    assert "calibrated on 256 tokens" in text and "weighted" in text
+    assert re.search(r"--target-bpw 3\.5: 3\.(4[5-9]|50)\d bits/weight", text), text
