@@ -206,3 +206,11 @@ def test_cli_subprocess_prints_calibration_and_allocation(tmp_path, calib_text):
 
     assert "calibrated on 256 tokens" in text and "weighted" in text
     assert re.search(r"--target-bpw 3\.5: 3\.(4[5-9]|50)\d bits/weight", text), text
+
+
+def test_calibration_refuses_what_it_cannot_weight(tmp_path, calib_text):
+    with pytest.raises(ConversionError, match="--calibration with --layout kmajor: importance is per input column"):
+        _convert(tmp_path / "k", calibration=calib_text, layout="kmajor")
+    with pytest.raises(ConversionError, match="--calibration: only quantized weights are calibrated; add -q"):
+        mlxseek.convert(hf_path=TRAINED, mlx_path=tmp_path / "f", calibration=calib_text)
+    assert not (tmp_path / "k").exists() and not (tmp_path / "f").exists()
