@@ -214,3 +214,13 @@ def test_calibration_refuses_what_it_cannot_weight(tmp_path, calib_text):
     with pytest.raises(ConversionError, match="--calibration: only quantized weights are calibrated; add -q"):
         mlxseek.convert(hf_path=TRAINED, mlx_path=tmp_path / "f", calibration=calib_text)
     assert not (tmp_path / "k").exists() and not (tmp_path / "f").exists()
+
+
+def test_estimate_q_bits_auto_cli():
+    r = CliRunner().invoke(main, ["estimate", "--config", str(TRAINED), "--q-bits", "auto", "--machine", "m4-16",
+                                  "--json"])
+    assert r.exit_code == 0, r.output
+    e = json.loads(r.output)
+    assert e["q_bits"] == "auto" and e["fits"] and e["bits_per_weight"] > 8  # a tiny model: the largest option
+    r = CliRunner().invoke(main, ["estimate", "--config", str(TRAINED), "--q-bits", "auto"])
+    assert r.exit_code != 0 and "--q-bits auto: sizes the model to a machine; add --machine NAME" in r.output
