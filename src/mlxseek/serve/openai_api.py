@@ -60,7 +60,8 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
     budget = generation_budget(served, len(prompt.tokens), req.max_completion_tokens or req.max_tokens)
     top = (req.top_logprobs or 0) if req.logprobs else None
     grammar = request_grammar(style=served.style, tools=prompt.tools, tool_choice=req.tool_choice,
-                              response_format=req.response_format, parallel_tool_calls=req.parallel_tool_calls)
+                              response_format=req.response_format, parallel_tool_calls=req.parallel_tool_calls,
+                              continuation=prompt.continuation)
     events = await dispatch.start(served, request, prompt.tokens,
                                   sampling(req, max_tokens=budget, top_logprobs=top, grammar=grammar), endpoint="chat")
     chunks = parse_events(events, prompt)

@@ -61,14 +61,28 @@ def _forced_tools(choice: Any, tools: list[dict], param: str) -> Optional[list[d
 
 def request_grammar(*, style: Optional[str], tools: Optional[list] = None, tool_choice: Any = None,
                     response_format: Any = None, parallel_tool_calls: bool = True,
-                    choice_param: str = "tool_choice", format_param: str = "response_format") -> Optional[str]:
+                    choice_param: str = "tool_choice", format_param: str = "response_format",
+                    continuation: bool = False) -> Optional[str]:
     """The grammar a request's reply must follow, or None. `tools`: OpenAI function tools (the Anthropic
     layer converts its own first); `tool_choice`: "auto" | "none" | "required" | OpenAI chat's
     {"type": "function", "function": {"name"}} | the Responses API's {"type": "function", "name"} |
     Anthropic's {"type": "auto" | "any" | "tool" | "none", "name"}; `response_format`: {"type": "text" |
     "json_object" | "json_schema", ...} as chat or the Responses API's `text.format` sends it. A forced
-    tool call wins over a response format. Raises ApiError 400 naming the field (and the JSON-schema
-    keyword llguidance cannot honour)."""
+    tool call wins over a response format. `continuation`: the prompt ends inside the reply (chat prefix
+    completion). Raises ApiError 400 naming the field (and the JSON-schema keyword llguidance cannot honour)."""
+    grammar, param = _grammar(style, tools, tool_choice, response_format, parallel_tool_calls, choice_param,
+                              format_param)
+    if grammar is not None and continuation:
+        # The grammar describes a whole reply, but the prefix already wrote its start: matching from the
+        # prefix's end would force a second opening. Refused rather than silently wrong.
+        raise ApiError(400, f"{param}: cannot constrain a reply that continues a prefix message "
+                       "(prefix: true); drop one of the two", param=param)
+    return grammar
+
+
+def _grammar(style, tools, tool_choice, response_format, parallel_tool_calls, choice_param,
+             format_param) -> tuple[Optional[str], str]:
+    """(the grammar or None, the top-level field it came from)."""
     tools = [_plain(t) for t in tools or []]
     forced = _forced_tools(_plain(tool_choice), tools, choice_param)
     if forced is not None:
@@ -79,20 +93,20 @@ def request_grammar(*, style: Optional[str], tools: Optional[list] = None, tool_
             grammar = tool_call_grammar(style, forced, parallel=parallel_tool_calls and len(forced) > 1)
         except ChatFormatError as e:
             raise ApiError(400, f"tools: {e}", param="tools") from None
-        return _checked(grammar, "tools")
+        return _checked(grammar, "tools"), choice_param
     fmt = _plain(response_format)
     if fmt is None:
-        return None
+        return None, format_param
     kind = fmt.get("type") if isinstance(fmt, dict) else None
     if kind == "text":
-        return None
+        return None, format_param
     if kind == "json_object":
-        return _checked(json_grammar(None), format_param)
+        return _checked(json_grammar(None), format_param), format_param
     if kind == "json_schema":
         schema, where = _format_schema(fmt, format_param)
         if schema is None:
             raise ApiError(400, f"{where}: json_schema needs a schema", param=where)
-        return _checked(json_grammar(schema), where)
+        return _checked(json_grammar(schema), where), format_param
     raise ApiError(400, f"{format_param}.type: must be text, json_object or json_schema, got {kind!r}",
                    param=f"{format_param}.type")
 

@@ -1,0 +1,125 @@
+"""Structured outputs and forced tool calls through the Responses API (`text.format`, `tool_choice`) with
+the official openai SDK, on the random-weight real-vocabulary model of test_structured_outputs: a model that
+writes nothing sensible unless the grammar holds it. Also: a grammar with chat prefix completion is refused
+with a 400 naming the field, since the grammar describes a whole reply and the prefix already began one."""
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import jsonschema
+import openai
+import pytest
+from serve_helpers import deadline, running_server
+from test_structured_outputs import SCHEMA_OF, SCHEMAS, STYLES, TOOLS, random_v3  # noqa: F401 (a fixture)
+
+from mlxseek.serve.api_errors import ApiError
+from mlxseek.serve.structured import request_grammar
+
+MODEL_ID = "random-v3"
+TIMEOUT = 120
+# the Responses API's function tools: the chat shape without the "function" wrapper
+FUNCTIONS = [{"type": "function", **t["function"]} for t in TOOLS]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def bounded():
+    with deadline(900):
+        yield
+
+
+def _client(srv):
+    return openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", timeout=TIMEOUT, max_retries=0)
+
+
+def _no_reasoning(style: str) -> dict:
+    """V3 never reasons; the others are asked not to, so the random model reaches the constrained part."""
+    return {} if style == "v3" else {"reasoning": {"effort": "none"}}
+
+
+@pytest.fixture(scope="module")
+def batched_server(random_v3):  # noqa: F811 (the imported fixture)
+    model, tok = random_v3
+    with running_server(model, tok, model_id=MODEL_ID, chat_style="v3", max_batch=4,
+                        prompt_cache_bytes=0) as (srv, _):
+        yield srv
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_responses_json_schema_replies_validate(batched_server, stream):
+    client, picks = _client(batched_server), [0, 4, 6, 12, 16, 19]
+
+    def ask(i):
+        fmt = {"type": "json_schema", "name": f"s{i}", "schema": SCHEMAS[i], "strict": True}
+        kw = dict(model=MODEL_ID, input=f"Record {i} as JSON.", max_output_tokens=200, temperature=0,
+                  text={"format": fmt})
+        if not stream:
+            r = client.responses.create(**kw)
+            return r.status, r.output_text
+        with client.responses.stream(**kw) as s:
+            r = s.get_final_response()
+        return r.status, r.output_text
+
+    with ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(ask, picks))
+    for i, (status, text) in zip(picks, replies):
+        assert status == "completed", (i, text)
+        jsonschema.validate(json.loads(text), SCHEMAS[i])
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_responses_tool_choice_forces_a_valid_call(random_v3, style):  # noqa: F811
+    model, tok = random_v3
+    with running_server(model, tok, model_id=MODEL_ID, chat_style=style, max_batch=4,
+                        prompt_cache_bytes=0) as (srv, _):
+        client = _client(srv)
+        with ThreadPoolExecutor(2) as pool:
+            replies = list(pool.map(lambda choice: client.responses.create(
+                model=MODEL_ID, input="Go", tools=FUNCTIONS, tool_choice=choice, max_output_tokens=300,
+                temperature=0, **_no_reasoning(style)),
+                ["required", {"type": "function", "name": "get_time"}]))
+    for r, want in zip(replies, (None, "get_time")):
+        calls = [item for item in r.output if item.type == "function_call"]
+        assert r.status == "completed" and calls, r.output
+        for call in calls:
+            assert want is None or call.name == want
+            jsonschema.validate(json.loads(call.arguments), SCHEMA_OF[call.name])
+
+
+def test_responses_unsupported_schema_keyword_is_a_400_naming_the_field(batched_server):
+    client = _client(batched_server)
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.responses.create(model=MODEL_ID, input="x", max_output_tokens=20, text={"format": {
+            "type": "json_schema", "name": "u", "schema": {"type": "array", "uniqueItems": True}}})
+    assert bad.value.body["param"] == "text.format.schema" and "uniqueItems" in bad.value.message
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.responses.create(model=MODEL_ID, input="x", tools=FUNCTIONS, max_output_tokens=20,
+                                tool_choice={"type": "function", "name": "nope"})
+    assert bad.value.body["param"].startswith("tool_choice")
+
+
+PREFIX = [{"role": "user", "content": "Give me JSON."}, {"role": "assistant", "content": '{"a": ', "prefix": True}]
+
+
+@pytest.mark.parametrize("extra,param", [
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"tools": TOOLS, "tool_choice": "required"}, "tool_choice"),
+])
+def test_a_grammar_with_prefix_completion_is_refused(batched_server, extra, param):
+    with pytest.raises(openai.BadRequestError) as bad:
+        _client(batched_server).chat.completions.create(model=MODEL_ID, messages=PREFIX, max_tokens=20, **extra)
+    assert bad.value.body["param"] == param and "prefix" in bad.value.message
+
+
+def test_prefix_completion_without_a_grammar_still_runs(batched_server):
+    r = _client(batched_server).chat.completions.create(model=MODEL_ID, messages=PREFIX, max_tokens=4,
+                                                        response_format={"type": "text"})
+    assert r.choices[0].finish_reason in ("stop", "length")
+
+
+def test_request_grammar_refuses_a_continuation_only_when_it_constrains():
+    assert request_grammar(style="v3", response_format={"type": "text"}, continuation=True) is None
+    assert request_grammar(style="v3", tools=TOOLS, tool_choice="auto", continuation=True) is None
+    with pytest.raises(ApiError) as e:
+        request_grammar(style="v3", response_format={"type": "json_schema", "schema": SCHEMAS[0]},
+                        format_param="text.format", continuation=True)
+    assert e.value.status == 400 and e.value.param == "text.format"
