@@ -137,9 +137,11 @@ class TokenConstraint:
         return mx.concatenate(rows)
 
 
-def make_constraint(tokenizer, grammar: str, *, vocab_size: int, prompt_ids: Sequence[int]) -> TokenConstraint:
-    """A TokenConstraint for a sequence whose prompt ends with `prompt_ids` (its last few tokens decide
-    whether reasoning runs free first). Raises ConstraintError for a grammar llguidance refuses."""
+def make_constraint(tokenizer, grammar: str, *, vocab_size: int, prompt_ids: Sequence[int] = (),
+                    in_reasoning: Optional[bool] = None) -> TokenConstraint:
+    """A TokenConstraint for one sequence. Reasoning runs free first when `in_reasoning` (the prompt leaves
+    the model inside `<think>`, as the reply's ReplyFormat says); None reads it off `prompt_ids`, the
+    prompt's last few tokens. Raises ConstraintError for a grammar llguidance refuses."""
     if tokenizer is None:
         raise ConstraintError("constrained decoding needs the model's tokenizer", keyword=None)
     check_grammar(grammar)
@@ -148,5 +150,7 @@ def make_constraint(tokenizer, grammar: str, *, vocab_size: int, prompt_ids: Seq
     matcher = llg.LLMatcher(bridge, grammar)
     if matcher.is_error():
         raise ConstraintError(f"the grammar cannot be used: {matcher.get_error()}", keyword=None)
-    free = _think_end_id(tokenizer) if prompt_opens_reasoning(tokenizer, list(prompt_ids)[-4:]) else None
+    if in_reasoning is None:
+        in_reasoning = prompt_opens_reasoning(tokenizer, list(prompt_ids)[-4:])
+    free = _think_end_id(tokenizer) if in_reasoning else None
     return TokenConstraint(matcher, vocab_size, bridge.eos_token, free_until=free)

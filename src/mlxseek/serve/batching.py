@@ -71,7 +71,7 @@ class BatchRunner:
 
         params = RowParams(max_tokens=min(p.max_tokens, e.context_length - len(req.prompt)),
                            temperature=p.temperature, top_p=p.top_p, seed=p.seed, stop=tuple(p.stop),
-                           grammar=p.grammar)
+                           grammar=p.grammar, reply=p.reply)
         try:
             rid = self.dec.add(req.prompt[cached:], params, prompt_cache=cache, progress=progress)
         except _Cancelled:

@@ -1,5 +1,6 @@
-"""Chat turns between the HTTP APIs and the engine: messages -> prompt tokens (mlxseek.formats), generation
-length checks, and the engine's token stream -> parsed reasoning / content / tool calls.
+"""Chat turns between the HTTP APIs and the engine: messages -> prompt tokens and the reply's format
+(mlxseek.formats), generation length checks, and the engine's events -> reasoning / content / tool-call chunks
+(parsed by the engine's generation records with that format, not here).
 
 Both APIs hand this module OpenAI-shaped messages and tools; the Anthropic layer converts its blocks first.
 """
@@ -25,6 +26,13 @@ class ChatPrompt:
     thinking: bool            # the generation prompt leaves the model inside a reasoning block
     tools: Optional[list]     # the tools rendered: a call to any other name parses as malformed text
     continuation: bool = False  # the prompt ends inside the reply (chat prefix completion): the reply continues it
+
+    @property
+    def reply(self):
+        """The reply's format, decided here once: the engine's generation parses the reply with it."""
+        from ..formats import ReplyFormat
+
+        return ReplyFormat(self.style, thinking=self.thinking, tools=self.tools, continuation=self.continuation)
 
 
 @dataclass
@@ -108,25 +116,15 @@ def generation_budget(served: ServedModel, n_prompt: int, requested: Optional[in
     return max(1, min(requested or cap, cap, served.context_length - n_prompt))
 
 
-async def parse_events(events: AsyncIterator, prompt: ChatPrompt) -> AsyncIterator[Chunk]:
-    """Feed each event's text to mlxseek.formats.ReplyParser; the last chunk also carries finish()'s flush."""
-    from ..formats import ReplyParser
-
-    parser = ReplyParser(prompt.style, thinking=prompt.thinking, tools=prompt.tools,
-                         continuation=prompt.continuation)
+async def reply_chunks(events: AsyncIterator) -> AsyncIterator[Chunk]:
+    """The engine's events as reply chunks. The reply was parsed once, by the engine's generation
+    records (SamplingParams.reply = ChatPrompt.reply): this only reads what each event carries."""
     try:
         async for ev in events:
-            if ev is WAITING:  # a keepalive stream's first token is late: nothing to parse yet
+            if ev is WAITING:  # a keepalive stream's first token is late: nothing to read yet
                 yield Chunk(ev)
                 continue
-            d = parser.feed(ev.text)
-            chunk = Chunk(ev, d.reasoning, d.content, list(d.tool_calls))
-            if ev.finish_reason is not None:
-                f = parser.finish()
-                chunk.reasoning += f.reasoning
-                chunk.content += f.content
-                chunk.tool_calls += list(f.tool_calls)
-            yield chunk
+            yield Chunk(ev, ev.reasoning, ev.content, list(ev.tool_calls))
     finally:  # closing this stream closes the engine's at once (cancels the generation), not at GC
         await events.aclose()
 

@@ -9,8 +9,8 @@ from . import dispatch
 from .chat_bridge import (
     check_prompt_length,
     generation_budget,
-    parse_events,
     render_prompt,
+    reply_chunks,
     resolve_thinking,
 )
 from .fim import fim_max_tokens, fim_tokens
@@ -63,8 +63,9 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
                               response_format=req.response_format, parallel_tool_calls=req.parallel_tool_calls,
                               continuation=prompt.continuation)
     events = await dispatch.start(served, request, prompt.tokens,
-                                  sampling(req, max_tokens=budget, top_logprobs=top, grammar=grammar), endpoint="chat")
-    chunks = parse_events(events, prompt)
+                                  sampling(req, max_tokens=budget, top_logprobs=top, grammar=grammar,
+                                           reply=prompt.reply), endpoint="chat")
+    chunks = reply_chunks(events)
     if req.stream:
         return openai_stream(_chat_stream(served, chunks, req))
     return chat_response(served, await dispatch.collect(chunks, request), want_logprobs=req.logprobs)

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import dispatch
 from ..api_errors import ApiError
-from ..chat_bridge import generation_budget, parse_events, render_prompt
+from ..chat_bridge import ChatPrompt, generation_budget, render_prompt, reply_chunks
 from ..model_names import check_name
 from ..structured import request_grammar
 from .convert import ResponseTurn, ToolChoice, to_turn
@@ -32,18 +32,18 @@ def store_of(app) -> ResponseStore:
     return store
 
 
-def sampling(req: ResponsesRequest, turn: ResponseTurn, *, style: Optional[str], tools: Optional[list],
-             max_tokens: int, continuation: bool = False):
+def sampling(req: ResponsesRequest, turn: ResponseTurn, *, prompt: ChatPrompt, max_tokens: int):
     """The engine's SamplingParams for this turn: `text.format` and a forced `tool_choice` become the
-    grammar constrained decoding applies (serve/structured.py); `tools` are the ones rendered."""
+    grammar constrained decoding applies (serve/structured.py), over the prompt's rendered tools."""
     from ..engine import SamplingParams
 
-    grammar = request_grammar(style=style, tools=tools, tool_choice=_forced_choice(turn.tool_choice),
+    grammar = request_grammar(style=prompt.style, tools=prompt.tools, tool_choice=_forced_choice(turn.tool_choice),
                               response_format=_text_format(req), format_param="text.format",
                               choice_param="tool_choice", parallel_tool_calls=req.parallel_tool_calls is not False,
-                              continuation=continuation)
+                              continuation=prompt.continuation)
     return SamplingParams(max_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,
-                          top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed, grammar=grammar)
+                          top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed, grammar=grammar,
+                          reply=prompt.reply)
 
 
 def _forced_choice(choice: ToolChoice) -> Any:
@@ -67,10 +67,9 @@ async def create_response(req: ResponsesRequest, request: Request):
                    default_thinking=served.thinking_for(req.model))
     prompt = await run_in_threadpool(_render, served, turn)
     budget = generation_budget(served, len(prompt.tokens), req.max_output_tokens)
-    params = sampling(req, turn, style=served.style, tools=prompt.tools, max_tokens=budget,
-                      continuation=prompt.continuation)
+    params = sampling(req, turn, prompt=prompt, max_tokens=budget)
     events = await dispatch.start(served, request, prompt.tokens, params, endpoint="responses", keepalive=req.stream)
-    chunks = parse_events(events, prompt)
+    chunks = reply_chunks(events)
     build = ResponseBuilder(model_id=served.model_id, echo=echo_fields(req, max_output_tokens=budget),
                             parallel_tool_calls=req.parallel_tool_calls is not False)
 
