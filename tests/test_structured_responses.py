@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import jsonschema
 import openai
 import pytest
+from scripted_model import ScriptedModel, servable
 from serve_helpers import deadline, running_server
 from test_structured_outputs import SCHEMA_OF, SCHEMAS, STYLES, TOOLS, random_v3  # noqa: F401 (a fixture)
 
@@ -116,10 +117,28 @@ def test_prefix_completion_without_a_grammar_still_runs(batched_server):
     assert r.choices[0].finish_reason in ("stop", "length")
 
 
+def test_a_grammar_applies_after_a_reasoning_prefix(random_v3):  # noqa: F811
+    """A prefix of reasoning only leaves the answer unbegun: the reasoning runs free (the rendered prompt, not
+    its last tokens, says it is open) and the grammar holds the answer after it. The scripted model writes
+    the rest of the reasoning and then a valid answer, which the mask must let through token by token."""
+    _, tok = random_v3
+    script = " so the answer is red.</think>" + '{"color": "red"}'
+    model = servable(ScriptedModel(tok.encode(script, add_special_tokens=False), len(tok.get_vocab())), tok)
+    msgs = [{"role": "user", "content": "Pick a color."},
+            {"role": "assistant", "content": "", "reasoning_content": "The user wants a color", "prefix": True}]
+    with running_server(model, tok, model_id=MODEL_ID, chat_style="v3.1", prompt_cache_bytes=0) as (srv, _):
+        r = _client(srv).chat.completions.create(
+            model=MODEL_ID, messages=msgs, max_tokens=100, extra_body={"thinking": {"type": "enabled"}},
+            response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": SCHEMAS[0]}})
+    msg = r.choices[0].message
+    assert r.choices[0].finish_reason == "stop" and msg.reasoning_content.strip() == "so the answer is red."
+    jsonschema.validate(json.loads(msg.content), SCHEMAS[0])
+
+
 def test_request_grammar_refuses_a_continuation_only_when_it_constrains():
-    assert request_grammar(style="v3", response_format={"type": "text"}, continuation=True) is None
-    assert request_grammar(style="v3", tools=TOOLS, tool_choice="auto", continuation=True) is None
+    assert request_grammar(style="v3", response_format={"type": "text"}, answer_begun=True) is None
+    assert request_grammar(style="v3", tools=TOOLS, tool_choice="auto", answer_begun=True) is None
     with pytest.raises(ApiError) as e:
         request_grammar(style="v3", response_format={"type": "json_schema", "schema": SCHEMAS[0]},
-                        format_param="text.format", continuation=True)
+                        format_param="text.format", answer_begun=True)
     assert e.value.status == 400 and e.value.param == "text.format"

@@ -28,6 +28,11 @@ class ChatPrompt:
     continuation: bool = False  # the prompt ends inside the reply (chat prefix completion): the reply continues it
 
     @property
+    def answer_begun(self) -> bool:
+        """The prompt already holds part of the answer (a content prefix), not only reasoning."""
+        return self.continuation and not self.thinking
+
+    @property
     def reply(self):
         """The reply's format, decided here once: the engine's generation parses the reply with it."""
         from ..formats import ReplyFormat

@@ -61,7 +61,7 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
     top = (req.top_logprobs or 0) if req.logprobs else None
     grammar = request_grammar(style=served.style, tools=prompt.tools, tool_choice=req.tool_choice,
                               response_format=req.response_format, parallel_tool_calls=req.parallel_tool_calls,
-                              continuation=prompt.continuation)
+                              answer_begun=prompt.answer_begun)
     events = await dispatch.start(served, request, prompt.tokens,
                                   sampling(req, max_tokens=budget, top_logprobs=top, grammar=grammar,
                                            reply=prompt.reply), endpoint="chat")

@@ -62,21 +62,22 @@ def _forced_tools(choice: Any, tools: list[dict], param: str) -> Optional[list[d
 def request_grammar(*, style: Optional[str], tools: Optional[list] = None, tool_choice: Any = None,
                     response_format: Any = None, parallel_tool_calls: bool = True,
                     choice_param: str = "tool_choice", format_param: str = "response_format",
-                    continuation: bool = False) -> Optional[str]:
+                    answer_begun: bool = False) -> Optional[str]:
     """The grammar a request's reply must follow, or None. `tools`: OpenAI function tools (the Anthropic
     layer converts its own first); `tool_choice`: "auto" | "none" | "required" | OpenAI chat's
     {"type": "function", "function": {"name"}} | the Responses API's {"type": "function", "name"} |
     Anthropic's {"type": "auto" | "any" | "tool" | "none", "name"}; `response_format`: {"type": "text" |
     "json_object" | "json_schema", ...} as chat or the Responses API's `text.format` sends it. A forced
-    tool call wins over a response format. `continuation`: the prompt ends inside the reply (chat prefix
-    completion). Raises ApiError 400 naming the field (and the JSON-schema keyword llguidance cannot honour)."""
+    tool call wins over a response format. `answer_begun`: the prompt already holds the start of the
+    answer (chat prefix completion with content; a reasoning-only prefix is fine, the grammar applies after
+    the reasoning as usual). Raises ApiError 400 naming the field (and the JSON-schema keyword llguidance cannot honour)."""
     grammar, param = _grammar(style, tools, tool_choice, response_format, parallel_tool_calls, choice_param,
                               format_param)
-    if grammar is not None and continuation:
-        # The grammar describes a whole reply, but the prefix already wrote its start: matching from the
+    if grammar is not None and answer_begun:
+        # The grammar describes a whole answer, but the prefix already wrote its start: matching from the
         # prefix's end would force a second opening. Refused rather than silently wrong.
-        raise ApiError(400, f"{param}: cannot constrain a reply that continues a prefix message "
-                       "(prefix: true); drop one of the two", param=param)
+        raise ApiError(400, f"{param}: cannot constrain an answer that continues a prefix message's content "
+                       "(prefix: true); drop one of the two, or prefix only reasoning_content", param=param)
     return grammar
 
 
