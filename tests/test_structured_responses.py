@@ -1,7 +1,8 @@
 """Structured outputs and forced tool calls through the Responses API (`text.format`, `tool_choice`) with
 the official openai SDK, on the random-weight real-vocabulary model of test_structured_outputs: a model that
-writes nothing sensible unless the grammar holds it. Also: a grammar with chat prefix completion is refused
-with a 400 naming the field, since the grammar describes a whole reply and the prefix already began one."""
+writes nothing sensible unless the grammar holds it. Also chat prefix completion under a grammar: the grammar
+continues the prefix's content (a start it forbids is a 400 naming that content) and holds the answer after a
+reasoning-only prefix."""
 
 import json
 from concurrent.futures import ThreadPoolExecutor
@@ -13,8 +14,6 @@ from scripted_model import ScriptedModel, servable
 from serve_helpers import deadline, running_server
 from test_structured_outputs import SCHEMA_OF, SCHEMAS, STYLES, TOOLS, random_v3  # noqa: F401 (a fixture)
 
-from mlxseek.serve.api_errors import ApiError
-from mlxseek.serve.structured import request_grammar
 
 MODEL_ID = "random-v3"
 TIMEOUT = 120
@@ -98,23 +97,31 @@ def test_responses_unsupported_schema_keyword_is_a_400_naming_the_field(batched_
     assert bad.value.body["param"].startswith("tool_choice")
 
 
-PREFIX = [{"role": "user", "content": "Give me JSON."}, {"role": "assistant", "content": '{"a": ', "prefix": True}]
+def _prefixed(content: str) -> list[dict]:
+    return [{"role": "user", "content": "Give me JSON."}, {"role": "assistant", "content": content, "prefix": True}]
 
 
-@pytest.mark.parametrize("extra,param", [
-    ({"response_format": {"type": "json_object"}}, "response_format"),
-    ({"tools": TOOLS, "tool_choice": "required"}, "tool_choice"),
+@pytest.mark.parametrize("i", [0, 3, 12])
+def test_a_grammar_continues_a_content_prefix(batched_server, i):
+    """The grammar starts where the prefix's content ends: the prefix plus the reply is one valid value."""
+    schema = SCHEMAS[i]
+    start = '{"' + next(iter(schema["properties"])) + '": '
+    r = _client(batched_server).chat.completions.create(
+        model=MODEL_ID, messages=_prefixed(start), max_tokens=200, temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": schema}})
+    assert r.choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads(start + r.choices[0].message.content), schema)
+
+
+@pytest.mark.parametrize("extra", [
+    {"response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": SCHEMAS[0]}}},
+    {"tools": TOOLS, "tool_choice": "required"},
 ])
-def test_a_grammar_with_prefix_completion_is_refused(batched_server, extra, param):
+def test_a_prefix_the_grammar_forbids_is_a_400_naming_it(batched_server, extra):
     with pytest.raises(openai.BadRequestError) as bad:
-        _client(batched_server).chat.completions.create(model=MODEL_ID, messages=PREFIX, max_tokens=20, **extra)
-    assert bad.value.body["param"] == param and "prefix" in bad.value.message
-
-
-def test_prefix_completion_without_a_grammar_still_runs(batched_server):
-    r = _client(batched_server).chat.completions.create(model=MODEL_ID, messages=PREFIX, max_tokens=4,
-                                                        response_format={"type": "text"})
-    assert r.choices[0].finish_reason in ("stop", "length")
+        _client(batched_server).chat.completions.create(model=MODEL_ID, messages=_prefixed('{"size": '),
+                                                        max_tokens=20, **extra)
+    assert bad.value.body["param"] == "messages.1.content" and "does not follow the grammar" in bad.value.message
 
 
 def test_a_grammar_applies_after_a_reasoning_prefix(random_v3):  # noqa: F811
@@ -133,12 +140,3 @@ def test_a_grammar_applies_after_a_reasoning_prefix(random_v3):  # noqa: F811
     msg = r.choices[0].message
     assert r.choices[0].finish_reason == "stop" and msg.reasoning_content.strip() == "so the answer is red."
     jsonschema.validate(json.loads(msg.content), SCHEMAS[0])
-
-
-def test_request_grammar_refuses_a_continuation_only_when_it_constrains():
-    assert request_grammar(style="v3", response_format={"type": "text"}, answer_begun=True) is None
-    assert request_grammar(style="v3", tools=TOOLS, tool_choice="auto", answer_begun=True) is None
-    with pytest.raises(ApiError) as e:
-        request_grammar(style="v3", response_format={"type": "json_schema", "schema": SCHEMAS[0]},
-                        format_param="text.format", answer_begun=True)
-    assert e.value.status == 400 and e.value.param == "text.format"

@@ -91,7 +91,8 @@ class BatchDecoder:
         reply = params.reply or reply_format(self.tokenizer, ids, chat_style=self.chat_style)
         records = _decode(feed, make_records(ids.size, params.stop, reply), detok, self.eos, budget)
         constraint = None if params.grammar is None else make_constraint(
-            self.tokenizer, params.grammar, vocab_size=_vocab_size(self.model), in_reasoning=reply.thinking)
+            self.tokenizer, params.grammar, vocab_size=_vocab_size(self.model), in_reasoning=reply.thinking,
+            answer=reply.answer)
         return Row(self._next_id, RowSampler(params), feed, records, budget, constraint)
 
     def _join(self, row: Row, layers: list) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Optional
 
 from ..errors import ChatFormatError
+from ..formats import ReplyFormat
 from .api_errors import ApiError
 from .dispatch import WAITING
 from .state import ServedModel
@@ -26,18 +27,13 @@ class ChatPrompt:
     thinking: bool            # the generation prompt leaves the model inside a reasoning block
     tools: Optional[list]     # the tools rendered: a call to any other name parses as malformed text
     continuation: bool = False  # the prompt ends inside the reply (chat prefix completion): the reply continues it
+    answer: str = ""          # the start of the answer the prompt already holds (a content prefix)
 
     @property
-    def answer_begun(self) -> bool:
-        """The prompt already holds part of the answer (a content prefix), not only reasoning."""
-        return self.continuation and not self.thinking
-
-    @property
-    def reply(self):
+    def reply(self) -> ReplyFormat:
         """The reply's format, decided here once: the engine's generation parses the reply with it."""
-        from ..formats import ReplyFormat
-
-        return ReplyFormat(self.style, thinking=self.thinking, tools=self.tools, continuation=self.continuation)
+        return ReplyFormat(self.style, thinking=self.thinking, tools=self.tools, continuation=self.continuation,
+                           answer=self.answer)
 
 
 @dataclass
@@ -76,17 +72,17 @@ def render_prompt(served: ServedModel, messages: list[dict], *, tools: Optional[
     try:
         if prefix_message_index(messages) is not None:  # continue the last assistant message
             p = render_prefix_completion(messages, **kw)
-            text, opens, continuation = p.text, p.in_reasoning, p.continuation
+            text, opens, continuation, answer = p.text, p.in_reasoning, p.continuation, p.answer
         else:
             text = render_chat(messages, **kw)
-            opens, continuation = prompt_opens_thinking(served.style, thinking, prompt=text), False
+            opens, continuation, answer = prompt_opens_thinking(served.style, thinking, prompt=text), False, ""
     except ChatFormatError as e:
         raise ApiError(400, str(e), param=request_field(e.field)) from None
     # the rendered text already holds the BOS token: do not add special tokens again
     tokens = list(served.tokenizer.encode(text, add_special_tokens=False))
     check_prompt_length(served, len(tokens), "messages")
     return ChatPrompt(tokens=tokens, style=served.style, tools=tools or None, thinking=opens,
-                      continuation=continuation)
+                      continuation=continuation, answer=answer)
 
 
 def request_field(field: Optional[str]) -> str:

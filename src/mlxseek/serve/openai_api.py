@@ -30,7 +30,7 @@ from .openai_map import (
 )
 from .schemas_openai import ChatCompletionRequest, CompletionRequest
 from .sse import openai_stream
-from .structured import request_grammar
+from .structured import check_answer, request_grammar
 
 router = APIRouter()
 
@@ -60,8 +60,10 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
     budget = generation_budget(served, len(prompt.tokens), req.max_completion_tokens or req.max_tokens)
     top = (req.top_logprobs or 0) if req.logprobs else None
     grammar = request_grammar(style=served.style, tools=prompt.tools, tool_choice=req.tool_choice,
-                              response_format=req.response_format, parallel_tool_calls=req.parallel_tool_calls,
-                              answer_begun=prompt.answer_begun)
+                              response_format=req.response_format, parallel_tool_calls=req.parallel_tool_calls)
+    if grammar is not None and prompt.answer:  # prefix completion: the grammar continues the given content
+        await run_in_threadpool(check_answer, served, grammar, prompt.answer,
+                                param=f"messages.{len(req.messages) - 1}.content")
     events = await dispatch.start(served, request, prompt.tokens,
                                   sampling(req, max_tokens=budget, top_logprobs=top, grammar=grammar,
                                            reply=prompt.reply), endpoint="chat")

@@ -5,7 +5,8 @@ the Responses API's `text.format` / `tool_choice`, Anthropic's `tool_choice`). I
 shapes, so a handler passes the request's fields as they are, and returns llguidance Lark text for
 `SamplingParams.grammar` (None: the reply is free). A forced tool call is written in the chat style's own
 tool-call syntax with each tool's JSON schema as its arguments' grammar (`mlxseek.formats.constraints`);
-the engine constrains decoding with it, after the reasoning when the prompt opens one.
+the engine constrains decoding with it, after the reasoning when the prompt opens one, and from the end of
+the given answer under chat prefix completion (`check_answer` tests that start first).
 """
 
 from __future__ import annotations
@@ -61,29 +62,14 @@ def _forced_tools(choice: Any, tools: list[dict], param: str) -> Optional[list[d
 
 def request_grammar(*, style: Optional[str], tools: Optional[list] = None, tool_choice: Any = None,
                     response_format: Any = None, parallel_tool_calls: bool = True,
-                    choice_param: str = "tool_choice", format_param: str = "response_format",
-                    answer_begun: bool = False) -> Optional[str]:
+                    choice_param: str = "tool_choice", format_param: str = "response_format") -> Optional[str]:
     """The grammar a request's reply must follow, or None. `tools`: OpenAI function tools (the Anthropic
     layer converts its own first); `tool_choice`: "auto" | "none" | "required" | OpenAI chat's
     {"type": "function", "function": {"name"}} | the Responses API's {"type": "function", "name"} |
     Anthropic's {"type": "auto" | "any" | "tool" | "none", "name"}; `response_format`: {"type": "text" |
     "json_object" | "json_schema", ...} as chat or the Responses API's `text.format` sends it. A forced
-    tool call wins over a response format. `answer_begun`: the prompt already holds the start of the
-    answer (chat prefix completion with content; a reasoning-only prefix is fine, the grammar applies after
-    the reasoning as usual). Raises ApiError 400 naming the field (and the JSON-schema keyword llguidance cannot honour)."""
-    grammar, param = _grammar(style, tools, tool_choice, response_format, parallel_tool_calls, choice_param,
-                              format_param)
-    if grammar is not None and answer_begun:
-        # The grammar describes a whole answer, but the prefix already wrote its start: matching from the
-        # prefix's end would force a second opening. Refused rather than silently wrong.
-        raise ApiError(400, f"{param}: cannot constrain an answer that continues a prefix message's content "
-                       "(prefix: true); drop one of the two, or prefix only reasoning_content", param=param)
-    return grammar
-
-
-def _grammar(style, tools, tool_choice, response_format, parallel_tool_calls, choice_param,
-             format_param) -> tuple[Optional[str], str]:
-    """(the grammar or None, the top-level field it came from)."""
+    tool call wins over a response format. Raises ApiError 400 naming the field (and the JSON-schema
+    keyword llguidance cannot honour)."""
     tools = [_plain(t) for t in tools or []]
     forced = _forced_tools(_plain(tool_choice), tools, choice_param)
     if forced is not None:
@@ -94,22 +80,34 @@ def _grammar(style, tools, tool_choice, response_format, parallel_tool_calls, ch
             grammar = tool_call_grammar(style, forced, parallel=parallel_tool_calls and len(forced) > 1)
         except ChatFormatError as e:
             raise ApiError(400, f"tools: {e}", param="tools") from None
-        return _checked(grammar, "tools"), choice_param
+        return _checked(grammar, "tools")
     fmt = _plain(response_format)
     if fmt is None:
-        return None, format_param
+        return None
     kind = fmt.get("type") if isinstance(fmt, dict) else None
     if kind == "text":
-        return None, format_param
+        return None
     if kind == "json_object":
-        return _checked(json_grammar(None), format_param), format_param
+        return _checked(json_grammar(None), format_param)
     if kind == "json_schema":
         schema, where = _format_schema(fmt, format_param)
         if schema is None:
             raise ApiError(400, f"{where}: json_schema needs a schema", param=where)
-        return _checked(json_grammar(schema), where), format_param
+        return _checked(json_grammar(schema), where)
     raise ApiError(400, f"{format_param}.type: must be text, json_object or json_schema, got {kind!r}",
                    param=f"{format_param}.type")
+
+
+def check_answer(served, grammar: str, answer: str, *, param: str) -> None:
+    """A grammar over a reply that continues `answer` (chat prefix completion with content): the given
+    start must be one the grammar allows, else a 400 naming `param` (that content). Builds the constraint
+    the engine will build (its tokenizer bridge is kept), so run it off the event loop."""
+    from ..generation.constraint import make_constraint
+
+    try:
+        make_constraint(served.tokenizer, grammar, vocab_size=served.vocab_size, in_reasoning=False, answer=answer)
+    except ConstraintError as e:
+        raise ApiError(400, f"{param}: {e}; a constrained reply continues it", param=param) from None
 
 
 def _checked(grammar: str, param: str) -> str:

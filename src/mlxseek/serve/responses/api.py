@@ -39,8 +39,7 @@ def sampling(req: ResponsesRequest, turn: ResponseTurn, *, prompt: ChatPrompt, m
 
     grammar = request_grammar(style=prompt.style, tools=prompt.tools, tool_choice=_forced_choice(turn.tool_choice),
                               response_format=_text_format(req), format_param="text.format",
-                              choice_param="tool_choice", parallel_tool_calls=req.parallel_tool_calls is not False,
-                              answer_begun=prompt.answer_begun)
+                              choice_param="tool_choice", parallel_tool_calls=req.parallel_tool_calls is not False)
     return SamplingParams(max_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,
                           top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed, grammar=grammar,
                           reply=prompt.reply)
