@@ -15,7 +15,7 @@ from ..api_errors import ApiError
 from ..chat_bridge import ChatPrompt, generation_budget, render_prompt, reply_chunks
 from ..model_names import check_name
 from ..structured import request_grammar
-from .convert import ResponseTurn, ToolChoice, to_turn
+from .convert import OutputFormat, ResponseTurn, ToolChoice, to_turn
 from .output import ResponseBuilder, echo_fields
 from .schemas import ResponsesRequest
 from .store import ResponseStore
@@ -38,7 +38,7 @@ def sampling(req: ResponsesRequest, turn: ResponseTurn, *, prompt: ChatPrompt, m
     from ..engine import SamplingParams
 
     grammar = request_grammar(style=prompt.style, tools=prompt.tools, tool_choice=_forced_choice(turn.tool_choice),
-                              response_format=_text_format(req), format_param="text.format",
+                              response_format=_format_spec(turn.output_format), format_param="text.format",
                               choice_param="tool_choice", parallel_tool_calls=req.parallel_tool_calls is not False)
     return SamplingParams(max_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,
                           top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed, grammar=grammar,
@@ -53,9 +53,11 @@ def _forced_choice(choice: ToolChoice) -> Any:
     return choice.mode
 
 
-def _text_format(req: ResponsesRequest) -> Optional[dict]:
-    fmt = req.text.format if req.text else None
-    return None if fmt is None else fmt.model_dump(by_alias=True, exclude_none=True)
+def _format_spec(fmt: Optional[OutputFormat]) -> Optional[dict]:
+    """The turn's checked `text.format` in the shape request_grammar reads (None: plain text)."""
+    if fmt is None:
+        return None
+    return {"type": fmt.kind} if fmt.schema is None else {"type": fmt.kind, "schema": fmt.schema}
 
 
 @router.post("/v1/responses")
