@@ -128,12 +128,6 @@ def test_mtp_drafts_only_while_one_row_runs(trained, alone):
     assert [r.token for r in recs] == alone[0] and sum(r.drafting for r in recs) > N_TOKENS // 2
 
 
-def test_dsa_and_v4_are_refused_by_family(fixture_model):
-    for name, family in (("v32", "deepseek_v32"), ("v4_flash", "deepseek_v4")):
-        with pytest.raises(BatchingError, match=f"not supported for {family}"):
-            BatchDecoder(fixture_model(name), None)
-
-
 def test_bad_row_params_are_named(trained):
     model, tok = trained
     dec = BatchDecoder(model, tok)

@@ -156,8 +156,10 @@ def scrape(url: str) -> dict:
 def test_health_and_metrics_count_a_request(server, client):
     import httpx
 
-    assert httpx.get(server.url + "/health", timeout=TIMEOUT).json() == {"status": "ok", "model": MODEL_ID,
-                                                                        "queue_depth": 0}
+    health = httpx.get(server.url + "/health", timeout=TIMEOUT).json()
+    assert {k: health[k] for k in ("status", "model", "queue_depth")} == {"status": "ok", "model": MODEL_ID,
+                                                                          "queue_depth": 0}
+    assert set(health["cache"]) == {"cut", "batch", "quantize", "kinds"}  # the cache protocol's answers
     before = scrape(server.url)
     r = client.completions.create(model=MODEL_ID, prompt=PROMPT, max_tokens=5, temperature=0)
     r2 = client.completions.create(model=MODEL_ID, prompt=PROMPT, max_tokens=5, temperature=0)

@@ -197,21 +197,6 @@ def test_dsa_prefix_matches_cold():
     same(out, ref)
 
 
-def test_v4_is_refused_with_a_reason_and_still_serves():
-    model, tok = mlxseek.load(FIXTURES / "v4_flash", dtype="float32")
-    a, b = _random_prompts(model.config.vocab_size, 2)
-    eng = make(model, tok)
-    ask(eng, a[:300])
-    out = ask(eng, b[:300])
-    stats = eng.stats()
-    eng.stop()
-    assert not stats["prefix_cache_enabled"] and "V4LayerCache" in stats["prefix_cache_reason"]
-    assert out[-1].cached_tokens == 0
-    ref = list(mlxseek.stream_generate(model, tok, b[:300], max_tokens=N_NEW))
-    assert [e.token for e in out] == [r.token for r in ref]
-
-
-
 def test_unusable_cache_dir_is_a_serve_error(trained_heldout, tmp_path):
     model, tok, _ = trained_heldout
     (tmp_path / "file").write_text("not a folder")

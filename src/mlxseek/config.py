@@ -24,7 +24,7 @@ from .errors import ConfigError
 __all__ = ["ModelConfig", "REQUIRED_KEYS", "SCORING_FUNCS", "SUPPORTED_MODEL_TYPES", "TOPK_METHODS", "V4_REQUIRED_KEYS",
            "required_keys"]
 
-SUPPORTED_MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "deepseek_v32", "deepseek_v4")
+SUPPORTED_MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "deepseek_v32", "deepseek_v4", "deepseek_v41")
 
 # Defaults differ by family where DeepSeek's own configuration_deepseek.py files differ.
 _FAMILY_DEFAULTS = {
@@ -41,6 +41,17 @@ _FAMILY_DEFAULTS = {
         "index_n_heads": 64, "index_head_dim": 128, "index_topk": 512, "sliding_window": 128,
         "compress_rope_theta": 160000.0, "hc_mult": 4, "hc_sinkhorn_iters": 20, "hc_eps": 1e-6,
         "num_hash_layers": 3, "swiglu_limit": 10.0,
+    },
+    # V4.1 defaults: transformers' DeepseekV41TextConfig; no hash layers, one shared expert. An absent
+    # candidate_source_layer_id means the last KV source (`candidate_source`); mlx-lm 0.32.2 turns the
+    # two-level top-k off instead, so it disagrees on a config.json without the key.
+    "deepseek_v41": {
+        "topk_method": "noaux_tc", "scoring_func": "sqrtsoftplus", "norm_topk_prob": True,
+        "index_n_heads": 32, "index_head_dim": 128, "index_topk": 512, "sliding_window": 128,
+        "compress_rope_theta": 160000.0, "hc_mult": 4, "hc_sinkhorn_iters": 20, "hc_eps": 1e-6,
+        "num_hash_layers": 0, "swiglu_limit": 10.0, "n_shared_experts": 1,
+        "candidate_topk_blocks": 2048, "candidate_block_size": 8, "engram_max_ngram_size": 4,
+        "engram_n_heads": 8, "engram_head_dim": 256, "engram_pad_id": 2,
     },
 }
 
@@ -95,6 +106,20 @@ class ModelConfig:
     hc_eps: Optional[float] = None
     num_hash_layers: Optional[int] = None
     swiglu_limit: Optional[float] = None
+    kv_source_layer_ids: Optional[list] = None  # DeepSeek-V4.1 (deepseek_v41) from here on: CSA2 sources
+    index_source_layer_ids: Optional[list] = None
+    candidate_source_layer_id: Optional[int] = None  # the two-level top-k's first level (-1: none)
+    candidate_topk_blocks: Optional[int] = None
+    candidate_block_size: Optional[int] = None
+    gate_temp: Optional[float] = None
+    engram_layer_ids: Optional[list] = None  # Engram n-gram memory, read before attention at these layers
+    engram_num_embeddings: Optional[list] = None  # rows of each layer's table
+    engram_vocab_size: Optional[int] = None  # the primes of the bucket ranges are drawn above it
+    engram_compressed_vocab_size: Optional[int] = None
+    engram_max_ngram_size: Optional[int] = None
+    engram_n_heads: Optional[int] = None
+    engram_head_dim: Optional[int] = None
+    engram_pad_id: Optional[int] = None
     quantization_config: Optional[dict] = None  # HF: the official FP8 block format
     quantization: Optional[dict] = None  # MLX: packed affine groups (mlx-lm's key)
     extra: dict = field(default_factory=dict)
@@ -105,6 +130,11 @@ class ModelConfig:
         if not isinstance(d, dict):
             raise ConfigError(f"{source}: expected a JSON object, got {type(d).__name__}")
         mt = d.get("model_type")
+        if isinstance(d.get("text_config"), dict):
+            # V4.1's composite config.json: the text model's keys live in text_config; the rest (vision_config,
+            # image_token_id, quantization_config) stays at the top level and round-trips through `extra`.
+            d = {**{k: v for k, v in d.items() if k != "text_config"}, **d["text_config"], "model_type": mt,
+                 "_composite_keys": sorted(d["text_config"])}
         if mt not in SUPPORTED_MODEL_TYPES:
             raise ConfigError(
                 f"{source}: unsupported model_type {mt!r}; mlxseek supports "
@@ -142,6 +172,9 @@ class ModelConfig:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
         d = {k: v for k, v in d.items() if v is not None}
         d.update(self.extra)
+        text_keys = d.pop("_composite_keys", None)
+        if text_keys is not None:  # back to the composite layout it was read from
+            d["text_config"] = {k: d.pop(k) for k in text_keys if k in d and k != "model_type"}
         return d
 
     def replace(self, **changes) -> "ModelConfig":
@@ -159,6 +192,34 @@ class ModelConfig:
             raise ConfigError(f"config.json: compress_ratios has {len(self.compress_ratios)} entries; layer {idx} "
                               "(an MTP layer) needs one more: append its ratio (0 in DeepSeek's releases)")
         return self.compress_ratios[idx]
+
+    @property
+    def uses_csa2(self) -> bool:
+        """DeepSeek-V4.1: cross-layer compressed KV (CSA2), lagged mHC and Engram memory."""
+        return self.model_type == "deepseek_v41"
+
+    @property
+    def candidate_source(self) -> int:
+        """V4.1's two-level top-k layer: `candidate_source_layer_id`, else the last KV source; < 0 is off."""
+        if self.candidate_source_layer_id is not None:
+            return self.candidate_source_layer_id
+        return max(self.kv_source_layer_ids or [-1])
+
+    @property
+    def is_v4_family(self) -> bool:
+        """V4 and V4.1: DeepSeek's official V4 key names and ue8m0 `X.scale` tensors, sqrtsoftplus routing
+        (V4: hash-routed first layers) and SwiGLU-clamped experts."""
+        return self.model_type in ("deepseek_v4", "deepseek_v41")
+
+    @property
+    def ignored_checkpoint_keys(self) -> tuple[str, ...]:
+        """Regexes of stored keys the text model never loads as parameters. V4.1: the vision tower and
+        aligner, the image delimiters, image-token routing biases (`gate.bias_vl`), the DSpark drafter
+        (`mtp.*`, not built yet) and the Engram tables, which stay on disk (loading/engram.py)."""
+        if self.model_type != "deepseek_v41":
+            return ()
+        return (r"^(vision|aligner)\.", r"^image_(start|end|newline)$", r"\.gate\.bias_vl$", r"^mtp\.",
+                r"\.engram\.embed\.(weight|scale)$")
 
     def is_hash_layer(self, idx: int) -> bool:
         """V4: the first `num_hash_layers` MoE layers pick experts by token id (tid2eid), not by score."""

@@ -29,7 +29,7 @@ V4_REQUIRED_KEYS = (
 
 
 def required_keys(model_type: str) -> tuple[str, ...]:
-    return V4_REQUIRED_KEYS if model_type == "deepseek_v4" else REQUIRED_KEYS
+    return V4_REQUIRED_KEYS if model_type in ("deepseek_v4", "deepseek_v41") else REQUIRED_KEYS
 
 
 # Every numeric key the model reads, with its smallest legal value (None: may be absent or null).

@@ -23,12 +23,18 @@ from mlx_lm.models.cache import _BaseCache
 
 from ..errors import BatchingError
 from .mla import LatentCache
+from .protocol import Capabilities, CacheState, CacheStateError, cut, capabilities_of, owned
 
 STEP = 256  # capacity grows in whole steps, as mlx-lm's KVCache does
 
 
 class BatchLatentCache(_BaseCache):
     """One layer's latent cache for B sequences of different lengths (ragged rows, see the module doc)."""
+
+    shared_forward = True  # every row goes through one forward per step
+    kind = "batch_latent"
+    # Already a batch: rows join with `insert` and leave with `extract`/`remove`; a state holds every row.
+    capabilities = Capabilities(cut=False, batch=True, quantize=False)
 
     def __init__(self):
         self.latent: Optional[mx.array] = None  # (B, 1, C, R)
@@ -134,19 +140,119 @@ class BatchLatentCache(_BaseCache):
     def state(self):
         return [] if self.latent is None else [self.latent, self.rope]
 
+    def snapshot(self) -> CacheState:
+        if self.latent is None:
+            return CacheState(self.kind, 0, {})
+        S = self.width
+        arrays = {"latent": owned(self.latent[..., :S, :]), "rope": owned(self.rope[..., :S, :]),
+                  "lengths": mx.array(self.lengths, dtype=mx.int32)}
+        return CacheState(self.kind, S, arrays)
+
+    def restore(self, state: CacheState) -> None:
+        if state.kind != self.kind:
+            raise CacheStateError(f"cache state kind: {state.kind!r} cannot be restored into a {self.kind!r} cache")
+        if not state.arrays:
+            self.latent, self.rope, self.lengths = None, None, []
+            return
+        self.latent, self.rope = owned(state.arrays["latent"]), owned(state.arrays["rope"])
+        self.lengths = state.arrays["lengths"].tolist()
+
+    cut_state = staticmethod(cut)  # no token axis: valid only where it was taken
+
     @property
     def nbytes(self) -> int:
         return 0 if self.latent is None else self.latent.nbytes + self.rope.nbytes
 
 
-def make_batch_cache(model) -> list[BatchLatentCache]:
-    """One batched latent cache per layer; a family whose caches are not plain MLA latents (DSA's
-    indexer keys, V4's compressed caches, a quantized latent) is refused by name."""
-    probe = model.make_cache()
-    if not all(type(c) is LatentCache for c in probe):
-        kinds = sorted({type(c).__name__ for c in probe})
-        raise BatchingError(
-            f"batched decoding is not supported for {model.config.model_type} models yet (their caches are "
-            f"{', '.join(kinds)}, not plain MLA latent caches); decode their prompts one at a time"
-        )
-    return [BatchLatentCache() for _ in probe]
+class RowBatchCache(_BaseCache):
+    """One layer's caches for B sequences kept as B solo caches, for kinds whose rows cannot share one
+    buffer (the protocol's `capabilities.batch` is False: DSA's per-row indexer keys and top-k, V4's
+    window rings and compressor groups, a quantized latent). A step runs each row's forward over its own
+    cache (`shared_forward` False), so each row's state and numerics are exactly its solo run's; rows join
+    and leave as with `BatchLatentCache`, without a copy (a row's cache object moves in and out)."""
+
+    shared_forward = False
+    kind = "rows"
+    capabilities = Capabilities(cut=False, batch=True, quantize=False)
+    cut_state = staticmethod(cut)  # no token axis: valid only where it was taken
+
+    def __init__(self, make_row=None):
+        self.rows: list = []
+        self.make_row = make_row  # an empty solo cache of this layer's kind (for `restore`)
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.rows)
+
+    @property
+    def offset(self) -> mx.array:
+        return mx.array([c.offset for c in self.rows], dtype=mx.int32)
+
+    def insert(self, solo) -> int:
+        self.rows.append(solo)
+        return self.batch_size - 1
+
+    def remove(self, rows: list[int]) -> None:
+        gone = set(rows)
+        self.rows = [c for i, c in enumerate(self.rows) if i not in gone]
+
+    def extract(self, row: int):
+        """The row's own solo cache (not a copy: the caller removes the row next or keeps it read-only)."""
+        return self.rows[row]
+
+    def trim_row(self, row: int, n: int) -> int:
+        return self.rows[row].trim(n)
+
+    def is_trimmable(self) -> bool:
+        return all(c.is_trimmable() for c in self.rows)
+
+    def trim(self, n: int) -> int:
+        return min((c.trim(n) for c in self.rows), default=0)
+
+    def size(self) -> int:
+        return max((c.offset for c in self.rows), default=0)
+
+    def empty(self) -> bool:
+        return not self.rows
+
+    @property
+    def state(self):
+        return [c.state for c in self.rows]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c in self.rows)
+
+    def snapshot(self) -> CacheState:
+        arrays, meta = {}, {"rows": self.batch_size}
+        for i, c in enumerate(self.rows):
+            st = c.snapshot()
+            arrays.update({f"r{i}.{k}": a for k, a in st.arrays.items()})
+            axis = -1 if st.token_axis is None else st.token_axis
+            meta.update({f"r{i}.{k}": v for k, v in st.meta.items()} | {f"r{i}.offset": st.offset, f"r{i}.axis": axis})
+        return CacheState(self.kind, self.size(), arrays, meta)
+
+    def restore(self, state: CacheState) -> None:
+        if state.kind != self.kind or self.make_row is None:
+            raise CacheStateError(f"cache state kind: {state.kind!r} cannot be restored into this {self.kind!r} "
+                                  "cache (it needs make_row and a 'rows' state)")
+        self.rows = []
+        for i in range(state.meta["rows"]):
+            row, p = self.make_row(), f"r{i}."
+            own = {p + "offset", p + "axis"}
+            axis = state.meta[p + "axis"]
+            row.restore(CacheState(row.kind, state.meta[p + "offset"],
+                                   {k[len(p):]: a for k, a in state.arrays.items() if k.startswith(p)},
+                                   {k[len(p):]: v for k, v in state.meta.items() if k.startswith(p) and k not in own},
+                                   None if axis < 0 else axis))
+            self.rows.append(row)
+
+
+def make_batch_cache(model, probe: list | None = None) -> list:
+    """One batched cache per layer for rows with caches like `probe` (default: the model's own): a
+    shared-buffer `BatchLatentCache` where the protocol says the kind batches (plain MLA latents), else a
+    `RowBatchCache` of solo caches (DSA, V4, a quantized latent)."""
+    probe = model.make_cache() if probe is None else probe
+    if capabilities_of(probe).batch:
+        return [BatchLatentCache() for _ in probe]
+    return [RowBatchCache(make_row=lambda i=i: model.make_cache()[i]) for i in range(len(probe))]

@@ -11,10 +11,41 @@ from mlx_lm.models.cache import KVCache, _BaseCache
 
 from ..config import ModelConfig
 from ..errors import GenerationError
+from .protocol import Capabilities, CacheState, CacheStateError, check_kind, cut, owned
+
+TOKEN_AXIS = 2  # every latent-cache array is (B, 1, S, X)
+
+
+def _tokens(arrays: dict, n: int, kind: str) -> dict:
+    """Copies of the first n tokens of each array; a wrong token count names the array."""
+    out = {}
+    for name, a in arrays.items():
+        if a.ndim != 4 or a.shape[TOKEN_AXIS] < n:
+            raise CacheStateError(f"cache state {kind}.{name}: shape {tuple(a.shape)} holds fewer than {n} tokens")
+        out[name] = owned(a[..., :n, :])
+    return out
 
 
 class LatentCache(KVCache):
     """MLA latent cache: (kv_lora_rank + qk_rope_head_dim) values per token per layer."""
+
+    kind = "latent"
+    capabilities = Capabilities(cut=True, batch=True, quantize=True)
+
+    def _named(self) -> dict:
+        return {} if self.keys is None else {"keys": self.keys, "values": self.values}
+
+    def snapshot(self) -> CacheState:
+        n = self.offset
+        return CacheState(self.kind, n, _tokens(self._named(), n, self.kind) if n else {}, {}, TOKEN_AXIS)
+
+    def restore(self, state: CacheState) -> None:
+        check_kind(state, self.kind)
+        a = _tokens(state.arrays, state.offset, self.kind)
+        if a:
+            self.state = (a["keys"], a["values"], state.offset)
+
+    cut_state = staticmethod(cut)
 
     def to_quantized(self, group_size: int = 64, bits: int = 8) -> "QuantizedLatentCache":
         """What mlx-lm's `--kv-bits` calls: the same tokens, latent quantized (rope key kept)."""
@@ -34,6 +65,24 @@ class QuantizedLatentCache(_BaseCache):
     dequantizes it."""
 
     step = 256
+    kind = "qlatent"
+    capabilities = Capabilities(cut=True, batch=False, quantize=False)
+    cut_state = staticmethod(cut)
+
+    def snapshot(self) -> CacheState:
+        n, meta = self.offset, {"group_size": self.group_size, "bits": self.bits}
+        if self.latent is None or n == 0:
+            return CacheState(self.kind, 0, {}, meta, TOKEN_AXIS)
+        named = {f"latent{j}": a for j, a in enumerate(self.latent)} | {"rope": self.rope.keys}
+        return CacheState(self.kind, n, _tokens(named, n, self.kind), meta, TOKEN_AXIS)
+
+    def restore(self, state: CacheState) -> None:
+        check_kind(state, self.kind)
+        self.group_size, self.bits = state.meta["group_size"], state.meta["bits"]
+        a = _tokens(state.arrays, state.offset, self.kind)
+        if a:
+            self.state = ([a["latent0"], a["latent1"], a["latent2"]], a["rope"], state.offset,
+                          self.group_size, self.bits)
 
     def __init__(self, group_size: int = 64, bits: int = 8):
         self.group_size, self.bits = group_size, bits
@@ -104,9 +153,21 @@ class DSACache(LatentCache):
     Both grow by the same tokens and `trim` rolls both back, so speculative rollback keeps them in step.
     The indexer keys reuse a KVCache (keys (B, 1, S, Di); zero-width values, so no memory)."""
 
+    kind = "dsa"
+    capabilities = Capabilities(cut=True, batch=False, quantize=False)
+
     def __init__(self):
         super().__init__()
         self.index = KVCache()
+
+    def _named(self) -> dict:
+        return {} if self.keys is None else {"keys": self.keys, "values": self.values, "index": self.index.keys}
+
+    def restore(self, state: CacheState) -> None:
+        check_kind(state, self.kind)
+        a = _tokens(state.arrays, state.offset, self.kind)
+        if a:
+            self.state = (a["keys"], a["values"], state.offset, a["index"])
 
     def update_index_keys(self, keys):
         """Append the new tokens' indexer keys (B, 1, L, Di); returns all of them, (B, 1, S, Di)."""

@@ -15,8 +15,13 @@ from typing import Any, Optional
 import mlx.core as mx
 from mlx_lm.models.cache import _BaseCache
 
+from .protocol import Capabilities, CacheState, CacheStateError, cut, owned
+
 
 class MTPCache(_BaseCache):
+    # The pending features pair with one main position, so a state is only valid where it was taken.
+    capabilities = Capabilities(cut=False, batch=False, quantize=False)
+
     def __init__(self, block_cache: Any):
         self.block = block_cache  # the MTP decoder block's cache
         self.pending: Optional[mx.array] = None  # main features at the last fed position (1, 1, ...)
@@ -37,6 +42,30 @@ class MTPCache(_BaseCache):
     @property
     def state(self):
         return [*(self.block.state or ()), *([] if self.pending is None else [self.pending])]
+
+    @property
+    def kind(self) -> str:
+        return f"mtp:{self.block.kind}"
+
+    def snapshot(self) -> CacheState:
+        inner = self.block.snapshot()
+        arrays = {f"b.{k}": a for k, a in inner.arrays.items()}
+        if self.pending is not None:
+            arrays["pending"] = owned(self.pending)
+        meta = {f"b.{k}": v for k, v in inner.meta.items()} | {"main_offset": self.main_offset}
+        return CacheState(self.kind, inner.offset, arrays, meta)
+
+    def restore(self, state: CacheState) -> None:
+        if state.kind != self.kind:
+            raise CacheStateError(f"cache state kind: {state.kind!r} cannot be restored into a {self.kind!r} cache")
+        inner = CacheState(self.block.kind, state.offset,
+                           {k[2:]: a for k, a in state.arrays.items() if k.startswith("b.")},
+                           {k[2:]: v for k, v in state.meta.items() if k.startswith("b.")})
+        self.block.restore(inner)
+        self.pending = owned(state.arrays["pending"]) if "pending" in state.arrays else None
+        self.main_offset = state.meta["main_offset"]
+
+    cut_state = staticmethod(cut)  # no token axis: valid only where it was taken
 
     def is_trimmable(self) -> bool:
         return self.block.is_trimmable()

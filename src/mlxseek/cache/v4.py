@@ -20,6 +20,8 @@ from typing import Optional
 import mlx.core as mx
 from mlx_lm.models.cache import _BaseCache
 
+from .protocol import Capabilities, CacheState, CacheStateError, cut, check_kind, owned
+
 DEFAULT_TRIM_SLACK = 16  # tokens of extra history per layer: the deepest rollback `trim` can undo
 ENTRY_STEP = 256  # compressed entries are stored in a buffer grown in steps, as mlx-lm's KVCache does
 
@@ -46,6 +48,20 @@ class WindowState:
     def trim(self, n: int) -> None:
         self.offset -= n
         self.rows = self.rows[:, : self.offset - self.start]
+
+    def save(self, prefix: str, arrays: dict, meta: dict) -> None:
+        if self.rows is not None:
+            arrays[f"{prefix}rows"] = owned(self.rows)
+        meta[f"{prefix}start"], meta[f"{prefix}offset"] = self.start, self.offset
+
+    def load(self, prefix: str, arrays: dict, meta: dict) -> None:
+        rows = arrays.get(f"{prefix}rows")
+        self.start, self.offset = meta[f"{prefix}start"], meta[f"{prefix}offset"]
+        held = 0 if rows is None else rows.shape[1]
+        if held != self.offset - self.start or held > self.keep:
+            raise CacheStateError(f"cache state v4.{prefix}rows: {held} rows do not cover positions "
+                                  f"{self.start}..{self.offset - 1} of a {self.keep}-row window")
+        self.rows = None if rows is None else owned(rows)
 
 
 class CompressorState:
@@ -95,9 +111,34 @@ class CompressorState:
     def arrays(self) -> list[mx.array]:
         return [a for a in (self.kv, self.gate, self.entries) if a is not None]
 
+    def save(self, prefix: str, arrays: dict, meta: dict) -> None:
+        for name, a in (("kv", self.kv), ("gate", self.gate), ("entries", self.entries)):
+            if a is not None:
+                arrays[prefix + name] = owned(a)
+        meta[f"{prefix}start"], meta[f"{prefix}offset"], meta[f"{prefix}count"] = self.start, self.offset, self.count
+
+    def load(self, prefix: str, arrays: dict, meta: dict) -> None:
+        self.start, self.offset, self.count = (meta[f"{prefix}{k}"] for k in ("start", "offset", "count"))
+        kv, gate, entries = (arrays.get(prefix + k) for k in ("kv", "gate", "entries"))
+        raw = 0 if kv is None else kv.shape[1]
+        if raw != self.offset - self.start or (gate is None) != (kv is None) or (gate is not None and gate.shape[1] != raw):
+            raise CacheStateError(f"cache state v4.{prefix}kv: {raw} raw rows do not cover positions "
+                                  f"{self.start}..{self.offset - 1}")
+        if (0 if entries is None else entries.shape[1]) != self.count:
+            raise CacheStateError(f"cache state v4.{prefix}entries: expected {self.count} compressed entries")
+        self.kv, self.gate = (None, None) if kv is None else (owned(kv), owned(gate))
+        self._buf = None if entries is None else owned(entries)
+
 
 class V4LayerCache(_BaseCache):
-    """Cache of one V4 decoder layer: window rows, plus compressor / indexer states where the layer has them."""
+    """Cache of one V4 decoder layer: window rows, plus compressor / indexer states where the layer has them.
+
+    A snapshot is valid only at the position it was taken: the window ring and the compressor's open
+    group are overwritten as tokens arrive, so `cut_state` refuses any other length (the server keeps
+    snapshots at snapshot points instead). The compressed entries are append-only."""
+
+    kind = "v4"
+    capabilities = Capabilities(cut=False, batch=False, quantize=False)
 
     def __init__(self, window: int, ratio: int, overlap: bool, indexer: bool, trim_slack: int = DEFAULT_TRIM_SLACK):
         self.trim_slack = trim_slack
@@ -119,7 +160,33 @@ class V4LayerCache(_BaseCache):
 
     @state.setter
     def state(self, v) -> None:
-        raise NotImplementedError("V4LayerCache cannot be restored from a saved state; re-run the prefill")
+        raise NotImplementedError("V4LayerCache is restored with restore(snapshot()), not from bare arrays")
+
+    def _named_parts(self) -> list:
+        return [(p, s) for p, s in (("c.", self.compressor), ("i.", self.indexer)) if s is not None]
+
+    def snapshot(self) -> CacheState:
+        arrays, meta = {}, {}
+        self.window.save("w.", arrays, meta)
+        for prefix, part in self._named_parts():
+            part.save(prefix, arrays, meta)
+        # compressed entries only grow (one per `ratio` tokens): snapshots of one conversation share them
+        grows = {k: 1 for k in arrays if k.endswith("entries")}
+        return CacheState(self.kind, self.offset, arrays, meta, append_axis=grows)
+
+    def restore(self, state: CacheState) -> None:
+        check_kind(state, self.kind)
+        want = {"w.start", "w.offset"} | {p + k for p, _ in self._named_parts() for k in ("start", "offset", "count")}
+        if set(state.meta) != want:
+            raise CacheStateError(f"cache state v4.meta: lacks {sorted(want - set(state.meta))} and has "
+                                  f"{sorted(set(state.meta) - want)} extra (a snapshot of another layer kind)")
+        self.window.load("w.", state.arrays, state.meta)
+        for prefix, part in self._named_parts():
+            part.load(prefix, state.arrays, state.meta)
+        if self.offset != state.offset:
+            raise CacheStateError(f"cache state v4.offset: {state.offset} but its window ends at {self.offset}")
+
+    cut_state = staticmethod(cut)  # no token axis: valid only where it was taken
 
     def is_trimmable(self) -> bool:
         return True

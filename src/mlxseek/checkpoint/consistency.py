@@ -40,7 +40,7 @@ def check_counts(cfg: ModelConfig, plan: Plan, store, folder: Path) -> None:
             f"{missing} (model.layers.{missing}.*); fix num_hidden_layers or the shards")
     # Main layers 0..L-1 are there; the MTP layer at index L was renamed to mtp.*; more follow for n_mtp > 1.
     extra = sorted(i for i in layers if i >= L)
-    stored_mtp = int(any(k.startswith("mtp.") for k in plan.source_of)) + sum(1 for i in extra if i < L + n_mtp)
+    stored_mtp = int(plan.has_mtp) + sum(1 for i in extra if i < L + n_mtp)
     beyond = [i for i in extra if i >= L + max(n_mtp, 1)]
     if beyond:
         raise WeightMismatchError(

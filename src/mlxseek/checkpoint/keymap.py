@@ -77,6 +77,8 @@ V4_BLOCK_RENAMES: list[tuple[re.Pattern, str]] = [
     (re.compile(r"^attn\.(indexer\.)?compressor\.ape$"), r"self_attn.\1compressor.position_bias"),
     (re.compile(r"^attn\.indexer\.wq_b\."), "self_attn.indexer.q_b_proj."),
     (re.compile(r"^attn\.indexer\.weights_proj\."), "self_attn.indexer.weights_proj."),
+    (re.compile(r"^attn\.indexer\.wk\."), "self_attn.indexer.k_proj."),  # V4.1: keys from the KV source's latent
+    (re.compile(r"^attn\.indexer\.k_norm\."), "self_attn.indexer.k_norm."),
     (re.compile(r"^ffn\.gate\.weight$"), "mlp.gate.weight"),
     (re.compile(r"^ffn\.gate\.bias$"), "mlp.gate.e_score_correction_bias"),
     (re.compile(r"^ffn\.gate\.tid2eid$"), "mlp.gate.tid2eid"),
@@ -145,9 +147,13 @@ class Plan:
 def build_plan(keys: list[str], cfg: ModelConfig) -> Plan:
     renames = _mtp_renames(cfg)
     source_of: dict[str, str] = {}
+    ignored = [re.compile(p) for p in cfg.ignored_checkpoint_keys]
     for k in keys:
         new = k
-        if cfg.is_v4 and not _is_internal(k):
+        if any(p.search(k) for p in ignored):
+            source_of[k] = k  # kept by name so the loader sees it used (dropped below)
+            continue
+        if cfg.is_v4_family and not _is_internal(k):
             new = _v4_rename(k)
         for pat, repl in renames:
             if pat.search(new):
@@ -161,6 +167,9 @@ def build_plan(keys: list[str], cfg: ModelConfig) -> Plan:
     experts: dict[tuple[str, str, str], dict[int, str]] = {}
     kv_b: dict[str, list[str]] = {}
     for key in source_of:
+        if any(p.search(key) for p in ignored):
+            dropped.append(key)
+            continue
         for pat, op in RULES:
             m = pat.search(key)
             if m:
@@ -232,7 +241,7 @@ class Materializer:
         if scale_kind == "F8_E8M0":  # V4's ue8m0 block scales: powers of two stored as exponent bytes
             scale = decode_e8m0(scale)
         if scale is None:
-            v4 = self.cfg.is_v4  # V4 names a weight's scale `X.scale`, V3 `X.weight_scale_inv`
+            v4 = self.cfg.is_v4_family  # V4 names a weight's scale `X.scale`, V3 `X.weight_scale_inv`
             expected = src.removesuffix("weight") + "scale" if v4 else src + SCALE_SUFFIX
             raise CheckpointError(f"{self.store.file_of(src)}: {src} is float8 but {expected} is missing")
         if self.cfg.fp8_block_size is None:

@@ -57,7 +57,7 @@ def _argv(ctx: click.Context) -> list[str]:
 
 
 def placement_options(fn):
-    """Adds --distributed/--ranks/--deadline/--expert-memory-gb; `fn` receives `load_options` (the keyword
+    """Adds --distributed/--ranks/--deadline/--expert-memory-gb/--engram-memory-gb; `fn` receives `load_options` (the keyword
     arguments for `mlxseek.load`)."""
 
     @click.option("--distributed", type=click.Choice(["pipeline", "expert"]), default=None,
@@ -68,12 +68,16 @@ def placement_options(fn):
                   help="With --distributed: seconds before the local launcher kills every rank.")
     @click.option("--expert-memory-gb", type=click.FloatRange(min=0), default=None,
                   help="Keep at most this many GB of routed experts in memory; read the rest from disk on demand.")
+    @click.option("--engram-memory-gb", type=click.FloatRange(min=0), default=None,
+                  help="DeepSeek-V4.1: GB of hot Engram rows kept in RAM (default 1); the tables stay on disk.")
     @functools.wraps(fn)
     def wrapper(*args, distributed: Optional[str], ranks: int, deadline: float, expert_memory_gb: Optional[float],
-                **kwargs):
+                engram_memory_gb: Optional[float], **kwargs):
         from ..parallel.rank import join, launched_as_rank
 
         options = {} if expert_memory_gb is None else {"expert_memory_gb": expert_memory_gb}
+        if engram_memory_gb is not None:
+            options["engram_memory_gb"] = engram_memory_gb
         if distributed is None:
             return fn(*args, load_options=options, **kwargs)
         if not launched_as_rank():

@@ -44,6 +44,13 @@ def report(e: dict) -> str:
         f"{gb(e['kv_bytes_at_context'])} at {e['context']:,} tokens",
         f"resident     {gb(e['resident_bytes'])} at {e['context']:,} tokens of context",
         f"per token    {gb(e['bytes_per_token'])} read ({gb(e['weight_bytes_per_token'])} of weights)",
+    ]
+    if e.get("engram"):  # V4.1: tables on SSD, read by position; not part of the sizes above
+        g = e["engram"]
+        lines.append(f"Engram       {gb(g['on_disk_bytes'])} in {g['tables']} tables on disk, never resident; "
+                     f"{g['rows_per_token']} rows ({gb(g['bytes_per_token'])}) read per token "
+                     "(--engram-memory-gb sets the hot-row cache)")
+    lines += [
         "",
         f"{'component':<18}{'params':>10}{'active':>10}{'size':>14}{'per token':>14}",
     ]

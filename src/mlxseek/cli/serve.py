@@ -31,7 +31,8 @@ from .group import library_errors, main
               help="Requests that may wait for the model; past that, clients get 429 with Retry-After.")
 @click.option("--max-batch", default=1, show_default=True, type=click.IntRange(min=1),
               help="Requests decoded together (continuous batching: they join and leave at step boundaries, each "
-                   "gets the tokens it gets alone; --draft mtp drafts only while one runs). Not for V3.2/V4.")
+                   "gets the tokens it gets alone; --draft mtp/auto drafts only while one runs). Every family: V3.2 and "
+                   "V4 rows run one forward each over their own caches.")
 @click.option("--model-id", "model_ids", multiple=True,
               help="Name clients send as `model` (default: the folder's name); repeat it for several names.")
 @click.option("--model-alias", "model_aliases", multiple=True, metavar="NAME=thinking|chat|default",

@@ -33,6 +33,7 @@ from ..checkpoint.strict import check_against_model
 from ..config import ModelConfig
 from ..errors import ConversionError
 from ..models import build_checked, build_model
+from .engram import copy_engram_tables
 from .failures import as_conversion_error, check_output_parent, clean_up
 from .finalize import finish, output_config
 from .layout import assign_shards, plan_jobs, shard_names
@@ -189,6 +190,8 @@ def _finish(job: _Conversion, progress: Progress) -> dict:
              **{k: v for k, v in job.options.items() if k != "drop_mtp"}, "mtp": job.source.plan.has_mtp}
     config = output_config(job.raw_cfg, job.qplan.config_entry() if job.qplan else None, block)
     weight_map = {s.name: n for n, js in zip(job.names, job.shards) for j in js for s in j.outputs}
+    if job.source.cfg.engram_layer_ids:  # V4.1: tables copied as they are, one shard each
+        weight_map.update(copy_engram_tables(job.source.cfg, job.source.reader, job.partial))
     finish(job.partial, job.dst, job.src, config=config, report=report, weight_map=weight_map,
            total_size=output_bytes, total_parameters=size["parameters"])
     return report

@@ -21,7 +21,7 @@ def check_style(style: str) -> str:
 
 def detect_style(*, model_type: str, chat_template: str | None = None) -> str:
     """The chat format of a checkpoint from its config's model_type and the chat template it ships."""
-    if model_type == "deepseek_v4":
+    if model_type in ("deepseek_v4", "deepseek_v41"):  # V4.1 ships V4's tokenizer (its Engram vocabulary checks out)
         return "v4"
     if model_type == "deepseek_v32":
         return "v3.2"
@@ -87,7 +87,7 @@ def style_of_checkpoint(folder: str | Path, *, chat_template: str | None) -> str
     if not config.is_file():
         return None
     model_type = json.loads(config.read_text()).get("model_type", "")
-    if chat_template is None and model_type not in ("deepseek_v32", "deepseek_v4"):
+    if chat_template is None and model_type not in ("deepseek_v32", "deepseek_v4", "deepseek_v41"):
         return None
     try:
         return detect_style(model_type=model_type, chat_template=chat_template)

@@ -8,7 +8,10 @@ the next step; `step()` decodes one token for every row and returns (row id, rec
 string, their max_tokens) leave by themselves. `batch_generate` / `stream_batch_generate` run a list
 of prompts through it, at most `max_batch` rows at a time, later prompts joining as rows leave.
 
-The cache is `cache.batch.BatchLatentCache` (ragged rows; its docstring says why not left padding).
+The cache is `cache.batch.BatchLatentCache` (ragged rows; its docstring says why not left padding) for
+plain MLA latents; for kinds whose rows cannot share a buffer (the cache protocol's `capabilities.batch`:
+DSA's per-row top-k, V4's window rings and compressor groups) it is `cache.batch.RowBatchCache`, which
+runs each row's forward over its own solo caches: exact by construction, not faster than solo runs.
 A row's prefill is exactly `generate_step`'s, and its decode differs from a solo decode only in the
 rows around it, which the per-row mask keeps out of its attention. With `draft="mtp"` a row that runs
 alone drafts with the MTP module (speculative/), and drafting is off while more than one row runs;
@@ -25,6 +28,7 @@ import mlx.core as mx
 import numpy as np
 
 from ..cache.batch import make_batch_cache
+from ..cache.protocol import capabilities_of
 from ..errors import BatchingError, GenerationError
 from .constraint import make_constraint
 from .prefill import DEFAULT_PREFILL_STEP
@@ -38,7 +42,8 @@ Prompt = Union[str, Sequence[int], mx.array]
 
 class BatchDecoder:
     """Decode many sequences together; rows join (`add`) and leave (`remove`, or by finishing) between
-    steps. Refuses (BatchingError) a family whose caches cannot be batched (DSA, V4)."""
+    steps. Every family batches: plain MLA latents in one shared buffer and one forward per step, other
+    kinds (DSA, V4, a quantized latent) as rows of solo caches, one forward per row (`cache.batch`)."""
 
     def __init__(self, model, tokenizer, *, prefill_step_size: int = DEFAULT_PREFILL_STEP,
                  draft: Optional[str] = None, num_draft: int = 1, keep_caches: bool = False,
@@ -96,6 +101,11 @@ class BatchDecoder:
         return Row(self._next_id, RowSampler(params), feed, records, budget, constraint)
 
     def _join(self, row: Row, layers: list) -> None:
+        if not self.rows:  # the batch takes the kind of the caches its rows bring (a quantized latent too)
+            self.cache = make_batch_cache(self.model, layers)
+        elif self.cache[0].shared_forward and not capabilities_of(layers).batch:
+            raise BatchingError(f"row {row.rid}: its caches ({layers[0].kind}) cannot join a batch of "
+                                f"{self.cache[0].kind} rows; decode it in a batch of its own kind")
         if self.solo is not None and not self.rows:
             self.solo.start(row, layers)  # alone: decode it with drafting until another row joins
         else:
@@ -150,7 +160,7 @@ class BatchDecoder:
             return events
         B = len(self.rows)
         tokens = mx.array([[r.y] for r in self.rows], dtype=mx.uint32)  # (B, 1)
-        logits = self._masked(self.model.head(self.model.trunk(tokens, self.cache)[:, -1]))  # (B, V)
+        logits = self._masked(self._forward(tokens))  # (B, V)
         logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
         ys = self._sample(logprobs)
         done = []
@@ -161,6 +171,15 @@ class BatchDecoder:
         if done:
             self._drop(done)
         return events
+
+    def _forward(self, tokens: mx.array) -> mx.array:
+        """(B, 1) next tokens -> (B, V) logits: one forward for a shared-buffer batch cache, else one per
+        row over its own caches (kinds whose rows cannot share a buffer: see `cache.batch.RowBatchCache`)."""
+        if self.cache[0].shared_forward:
+            return self.model.head(self.model.trunk(tokens, self.cache)[:, -1])
+        feats = [self.model.trunk(tokens[i: i + 1], [bc.extract(i) for bc in self.cache])[:, -1]
+                 for i in range(tokens.shape[0])]
+        return self.model.head(mx.concatenate(feats))
 
     def _masked(self, logits: mx.array) -> mx.array:
         """(B, V) logits with each constrained row's grammar mask applied (rows.py: the constraint has

@@ -1,4 +1,5 @@
-"""MTP drafting for the one row a `BatchDecoder` runs alone (draft="mtp").
+"""MTP drafting for the one row a `BatchDecoder` runs alone (draft="mtp", or "auto": drafting while the
+backend policy's measure says it pays, as `stream_generate(draft="auto")` decides).
 
 Drafting verifies k+1 tokens of one sequence per forward; with several rows the batched step already
 shares the weights' reads among them, and per-row acceptance would make rows emit different numbers
@@ -15,7 +16,9 @@ from typing import Optional
 
 import mlx.core as mx
 
+from ..backend import policy_of
 from ..errors import GenerationError
+from ..speculative.costs import DraftCosts, measure_draft_costs
 from ..speculative.decoder import SpeculativeDecoder
 from ..speculative.policy import DraftPolicy, DraftStats
 from ..speculative.step import check_draft_args
@@ -23,10 +26,12 @@ from ..speculative.step import check_draft_args
 
 class SoloDrafter:
     def __init__(self, model, draft: str, num_draft: int):
-        if draft != "mtp":
-            raise GenerationError(f"batched decoding drafts with draft='mtp' or not at all (None), got {draft!r}")
+        if draft not in ("mtp", "auto"):
+            raise GenerationError(f"batched decoding drafts with draft='mtp' or 'auto' or not at all (None), "
+                                  f"got {draft!r}")
         check_draft_args(model, draft, num_draft, None)
-        self.model, self.k = model, num_draft
+        self.model, self.k, self.auto = model, num_draft, draft == "auto"
+        self.costs: Optional[DraftCosts] = None  # "auto" on a measuring backend: measured once, kept
         self.row = None
         self.dec: Optional[SpeculativeDecoder] = None
         self.primed = False  # the MTP has the features of the last fed position
@@ -39,18 +44,28 @@ class SoloDrafter:
         """Decode `row` alone from its solo per-layer caches (holding every emitted token but row.y)."""
         self.row, self.primed = row, False
         self.dec = SpeculativeDecoder(self.model, layers, self.model.make_mtp_cache(), sampler=None, processors=[],
-                                      num_draft=self.k, stats=DraftStats(), policy=DraftPolicy(), keep_state=False,
-                                  constraint=row.constraint)
+                                      num_draft=self.k, stats=DraftStats(), policy=self._policy(), keep_state=False,
+                                      constraint=row.constraint)
+
+    def _policy(self) -> DraftPolicy:
+        policy = DraftPolicy(auto=self.auto, mode=policy_of(self.model).draft_auto if self.auto else None)
+        if policy.auto and policy.mode == "measure":
+            if self.costs is None:
+                self.costs = measure_draft_costs(self.model, self.k)
+            policy.calibrate(self.costs, self.k)
+        return policy
 
     def step(self) -> list[tuple[int, mx.array, bool]]:
         """(token, logprobs, drafted) for one forward. The first forward is plain (it gives the MTP the
         features of row.y's position); a sampled row never drafts (its sampler has no draft distribution)."""
         row = self.row
         left = row.budget - len(row.tokens)
-        drafting = self.primed and row.sampler.greedy and left > 1
+        drafting = self.primed and row.sampler.greedy and left > 1 and self.dec.policy.drafting
         k = min(self.k, left - 1) if drafting else 0
         self.dec.sampler = None if row.sampler.greedy else row.sampler  # called only as sampler(logprobs (1, V))
         out = self.dec.step(row.y, k, left, drafting)
+        if drafting:
+            self.dec.policy.judge(self.dec.stats, self.dec.draft_wall, self.dec.draft_steps)
         self.primed = True
         return [(t, lp, drafting) for t, lp in out]
 

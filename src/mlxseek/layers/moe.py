@@ -56,7 +56,7 @@ class DeepSeekMoE(nn.Module):
         D, inter, E = cfg.hidden_size, cfg.moe_intermediate_size, cfg.n_routed_experts
         self.first, last = experts if experts is not None else (0, E)
         self.count, self.group = last - self.first, group
-        if cfg.is_v4:
+        if cfg.is_v4_family:
             limit = cfg.swiglu_limit or 0.0
             self.gate = V4Gate(cfg, layer_idx)
             self.switch_mlp = ClampedExperts(D, inter, self.count, limit)

@@ -24,6 +24,7 @@ from ..checkpoint.strict import check_against_model, check_dtypes
 from ..config import ModelConfig
 from ..errors import CheckpointError, WeightMismatchError
 from ..models import CausalLM, KernelLayout, build_checked, build_model
+from .engram import attach_engram
 from .placement import placement_for
 
 _DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
@@ -63,9 +64,9 @@ def _quantize(model: CausalLM, cfg: ModelConfig, produced: set[str]) -> None:
 
 def load_model(path: str | Path, *, dtype: Any = None, with_mtp: bool = True, cpu_layout: Any = None,
                group: Any = None, parallel: str = "pipeline", expert_memory_gb: Optional[float] = None,
-               backend: Any = None) -> CausalLM:
+               backend: Any = None, engram_memory_gb: Optional[float] = None) -> CausalLM:
     """Build the model described by `path/config.json` and fill it from the folder's shards.
-    cpu_layout, group, parallel, expert_memory_gb, backend: see `load`."""
+    cpu_layout, group, parallel, expert_memory_gb, backend, engram_memory_gb: see `load`."""
     from ..cpu import blas
 
     blas.check()  # an MLXSEEK_BLAS that failed at import is reported here, at first use
@@ -99,6 +100,8 @@ def load_model(path: str | Path, *, dtype: Any = None, with_mtp: bool = True, cp
     model = _build_strict(placement.build if placement else build_model, cfg, folder, lazy, plan.source_of,
                           with_mtp=with_mtp and plan.has_mtp)
     _load_in_batches(model, lazy, store)
+    if cfg.engram_layer_ids:
+        attach_engram(model, cfg, store, engram_memory_gb=engram_memory_gb)
     # Drop every handle on the checkpoint's arrays (the store caches what it read) before any re-layout,
     # so the old layout is freed module by module instead of living until load() returns.
     del lazy, mat, store
@@ -233,6 +236,7 @@ def load_tokenizer(path: str | Path):
 def load(
     path: str | Path, *, dtype: Any = None, with_mtp: bool = True, tokenizer: bool = True, cpu_layout: Any = None,
     group: Any = None, parallel: str = "pipeline", expert_memory_gb: Optional[float] = None, backend: Any = None,
+    engram_memory_gb: Optional[float] = None,
 ):
     """Load a DeepSeek checkpoint folder. Returns (model, tokenizer); tokenizer is None when the folder
     has no tokenizer files or `tokenizer=False`.
@@ -252,7 +256,11 @@ def load(
     of every MoE layer's routed experts). See `mlxseek.parallel.distributed`.
     expert_memory_gb: keep at most this many GB of routed experts resident and read the others from the
     checkpoint on demand (LRU; outputs unchanged). `model.pager.stats()` has hits and bytes read.
+    engram_memory_gb: DeepSeek-V4.1's Engram tables are never loaded: rows are read from their shards by
+    position into a hot-row LRU of at most this many GB (default 1.0; logits identical to resident
+    tables). `model.engram_memory.stats` counts lookups, distinct rows and rows read.
     """
     model = load_model(path, dtype=dtype, with_mtp=with_mtp, cpu_layout=cpu_layout, group=group,
-                       parallel=parallel, expert_memory_gb=expert_memory_gb, backend=backend)
+                       parallel=parallel, expert_memory_gb=expert_memory_gb, backend=backend,
+                       engram_memory_gb=engram_memory_gb)
     return model, (load_tokenizer(path) if tokenizer else None)

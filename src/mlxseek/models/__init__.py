@@ -11,10 +11,11 @@ from ..errors import ConfigError
 from .base import CausalLM, KernelLayout
 from .deepseek_v3 import Model
 from .deepseek_v4 import V4Model
+from .deepseek_v41 import V41Model
 
 # model_type -> the family's model class (config.json `model_type`; V2 and V3.2 are variations of V3).
 MODEL_CLASSES: dict[str, type] = {"deepseek_v2": Model, "deepseek_v3": Model, "deepseek_v32": Model,
-                                  "deepseek_v4": V4Model}
+                                  "deepseek_v4": V4Model, "deepseek_v41": V41Model}
 
 
 def build_model(cfg: ModelConfig, *, with_mtp: bool = True) -> CausalLM:
@@ -39,4 +40,4 @@ def build_checked(build: Callable, cfg: ModelConfig, folder: Path, *, prepare: O
                           "are wrong") from None
 
 
-__all__ = ["CausalLM", "KernelLayout", "MODEL_CLASSES", "Model", "V4Model", "build_checked", "build_model"]
+__all__ = ["CausalLM", "KernelLayout", "MODEL_CLASSES", "Model", "V4Model", "V41Model", "build_checked", "build_model"]

@@ -12,7 +12,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..cache.batch import BatchLatentCache
-from ..cache.mla import LatentCache, make_cache
+from ..cache.mla import make_cache
 from ..cache.mtp import MTPCache
 from ..config import ModelConfig
 from ..layers.block import DecoderLayer
@@ -76,7 +76,8 @@ class Model(CausalLM):
         return make_cache(self.config, kv_bits=kv_bits, kv_group_size=kv_group_size)
 
     def make_mtp_cache(self) -> MTPCache:
-        return MTPCache(LatentCache())
+        # The MTP block is a decoder layer like the others (DSA on V3.2): its cache is of their kind.
+        return MTPCache(make_cache(self.config, 1)[0])
 
     def set_attention_impl(self, impl: str) -> None:
         """'auto' (default), 'naive' or 'absorbed' for every MLA layer (the MTP block included)."""

@@ -86,7 +86,8 @@ def _add_routes(app: FastAPI, served: ServedModel) -> None:
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": served.model_id, "queue_depth": served.engine.queue_depth}
+        return {"status": "ok", "model": served.model_id, "queue_depth": served.engine.queue_depth,
+                "cache": getattr(served.engine, "cache_capabilities", None)}
 
     @app.get("/metrics")
     async def metrics():

@@ -20,13 +20,9 @@ import mlx.core as mx
 from ..generation.batch import BatchDecoder
 from ..generation.rows import RowParams
 from ..generation.steps import make_prompt_cache
-from .scheduler import DONE, Request
+from .scheduler import DONE, Cancelled, Request
 
 log = logging.getLogger("mlxseek.serve")
-
-
-class _Cancelled(Exception):
-    """Raised from the prefill progress callback when the request was cancelled mid-prefill."""
 
 
 @dataclass
@@ -50,7 +46,7 @@ class BatchRunner:
 
     def setup(self) -> None:
         e = self.engine
-        self.dec = BatchDecoder(e.model, e.tokenizer, draft="mtp" if e.draft == "mtp" else None,
+        self.dec = BatchDecoder(e.model, e.tokenizer, draft=e.draft if e.draft != "none" else None,
                                         keep_caches=e.prefix is not None)
 
     def admit(self, req: Request) -> None:
@@ -61,26 +57,25 @@ class BatchRunner:
         cached, cache = e.prefix.lookup(req.prompt) if e.prefix is not None else (0, None)
         if cache is None:
             cached, cache = 0, make_prompt_cache(e.model)
-        e._counts["requests"] += 1
-        e._counts["prompt_tokens"] += len(req.prompt)
-        e._counts["cached_tokens"] += cached
+        e.count(requests=1, prompt_tokens=len(req.prompt), cached_tokens=cached)
 
         def progress(done: int, total: int) -> None:
             if req.cancelled.is_set():
-                raise _Cancelled
+                raise Cancelled
 
         params = RowParams(max_tokens=min(p.max_tokens, e.context_length - len(req.prompt)),
                            temperature=p.temperature, top_p=p.top_p, seed=p.seed, stop=tuple(p.stop),
                            grammar=p.grammar, reply=p.reply)
         try:
-            rid = self.dec.add(req.prompt[cached:], params, prompt_cache=cache, progress=progress)
-        except _Cancelled:
-            e._counts["cancelled"] += 1
+            fed = e.prefill_snapshots(req, cache, cached)  # exact snapshots for kinds that cannot be cut
+            rid = self.dec.add(req.prompt[fed:], params, prompt_cache=cache, progress=progress)
+        except Cancelled:
+            e.count(cancelled=1)
             req.emit(DONE)
             return
         except Exception as err:  # one bad request must not stop the batch
             log.exception("prefill failed")
-            e._counts["errors"] += 1
+            e.count(errors=1)
             req.emit(err)
             req.emit(DONE)
             return
@@ -91,7 +86,7 @@ class BatchRunner:
             if live.req.cancelled.is_set():
                 if any(r.rid == rid for r in self.dec.rows):
                     self.dec.remove(rid)
-                self.engine._counts["cancelled"] += 1
+                self.engine.count(cancelled=1)
                 self._leave(rid)
         try:
             events = self.dec.step()
@@ -109,9 +104,9 @@ class BatchRunner:
                 continue
             live.generated.append(rec.token)
             n_prompt = len(live.req.prompt)
-            live.req.emit(self.engine._event(rec, live.req.params, n_prompt, live.cached))
+            live.req.emit(self.engine.event(rec, live.req.params, n_prompt, live.cached))
             if rec.finish_reason is not None:
-                self.engine._counts["finished"] += 1
+                self.engine.count(finished=1)
                 self._leave(rid)
         if not self.live:
             mx.clear_cache()
@@ -119,7 +114,7 @@ class BatchRunner:
     def _leave(self, rid: int) -> None:
         live = self.live.pop(rid)
         e = self.engine
-        e._counts["generation_tokens"] += len(live.generated)
+        e.count(generation_tokens=len(live.generated))
         cache = self.dec.released.pop(rid, None) if self.dec is not None else None
         if e.prefix is not None and cache is not None:
             e.prefix.insert(live.req.prompt + live.generated, cache)

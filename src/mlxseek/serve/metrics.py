@@ -35,6 +35,13 @@ class _EngineStats:
                 g = GaugeMetricFamily(name, f"engine.stats()['{key}']")
                 g.add_metric([], float(value))
                 yield g
+        if "model_family" in stats:
+            g = GaugeMetricFamily("mlxseek_prefix_cache_hit_tokens", "Prompt tokens served from the prefix cache, "
+                                  "by model family and snapshot kind (block: cut to a block; exact: a snapshot point)",
+                                  labels=["family", "kind"])
+            for kind in ("block", "exact"):
+                g.add_metric([str(stats["model_family"]), kind], float(stats.get(f"hit_tokens_{kind}", 0)))
+            yield g
 
 
 class Metrics:

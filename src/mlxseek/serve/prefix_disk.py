@@ -6,7 +6,8 @@ every array's bytes and a digest of that metadata. On startup the folder's heade
 file is loaded only after its header, its size and its digest check out. Anything else (truncated,
 flipped bytes, another model's or another version's file) is logged, removed and never loaded.
 Files are written to a temporary name and renamed, so a crash mid-write leaves no half file under a
-real name.
+real name. Headers are read, and files laid out and written, through `checkpoint.safetensors` (the one
+safetensors seam: its overlap, gap, truncation and duplicate-key checks apply here too).
 """
 
 from __future__ import annotations
@@ -15,22 +16,20 @@ import hashlib
 import json
 import logging
 import os
-import struct
 from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 
-from ..errors import ServeError
+from ..checkpoint import safetensors
+from ..errors import CheckpointError, ServeError
 from . import cache_state
 from .cache_state import CacheSnapshot
 
 log = logging.getLogger("mlxseek.serve")
 
 FORMAT = "mlxseek-prefix-cache"
-VERSION = "1"
-MAX_HEADER = 64 << 20  # bytes; a safetensors header larger than this is not one of ours
-_ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2, "U32": 4, "I32": 4, "U8": 1, "I8": 1, "I64": 8, "U64": 8, "BOOL": 1}
+VERSION = "2"  # 2: exact (snapshot-point) entries and states with a token axis
 
 
 def shared_blocks(a, b) -> int:
@@ -43,6 +42,21 @@ def shared_blocks(a, b) -> int:
         else:
             hi = mid - 1
     return lo
+
+
+def exact_tokens(key: str) -> int | None:
+    """Tokens an exact snapshot's key covers (None for a block key): exact keys end in `-<tokens>`."""
+    head, _, n = key.rpartition("-")
+    return int(n) if head and n.isdigit() else None
+
+
+def usable(entry: tuple[str, ...], hashes: list[str], tail_key, block: int) -> int:
+    """Tokens of a request an entry serves: a cuttable entry its shared whole blocks, an exact one all
+    its tokens or none. `tail_key(n)` is the request's exact key at n tokens (None when too short)."""
+    n = exact_tokens(entry[-1])
+    if n is None:
+        return shared_blocks(entry, hashes) * block
+    return n if tail_key(n) == entry[-1] else 0
 
 
 class _Rejected(Exception):
@@ -65,36 +79,33 @@ def _meta_check(meta: dict) -> str:
     return hashlib.blake2b(body.encode(), digest_size=16).hexdigest()
 
 
-def _read_header(path: Path) -> tuple[dict, dict]:
-    """(tensor table, metadata) of a safetensors file whose size matches its header."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) < 8:
-            raise _Rejected("shorter than a safetensors header")
-        (n,) = struct.unpack("<Q", raw)
-        if n > MAX_HEADER or 8 + n > size:
-            raise _Rejected(f"header length {n} does not fit the file's {size} bytes")
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise _Rejected(f"header is not JSON ({e})") from None
-    if not isinstance(header, dict) or not isinstance(header.get("__metadata__"), dict):
+def _read_header(path: Path) -> tuple[safetensors.Header, dict]:
+    """(header, metadata) through the one safetensors reader: sizes, ranges (no overlap, no gap, no
+    truncation) and duplicate keys checked there."""
+    try:
+        header = safetensors.read_header(path)
+    except CheckpointError as e:
+        raise _Rejected(str(e)) from None
+    if not isinstance(header.metadata, dict):
         raise _Rejected("header has no metadata")
-    meta = header.pop("__metadata__")
-    end = 0
-    for name, t in header.items():
-        try:
-            lo, hi = t["data_offsets"]
-            want = int(np.prod(t["shape"])) * _ITEMSIZE[t["dtype"]]
-        except (KeyError, TypeError, ValueError):
-            raise _Rejected(f"tensor {name!r} has a malformed entry") from None
-        if hi - lo != want or lo < 0:
-            raise _Rejected(f"tensor {name!r} spans {hi - lo} bytes but its shape needs {want}")
-        end = max(end, hi)
-    if 8 + n + end != size:
-        raise _Rejected(f"file is {size} bytes but its header describes {8 + n + end} (truncated?)")
-    return header, meta
+    return header, header.metadata
+
+
+def _write(path: Path, arrays: dict[str, mx.array], meta: dict) -> None:
+    """One safetensors file, laid out and encoded by the shared seam (arrays in name order)."""
+    names = sorted(arrays)
+    bits = [safetensors.host_bits(arrays[k]) for k in names]
+    entries = [(k, safetensors.name_of(arrays[k].dtype), arrays[k].shape, b.nbytes) for k, b in zip(names, bits)]
+    header, _ = safetensors.layout_header(entries, meta)
+    with open(path, "wb") as f:
+        f.write(safetensors.encode_header(header))
+        for b in bits:
+            f.write(b.tobytes())
+
+
+def _read(path: Path, header: safetensors.Header) -> dict[str, mx.array]:
+    return {k: safetensors.to_mlx(safetensors.read_rows(path, header, k), info["dtype"])
+            for k, info in header.tensors.items()}
 
 
 class DiskTier:
@@ -146,11 +157,11 @@ class DiskTier:
         except OSError:
             pass
 
-    def best(self, hashes: list[str]) -> tuple[int, str | None]:
-        """(shared blocks, key) of the indexed entry sharing the most leading blocks with `hashes`."""
+    def best(self, score) -> tuple[int, str | None]:
+        """(tokens, key) of the indexed entry serving the most tokens by `score(block keys)`."""
         best, key = 0, None
         for k, h in self._index.items():
-            j = shared_blocks(h, hashes)
+            j = score(h)
             if j > best:
                 best, key = j, k
         return best, key
@@ -163,7 +174,7 @@ class DiskTier:
         path = self._path(hashes[-1])
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.safetensors")
         try:
-            mx.save_safetensors(str(tmp), arrays, metadata=meta)
+            _write(tmp, arrays, meta)
             os.replace(tmp, path)
         except OSError as e:
             log.warning("could not write prefix cache file %s: %s", path, e)
@@ -175,22 +186,30 @@ class DiskTier:
         """(block keys, snapshot) of a verified entry; None (and the file removed) when it fails a check."""
         path = self._path(key)
         try:
-            _, meta = _read_header(path)
+            header, meta = _read_header(path)
             hashes = self._check_meta(path, meta)
-            arrays = mx.load(str(path))
+            arrays = _read(path, header)
             if digest(arrays) != meta.get("digest"):
                 raise _Rejected("array bytes do not match the stored digest (corrupted)")
             snap = cache_state.unflatten(arrays, json.loads(meta["layout"]))
             if snap is None:
                 raise _Rejected("arrays do not match the stored layout")
-        except (_Rejected, OSError, ValueError, RuntimeError) as e:
+        except (_Rejected, CheckpointError, OSError, ValueError, RuntimeError) as e:
             self._reject(path, e)
             return None
         return hashes, snap
 
+    def drop_where(self, drop) -> None:
+        """Remove the entries whose last key `drop(key)` picks."""
+        for k in [k for k in self._index if drop(k)]:
+            self._index.pop(k)
+            self._path(k).unlink(missing_ok=True)
+
     def drop_subsumed(self, hashes: list[str]) -> None:
         """Remove entries whose every block is a prefix of `hashes` (the new entry serves them)."""
+        if exact_tokens(hashes[-1]) is not None:
+            return  # an exact snapshot serves only its own length: it subsumes nothing
         for k, h in list(self._index.items()):
-            if len(h) < len(hashes) and shared_blocks(h, hashes) == len(h):
+            if exact_tokens(h[-1]) is None and len(h) < len(hashes) and shared_blocks(h, hashes) == len(h):
                 self._index.pop(k)
                 self._path(k).unlink(missing_ok=True)

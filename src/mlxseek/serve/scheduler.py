@@ -25,6 +25,10 @@ log = logging.getLogger("mlxseek.serve")
 DONE = object()  # emitted after a request's last event (or its error)
 
 
+class Cancelled(Exception):
+    """Raised inside the worker when a request's consumer went away mid-prefill or mid-decode."""
+
+
 @dataclass(eq=False)
 class Request:
     """One generation: prompt token ids, sampling parameters and the consumer's channel."""

@@ -93,6 +93,8 @@ def bytes_fn(cfg: ModelConfig, fmt: str, q_bits: int, group_size: int) -> Callab
 
 def _native_bytes(t: Tensor, cfg: ModelConfig) -> float:
     block = cfg.fp8_block_size
+    if t.component == "engram_table":  # V4.1: FP8 rows, one E8M0 scale per 32 values (264 B per 256-wide row)
+        return t.numel + t.numel / 32
     if t.native in ("fp8", "fp4") and block is None:
         return t.numel * 2  # a bf16 release (V2, V2-Lite)
     if t.native == "fp4":  # V4 routed experts: e2m1 packed two per byte, one e8m0 scale per 32 values
@@ -102,7 +104,7 @@ def _native_bytes(t: Tensor, cfg: ModelConfig) -> float:
         # (the official V4-Flash tensor list stores them as float8_e8m0fnu).
         br, bc = block
         blocks = math.prod(t.shape[:-2]) * math.ceil(t.shape[-2] / br) * math.ceil(t.shape[-1] / bc)
-        return t.numel + blocks * (1 if cfg.is_v4 else 4)
+        return t.numel + blocks * (1 if cfg.is_v4_family else 4)
     return t.numel * {"bf16": 2, "fp32": 4, "i64": 8}[t.native]
 
 
@@ -128,6 +130,8 @@ def parameters(tensors: list[Tensor]) -> dict:
 def _layer_cache(cfg: ModelConfig, i: int, b: int) -> tuple[float, int, int]:
     """(bytes per cached token, context-independent bytes, bytes per token without KV compression: a per-head
     K/V cache for MLA, the uncompressed shared KV head for V4)."""
+    if cfg.uses_csa2:
+        return _csa2_cache(cfg, i, b)
     if not cfg.is_v4:
         # MLA caches the compressed latent plus the shared rope key: kv_lora_rank + qk_rope_head_dim values.
         # A per-head cache would hold K (nope + rope) and V for every head.
@@ -144,6 +148,8 @@ def _layer_cache(cfg: ModelConfig, i: int, b: int) -> tuple[float, int, int]:
 
 def _layer_cache_reads(cfg: ModelConfig, i: int, n: int, b: int) -> float:
     """Cache bytes one decoded token reads in layer i at context n (absorbed MLA reads the whole latent)."""
+    if cfg.uses_csa2:
+        return _csa2_reads(cfg, i, n, b)
     if not cfg.is_v4:
         latent = (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * b
         if cfg.uses_dsa:  # DSA attends to index_topk tokens, scored over all n
@@ -153,6 +159,25 @@ def _layer_cache_reads(cfg: ModelConfig, i: int, n: int, b: int) -> float:
     entries = n // r if r else 0
     sparse = min(entries, cfg.index_topk) * hd + entries * cfg.index_head_dim if r == 4 else entries * hd
     return (min(n, cfg.sliding_window) * hd + sparse) * b
+
+
+def _csa2_cache(cfg: ModelConfig, i: int, b: int) -> tuple[float, int, int]:
+    """V4.1: every layer a window; only KV sources hold compressed entries (and index keys where they index):
+    the layers after a source reuse its entries, so they cache nothing per token."""
+    hd, r = cfg.head_dim, cfg.compress_ratios[i]
+    per = 0.0
+    if r and i in (cfg.kv_source_layer_ids or []):
+        per = (hd + (cfg.index_head_dim if i in (cfg.index_source_layer_ids or []) else 0)) / r * b
+    return per, cfg.sliding_window * hd * b, hd * b
+
+
+def _csa2_reads(cfg: ModelConfig, i: int, n: int, b: int) -> float:
+    """V4.1 layer i at context n: its window, the top-k entries of its source, and (index sources) every key."""
+    hd, r = cfg.head_dim, cfg.compress_ratios[i]
+    sources = [j for j in cfg.kv_source_layer_ids or [] if j <= i and cfg.compress_ratios[j]]
+    entries = n // cfg.compress_ratios[sources[-1]] if r and sources else 0
+    keys = entries * cfg.index_head_dim if i in (cfg.index_source_layer_ids or []) else 0
+    return (min(n, cfg.sliding_window) * hd + min(entries, cfg.index_topk) * hd + keys) * b
 
 
 def _split(weights: list[float], n: int) -> list[range]:
@@ -232,7 +257,9 @@ def estimate(config: Union[str, Path, dict, ModelConfig], *, q_bits: int = 4, q_
     if parallel == "expert" and (cfg.n_routed_experts or 0) % machines:
         raise ConfigError(f"--machines {machines}: expert parallel needs it to divide n_routed_experts "
                           f"({cfg.n_routed_experts}) in {source}")
-    kept = [t for t in tensors if not t.hf_only and not (drop_mtp and t.mtp)]
+    # V4.1's Engram tables stay on disk (read by position): sized apart, never counted as resident.
+    tables = [t for t in tensors if t.component == "engram_table"]
+    kept = [t for t in tensors if not t.hf_only and not (drop_mtp and t.mtp) and t.component != "engram_table"]
     n_layers = 1 + max(t.layer for t in kept if t.layer is not None)
     b = cache_dtype_bytes
     whole = _ranks(cfg, kept, n_layers, nbytes, context, b, 1, parallel)[0]
@@ -251,8 +278,13 @@ def estimate(config: Union[str, Path, dict, ModelConfig], *, q_bits: int = 4, q_
         "bytes_per_token": whole["bytes_per_token"], "resident_bytes": whole["resident_bytes"],
         "fits": None, "roofline_tps": None, "machine": None, "parallel": None,
     }
+    if tables:
+        out["engram"] = {"on_disk_bytes": round(sum(map(nbytes, tables))), "tables": len(tables),
+                         "rows_per_token": round(sum(t.numel * t.reads for t in tables) / cfg.engram_head_dim),
+                         "bytes_per_token": round(sum(nbytes(t) * t.reads for t in tables)),
+                         "resident": False}
     for comp, d in out["by_component"].items():
-        ts = [t for t in kept if t.component == comp and not t.mtp]
+        ts = [t for t in (tables if comp == "engram_table" else kept) if t.component == comp and not t.mtp]
         d["bytes"], d["bytes_per_token"] = round(sum(map(nbytes, ts))), round(sum(nbytes(t) * t.reads for t in ts))
     if machines > 1:
         ranks = _ranks(cfg, kept, n_layers, nbytes, context, b, machines, parallel)

@@ -63,11 +63,16 @@ class HyperConnection(nn.Module):
         self.base = mx.zeros(((2 + n) * n,))
         self.scale = mx.ones((3,))
 
+    def mappings(self, streams: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        """streams (B, L, n, D) -> pre (B, L, n), post (B, L, n), comb (B, L, n, n), float32 (V4.1's lagged
+        mHC collapses with another site's `pre`)."""
+        mixes = _mixes(streams, self.fn, self.norm_eps)
+        return _site_mappings(mixes, self.base.astype(mx.float32), self.scale.astype(mx.float32),
+                              self.n, self.iters, self.hc_eps)
+
     def __call__(self, streams: mx.array) -> tuple[mx.array, mx.array, mx.array]:
         """streams (B, L, n, D) -> (block input (B, L, D), post (B, L, n), comb (B, L, n, n))."""
-        mixes = _mixes(streams, self.fn, self.norm_eps)
-        pre, post, comb = _site_mappings(mixes, self.base.astype(mx.float32), self.scale.astype(mx.float32),
-                                         self.n, self.iters, self.hc_eps)
+        pre, post, comb = self.mappings(streams)
         collapsed = (pre[..., None] * streams.astype(mx.float32)).sum(axis=-2)
         return collapsed.astype(streams.dtype), post, comb
 

@@ -1,0 +1,123 @@
+"""DeepSeek-V4.1-Flash (`deepseek_v41`): embed -> hc_mult copies of the residual stream -> V4.1 blocks
+(Engram n-gram memory before attention on `engram_layer_ids`; CSA2 attention whose compressed KV and top-k
+selection are computed by source layers and reused by the layers after them; lagged mHC; sqrtsoftplus MoE
+with no hash layers) -> collapse with the last `pre` -> RMSNorm -> lm_head. Follows `models.base`.
+
+Engram tables are never part of the parameters: `attach_engram(hasher, memory)` gives the model a hasher
+(layers/v41/engram_hash) and a row source (checkpoint/engram_rows: resident, or read from disk into a
+byte-budgeted LRU). Each forward hashes all its positions first, then fetches each table's distinct rows
+once, before layer 0 runs: the rows depend on token ids only.
+Vision (`vision_config`) is out of scope: the text model runs; image inputs are refused.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from ..cache.v41 import make_v41_cache
+from ..config import ModelConfig
+from ..errors import ConfigError, GenerationError
+from ..layers.norms import RMSNorm
+from ..layers.v41.attention import CSA2Attention
+from ..layers.v41.block import V41DecoderLayer, collapse
+from ..layers.v41.engram import gather_rows
+from ..layers.v41.indexer import CSA2Indexer
+from .base import CausalLM
+
+
+def check_v41_config(cfg: ModelConfig) -> None:
+    """The V4.1 relations the model relies on; ConfigError names the key."""
+    n = cfg.num_hidden_layers
+    if len(cfg.compress_ratios or []) < n:
+        raise ConfigError(f"config.json: compress_ratios has {len(cfg.compress_ratios or [])} entries for {n} layers")
+    for key in ("kv_source_layer_ids", "index_source_layer_ids", "engram_layer_ids"):
+        bad = [i for i in getattr(cfg, key) or [] if not 0 <= i < n]
+        if bad:
+            raise ConfigError(f"config.json: {key} {bad} are not layers of this {n}-layer model")
+    first_ratio = next((i for i in range(n) if cfg.compress_ratios[i]), None)
+    if first_ratio is not None and first_ratio not in (cfg.kv_source_layer_ids or []):
+        raise ConfigError(f"config.json: kv_source_layer_ids: layer {first_ratio} is the first with a compress "
+                          "ratio, so it must be a KV source (a later layer cannot reuse entries not yet made)")
+
+
+class V41Backbone(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.hc_mult, self.engram_ids = cfg.hc_mult, list(cfg.engram_layer_ids or [])
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = [V41DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers)]
+        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+
+    def __call__(self, inputs: mx.array, cache: list, engram_rows: dict) -> mx.array:
+        h = self.embed_tokens(inputs)
+        B, L, D = h.shape
+        streams = mx.broadcast_to(h[:, :, None, :], (B, L, self.hc_mult, D))
+        pre = mx.zeros((B, L, self.hc_mult), mx.float32)
+        pre[..., 0] = 1.0  # the first site collapses stream 0
+        shared: dict = {}
+        for i, (layer, c) in enumerate(zip(self.layers, cache)):
+            streams, pre = layer(streams, pre, c, shared, engram_rows.get(i))
+        return self.norm(collapse(streams, pre))
+
+
+class V41Model(CausalLM):
+    def __init__(self, cfg: ModelConfig, *, with_mtp: bool = True):
+        super().__init__(cfg)
+        check_v41_config(cfg)
+        self.model = V41Backbone(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self._engram = None  # (hasher, memory): see attach_engram
+
+    def attach_engram(self, hasher, memory) -> None:
+        """hasher: layers.v41.engram_hash.EngramHasher; memory: checkpoint.engram_rows.DiskRows/ResidentRows."""
+        self._engram = (hasher, memory)
+
+    @property
+    def engram_memory(self):
+        return None if self._engram is None else self._engram[1]
+
+    def _engram_rows(self, inputs: mx.array, cache: list) -> dict:
+        ids = self.model.engram_ids
+        if not ids:
+            return {}
+        if self._engram is None:
+            raise GenerationError(f"layers {ids} read Engram tables, but none are attached: load the model with "
+                                  "mlxseek.load (tables stay on disk) or call model.attach_engram(...)")
+        hasher, memory = self._engram
+        tokens = np.array(inputs, dtype=np.int64)
+        history = cache[0].engram_history
+        rows, cache[0].engram_history = hasher.rows(tokens, hasher.start(tokens.shape[0]) if history is None
+                                                    else history)
+        return {layer: gather_rows(memory, j, rows[:, :, j]) for j, layer in enumerate(ids)}
+
+    def __call__(self, inputs: mx.array, cache: Optional[list] = None, input_embeddings=None) -> mx.array:
+        if input_embeddings is not None:
+            raise ValueError("DeepSeek-V4.1 hashes token ids for Engram: pass `inputs`, not embeddings")
+        cache = cache if cache is not None else self.make_cache()
+        return self.lm_head(self.model(inputs, cache, self._engram_rows(inputs, cache)))
+
+    def trunk(self, inputs: mx.array, cache: Optional[list] = None) -> mx.array:
+        cache = cache if cache is not None else self.make_cache()
+        return self.model(inputs, cache, self._engram_rows(inputs, cache))
+
+    def head(self, hidden: mx.array) -> mx.array:
+        return self.lm_head(hidden)
+
+    def make_cache(self, *, kv_bits: int | None = None, kv_group_size: int = 64) -> list:
+        if kv_bits is not None:
+            raise GenerationError("kv_bits: DeepSeek-V4.1's window and compressed caches are already FP8/FP4 "
+                                  "inside the model; drop kv_bits (--kv-bits) for this model")
+        return make_v41_cache(self.config)
+
+    def set_fake_quant(self, on: bool) -> None:
+        """Switch the in-forward FP8/FP4 rounding (on by default: the model was trained with it)."""
+        for _, m in self.named_modules():
+            if isinstance(m, (CSA2Attention, CSA2Indexer)):
+                m.fake_quant = on
+
+    def set_attention_impl(self, impl: str) -> None:
+        self.check_attention_impl(impl, ("auto",), self.model_type)
