@@ -6,7 +6,8 @@
 Each converter runs in its own child process (4-bit, group 64, uniform, bf16 scales: both tools'
 defaults for a bf16-typed config); the peak RSS is the child's own `ru_maxrss` from wait4(2), and the
 parent also polls /proc so it can stop a child that grows past --rss-limit-gb (the machine is shared).
-Prints one JSON line per run. The bound the issue sets is 1.5 GB + 3 x the largest single expert tensor
+With --calibration FILE, also `--calibration FILE --calibration-tokens N` (issue 25): its extra time and
+peak RSS against the plain run. Prints one JSON line per run. The bound the issue sets is 1.5 GB + 3 x the largest single expert tensor
 (taken as float32, the dtype it is dequantized to).
 """
 
@@ -24,6 +25,8 @@ from pathlib import Path
 
 OURS = ("import sys, mlxseek; mlxseek.convert(hf_path=sys.argv[1], mlx_path=sys.argv[2], quantize=True, "
         "q_bits=4, q_group_size=64, quiet=True)")
+OURS_CALIBRATED = ("import sys, mlxseek; mlxseek.convert(hf_path=sys.argv[1], mlx_path=sys.argv[2], quantize=True, "
+                   "q_bits=4, q_group_size=64, quiet=True, calibration=sys.argv[3], calibration_tokens=int(sys.argv[4]))")
 MLX_LM = ("import sys; from mlx_lm import convert; "
           "convert(sys.argv[1], sys.argv[2], quantize=True, q_bits=4, q_group_size=64)")
 
@@ -38,13 +41,13 @@ def _rss_bytes(pid: int) -> int:
     return 0
 
 
-def run(code: str, src: Path, dst: Path, limit: int) -> dict:
+def run(code: str, src: Path, dst: Path, limit: int, extra: tuple = ()) -> dict:
     shutil.rmtree(dst, ignore_errors=True)
     shutil.rmtree(dst.with_name(dst.name + ".partial"), ignore_errors=True)
     log = dst.with_name(dst.name + ".stderr")
     t0 = time.perf_counter()
     with open(log, "wb") as err_file:
-        child = subprocess.Popen([sys.executable, "-c", code, str(src), str(dst)],
+        child = subprocess.Popen([sys.executable, "-c", code, str(src), str(dst), *map(str, extra)],
                                  stdout=subprocess.DEVNULL, stderr=err_file)
         killed = False
         while True:  # wait4, not Popen.poll: the child's own rusage is needed
@@ -69,6 +72,23 @@ def run(code: str, src: Path, dst: Path, limit: int) -> dict:
     return out
 
 
+def vocab_safe_text(text: Path, src: Path, work: Path) -> Path:
+    """The calibration text re-spelled with only the token ids the (shrunken) synthetic vocabulary holds."""
+    from mlx_lm.tokenizer_utils import load
+
+    vocab = json.loads((src / "config.json").read_text())["vocab_size"]
+    tok = load(src)
+    body = text.read_text()
+    for _ in range(20):  # dropping tokens can merge their neighbours into new large ids: repeat until none
+        ids = tok.encode(body, add_special_tokens=False)
+        if max(ids) < vocab:
+            break
+        body = tok.decode([i for i in ids if i < vocab])
+    out = work / f"calibration-{src.name}.txt"
+    out.write_text(body)
+    return out
+
+
 def describe(src: Path) -> dict:
     cfg = json.loads((src / "config.json").read_text())
     index = json.loads((src / "model.safetensors.index.json").read_text())
@@ -85,17 +105,25 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/convert-bench"))
     ap.add_argument("--mlx-lm", action="store_true", help="also run mlx_lm.convert on the same input")
     ap.add_argument("--rss-limit-gb", type=float, default=16.0)
+    ap.add_argument("--calibration", type=Path, default=None,
+                    help="also run a calibrated conversion on this text (token ids outside the vocabulary dropped)")
+    ap.add_argument("--calibration-tokens", type=int, default=2048)
+    ap.add_argument("--skip-plain", action="store_true", help="with --calibration: only the calibrated run")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    tools = [("mlxseek", OURS)] + ([("mlx_lm", MLX_LM)] if args.mlx_lm else [])
+    tools = ([] if args.skip_plain else [("mlxseek", OURS)]) + ([("mlx_lm", MLX_LM)] if args.mlx_lm else [])
+    tools += [("mlxseek-calibrated", OURS_CALIBRATED)] if args.calibration else []
     for src in args.input:
+        extra = (vocab_safe_text(args.calibration, src, args.work), args.calibration_tokens) if args.calibration else ()
         info = describe(src)
         source_bytes = info.pop("_source_bytes")
         for tool, code in tools:
             dst = args.work / f"{src.name}-{tool}"
-            r = run(code, src, dst, int(args.rss_limit_gb * 1e9))
+            r = run(code, src, dst, int(args.rss_limit_gb * 1e9), extra if "calibrated" in tool else ())
+            if "calibrated" in tool:
+                r["calibration_tokens"] = args.calibration_tokens
             r["source_gb_per_s"] = round(source_bytes / 1e9 / r["wall_s"], 4) if r["exit"] == 0 else None
-            if tool == "mlxseek" and r["exit"] == 0:
+            if tool.startswith("mlxseek") and r["exit"] == 0:
                 r["within_bound"] = r["peak_rss_gb"] < info["bound_gb"]
             print(json.dumps({"tool": tool, **info, **r}), flush=True)
             shutil.rmtree(dst, ignore_errors=True)

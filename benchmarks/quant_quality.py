@@ -3,6 +3,10 @@
 real converter (`mlxseek.convert`), scored by `mlxseek.tools.evaluate` against the bf16 checkpoint.
 
     python benchmarks/quant_quality.py > /tmp/quant_quality.jsonl      # table on stderr, JSON lines on stdout
+    python benchmarks/quant_quality.py --only 'calibrated|target|3-bit g|2-bit g32'   # issue 25's rows
+
+Calibrated rows run `--calibration` on standard-library sources other than the held-out files
+(CALIBRATION_FILES, at most CALIBRATION_TOKENS tokens).
 
 One JSON line per variant: bits/weight (the converter's count, MTP included), size on disk, perplexity on
 the held-out text, mean KL(bf16 || variant) and top-1 agreement per token (llama.cpp's semantics: see
@@ -18,6 +22,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FIX = ROOT / "tests" / "fixtures"
+
+CAL = "calibration"
+# Calibration text: standard-library sources that are not the held-out files (training.json lists those);
+# the trained fixture saw them in training, as a model sees its own domain.
+CALIBRATION_FILES = ("textwrap.py", "string.py", "json/decoder.py", "shlex.py", "fnmatch.py", "heapq.py",
+                     "bisect.py", "calendar.py")
+CALIBRATION_TOKENS = 8192
 
 # (name, source, convert options); source "bf16" = trained_v3, "fp8" = trained_v3_fp8
 VARIANTS = [
@@ -36,7 +47,32 @@ VARIANTS = [
     ("recipe experts, 2-bit g64", "bf16", dict(q_bits=2, q_group_size=64, recipe="experts")),
     ("recipe mixed, 2-bit g64", "bf16", dict(q_bits=2, q_group_size=64, recipe="mixed")),
     ("fp8 source -> 4-bit g64", "fp8", dict(q_bits=4, q_group_size=64)),
+    ("3-bit g32", "bf16", dict(q_bits=3, q_group_size=32)),
+    ("2-bit g32", "bf16", dict(q_bits=2, q_group_size=32)),
+    # Calibrated (issue 25): `calibration=CAL` is replaced by the calibration text (see calibration_text).
+    ("calibrated 4-bit g64", "bf16", dict(q_bits=4, q_group_size=64, calibration=CAL)),
+    ("calibrated 3-bit g64", "bf16", dict(q_bits=3, q_group_size=64, calibration=CAL)),
+    ("calibrated 2-bit g64", "bf16", dict(q_bits=2, q_group_size=64, calibration=CAL)),
+    ("calibrated 4-bit g32", "bf16", dict(q_bits=4, q_group_size=32, calibration=CAL)),
+    ("calibrated 3-bit g32", "bf16", dict(q_bits=3, q_group_size=32, calibration=CAL)),
+    ("calibrated 2-bit g32", "bf16", dict(q_bits=2, q_group_size=32, calibration=CAL)),
+    ("--target-bpw 2.5", "bf16", dict(q_group_size=64, calibration=CAL, target_bpw=2.5)),
+    ("--target-bpw 3.0", "bf16", dict(q_group_size=64, calibration=CAL, target_bpw=3.0)),
+    ("--target-bpw 3.5", "bf16", dict(q_group_size=64, calibration=CAL, target_bpw=3.5)),
+    ("fp8 source -> calibrated 3-bit g64", "fp8", dict(q_bits=3, q_group_size=64, calibration=CAL)),
 ]
+
+
+def calibration_text(work: Path, model: Path) -> Path:
+    import sysconfig
+
+    std = Path(sysconfig.get_paths()["stdlib"])
+    heldout = set(json.loads((model / "training.json").read_text())["heldout_files"])
+    files = [f for f in CALIBRATION_FILES if Path(f).name not in heldout]
+    path = work / "calibration.txt"
+    work.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join((std / f).read_text() for f in files))
+    return path
 
 
 def folder_bytes(folder: Path) -> int:
@@ -55,13 +91,20 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=FIX / "trained_v3_heldout.txt")
     ap.add_argument("--ctx", type=int, default=256)
     ap.add_argument("--work", type=Path, default=Path("/tmp/mlxseek-quant-quality"))
+    ap.add_argument("--only", default=None, help="regular expression: run only the variants whose name matches")
     args = ap.parse_args()
+    import re
     import mlxseek
     from mlxseek.tools.evaluate import evaluate
 
     n_params = None
     rows = []
+    cal = calibration_text(args.work, args.model)
     for name, source, options in VARIANTS:
+        if args.only and not re.search(args.only, name) and name != "bf16":
+            continue
+        if options and options.get("calibration") == CAL:
+            options = {**options, "calibration": str(cal), "calibration_tokens": CALIBRATION_TOKENS}
         src = args.model if source == "bf16" else args.fp8
         folder, bpw = src, None
         if options is not None:

@@ -94,7 +94,8 @@ def test_quantized_folder_counts_packed_values(tmp_path):
     assert q["total_params"] == ref["total_params"] and q["active_params"] == ref["active_params"]
     assert q["bytes_per_token"] < ref["bytes_per_token"] / 2
     assert q["quantization"] == {"format": "mlx", "mode": "affine", "bits": 4, "group_size": 64, "recipe": None,
-                                 "overrides": {"8-bit": 1}, "layout": "transposed"}
+                                 "overrides": {"8-bit": 1}, "layout": "transposed", "calibrated": False,
+                                 "target_bpw": None}
 
 
 def test_converted_folder_matches_estimate(tmp_path):

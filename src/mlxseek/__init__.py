@@ -9,7 +9,7 @@ _blas.choose(defer=True)  # a failure is raised at first use (blas.check), where
 from .config import ModelConfig
 from .convert.convert import convert
 from .errors import MlxseekError
-from .formats import ReplyParser, parse_reply, render_chat
+from .formats import ReplyFormat, ReplyParser, parse_reply, render_chat
 from .generation.batch import (
            BatchDecoder,
            BatchResult,
@@ -27,4 +27,4 @@ __version__ = "0.1.0"
 __all__ = ["Model", "ModelConfig", "MlxseekError", "convert", "load", "load_model", "load_tokenizer",
            "BatchDecoder", "BatchRecord", "BatchResult", "RowParams", "batch_generate", "stream_batch_generate",
            "ChatSession", "GenerationResponse", "generate", "make_prompt_cache", "stream_generate",
-           "ReplyParser", "parse_reply", "render_chat"]
+           "ReplyFormat", "ReplyParser", "parse_reply", "render_chat"]

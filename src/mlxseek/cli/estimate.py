@@ -7,6 +7,7 @@ import json
 import click
 
 from ..tools import estimate as estimate_mod
+from ..tools import fit as fit_mod
 from ..tools.machines import MACHINES
 from .group import library_errors, main
 
@@ -33,6 +34,8 @@ def _fit_line(f: dict) -> str:
 def report(e: dict) -> str:
     """The human-readable estimate."""
     fmt = e["recipe"] if e["recipe"] in ("bf16", "native") else f"{e['recipe']} {e['q_bits']}-bit g{e['q_group_size']}"
+    if e["q_bits"] == "auto":
+        fmt = "auto (calibrated mix sized to the machine)"
     lines = [
         f"{e['config']} ({e['model_type']})",
         f"parameters   {params(e['total_params'])} total, {params(e['active_params'])} active per token"
@@ -74,7 +77,9 @@ def report(e: dict) -> str:
 @main.command()
 @click.option("--config", "config", required=True, metavar="PATH",
               help="config.json of the model (or a folder holding one); no weights are needed")
-@click.option("--q-bits", type=int, default=4, show_default=True, help="bits of the quantized components")
+@click.option("--q-bits", default="4", show_default=True,
+              help="bits of the quantized components, or auto: the bits per weight that fill --machine after the "
+                   "cache at --context (what `convert --calibration --fit MACHINE` targets)")
 @click.option("--q-group-size", type=int, default=64, show_default=True, help="affine quantization group size")
 @click.option("--recipe", default="uniform", show_default=True,
               help=f"{' | '.join(estimate_mod.FORMATS)}: a recipe of `mlxseek convert`, bf16 (unquantized) or "
@@ -88,6 +93,13 @@ def report(e: dict) -> str:
 @library_errors
 def estimate(config, q_bits, q_group_size, recipe, machine, machines, parallel, context, drop_mtp, as_json):
     """Parameters, size, KV cache, memory fit and roofline decode speed of a DeepSeek config."""
-    e = estimate_mod.estimate(config, q_bits=q_bits, q_group_size=q_group_size, recipe=recipe, machine=machine,
-                              machines=machines, parallel=parallel, context=context, drop_mtp=drop_mtp)
+    if q_bits == "auto":
+        e = fit_mod.estimate_auto(config, machine=machine, context=context, drop_mtp=drop_mtp,
+                                  q_group_size=q_group_size)
+    else:
+        if not q_bits.isdigit():
+            raise click.BadParameter(f"{q_bits!r}: an integer or auto", param_hint="--q-bits")
+        e = estimate_mod.estimate(config, q_bits=int(q_bits), q_group_size=q_group_size, recipe=recipe,
+                                  machine=machine, machines=machines, parallel=parallel, context=context,
+                                  drop_mtp=drop_mtp)
     click.echo(json.dumps(e, indent=2) if as_json else report(e))

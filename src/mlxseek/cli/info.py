@@ -17,6 +17,8 @@ def report(i: dict) -> str:
         extra = ", ".join(f"{n} paths {label}" for label, n in q["overrides"].items())
         quant = f"{q['mode']} {q['bits']}-bit, group {q['group_size']}"
         quant += (f", recipe {q['recipe']}" if q["recipe"] else "") + (f" ({extra})" if extra else "")
+        if q.get("calibrated"):
+            quant += ", calibrated" + (f" to {q['target_bpw']:g} bits/weight" if q.get("target_bpw") else "")
         quant += f", layout {q['layout']}"
     elif q["format"] == "fp8":
         quant = f"FP8 {q['fmt']} blocks {q['weight_block_size']}"

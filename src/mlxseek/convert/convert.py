@@ -33,6 +33,7 @@ from ..checkpoint.strict import check_against_model
 from ..config import ModelConfig
 from ..errors import ConversionError
 from ..models import build_checked, build_model
+from .calibrated import DEFAULT_CALIBRATION_TOKENS, calibrate, check_calibration
 from .engram import copy_engram_tables
 from .failures import as_conversion_error, check_output_parent, clean_up
 from .finalize import finish, output_config
@@ -73,6 +74,9 @@ def convert(
     force: bool = False,
     quiet: bool = False,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    calibration: str | Path | None = None,
+    calibration_tokens: int = DEFAULT_CALIBRATION_TOKENS,
+    target_bpw: float | None = None,
 ) -> ConversionResult:
     """Convert the Hugging Face DeepSeek folder `hf_path` into an MLX folder at `mlx_path`.
 
@@ -86,6 +90,10 @@ def convert(
     force: replace an existing `mlx_path`. An interrupted run resumes from `mlx_path`.partial/.
     max_shard_bytes: output shard size (mlx-lm's 5 GiB by default).
     V4 FP4 experts are kept as they are (MLX mxfp4, the same encoding) and recorded in `quantization`.
+    calibration: a text file run through the model (streaming, one layer resident; at most
+    `calibration_tokens` tokens) to weight each quantization group's error by its columns' mean squared
+    input (mlxseek.convert.weighted); same bits and bytes. target_bpw: with calibration, bits per module
+    chosen by measured sensitivity x importance so the output lands just under this many bits per weight.
     Returns a ConversionResult; raises ConversionError/CheckpointError/ConfigError on bad input.
     """
     t0 = time.perf_counter()
@@ -95,7 +103,9 @@ def convert(
         check_options(recipe, q_bits, q_group_size, layout)
     elif layout != "transposed":
         raise ConversionError(f"--layout {layout}: only quantized weights have a layout; add -q")
-    options = {"recipe": recipe if quantize else None, "bits": q_bits if quantize else None, "layout": layout,
+    calib = check_calibration(quantize=quantize, layout=layout, calibration=calibration,
+                              tokens=calibration_tokens, target_bpw=target_bpw)
+    options = {**calib, "recipe": recipe if quantize else None, "bits": q_bits if quantize else None, "layout": layout,
                "group_size": q_group_size if quantize else None, "dtype": dtype, "drop_mtp": drop_mtp}
     job = _plan(src, dst, options, max_shard_bytes)
     progress = None
@@ -126,6 +136,7 @@ class _Conversion:
     source: Source  # reader, config, key-map plan, output dtype
     skeleton: nn.Module  # the model built from config.json, parameters never evaluated
     qplan: QuantPlan | None
+    calibrated: dict  # the report's calibration / allocation blocks ({} without --calibration)
     options: dict
     jobs: list
     shards: list  # list of lists of jobs
@@ -157,11 +168,16 @@ def _plan(src: Path, dst: Path, options: dict, max_shard_bytes: int) -> _Convers
         qplan = plan_quantization(skeleton, cfg, recipe=options["recipe"], bits=options["bits"],
                                   group_size=options["group_size"], imported=plan.quantization,
                                   layout=options.get("layout", "transposed"))
+    stats, calibrated = None, {}
+    if options.get("calibration"):
+        stats, calibrated = calibrate(Source(reader, cfg, plan, dtype), skeleton, qplan, src=src,
+                                      path=options["calibration"], tokens=options["calibration_tokens"],
+                                      target_bpw=options["target_bpw"])
     jobs, shapes = plan_jobs(reader, cfg, plan, qplan, dtype)
     check_against_model(shapes, _as_stored(cfg, plan), src)
     shards = assign_shards(jobs, max_shard_bytes)
-    return _Conversion(src, dst, raw_cfg, Source(reader, cfg, plan, dtype), skeleton, qplan, options,
-                       jobs, shards, shard_names(len(shards)))
+    return _Conversion(src, dst, raw_cfg, Source(reader, cfg, plan, dtype, stats), skeleton, qplan, calibrated,
+                       options, jobs, shards, shard_names(len(shards)))
 
 
 def _open_partial(job: _Conversion, log) -> tuple[Progress, set[str]]:
@@ -185,6 +201,7 @@ def _finish(job: _Conversion, progress: Progress) -> dict:
     output_bytes = sum(j.nbytes for j in job.jobs)
     report = build_report(options=job.options, size=size, skipped=dict(job.qplan.skipped) if job.qplan else {},
                           tensors=merge([progress.shards[n]["report"] for n in job.names]), output_bytes=output_bytes)
+    report.update(job.calibrated)
     block = {"format_version": FORMAT_VERSION, "source": str(job.src),
              "source_index_sha256": _index_sha256(job.src, job.source.reader),
              **{k: v for k, v in job.options.items() if k != "drop_mtp"}, "mtp": job.source.plan.has_mtp}

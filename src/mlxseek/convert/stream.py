@@ -23,6 +23,7 @@ from .layout import Job, TensorSpec
 from .quantize import GROUP_SIZES, KMAJOR, keep_fp32, quantize
 from .reader import RowWindow, SourceReader
 from .report import TensorError, error_terms
+from .weighted import quantize_weighted
 from .writer import ShardWriter
 
 # Largest float32 piece of one matrix processed at once: 128 rows of a DeepSeek-V3 expert matrix
@@ -45,6 +46,7 @@ class Source:
     cfg: ModelConfig
     plan: Plan
     dtype: mx.Dtype
+    stats: object = None  # calibrate.Statistics: quantize by importance-weighted error (weighted.py)
 
     def materializer(self, store) -> Materializer:
         return Materializer(store, self.cfg, self.plan, dtype=self.dtype, keep_fp32=keep_fp32)
@@ -129,7 +131,7 @@ def write_shard(path, jobs: list[Job], src: Source, on_piece: Callable[[int, int
         for job in jobs:
             done_bytes = 0
             for piece in pieces(job, src):
-                launched = [_launch(job, name, a, piece) for name, a in piece.arrays.items()]
+                launched = [_launch(job, name, a, piece, src.stats) for name, a in piece.arrays.items()]
                 mx.async_eval([x for o in launched for x in (*o.arrays, o.terms) if x is not None])
                 for o in pending:
                     _store(writer, o, errors)
@@ -146,12 +148,24 @@ def write_shard(path, jobs: list[Job], src: Source, on_piece: Callable[[int, int
     return {k: v.to_dict() for k, v in errors.items()}
 
 
-def _launch(job: Job, name: str, a: mx.array, piece: Piece) -> _Out:
+def _launch(job: Job, name: str, a: mx.array, piece: Piece, stats=None) -> _Out:
     params = job.quant.get(name)
     if params is None:
         return _Out(job, name, piece.row, tuple(a.shape), (a,), None, 0)
-    packed = quantize(a, params)
-    terms, measured = error_terms(a, packed, params, MEASURED_ROW_STRIDE) if piece.measure else (None, 0)
+    imp = None
+    if stats is not None and a.ndim >= 2 and params.get("layout") != KMAJOR:
+        module = name[: -len(".weight")]
+        expert = piece.row // job.float_shapes[name][1] if job.target.op == "stack_experts" else 0
+        found = stats.importance(module, expert) if a.ndim == 2 else None
+        imp = mx.array(found) if found is not None else mx.ones((a.shape[-1],))  # weight-only: plain error
+        # Groups run along rows, so a (H, out, in) MultiLinear is quantized as its (H * out, in) rows.
+        packed = quantize_weighted(a.reshape(-1, a.shape[-1]), imp, group_size=params["group_size"],
+                                   bits=params["bits"], dtype=a.dtype)
+        packed = tuple(p.reshape(*a.shape[:-1], p.shape[-1]) for p in packed)
+        imp = imp if found is not None else None
+    else:
+        packed = quantize(a, params)
+    terms, measured = error_terms(a, packed, params, MEASURED_ROW_STRIDE, imp) if piece.measure else (None, 0)
     return _Out(job, name, piece.row, tuple(a.shape), tuple(packed), terms, measured)
 
 

@@ -7,9 +7,9 @@ Pure Python (no MLX): notebooks, the server and the tests use it directly.
 from .parser import ReplyParser, parse_reply
 from .prefix import PrefixPrompt, prefix_message_index, render_prefix_completion
 from .render import render_chat
-from .reply import Reply, ReplyDelta, ToolCall
+from .reply import Reply, ReplyDelta, ReplyFormat, ToolCall
 from .style import STYLES, detect_style, prompt_opens_thinking, style_of_tokenizer
 
-__all__ = ["STYLES", "PrefixPrompt", "Reply", "ReplyDelta", "ReplyParser", "ToolCall", "detect_style", "parse_reply",
-           "prefix_message_index", "prompt_opens_thinking", "render_chat", "render_prefix_completion",
+__all__ = ["STYLES", "PrefixPrompt", "Reply", "ReplyDelta", "ReplyFormat", "ReplyParser", "ToolCall", "detect_style",
+           "parse_reply", "prefix_message_index", "prompt_opens_thinking", "render_chat", "render_prefix_completion",
            "style_of_tokenizer"]

@@ -13,7 +13,7 @@ import uuid
 
 from .grammar import GRAMMARS
 from .messages import tool_functions
-from .reply import Reply, ReplyDelta, ToolCall
+from .reply import Reply, ReplyDelta, ReplyFormat, ToolCall
 from .style import check_style
 from .tokens import SPECIAL_TEXTS, THINK_END, THINK_START
 
@@ -54,6 +54,11 @@ class ReplyParser:
         self._started = self._state == REASONING or continuation
         self._opener, self._block_bad, self._block_calls = "", False, 0
         self.reply = Reply()
+
+    @classmethod
+    def of(cls, fmt: ReplyFormat) -> "ReplyParser":
+        """The parser of a reply in format `fmt`."""
+        return cls(fmt.style, thinking=fmt.thinking, tools=fmt.tools, continuation=fmt.continuation)
 
     def feed(self, delta: str) -> ReplyDelta:
         """Parse the next piece of text; returns what it completes."""

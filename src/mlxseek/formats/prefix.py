@@ -23,6 +23,7 @@ class PrefixPrompt:
     text: str            # the prompt, BOS first, ending inside the assistant turn
     in_reasoning: bool   # the reply starts inside a reasoning block
     continuation: bool   # the prompt ends with prefix text: the reply continues it, nothing is re-opened
+    answer: str = ""     # the answer text the prompt ends with (a content prefix); a grammar continues it
 
 
 def prefix_message_index(messages) -> int | None:
@@ -68,9 +69,10 @@ def render_prefix_completion(messages: list[dict], *, style: str | None = None, 
                        reasoning_effort=reasoning_effort, tokenizer=tokenizer)
     if not prompt_opens_thinking(style, thinking, prompt=head):
         # no open reasoning block here (thinking off, or a format without reasoning): only content continues
-        return PrefixPrompt(head + content, in_reasoning=False, continuation=bool(content))
+        return PrefixPrompt(head + content, in_reasoning=False, continuation=bool(content), answer=content)
     if content:
-        return PrefixPrompt(head + reasoning + THINK_END + content, in_reasoning=False, continuation=True)
+        return PrefixPrompt(head + reasoning + THINK_END + content, in_reasoning=False, continuation=True,
+                            answer=content)
     return PrefixPrompt(head + reasoning, in_reasoning=True, continuation=bool(reasoning))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 
 @dataclass(frozen=True)
@@ -39,3 +40,20 @@ class Reply:
     content: str = ""
     tool_calls: list[ToolCall] = field(default_factory=list)
     malformed: bool = False
+
+
+@dataclass(frozen=True)
+class ReplyFormat:
+    """How one reply is parsed, decided once where its prompt is rendered: the chat `style`; `thinking`:
+    the prompt leaves the model inside a reasoning block; `tools` (OpenAI schemas) the prompt rendered
+    (a call to another name is malformed); `continuation`: the prompt ends inside the reply itself (chat
+    prefix completion); `answer`: the start of the answer the prompt already holds (a content prefix),
+    which a grammar continues from. Generation parses its records with it and the constraint reads
+    `thinking` and `answer` from it, so a server that renders the prompt passes it down instead of
+    parsing the stream again."""
+
+    style: str
+    thinking: bool = False
+    tools: Optional[list] = field(default=None, compare=False)
+    continuation: bool = False
+    answer: str = ""

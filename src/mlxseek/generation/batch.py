@@ -36,7 +36,7 @@ from .prefill import DEFAULT_PREFILL_STEP
 from .rows import BatchRecord, Feed, Row, RowParams, RowSampler
 from .solo import SoloDrafter
 from .steps import generate_step, make_prompt_cache, split_prompt_cache
-from .stream import _check_lengths, _decode, _vocab_size, encode_prompt, make_records
+from .stream import _check_lengths, _decode, _vocab_size, encode_prompt, make_records, reply_format
 
 Prompt = Union[str, Sequence[int], mx.array]
 
@@ -94,10 +94,11 @@ class BatchDecoder:
         """A row whose records come from `stream_generate`'s own text handling (rows.py says how)."""
         detok = self.tokenizer.detokenizer if self.tokenizer is not None else None
         feed = Feed()
-        records = _decode(feed, make_records(self.tokenizer, ids, params.stop, chat_style=self.chat_style),
-                          detok, self.eos, budget)
+        reply = params.reply or reply_format(self.tokenizer, ids, chat_style=self.chat_style)
+        records = _decode(feed, make_records(ids.size, params.stop, reply), detok, self.eos, budget)
         constraint = None if params.grammar is None else make_constraint(
-            self.tokenizer, params.grammar, vocab_size=_vocab_size(self.model), prompt_ids=ids[-4:].tolist())
+            self.tokenizer, params.grammar, vocab_size=_vocab_size(self.model), in_reasoning=reply.thinking,
+            answer=reply.answer)
         return Row(self._next_id, RowSampler(params), feed, records, budget, constraint)
 
     def _join(self, row: Row, layers: list) -> None:

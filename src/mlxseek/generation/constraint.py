@@ -137,9 +137,13 @@ class TokenConstraint:
         return mx.concatenate(rows)
 
 
-def make_constraint(tokenizer, grammar: str, *, vocab_size: int, prompt_ids: Sequence[int]) -> TokenConstraint:
-    """A TokenConstraint for a sequence whose prompt ends with `prompt_ids` (its last few tokens decide
-    whether reasoning runs free first). Raises ConstraintError for a grammar llguidance refuses."""
+def make_constraint(tokenizer, grammar: str, *, vocab_size: int, prompt_ids: Sequence[int] = (),
+                    in_reasoning: Optional[bool] = None, answer: str = "") -> TokenConstraint:
+    """A TokenConstraint for one sequence. Reasoning runs free first when `in_reasoning` (the prompt leaves
+    the model inside `<think>`, as the reply's ReplyFormat says); None reads it off `prompt_ids`, the
+    prompt's last few tokens. `answer`: the start of the answer the prompt already holds (chat prefix
+    completion); the grammar continues from it. Raises ConstraintError for a grammar llguidance refuses
+    or an `answer` it does not allow."""
     if tokenizer is None:
         raise ConstraintError("constrained decoding needs the model's tokenizer", keyword=None)
     check_grammar(grammar)
@@ -148,5 +152,12 @@ def make_constraint(tokenizer, grammar: str, *, vocab_size: int, prompt_ids: Seq
     matcher = llg.LLMatcher(bridge, grammar)
     if matcher.is_error():
         raise ConstraintError(f"the grammar cannot be used: {matcher.get_error()}", keyword=None)
-    free = _think_end_id(tokenizer) if prompt_opens_reasoning(tokenizer, list(prompt_ids)[-4:]) else None
+    if in_reasoning is None:
+        in_reasoning = prompt_opens_reasoning(tokenizer, list(prompt_ids)[-4:])
+    free = _think_end_id(tokenizer) if in_reasoning else None
+    if answer and not in_reasoning:
+        # The grammar lexes bytes, so the answer's own tokenization serves as well as the prompt's.
+        if not matcher.consume_tokens(bridge.tokenize_str(answer)) or matcher.is_error():
+            raise ConstraintError(f"the reply's given start {answer[:40]!r} does not follow the grammar",
+                                  keyword=None)
     return TokenConstraint(matcher, vocab_size, bridge.eos_token, free_until=free)

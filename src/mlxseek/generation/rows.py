@@ -15,6 +15,7 @@ import mlx.core as mx
 from mlx_lm.sample_utils import apply_top_p
 
 from ..errors import GenerationError
+from ..formats import ReplyFormat
 from .stream import GenerationResponse
 
 
@@ -23,7 +24,8 @@ class RowParams:
     """Per-sequence decoding parameters. temperature 0 is greedy; `seed` makes a sampled row reproducible
     whatever else shares its batch (the row draws from its own key, as `stream_generate(seed=...)` does
     from MLX's global one, so the two give the same tokens); `stop` strings end the row (not included);
-    `grammar` (llguidance Lark text, see `mlxseek.formats.constraints`) constrains the row's reply."""
+    `grammar` (llguidance Lark text, see `mlxseek.formats.constraints`) constrains the row's reply;
+    `reply`: the reply's format when the caller rendered the prompt (stream_generate's `reply`)."""
 
     max_tokens: int = 256
     temperature: float = 0.0
@@ -31,6 +33,7 @@ class RowParams:
     seed: Optional[int] = None
     stop: tuple[str, ...] = ()
     grammar: Optional[str] = None
+    reply: Optional[ReplyFormat] = None
     sampler: Optional[Callable[[mx.array], mx.array]] = field(default=None, compare=False)
 
     def check(self) -> None:

@@ -13,7 +13,7 @@ import mlx.core as mx
 from mlx_lm.generate import wired_limit
 
 from ..errors import GenerationError, VocabularyError
-from ..formats import ReplyParser, ToolCall
+from ..formats import ReplyFormat, ReplyParser, ToolCall
 from ..speculative.policy import DraftStats
 from ..speculative.step import speculative_generate_step
 from .constraint import make_constraint
@@ -157,13 +157,18 @@ class _Records:
         )
 
 
-def make_records(tokenizer, ids: mx.array, stop: Optional[Iterable[str]], *, chat_style: Optional[str] = None,
-                 tools: Optional[list[dict]] = None) -> _Records:
-    """The record builder of one sequence (also each row of `generation.batch`)."""
+def reply_format(tokenizer, ids: mx.array, *, chat_style: Optional[str] = None,
+                 tools: Optional[list[dict]] = None) -> ReplyFormat:
+    """The reply format of a prompt given as tokens, for callers that did not render it themselves: the
+    style named or the tokenizer's, and thinking read off the prompt's last tokens (an open `<think>`)."""
     # Without a known format (no chat template in the folder: mlxseek's V3/R1 fallback), R1's reply rules.
     style = chat_style or getattr(tokenizer, "chat_style", None) or "r1"
-    parser = ReplyParser(style, thinking=prompt_opens_reasoning(tokenizer, ids[-4:].tolist()), tools=tools)
-    return _Records(ids.size, _StopFilter(list(stop or [])), parser)
+    return ReplyFormat(style, thinking=prompt_opens_reasoning(tokenizer, ids[-4:].tolist()), tools=tools)
+
+
+def make_records(n_prompt: int, stop: Optional[Iterable[str]], reply: ReplyFormat) -> _Records:
+    """The record builder of one sequence (also each row of `generation.batch`)."""
+    return _Records(n_prompt, _StopFilter(list(stop or [])), ReplyParser.of(reply))
 
 
 def stream_generate(
@@ -184,6 +189,7 @@ def stream_generate(
     chat_style: Optional[str] = None,
     tools: Optional[list[dict]] = None,
     grammar: Optional[str] = None,
+    reply: Optional[ReplyFormat] = None,
 ) -> Generator[GenerationResponse, None, None]:
     """Stream GenerationResponse records for `prompt` (a string or token ids).
 
@@ -195,8 +201,10 @@ def stream_generate(
     forward (greedy output unchanged; sampling needs `mlxseek.speculative.make_sampler`); "auto" drafts
     only where it measures a speedup. Records then carry draft_tokens/accepted_tokens/verify_steps.
     `chat_style` (default: the tokenizer's) picks the reply format parsed into reasoning/content/tool_calls;
-    `tools` (OpenAI schemas) makes calls to other names malformed. `grammar` (llguidance Lark text, e.g.
-    from `mlxseek.formats.constraints`) constrains the reply (after the reasoning, if the prompt opens it).
+    `tools` (OpenAI schemas) makes calls to other names malformed. A caller that rendered the prompt passes
+    its `reply` format instead (style, tools, whether the prompt opens reasoning, prefix continuation), so
+    the records are the one parse of the reply. `grammar` (llguidance Lark text, e.g. from
+    `mlxseek.formats.constraints`) constrains the reply (after the reasoning, if the prompt opens it).
     """
     ids = encode_prompt(tokenizer, prompt, vocab_size=_vocab_size(model))
     budget = _check_lengths(model, ids.size, prompt_cache[0].offset if prompt_cache else 0, max_tokens)
@@ -205,9 +213,11 @@ def stream_generate(
     eos = set(tokenizer.eos_token_ids) if tokenizer is not None else set()
     detok = tokenizer.detokenizer if tokenizer is not None else None
     mx.reset_peak_memory()
-    records = make_records(tokenizer, ids, stop, chat_style=chat_style, tools=tools)
+    reply = reply or reply_format(tokenizer, ids, chat_style=chat_style, tools=tools)
+    records = make_records(ids.size, stop, reply)
     constraint = None if grammar is None else make_constraint(
-        tokenizer, grammar, vocab_size=_vocab_size(model) or len(tokenizer), prompt_ids=ids[-4:].tolist())
+        tokenizer, grammar, vocab_size=_vocab_size(model) or len(tokenizer), in_reasoning=reply.thinking,
+            answer=reply.answer)
     if draft is not None:  # MTP self-speculative decoding (mlxseek.speculative)
         records.stats = DraftStats()
         steps = speculative_generate_step(

@@ -8,12 +8,7 @@ from starlette.concurrency import run_in_threadpool
 from . import dispatch
 from .anthropic_map import check_model, message, thinking, to_messages, to_tools
 from .anthropic_stream import message_events
-from .chat_bridge import (
-    generation_budget,
-    parse_events,
-    render_prompt,
-    stop_strings,
-)
+from .chat_bridge import generation_budget, render_prompt, reply_chunks, stop_strings
 from .schemas_anthropic import CountTokensRequest, MessagesRequest
 from .sse import anthropic_stream
 from .structured import request_grammar
@@ -35,9 +30,10 @@ async def messages(req: MessagesRequest, request: Request):
                             stop=stop_strings(req.stop_sequences, "stop_sequences"),
                             grammar=request_grammar(style=served.style, tools=prompt.tools, tool_choice=req.tool_choice,
                                                     parallel_tool_calls=not (req.tool_choice and
-                                                                             req.tool_choice.disable_parallel_tool_use)))
+                                                                             req.tool_choice.disable_parallel_tool_use)),
+                            reply=prompt.reply)
     events = await dispatch.start(served, request, prompt.tokens, params, endpoint="messages", keepalive=req.stream)
-    chunks = parse_events(events, prompt)
+    chunks = reply_chunks(events)
     if req.stream:
         return anthropic_stream(message_events(served, chunks, prompt_tokens=len(prompt.tokens)))
     return message(served, await dispatch.collect(chunks, request))

@@ -65,7 +65,7 @@ class BatchRunner:
 
         params = RowParams(max_tokens=min(p.max_tokens, e.context_length - len(req.prompt)),
                            temperature=p.temperature, top_p=p.top_p, seed=p.seed, stop=tuple(p.stop),
-                           grammar=p.grammar)
+                           grammar=p.grammar, reply=p.reply)
         try:
             fed = e.prefill_snapshots(req, cache, cached)  # exact snapshots for kinds that cannot be cut
             rid = self.dec.add(req.prompt[fed:], params, prompt_cache=cache, progress=progress)

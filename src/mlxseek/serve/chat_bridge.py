@@ -1,5 +1,6 @@
-"""Chat turns between the HTTP APIs and the engine: messages -> prompt tokens (mlxseek.formats), generation
-length checks, and the engine's token stream -> parsed reasoning / content / tool calls.
+"""Chat turns between the HTTP APIs and the engine: messages -> prompt tokens and the reply's format
+(mlxseek.formats), generation length checks, and the engine's events -> reasoning / content / tool-call chunks
+(parsed by the engine's generation records with that format, not here).
 
 Both APIs hand this module OpenAI-shaped messages and tools; the Anthropic layer converts its blocks first.
 """
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Optional
 
 from ..errors import ChatFormatError
+from ..formats import ReplyFormat
 from .api_errors import ApiError
 from .dispatch import WAITING
 from .state import ServedModel
@@ -25,6 +27,13 @@ class ChatPrompt:
     thinking: bool            # the generation prompt leaves the model inside a reasoning block
     tools: Optional[list]     # the tools rendered: a call to any other name parses as malformed text
     continuation: bool = False  # the prompt ends inside the reply (chat prefix completion): the reply continues it
+    answer: str = ""          # the start of the answer the prompt already holds (a content prefix)
+
+    @property
+    def reply(self) -> ReplyFormat:
+        """The reply's format, decided here once: the engine's generation parses the reply with it."""
+        return ReplyFormat(self.style, thinking=self.thinking, tools=self.tools, continuation=self.continuation,
+                           answer=self.answer)
 
 
 @dataclass
@@ -63,17 +72,17 @@ def render_prompt(served: ServedModel, messages: list[dict], *, tools: Optional[
     try:
         if prefix_message_index(messages) is not None:  # continue the last assistant message
             p = render_prefix_completion(messages, **kw)
-            text, opens, continuation = p.text, p.in_reasoning, p.continuation
+            text, opens, continuation, answer = p.text, p.in_reasoning, p.continuation, p.answer
         else:
             text = render_chat(messages, **kw)
-            opens, continuation = prompt_opens_thinking(served.style, thinking, prompt=text), False
+            opens, continuation, answer = prompt_opens_thinking(served.style, thinking, prompt=text), False, ""
     except ChatFormatError as e:
         raise ApiError(400, str(e), param=request_field(e.field)) from None
     # the rendered text already holds the BOS token: do not add special tokens again
     tokens = list(served.tokenizer.encode(text, add_special_tokens=False))
     check_prompt_length(served, len(tokens), "messages")
     return ChatPrompt(tokens=tokens, style=served.style, tools=tools or None, thinking=opens,
-                      continuation=continuation)
+                      continuation=continuation, answer=answer)
 
 
 def request_field(field: Optional[str]) -> str:
@@ -108,25 +117,15 @@ def generation_budget(served: ServedModel, n_prompt: int, requested: Optional[in
     return max(1, min(requested or cap, cap, served.context_length - n_prompt))
 
 
-async def parse_events(events: AsyncIterator, prompt: ChatPrompt) -> AsyncIterator[Chunk]:
-    """Feed each event's text to mlxseek.formats.ReplyParser; the last chunk also carries finish()'s flush."""
-    from ..formats import ReplyParser
-
-    parser = ReplyParser(prompt.style, thinking=prompt.thinking, tools=prompt.tools,
-                         continuation=prompt.continuation)
+async def reply_chunks(events: AsyncIterator) -> AsyncIterator[Chunk]:
+    """The engine's events as reply chunks. The reply was parsed once, by the engine's generation
+    records (SamplingParams.reply = ChatPrompt.reply): this only reads what each event carries."""
     try:
         async for ev in events:
-            if ev is WAITING:  # a keepalive stream's first token is late: nothing to parse yet
+            if ev is WAITING:  # a keepalive stream's first token is late: nothing to read yet
                 yield Chunk(ev)
                 continue
-            d = parser.feed(ev.text)
-            chunk = Chunk(ev, d.reasoning, d.content, list(d.tool_calls))
-            if ev.finish_reason is not None:
-                f = parser.finish()
-                chunk.reasoning += f.reasoning
-                chunk.content += f.content
-                chunk.tool_calls += list(f.tool_calls)
-            yield chunk
+            yield Chunk(ev, ev.reasoning, ev.content, list(ev.tool_calls))
     finally:  # closing this stream closes the engine's at once (cancels the generation), not at GC
         await events.aclose()
 

@@ -22,6 +22,7 @@ import mlx.core as mx
 from mlx_lm.sample_utils import make_sampler
 
 from ..errors import GenerationError
+from ..formats import ReplyFormat
 from ..generation.prefill import prefill_chunk
 from ..generation.steps import make_prompt_cache
 from ..generation.stream import stream_generate
@@ -48,6 +49,7 @@ class SamplingParams:
     top_logprobs: int | None = None  # None: no logprobs; 0: the chosen token's only; k: also the top k
     draft: str | None = None  # None (the engine's default) | "none" | "mtp" | "auto"
     grammar: str | None = None  # llguidance Lark text the reply must follow (serve/structured.py)
+    reply: ReplyFormat | None = None  # the rendered chat prompt's reply format: events carry the parse
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,10 @@ class TokenEvent:
     generation_tokens: int
     batch_size: int = 1  # rows that shared the forward producing this token
     drafting: bool = False  # MTP drafting was on for this token
+    # What this token adds to the parsed reply (mlxseek.stream_generate's records; the one parse of it)
+    reasoning: str = ""
+    content: str = ""
+    tool_calls: tuple = ()
 
 
 class _DraftedSteps:
@@ -264,7 +270,7 @@ class Engine:
         steps = stream_generate(
             self.model, self.tokenizer, prompt[fed:], max_tokens=budget, prompt_cache=cache,
             sampler=make_sampler(temp=p.temperature, top_p=p.top_p), stop=list(p.stop), seed=p.seed,
-            progress=progress, draft=draft, grammar=p.grammar)
+            progress=progress, draft=draft, grammar=p.grammar, reply=p.reply)
         drafted = _DraftedSteps()
         try:
             for r in steps:
@@ -291,7 +297,8 @@ class Engine:
         return TokenEvent(token=r.token, text=r.text, logprob=logprob, top_logprobs=top,
                           finish_reason=r.finish_reason, prompt_tokens=n_prompt, cached_tokens=cached,
                           generation_tokens=r.generation_tokens, batch_size=getattr(r, "batch_size", 1),
-                          drafting=getattr(r, "drafting", False) if drafting is None else drafting)
+                          drafting=getattr(r, "drafting", False) if drafting is None else drafting,
+                          reasoning=r.reasoning, content=r.content, tool_calls=tuple(r.tool_calls))
 
     def _piece(self, token: int) -> str:
         return self.tokenizer.decode([token]) if self.tokenizer is not None else ""

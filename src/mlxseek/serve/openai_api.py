@@ -9,8 +9,8 @@ from . import dispatch
 from .chat_bridge import (
     check_prompt_length,
     generation_budget,
-    parse_events,
     render_prompt,
+    reply_chunks,
     resolve_thinking,
 )
 from .fim import fim_max_tokens, fim_tokens
@@ -30,7 +30,7 @@ from .openai_map import (
 )
 from .schemas_openai import ChatCompletionRequest, CompletionRequest
 from .sse import openai_stream
-from .structured import request_grammar
+from .structured import check_answer, request_grammar
 
 router = APIRouter()
 
@@ -61,9 +61,13 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
     top = (req.top_logprobs or 0) if req.logprobs else None
     grammar = request_grammar(style=served.style, tools=prompt.tools, tool_choice=req.tool_choice,
                               response_format=req.response_format, parallel_tool_calls=req.parallel_tool_calls)
+    if grammar is not None and prompt.answer:  # prefix completion: the grammar continues the given content
+        await run_in_threadpool(check_answer, served, grammar, prompt.answer,
+                                param=f"messages.{len(req.messages) - 1}.content")
     events = await dispatch.start(served, request, prompt.tokens,
-                                  sampling(req, max_tokens=budget, top_logprobs=top, grammar=grammar), endpoint="chat")
-    chunks = parse_events(events, prompt)
+                                  sampling(req, max_tokens=budget, top_logprobs=top, grammar=grammar,
+                                           reply=prompt.reply), endpoint="chat")
+    chunks = reply_chunks(events)
     if req.stream:
         return openai_stream(_chat_stream(served, chunks, req))
     return chat_response(served, await dispatch.collect(chunks, request), want_logprobs=req.logprobs)

@@ -19,13 +19,14 @@ def check_common(served: ServedModel, req: _Sampling) -> None:
         raise ApiError(400, f"n: only n=1 is supported, got {req.n}", param="n")
 
 
-def sampling(req: _Sampling, *, max_tokens: int, top_logprobs: Optional[int], grammar: Optional[str] = None):
+def sampling(req: _Sampling, *, max_tokens: int, top_logprobs: Optional[int], grammar: Optional[str] = None,
+             reply=None):
     from .engine import SamplingParams
 
     return SamplingParams(max_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,
                           top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed,
                           stop=stop_strings(req.stop, "stop"),
-                          top_logprobs=top_logprobs, grammar=grammar)
+                          top_logprobs=top_logprobs, grammar=grammar, reply=reply)
 
 
 def chat_messages(req: ChatCompletionRequest) -> list[dict]:

@@ -5,7 +5,8 @@ the Responses API's `text.format` / `tool_choice`, Anthropic's `tool_choice`). I
 shapes, so a handler passes the request's fields as they are, and returns llguidance Lark text for
 `SamplingParams.grammar` (None: the reply is free). A forced tool call is written in the chat style's own
 tool-call syntax with each tool's JSON schema as its arguments' grammar (`mlxseek.formats.constraints`);
-the engine constrains decoding with it, after the reasoning when the prompt opens one.
+the engine constrains decoding with it, after the reasoning when the prompt opens one, and from the end of
+the given answer under chat prefix completion (`check_answer` tests that start first).
 """
 
 from __future__ import annotations
@@ -95,6 +96,18 @@ def request_grammar(*, style: Optional[str], tools: Optional[list] = None, tool_
         return _checked(json_grammar(schema), where)
     raise ApiError(400, f"{format_param}.type: must be text, json_object or json_schema, got {kind!r}",
                    param=f"{format_param}.type")
+
+
+def check_answer(served, grammar: str, answer: str, *, param: str) -> None:
+    """A grammar over a reply that continues `answer` (chat prefix completion with content): the given
+    start must be one the grammar allows, else a 400 naming `param` (that content). Builds the constraint
+    the engine will build (its tokenizer bridge is kept), so run it off the event loop."""
+    from ..generation.constraint import make_constraint
+
+    try:
+        make_constraint(served.tokenizer, grammar, vocab_size=served.vocab_size, in_reasoning=False, answer=answer)
+    except ConstraintError as e:
+        raise ApiError(400, f"{param}: {e}; a constrained reply continues it", param=param) from None
 
 
 def _checked(grammar: str, param: str) -> str:

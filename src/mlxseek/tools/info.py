@@ -58,11 +58,15 @@ def quantization(cfg: ModelConfig) -> dict:
             if isinstance(v, dict) and (v.get("bits"), v.get("group_size")) == (q["bits"], q.get("group_size")):
                 continue  # recorded only for its layout
             label = "float" if v is False else f"{v.get('bits')}-bit" if isinstance(v, dict) else None
+            if isinstance(v, dict) and v.get("group_size") != q.get("group_size"):
+                label += f" g{v.get('group_size')}"  # a --target-bpw mix also chooses group sizes
             if label:
                 overrides[label] = overrides.get(label, 0) + 1
         kmajor = sum(isinstance(v, dict) and v.get("layout") == "kmajor" for v in per_path.values())
+        block = cfg.extra.get("mlxseek") or {}
         return {"format": "mlx", "mode": q.get("mode", "affine"), "bits": q["bits"],
-                "group_size": q.get("group_size"), "recipe": (cfg.extra.get("mlxseek") or {}).get("recipe"),
+                "group_size": q.get("group_size"), "recipe": block.get("recipe"),
+                "calibrated": bool(block.get("calibration")), "target_bpw": block.get("target_bpw"),
                 "overrides": overrides, "layout": f"kmajor ({kmajor} modules)" if kmajor else "transposed"}
     qc = cfg.quantization_config or {}
     if qc.get("quant_method") == "fp8":

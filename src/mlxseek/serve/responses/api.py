@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Optional
 
 from fastapi import APIRouter, Request
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
@@ -12,9 +12,10 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import dispatch
 from ..api_errors import ApiError
-from ..chat_bridge import generation_budget, parse_events, render_prompt
+from ..chat_bridge import ChatPrompt, generation_budget, render_prompt, reply_chunks
 from ..model_names import check_name
-from .convert import ResponseTurn, to_turn
+from ..structured import request_grammar
+from .convert import OutputFormat, ResponseTurn, ToolChoice, to_turn
 from .output import ResponseBuilder, echo_fields
 from .schemas import ResponsesRequest
 from .store import ResponseStore
@@ -31,16 +32,32 @@ def store_of(app) -> ResponseStore:
     return store
 
 
-def sampling(req: ResponsesRequest, turn: ResponseTurn, *, max_tokens: int):
-    """The engine's SamplingParams for this turn. `turn.output_format` (text.format) and `turn.tool_choice`
-    are the typed specs constrained decoding applies as a per-row logits mask; until that mask is wired
-    the formats render the tools and instructions and the reply is parsed as the model wrote it."""
+def sampling(req: ResponsesRequest, turn: ResponseTurn, *, prompt: ChatPrompt, max_tokens: int):
+    """The engine's SamplingParams for this turn: `text.format` and a forced `tool_choice` become the
+    grammar constrained decoding applies (serve/structured.py), over the prompt's rendered tools."""
     from ..engine import SamplingParams
 
-    if turn.output_format is not None or turn.tool_choice.mode in ("required", "named"):
-        log.warning("responses: text.format / a forced tool_choice is not enforced by decoding on this server")
+    grammar = request_grammar(style=prompt.style, tools=prompt.tools, tool_choice=_forced_choice(turn.tool_choice),
+                              response_format=_format_spec(turn.output_format), format_param="text.format",
+                              choice_param="tool_choice", parallel_tool_calls=req.parallel_tool_calls is not False)
     return SamplingParams(max_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,
-                          top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed)
+                          top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed, grammar=grammar,
+                          reply=prompt.reply)
+
+
+def _forced_choice(choice: ToolChoice) -> Any:
+    """The turn's checked choice in the shape request_grammar reads; hosted-tool choices were already
+    turned into auto (convert.tool_choice), so they constrain nothing."""
+    if choice.mode == "named":
+        return {"type": "function", "name": choice.name}
+    return choice.mode
+
+
+def _format_spec(fmt: Optional[OutputFormat]) -> Optional[dict]:
+    """The turn's checked `text.format` in the shape request_grammar reads (None: plain text)."""
+    if fmt is None:
+        return None
+    return {"type": fmt.kind} if fmt.schema is None else {"type": fmt.kind, "schema": fmt.schema}
 
 
 @router.post("/v1/responses")
@@ -51,9 +68,9 @@ async def create_response(req: ResponsesRequest, request: Request):
                    default_thinking=served.thinking_for(req.model))
     prompt = await run_in_threadpool(_render, served, turn)
     budget = generation_budget(served, len(prompt.tokens), req.max_output_tokens)
-    events = await dispatch.start(served, request, prompt.tokens, sampling(req, turn, max_tokens=budget),
-                                  endpoint="responses", keepalive=req.stream)
-    chunks = parse_events(events, prompt)
+    params = sampling(req, turn, prompt=prompt, max_tokens=budget)
+    events = await dispatch.start(served, request, prompt.tokens, params, endpoint="responses", keepalive=req.stream)
+    chunks = reply_chunks(events)
     build = ResponseBuilder(model_id=served.model_id, echo=echo_fields(req, max_output_tokens=budget),
                             parallel_tool_calls=req.parallel_tool_calls is not False)
 
