@@ -213,7 +213,7 @@ class Engine:
         if self.prefix_reason:
             log.warning("prefix cache disabled: %s", self.prefix_reason)
         if self._batch is not None:
-            self._batch.setup()  # every family batches (cache.batch: one forward per step, or per row for V4)
+            self._batch.setup()  # every family batches (cache.batch; V4.1 and a quantized latent one forward per row)
 
     def _run(self, req: Request) -> None:
         self._counts["requests"] += 1
