@@ -93,6 +93,18 @@ def test_streaming_detokenizer_equals_full_decode(tok, text):
     assert all("\ufffd" not in p for p in pieces)  # multi-byte characters are held until complete
 
 
+@pytest.mark.parametrize("text", [" Paris is the capital.", "  two spaces first", " ", "\n indented"])
+def test_streaming_detokenizer_keeps_a_leading_space(tok, text):
+    # A continuation (plain completion, FIM middle, chat prefix completion) often starts with a space token;
+    # mlx-lm's BPE detokenizer drops it, DeepSeek's byte-level BPE means it.
+    ids = tok.encode(text, add_special_tokens=False)
+    detok = tok.detokenizer
+    for i in ids:
+        detok.add_token(i)
+    detok.finalize()
+    assert detok.text == tok.decode(ids) == text
+
+
 def test_chat_template_fallback_is_deepseek_format(tok):
     assert json.loads((tokenizer_dir() / "tokenizer_config.json").read_text()).get("chat_template") is None
     assert apply_chat_template(tok, CONVERSATION) == EXPECTED

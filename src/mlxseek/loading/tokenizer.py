@@ -8,6 +8,7 @@ converted folders whose source lacked one) the DeepSeek V3/R1 conversation forma
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -72,10 +73,34 @@ def load_tokenizer(folder: str | Path, *, eos_token_ids: Optional[Iterable[int]]
     from ..formats.style import style_of_checkpoint
 
     tok.chat_style = style_of_checkpoint(folder, chat_template=tok.chat_template)  # read by stream_generate
+    _keep_leading_space(tok)
     if tok.chat_template is None:
         tok._tokenizer.chat_template = DEEPSEEK_CHAT_TEMPLATE
         tok.has_chat_template = True
     return tok
+
+
+def _keep_leading_space(tok) -> None:
+    """mlx-lm's BPE streaming detokenizer drops the first space of a generation (SentencePiece's prefix-space
+    habit); DeepSeek's byte-level BPE adds no prefix space, so that space is real text: a completion of
+    "The capital is" that starts with " Paris", a FIM middle or a prefix continuation would lose it."""
+    from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer
+
+    if type(tok._detokenizer) is BPEStreamingDetokenizer:
+        tok._detokenizer.__class__ = _exact_bpe_class()
+
+
+@functools.lru_cache(maxsize=None)
+def _exact_bpe_class():  # built on first use: importing mlx-lm's tokenizer utilities pulls in transformers
+    from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer
+
+    class ExactBPEDetokenizer(BPEStreamingDetokenizer):
+        """BPE streaming detokenizer that keeps a leading space (see `_keep_leading_space`)."""
+
+        def _maybe_trim_space(self, current_text):
+            return current_text
+
+    return ExactBPEDetokenizer
 
 
 def check_vocabulary(tokenizer, vocab_size: int, folder: Path) -> None:
