@@ -59,6 +59,14 @@ V4_TOP_RENAMES: list[tuple[re.Pattern, str, bool]] = [
     (re.compile(r"^mtp\.0\.hc_head_(fn|base|scale)$"), r"mtp.hc_head.\1", False),
     (re.compile(r"^mtp\.0\."), "mtp.block.", True),
 ]
+# DSpark releases (V4-Flash-0731, V4-Pro-0813, V4-Flash-DSpark) store their drafter under the same `mtp.`
+# prefix, one `mtp.{s}.` per stage, so the table is picked by config.json (`dspark_target_layer_ids`).
+DSPARK_TOP_RENAMES: list[tuple[re.Pattern, str, bool]] = [
+    *V4_TOP_RENAMES[:5],
+    (re.compile(r"^mtp\.\d+\.(main_proj|main_norm|norm|markov_head|confidence_head)\."), r"dspark.\1.", False),
+    (re.compile(r"^mtp\.\d+\.hc_head_(fn|base|scale)$"), r"dspark.hc_head.\1", False),
+    (re.compile(r"^mtp\.(\d+)\."), r"dspark.stages.\1.", True),
+]
 V4_BLOCK_RENAMES: list[tuple[re.Pattern, str]] = [
     (re.compile(r"^attn_norm\."), "input_layernorm."),
     (re.compile(r"^ffn_norm\."), "post_attention_layernorm."),
@@ -89,10 +97,10 @@ V4_BLOCK_RENAMES: list[tuple[re.Pattern, str]] = [
 ]
 
 
-def _v4_rename(key: str) -> str:
+def _v4_rename(key: str, dspark: bool = False) -> str:
     """One official V4 key -> its mlxseek path; unknown keys pass through (and are reported unused)."""
     key = re.sub(r"\.scale$", "." + "weight" + SCALE_SUFFIX, key)
-    for pat, repl, block in V4_TOP_RENAMES:
+    for pat, repl, block in DSPARK_TOP_RENAMES if dspark else V4_TOP_RENAMES:
         m = pat.match(key)
         if m:
             head, rest = m.expand(repl), key[m.end():]
@@ -104,10 +112,13 @@ def _v4_rename(key: str) -> str:
     return key
 
 
-def _is_internal(key: str) -> bool:
+def _is_internal(key: str, dspark: bool = False) -> bool:
     """Already an mlxseek path (a converted folder). Official V4 names never start like this, and
-    renaming again would turn the mHC `model.hc_head.scale` into an FP8 scale."""
-    return key.startswith(("model.", "lm_head.")) or (key.startswith("mtp.") and not key.startswith("mtp.0."))
+    renaming again would turn the mHC `model.hc_head.scale` into an FP8 scale. In a DSpark release every
+    `mtp.{s}.` key is official (its converted paths start with `dspark.`)."""
+    if key.startswith(("model.", "lm_head.", "dspark.")):
+        return True
+    return not dspark and key.startswith("mtp.") and not key.startswith("mtp.0.")
 
 
 def _fp4_experts(cfg: ModelConfig, keys, source_of: dict) -> bool:
@@ -138,8 +149,9 @@ class Plan:
     targets: list[Target]
     dropped: list[str]
     source_of: dict[str, str]  # renamed key -> original checkpoint key
-    has_mtp: bool
+    has_mtp: bool  # the checkpoint holds a drafter (V3/V4 MTP, or DSpark)
     quantization: dict = field(default_factory=dict)  # module path -> params, for weights imported packed
+    dspark_stages: int = 0  # DSpark stages stored (`mtp.{s}.` prefixes), never num_nextn_predict_layers
 
 
 def build_plan(keys: list[str], cfg: ModelConfig) -> Plan:
@@ -147,8 +159,8 @@ def build_plan(keys: list[str], cfg: ModelConfig) -> Plan:
     source_of: dict[str, str] = {}
     for k in keys:
         new = k
-        if cfg.is_v4 and not _is_internal(k):
-            new = _v4_rename(k)
+        if cfg.is_v4 and not _is_internal(k, cfg.has_dspark):
+            new = _v4_rename(k, cfg.has_dspark)
         for pat, repl in renames:
             if pat.search(new):
                 new = pat.sub(repl, new, count=1)
@@ -196,8 +208,35 @@ def build_plan(keys: list[str], cfg: ModelConfig) -> Plan:
         suffixes = sorted(k.rsplit(".", 1)[1] for k in ks)
         outs = tuple(f"{prefix}.self_attn.{n}.{s}" for n in ("embed_q", "unembed_out") for s in suffixes)
         targets.append(Target("split_kv_b", outs, tuple(sorted(ks))))
-    has_mtp = any(k.startswith("mtp.") and k not in dropped for k in source_of)
-    return Plan(targets, dropped, source_of, has_mtp, quantization)
+    stages = dspark_stages(source_of) if cfg.has_dspark else 0
+    has_mtp = stages > 0 or any(k.startswith("mtp.") and k not in dropped for k in source_of)
+    return Plan(targets, dropped, source_of, has_mtp, quantization, stages)
+
+
+DRAFTER_PREFIXES = ("mtp.", "dspark.")  # internal paths of a drafter: MTP (V3/V4) or DSpark
+
+
+def with_drafter_stages(cfg: ModelConfig, plan: Plan) -> ModelConfig:
+    """cfg with the DSpark stage count the checkpoint stores (what builds the drafter), else unchanged."""
+    return cfg.replace(dspark_stages=plan.dspark_stages) if plan.dspark_stages else cfg
+
+
+def dspark_stages(source_of: dict) -> int:
+    """How many DSpark stages the checkpoint stores, from its `mtp.{s}.` prefixes; a gap (a whole stage
+    missing) is a CheckpointError naming the stage."""
+    found: dict[int, str] = {}
+    for new, old in source_of.items():
+        m = re.match(r"^dspark\.stages\.(\d+)\.", new)
+        if m:
+            found.setdefault(int(m[1]), old)
+    if not found:
+        return 0
+    missing = [s for s in range(max(found) + 1) if s not in found]
+    if missing:
+        raise CheckpointError(f"the DSpark drafter stores stages {sorted(found)} but no key of stage {missing[0]} "
+                              f"(mtp.{missing[0]}.*): the checkpoint is incomplete; re-download its shards, or "
+                              "convert with --drop-drafter to leave the drafter out")
+    return len(found)
 
 
 class Materializer:

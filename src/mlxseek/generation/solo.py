@@ -6,7 +6,7 @@ of tokens per step, so drafting is on only while one row runs. That row keeps a 
 (`SpeculativeDecoder` over it, as `stream_generate(draft="mtp")` does); when a second row joins, the
 solo cache becomes a batch row and the MTP state is dropped. A row that is alone again starts a fresh
 MTP cache: RoPE is relative, so an MTP history restarted mid-sequence is consistent (as
-`speculative.step.mtp_cache_for` does when the main cache moved without it).
+`speculative.step.draft_cache_for` does when the main cache moved without it).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import mlx.core as mx
 
 from ..errors import GenerationError
 from ..speculative.decoder import SpeculativeDecoder
+from ..speculative.drafter import make_drafter
 from ..speculative.policy import DraftPolicy, DraftStats
 from ..speculative.step import check_draft_args
 
@@ -38,7 +39,8 @@ class SoloDrafter:
     def start(self, row, layers: list) -> None:
         """Decode `row` alone from its solo per-layer caches (holding every emitted token but row.y)."""
         self.row, self.primed = row, False
-        self.dec = SpeculativeDecoder(self.model, layers, self.model.make_mtp_cache(), sampler=None, processors=[],
+        drafter = make_drafter(self.model, "mtp", self.model.make_mtp_cache())
+        self.dec = SpeculativeDecoder(self.model, layers, drafter, sampler=None, processors=[],
                                       num_draft=self.k, stats=DraftStats(), policy=DraftPolicy(), keep_state=False)
 
     def step(self) -> list[tuple[int, mx.array, bool]]:

@@ -21,7 +21,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import KVCache
 
 from ..cache.mla import DSACache, LatentCache, QuantizedLatentCache
-from ..cache.mtp import MTPCache
+from ..cache.draft import DraftCache
 
 TOKEN_AXIS = 2
 
@@ -99,7 +99,7 @@ def snapshot(cache: list, tokens: int) -> CacheSnapshot:
     drop = cache[0].offset - tokens
     entries = []
     for c in cache:
-        if isinstance(c, MTPCache):
+        if isinstance(c, DraftCache):
             continue
         kind = kinds[type(c)]
         n = max(0, c.offset - drop)

@@ -25,6 +25,12 @@ class DraftStats:
     verify_steps: int = 0
     first_drafts: int = 0  # steps that drafted at least one token
     first_accepted: int = 0  # ... whose first draft was accepted
+    confidence_cuts: int = 0  # proposals a drafter's confidence head cut short (DSpark)
+
+    @property
+    def mean_accepted(self) -> float:
+        """Drafts accepted per verify step that drafted (the mean accepted length)."""
+        return self.accepted_tokens / self.first_drafts if self.first_drafts else 0.0
 
     @property
     def acceptance_rate(self) -> float:
