@@ -199,3 +199,40 @@ def test_dspark_forward_matches_numpy_reference(ds, n, block):
         diff = np.abs(np.array(got, dtype=np.float64) - ref[name]).max()
         print(f"{name}: max |mlx - numpy| = {diff:.2e}")
         assert diff < 1e-5 * max(1.0, np.abs(ref[name]).max()), name
+
+
+def test_info_estimate_and_convert_show_the_drafter_apart(dspark_dir, ds, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from mlxseek.cli import main
+
+    runner = CliRunner()
+    out = runner.invoke(main, ["info", str(dspark_dir), "--json"])
+    assert out.exit_code == 0, out.output
+    i = json.loads(out.stdout)
+    d = i["drafter"]
+    assert d["kind"] == "dspark" and d["stages"] == 3 and i["layers"]["mtp"] == 0 and d["params"] > 0
+    assert i["stored_params"] == i["total_params"] + d["params"]
+    text = runner.invoke(main, ["info", str(dspark_dir)]).stdout
+    assert "drafter        DSpark, 3 stages, block 5" in text and "MTP" not in text
+    est = runner.invoke(main, ["estimate", "--config", str(dspark_dir / "config.json"), "--json"])
+    e = json.loads(est.stdout)
+    assert e["drafter"] == "DSpark" and e["mtp_params"] == d["params"]  # census from config = the stored drafter
+    model, prompts = ds
+    plain = _plain(model, prompts[3], 16)
+    for flags, drafters in ((["-q", "--q-bits", "4", "--q-group-size", "32"], ("dspark",)), (["--drop-drafter"], ())):
+        dst = tmp_path / ("q" if drafters else "dropped")
+        out = runner.invoke(main, ["convert", "--hf-path", str(dspark_dir), "--mlx-path", str(dst), *flags])
+        assert out.exit_code == 0, out.output
+        conv = mlxseek.load(dst, tokenizer=False)[0]
+        assert conv.drafters == drafters
+        if drafters:  # stages quantized like the backbone, the Markov and confidence heads kept float32
+            assert "scales" in conv.dspark.stages[0].self_attn.q_a_proj
+            assert conv.dspark.markov_head.markov_w2.weight.dtype == mx.float32
+            spec = [t for t, _ in speculative_generate_step(prompts[3], conv, max_tokens=16, draft="dspark",
+                                                            num_draft=5)]
+            assert spec == _plain(conv, prompts[3], 16)
+        else:
+            assert _plain(conv, prompts[3], 16) == plain

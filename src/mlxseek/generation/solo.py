@@ -17,17 +17,18 @@ import mlx.core as mx
 
 from ..errors import GenerationError
 from ..speculative.decoder import SpeculativeDecoder
-from ..speculative.drafter import make_drafter
+from ..speculative.drafter import make_draft_cache, make_drafter
 from ..speculative.policy import DraftPolicy, DraftStats
 from ..speculative.step import check_draft_args
 
 
 class SoloDrafter:
     def __init__(self, model, draft: str, num_draft: int):
-        if draft != "mtp":
-            raise GenerationError(f"batched decoding drafts with draft='mtp' or not at all (None), got {draft!r}")
+        if draft not in ("mtp", "dspark"):
+            raise GenerationError(f"batched decoding drafts with draft='mtp' or 'dspark' or not at all (None), "
+                                  f"got {draft!r}")
         check_draft_args(model, draft, num_draft, None)
-        self.model, self.k = model, num_draft
+        self.model, self.k, self.kind = model, num_draft, draft
         self.row = None
         self.dec: Optional[SpeculativeDecoder] = None
         self.primed = False  # the MTP has the features of the last fed position
@@ -39,7 +40,7 @@ class SoloDrafter:
     def start(self, row, layers: list) -> None:
         """Decode `row` alone from its solo per-layer caches (holding every emitted token but row.y)."""
         self.row, self.primed = row, False
-        drafter = make_drafter(self.model, "mtp", self.model.make_mtp_cache())
+        drafter = make_drafter(self.model, self.kind, make_draft_cache(self.model, self.kind))
         self.dec = SpeculativeDecoder(self.model, layers, drafter, sampler=None, processors=[],
                                       num_draft=self.k, stats=DraftStats(), policy=DraftPolicy(), keep_state=False)
 

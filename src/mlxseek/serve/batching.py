@@ -50,7 +50,7 @@ class BatchRunner:
 
     def setup(self) -> None:
         e = self.engine
-        self.dec = BatchDecoder(e.model, e.tokenizer, draft="mtp" if e.draft == "mtp" else None,
+        self.dec = BatchDecoder(e.model, e.tokenizer, draft=e.draft if e.draft in ("mtp", "dspark") else None,
                                         keep_caches=e.prefix is not None)
 
     def admit(self, req: Request) -> None:

@@ -28,7 +28,7 @@ from .scheduler import DONE, Request, Scheduler
 
 log = logging.getLogger("mlxseek.serve")
 
-DRAFT_MODES = ("none", "mtp", "auto")
+DRAFT_MODES = ("none", "mtp", "dspark", "auto")
 MAX_TOP_LOGPROBS = 20
 
 
@@ -42,7 +42,7 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     top_logprobs: int | None = None  # None: no logprobs; 0: the chosen token's only; k: also the top k
-    draft: str | None = None  # None (the engine's default) | "none" | "mtp" | "auto"
+    draft: str | None = None  # None (the engine's default) | "none" | "mtp" | "dspark" | "auto"
 
 
 @dataclass(frozen=True)
