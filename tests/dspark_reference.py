@@ -65,7 +65,8 @@ def attention(p, a, x, ring, pos, cfg):
     positions = pos + np.arange(K)
     q = rms(x @ p[a + "q_a_proj.weight"].T, p[a + "q_a_norm.weight"], cfg.rms_norm_eps) @ p[a + "q_b_proj.weight"].T
     q = rope(rms(q.reshape(K, H, d), None, cfg.rms_norm_eps), positions, rd, cfg.rope_theta)
-    kv = rope(rms(x @ p[a + "kv_proj.weight"].T, p[a + "kv_norm.weight"], cfg.rms_norm_eps), positions, rd, cfg.rope_theta)
+    kv = rms(x @ p[a + "kv_proj.weight"].T, p[a + "kv_norm.weight"], cfg.rms_norm_eps)
+    kv = rope(kv, positions, rd, cfg.rope_theta)
     keys = np.concatenate([ring, kv])  # (S + K, d): every slot sees the ring and every block slot
     s = np.einsum("khd,sd->khs", q, keys) * d ** -0.5
     sink = np.broadcast_to(p[a + "sinks"][None, :, None], (K, H, 1))
@@ -113,11 +114,14 @@ def dspark_reference(p, cfg, taps, y, k, stages):
         ring = rope(rms(main_x @ p[a + "kv_proj.weight"].T, p[a + "kv_norm.weight"], eps), np.arange(P),
                     cfg.qk_rope_head_dim, cfg.rope_theta)[-cfg.sliding_window:]
         x, post, comb = hc_site(streams, p[b + "attn_hc.fn"], p[b + "attn_hc.base"], p[b + "attn_hc.scale"], cfg)
-        streams = merge(streams, attention(p, a, rms(x, p[b + "input_layernorm.weight"], eps), ring, P, cfg), post, comb)
+        out = attention(p, a, rms(x, p[b + "input_layernorm.weight"], eps), ring, P, cfg)
+        streams = merge(streams, out, post, comb)
         x, post, comb = hc_site(streams, p[b + "ffn_hc.fn"], p[b + "ffn_hc.base"], p[b + "ffn_hc.scale"], cfg)
-        streams = merge(streams, moe(p, b + "mlp.", rms(x, p[b + "post_attention_layernorm.weight"], eps), cfg), post, comb)
+        out = moe(p, b + "mlp.", rms(x, p[b + "post_attention_layernorm.weight"], eps), cfg)
+        streams = merge(streams, out, post, comb)
     flat = rms(streams.reshape(k, -1), None, eps)
-    pre = 1 / (1 + np.exp(-(flat @ p["dspark.hc_head.fn"].T * p["dspark.hc_head.scale"][0] + p["dspark.hc_head.base"])))
+    mixes = flat @ p["dspark.hc_head.fn"].T * p["dspark.hc_head.scale"][0] + p["dspark.hc_head.base"]
+    pre = 1 / (1 + np.exp(-mixes))  # the head's gate is a sigmoid, not Sinkhorn
     h = ((pre + cfg.hc_eps)[..., None] * streams).sum(1)
     raw = rms(h, p["dspark.norm.weight"], eps) @ p["lm_head.weight"].T
     w1, w2 = p["dspark.markov_head.markov_w1.weight"], p["dspark.markov_head.markov_w2.weight"]

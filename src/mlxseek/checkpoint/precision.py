@@ -2,7 +2,8 @@
 
 The router and its correction bias decide expert choice, so small errors change which experts run;
 DeepSeek-V4 ships its mHC mixing, attention sinks and compressor position biases in float32 (DSpark also
-its Markov and confidence heads) and its reference computes them in float32. The loader, the pager and the converter all read this one rule.
+its Markov and confidence heads) and its reference computes them in float32. The loader, the pager and the
+converter all read this one rule.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""What drafting costs on this device, measured once per conversation (kept with the drafter's cache): draft="auto" decides from it.
+"""What drafting costs on this device, measured once per conversation (kept with the drafter's cache):
+draft="auto" decides from it.
 
 A speculative step with k drafts runs the main model over k+1 tokens (the verify forward), the MTP module
 over the accepted positions (about 2 tokens: it catches up on them and drafts the next token) and k-1

@@ -104,6 +104,7 @@ class SpeculativeDecoder:
         s.first_drafts += k > 0
         s.first_accepted += k > 0 and a > 0
         s.confidence_cuts = self.drafter.cuts
+        s.count_positions(k, a)
         if k:
             self.draft_wall += time.perf_counter() - tic
             self.draft_steps += 1

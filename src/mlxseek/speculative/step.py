@@ -68,7 +68,8 @@ def check_draft_args(model, draft: str, num_draft: int, sampler) -> None:
         raise GenerationError(f"num_draft must be a positive integer, got {num_draft!r}")
     if draft == "none":
         return
-    if draft == "mtp" and getattr(model, "mtp", None) is not None and not getattr(model, "supports_mtp_drafting", False):
+    mtp_unsupported = getattr(model, "mtp", None) is not None and not getattr(model, "supports_mtp_drafting", False)
+    if draft == "mtp" and mtp_unsupported:
         raise GenerationError(
             f"draft='mtp' is not supported for {model.config.model_type} yet; generate without draft"
         )
