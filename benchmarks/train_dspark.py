@@ -35,21 +35,27 @@ from dspark_checkpoint import write_dspark_checkpoint  # noqa: E402
 
 import mlxseek  # noqa: E402
 from mlxseek.checkpoint.v4_names import v4_rename  # noqa: E402
-from mlxseek.generation.steps import generate_step  # noqa: E402
 
 OUT = HERE.parent / "tests" / "fixtures" / "trained_dspark"
 
 
-def greedy_corpus(model, n: int, prompt_len: int, gen: int, seed: int) -> np.ndarray:
-    """(n, prompt_len + gen) token ids: random prompts and the backbone's greedy continuation of each."""
+def greedy_corpus(model, n: int, prompt_len: int, gen: int, seed: int, chunk: int = 256) -> np.ndarray:
+    """(n, prompt_len + gen) token ids: random prompts and the backbone's greedy continuation of each, decoded
+    `chunk` rows at a time (rows share offsets, so the batch is exact: the tests compare a row with solo)."""
     rng = np.random.default_rng(seed)
     V = model.config.vocab_size - 1  # the last id is DSpark's noise token
+    prompts = rng.integers(2, V, (n, prompt_len)).astype(np.uint32)
     rows = []
-    for _ in range(n):
-        prompt = rng.integers(2, V, prompt_len).astype(np.uint32)
-        cont = [t for t, _ in generate_step(mx.array(prompt), model, max_tokens=gen)]
-        rows.append(np.concatenate([prompt, np.array(cont, np.uint32)]))
-    return np.stack(rows)
+    for lo in range(0, n, chunk):
+        cache, x = model.make_cache(), mx.array(prompts[lo: lo + chunk])
+        out, logits = [x], model(x, cache)[:, -1]
+        for _ in range(gen):
+            nxt = mx.argmax(logits, axis=-1).astype(mx.uint32)[:, None]
+            out.append(nxt)
+            logits = model(nxt, cache)[:, -1]
+            mx.async_eval(logits)
+        rows.append(np.array(mx.concatenate(out, axis=1)))
+    return np.concatenate(rows)
 
 
 def block_loss(model, taps: mx.array, seqs: mx.array, P: int, k: int) -> tuple[mx.array, mx.array]:
@@ -77,8 +83,11 @@ def train(model, corpus: np.ndarray, *, steps: int, batch: int, k: int, lr: floa
     model.freeze()
     model.dspark.unfreeze()
     seqs = mx.array(corpus)
-    _, taps = model.trunk_taps(seqs)  # the frozen backbone's target hiddens, once
-    mx.eval(taps)
+    parts = []
+    for lo in range(0, seqs.shape[0], 128):  # the frozen backbone's target hiddens, once
+        parts.append(model.trunk_taps(seqs[lo: lo + 128])[1])
+        mx.eval(parts[-1])
+    taps = mx.concatenate(parts)
     opt = optim.Adam(learning_rate=optim.cosine_decay(lr, steps))
     step = nn.value_and_grad(model, lambda m, t, s, P: block_loss(m, t, s, P, k))
     rng = np.random.default_rng(seed)
@@ -131,9 +140,9 @@ def publish(model, src: Path, out: Path, report: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=OUT)
-    ap.add_argument("--steps", type=int, default=400)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--sequences", type=int, default=96)
+    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--sequences", type=int, default=1024)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
