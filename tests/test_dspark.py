@@ -266,3 +266,19 @@ def test_stream_generate_records_count_dspark_drafts(ds):
     assert last.drafting_steps > 0 and last.draft_tokens >= last.drafting_steps
     assert last.verify_steps + last.accepted_tokens + 1 == last.generation_tokens
     assert last.mean_accepted_length == last.accepted_tokens / last.drafting_steps
+
+
+def test_cli_bench_drafts_with_dspark():
+    import json
+
+    from click.testing import CliRunner
+
+    from mlxseek.cli import main
+
+    out = CliRunner().invoke(main, ["bench", "--model", str(FIXTURES / "trained_dspark"), "--draft", "dspark",
+                                    "--num-draft", "5", "--runs", "2", "--prompt-tokens", "12", "--gen-tokens", "16",
+                                    "--json"])
+    assert out.exit_code == 0, out.output
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    assert row["draft"] == "dspark" and row["identical_outputs"] == 2
+    assert len(row["acceptance_by_position"]) == 5 and row["accepted_tokens"] <= row["draft_tokens"]
