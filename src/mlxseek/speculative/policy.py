@@ -41,7 +41,8 @@ class DraftStats:
 
     @property
     def acceptance_by_position(self) -> list[float]:
-        """P(draft i+1 accepted | it was drafted): what a block position contributes."""
+        """[i]: the share of blocks with an (i+1)-th draft whose first i+1 drafts were all accepted (vLLM's
+        per-position acceptance: it falls with i, and sums to the mean accepted length at full blocks)."""
         return [acc / n if n else 0.0 for acc, n in zip(self.position_accepted, self.position_drafts)]
 
     @property
