@@ -81,7 +81,7 @@ class SpeculativeDecoder:
 
     def step(self, y: int, k: int, left: int, drafting: bool) -> list[tuple[int, mx.array]]:
         """One main-model forward over y and up to k drafts (k = 0: a plain decode step); the emitted tokens."""
-        tic = time.perf_counter()
+        tic, cuts = time.perf_counter(), self.drafter.cuts
         drafts, q = self.drafter.propose(y, k, self.sampler) if drafting else (mx.zeros((0,), mx.uint32), None)
         k = drafts.size  # a drafter may propose fewer (DSpark's confidence cut)
         fed = mx.concatenate([mx.array([y], dtype=mx.uint32), drafts])
@@ -103,7 +103,7 @@ class SpeculativeDecoder:
         s.accepted_tokens += a
         s.first_drafts += k > 0
         s.first_accepted += k > 0 and a > 0
-        s.confidence_cuts = self.drafter.cuts
+        s.confidence_cuts += self.drafter.cuts - cuts  # stats may run over several calls, each with its drafter
         s.count_positions(k, a)
         if k:
             self.draft_wall += time.perf_counter() - tic
