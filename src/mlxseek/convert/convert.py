@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from ..checkpoint.consistency import check_counts
 from ..checkpoint.format import FORMAT_VERSION
-from ..checkpoint.keymap import build_plan
+from ..checkpoint.keymap import DRAFTER_PREFIXES, build_plan, with_drafter_stages
 from ..checkpoint.strict import check_against_model
 from ..config import ModelConfig
 from ..errors import ConversionError
@@ -148,6 +148,7 @@ def _plan(src: Path, dst: Path, options: dict, max_shard_bytes: int) -> _Convers
     options = {**options, "dtype": _dtype_name(dtype)}
     reader = SourceReader(src)
     plan = build_plan(reader.keys(), cfg)
+    cfg = with_drafter_stages(cfg, plan)
     check_counts(cfg, plan, reader, src)  # before the skeleton is built: its size comes from the checkpoint
     if options["drop_mtp"]:
         _drop_mtp(plan)
@@ -272,7 +273,7 @@ def _as_stored(cfg: ModelConfig, plan) -> nn.Module:
 
 
 def _drop_mtp(plan) -> None:
-    mtp = [t for t in plan.targets if t.outputs[0].startswith("mtp.")]
+    mtp = [t for t in plan.targets if t.outputs[0].startswith(DRAFTER_PREFIXES)]
     plan.targets = [t for t in plan.targets if t not in mtp]
     plan.dropped.extend(k for t in mtp for k in t.sources)
     plan.has_mtp = False

@@ -49,6 +49,8 @@ def census(cfg: ModelConfig) -> list[Tensor]:
     out += [_norm("model.norm", D), _t("lm_head", "lm_head", (V, D), native="bf16")]
     if cfg.is_v4:
         out += _at(_hyper(cfg, "hc_head"), "model.")  # collapses the hc_mult residual streams before the norm
+    if cfg.has_dspark:  # 0731 / 0813 / -DSpark: the DSpark drafter instead of an MTP head
+        return out + _dspark(cfg, build)
     for j in range(cfg.num_nextn_predict_layers):
         # mlxseek keeps one MTP module (model.layers.{L}); further ones would need their own prefix.
         pre, idx = ("mtp." if j == 0 else f"mtp.{j}."), cfg.mtp_layer_index + j
@@ -117,6 +119,24 @@ def _dsa_indexer(cfg: ModelConfig) -> list[Tensor]:
     return [_t(p + "wq_b", "indexer", (nh * hd, cfg.q_lora_rank)), _t(p + "wk", "indexer", (hd, D)),
             _norm(p + "k_norm", hd, "fp32"), _norm(p + "k_norm", hd, "fp32"),
             _t(p + "weights_proj", "indexer", (nh, D), native="bf16")]
+
+
+def _dspark(cfg: ModelConfig, build) -> list[Tensor]:
+    """The DSpark drafter (flagged mtp: the drafter, counted apart): S stages that are V4 blocks, main_proj
+    (D, T*D) and main_norm, the head's hc_head and norm, and the float32 Markov (2 x (V, r)) and confidence
+    ((1, D+r)) heads. A config alone holds no shard index, so S is counted from the compress_ratios entries
+    after the main stack (the loader counts the checkpoint's `mtp.{s}.` prefixes)."""
+    L, D, V, r = cfg.num_hidden_layers, cfg.hidden_size, cfg.vocab_size, cfg.dspark_markov_rank
+    stages = cfg.dspark_stages or max(0, len(cfg.compress_ratios) - L)
+    out = []
+    for s in range(stages):
+        out += _at(build(cfg, L + s), f"dspark.stages.{s}.", layer=L + s, mtp=True)
+    head = [_t("main_proj", "mtp_proj", (D, len(cfg.dspark_target_layer_ids) * D)), _norm("main_norm", D),
+            _norm("norm", D), *_hyper(cfg, "hc_head"),
+            _t("markov_head.markov_w1", "dspark_heads", (V, r), kind="embedding", native="fp32"),
+            _t("markov_head.markov_w2", "dspark_heads", (V, r), native="fp32"),
+            _t("confidence_head.proj", "dspark_heads", (1, D + r), native="fp32")]
+    return out + _at(head, "dspark.", layer=L + max(0, stages - 1), mtp=True)
 
 
 def _mtp_module(cfg: ModelConfig) -> list[Tensor]:

@@ -267,6 +267,7 @@ def estimate(config: Union[str, Path, dict, ModelConfig], *, q_bits: int = 4, q_
     main_layers = range(cfg.num_hidden_layers)
     out = {
         "config": source, "model_type": cfg.model_type, **parameters(tensors),
+        "drafter": "DSpark" if cfg.has_dspark else "MTP",
         "recipe": recipe, "q_bits": q_bits, "q_group_size": q_group_size, "with_mtp": not drop_mtp,
         "size_bytes": whole["weight_bytes"],
         "bits_per_weight": 8 * whole["weight_bytes"] / sum(t.numel for t in kept),
