@@ -233,6 +233,11 @@ class ModelConfig:
         return idx < (self.num_hash_layers or 0)
 
     @property
+    def routed_scale_after_norm(self) -> bool:
+        """The router multiplies by routed_scaling_factor after normalising the top-k weights (V2: before)."""
+        return self.model_type != "deepseek_v2"
+
+    @property
     def uses_dsa(self) -> bool:
         """DeepSeek Sparse Attention (V3.2): every MLA layer has a lightning indexer and attends top-k keys."""
         return self.model_type == "deepseek_v32"

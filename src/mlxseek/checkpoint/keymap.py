@@ -31,7 +31,7 @@ from ..errors import CheckpointError, ConfigError
 from .fp4 import MXFP4, decode_e8m0, dequant_fp4, fp4_to_mxfp4
 from .fp8 import dequant_block_fp8
 from .quant_record import quant_params
-from .v4_names import SCALE_SUFFIX, is_internal, v4_rename
+from .v4_names import SCALE_SUFFIX
 # V3 stores its FP8 block scales as floats, V4 as ue8m0 exponent bytes.
 _SCALE_DTYPES = ("F32", "BF16", "F16", "F8_E8M0")
 
@@ -77,7 +77,9 @@ class Plan:
     dspark_stages: int = 0  # DSpark stages stored (`mtp.{s}.` prefixes), never num_nextn_predict_layers
 
 
-def build_plan(keys: list[str], cfg: ModelConfig) -> Plan:
+def build_plan(keys: list[str], cfg: ModelConfig, *, rename: Optional[Callable[[str], str]] = None) -> Plan:
+    """`rename`: the family's own names -> mlxseek paths, applied first (`models.families`: V4 and V4.1
+    official names); None for families whose checkpoints use the HF layout."""
     renames = _mtp_renames(cfg)
     source_of: dict[str, str] = {}
     ignored = [re.compile(p) for p in cfg.ignored_checkpoint_keys]
@@ -86,8 +88,8 @@ def build_plan(keys: list[str], cfg: ModelConfig) -> Plan:
         if any(p.search(k) for p in ignored):
             source_of[k] = k  # kept by name so the loader sees it used (dropped below)
             continue
-        if cfg.is_v4_family and not is_internal(k, cfg.has_dspark):
-            new = v4_rename(k, cfg.has_dspark)
+        if rename is not None:
+            new = rename(k)
         for pat, repl in renames:
             if pat.search(new):
                 new = pat.sub(repl, new, count=1)
@@ -201,7 +203,7 @@ class Materializer:
         if scale_kind == "F8_E8M0":  # V4's ue8m0 block scales: powers of two stored as exponent bytes
             scale = decode_e8m0(scale)
         if scale is None:
-            v4 = self.cfg.is_v4_family  # V4 names a weight's scale `X.scale`, V3 `X.weight_scale_inv`
+            v4 = not src.startswith("model.")  # V4's official names: a weight's scale is `X.scale`, V3's `X.weight_scale_inv`
             expected = src.removesuffix("weight") + "scale" if v4 else src + SCALE_SUFFIX
             raise CheckpointError(f"{self.store.file_of(src)}: {src} is float8 but {expected} is missing")
         if self.cfg.fp8_block_size is None:

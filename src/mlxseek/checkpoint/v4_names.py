@@ -77,6 +77,11 @@ def v4_rename(key: str, dspark: bool = False) -> str:
     return key
 
 
+def official_v4_key(key: str, dspark: bool = False) -> str:
+    """A V4-family checkpoint key -> its mlxseek path: official names renamed, converted paths kept."""
+    return key if is_internal(key, dspark) else v4_rename(key, dspark)
+
+
 def is_internal(key: str, dspark: bool = False) -> bool:
     """Already an mlxseek path (a converted folder). Official V4 names never start like this, and
     renaming again would turn the mHC `model.hc_head.scale` into an FP8 scale. In a DSpark release every

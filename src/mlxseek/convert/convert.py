@@ -32,7 +32,7 @@ from ..checkpoint.keymap import DRAFTER_PREFIXES, build_plan, with_drafter_stage
 from ..checkpoint.strict import check_against_model
 from ..config import ModelConfig
 from ..errors import ConversionError
-from ..models import build_checked, build_model
+from ..models import build_checked, build_model, family_of
 from .engram import copy_engram_tables
 from .failures import as_conversion_error, check_output_parent, clean_up
 from .finalize import finish, output_config
@@ -147,7 +147,7 @@ def _plan(src: Path, dst: Path, options: dict, max_shard_bytes: int) -> _Convers
     dtype = _resolve_dtype(options["dtype"], raw_cfg)
     options = {**options, "dtype": _dtype_name(dtype)}
     reader = SourceReader(src)
-    plan = build_plan(reader.keys(), cfg)
+    plan = build_plan(reader.keys(), cfg, rename=family_of(cfg).key_rename(cfg))
     cfg = with_drafter_stages(cfg, plan)
     check_counts(cfg, plan, reader, src)  # before the skeleton is built: its size comes from the checkpoint
     if options["drop_mtp"]:

@@ -23,7 +23,7 @@ from ..checkpoint.store import WeightStore
 from ..checkpoint.strict import check_against_model, check_dtypes
 from ..config import ModelConfig
 from ..errors import CheckpointError, WeightMismatchError
-from ..models import CausalLM, KernelLayout, build_checked, build_model
+from ..models import CausalLM, KernelLayout, build_checked, build_model, family_of
 from .engram import attach_engram
 from .placement import placement_for
 
@@ -134,7 +134,7 @@ def _open(folder: Path) -> tuple[ModelConfig, WeightStore, Plan]:
     cfg = ModelConfig.from_file(folder)
     check_format(cfg, folder)
     store = WeightStore(folder)
-    plan = build_plan(store.keys(), cfg)
+    plan = build_plan(store.keys(), cfg, rename=family_of(cfg).key_rename(cfg))
     cfg = with_drafter_stages(cfg, plan)
     check_counts(cfg, plan, store, folder)  # before anything is built: sizes come from the checkpoint
     if plan.quantization:  # weights the key map imports packed (V4 FP4 experts as mxfp4), recorded per path
