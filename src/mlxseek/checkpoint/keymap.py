@@ -203,7 +203,7 @@ class Materializer:
         if scale_kind == "F8_E8M0":  # V4's ue8m0 block scales: powers of two stored as exponent bytes
             scale = decode_e8m0(scale)
         if scale is None:
-            v4 = not src.startswith("model.")  # V4's official names: a weight's scale is `X.scale`, V3's `X.weight_scale_inv`
+            v4 = not src.startswith("model.")  # official V4 names: the scale is `X.scale` (V3: X.weight_scale_inv)
             expected = src.removesuffix("weight") + "scale" if v4 else src + SCALE_SUFFIX
             raise CheckpointError(f"{self.store.file_of(src)}: {src} is float8 but {expected} is missing")
         if self.cfg.fp8_block_size is None:
