@@ -63,3 +63,17 @@ def test_family_branches_do_not_grow():
     counts = family_branches()
     print(f"{sum(counts.values())} family branches outside models/: {dict(counts)}")
     assert sum(counts.values()) <= BASELINE, dict(counts)
+
+
+def test_a_checkpoint_carries_only_its_familys_drafters():
+    import mlxseek
+    from conftest import FIXTURES
+    from mlxseek.models import family_of
+
+    seen = set()
+    for name in ("v3", "v32", "v4_flash", "trained_dspark"):
+        model = mlxseek.load(FIXTURES / name, dtype="float32", tokenizer=False)[0]
+        fam = family_of(model.config)
+        assert set(model.drafters) <= set(fam.drafters), (name, model.drafters, fam.name)
+        seen |= set(model.drafters)
+    assert seen == {"mtp", "dspark"}  # the fixtures exercise both drafters
