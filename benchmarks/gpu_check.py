@@ -13,6 +13,9 @@ Sections (each line has "section"; a section that cannot run says why in one lin
              ~1 GB model written to --work; a tiny one on the CPU), peak memory
   mtp        MTP drafting at k = 1, 2, 3 and auto on the trained fixture (acceptance, tokens per verify
              step, wall speedup, identical outputs); V4 (random weights) at k = 1, 2
+  dspark     DSpark drafting on the trained 0731-shaped fixture (tests/fixtures/trained_dspark) at block 5
+             and 2 and auto: acceptance per block position, tokens per verify, wall speedup, identical
+             outputs; and one verify / one draft block against one plain step (`measure_draft_costs`)
   batch      aggregate tok/s at B = 1, 2, 4, 8 when `mlxseek.batch_generate` exists (skipped otherwise)
   kv_cache   the quantized latent cache at 8 and 4 bits, packed vs dequantized read: decode tok/s and
              the first step's logit difference from a float cache, at a long context
@@ -175,6 +178,21 @@ class Check:
         for k in (1, 2):
             self.emit("mtp", fixture="v4_flash (random weights)", **bench_draft(v4, v4_prompts, gen_tokens=gen, num_draft=k))
 
+    def dspark(self) -> None:
+        from mlxseek.speculative.costs import measure_draft_costs
+        from mlxseek.tools.draft_bench import bench_draft, random_prompts
+
+        n, gen = (2, 16) if self.quick else (8, 64)
+        model = self._load(FIX / "trained_dspark")
+        prompts = random_prompts(model.config.vocab_size - 1, n, 16, seed=1000)  # held out from its training
+        for draft, k in (("dspark", 5), ("dspark", 2), ("auto", 5)):
+            self.emit("dspark", fixture="trained_dspark", **bench_draft(model, prompts, gen_tokens=gen, num_draft=k,
+                                                                        draft=draft))
+        for k in (5, 2):
+            c = measure_draft_costs(model, k, kind="dspark")
+            self.emit("dspark", fixture="trained_dspark", block=k, step_ms=1e3 * c.step_s, verify_ms=1e3 * c.verify_s,
+                      draft_ms=1e3 * c.mtp_s, verify_over_step=c.verify_ratio, draft_over_step=c.mtp_s / c.step_s)
+
     def batch(self) -> None:
         import mlxseek
 
@@ -236,7 +254,7 @@ def main() -> None:
     ap.add_argument("--allow-cpu", action="store_true", help="run on MLX's CPU backend, GPU decisions forced")
     ap.add_argument("--work", default="/tmp/mlxseek-gpu-check", help="scratch folder (bench model, conversions)")
     ap.add_argument("--budget-s", type=float, default=330.0, help="sections past this many seconds are skipped")
-    ap.add_argument("--only", nargs="+", choices=["parity", "speed", "mtp", "batch", "kv_cache"])
+    ap.add_argument("--only", nargs="+", choices=["parity", "speed", "mtp", "dspark", "batch", "kv_cache"])
     args = ap.parse_args()
     Path(args.work).mkdir(parents=True, exist_ok=True)
     check = Check(args)
@@ -244,7 +262,7 @@ def main() -> None:
     if not check.on_gpu and not args.allow_cpu:
         check.emit("env", error="no GPU: MLX's default device is the CPU; pass --allow-cpu to run anyway")
         raise SystemExit(2)
-    for name in args.only or ["parity", "speed", "mtp", "batch", "kv_cache"]:
+    for name in args.only or ["parity", "speed", "mtp", "dspark", "batch", "kv_cache"]:
         check.section(name, getattr(check, name))
 
 

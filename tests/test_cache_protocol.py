@@ -13,13 +13,14 @@ from conftest import FIXTURES, golden
 import mlxseek
 from mlxseek import cache as cache_pkg
 from mlxseek.cache.batch import BatchDSACache, BatchLatentCache, RowBatchCache
+from mlxseek.cache.dspark import DSparkCache
 from mlxseek.cache.mla import DSACache, LatentCache, QuantizedLatentCache
 from mlxseek.cache.mtp import MTPCache
 from mlxseek.cache.protocol import Capabilities, CacheStateError, implements
 from mlxseek.cache.v4 import V4LayerCache
 from mlxseek.serve import cache_state
 
-CACHE_CLASSES = [LatentCache, QuantizedLatentCache, DSACache, V4LayerCache, MTPCache, BatchLatentCache,
+CACHE_CLASSES = [LatentCache, QuantizedLatentCache, DSACache, V4LayerCache, MTPCache, DSparkCache, BatchLatentCache,
                  BatchDSACache, RowBatchCache]
 _MODELS: dict = {}
 
@@ -47,6 +48,24 @@ def test_every_cache_class_implements_the_protocol():
     for cls in CACHE_CLASSES:
         assert implements(cls) == [], f"{cls.__name__} lacks {implements(cls)}"
         assert isinstance(cls.capabilities, Capabilities)
+
+
+def test_dspark_ring_restores_where_taken():
+    c = DSparkCache(stages=2, ring_size=4, trim_slack=2)
+    for L in (3, 5):
+        c.write([mx.random.normal((1, L, 8)) for _ in range(2)])
+    c.main_offset = c.offset
+    state = c.snapshot()
+    fresh = DSparkCache(stages=2, ring_size=4, trim_slack=2)
+    fresh.restore(state)
+    assert (fresh.offset, fresh.start, fresh.main_offset) == (c.offset, c.start, 8)
+    assert all(np.array_equal(np.array(a), np.array(b)) for a, b in zip(fresh.ring(), c.ring()))
+    c.write([mx.ones((1, 1, 8)) for _ in range(2)])  # the donor moves on; the state stays as taken
+    assert state.offset == 8 and state.arrays["s0"].shape[1] == fresh.rows[0].shape[1]
+    with pytest.raises(CacheStateError):
+        c.cut_state(state, 7)  # a ring is valid only where it was taken
+    with pytest.raises(CacheStateError):
+        DSparkCache(stages=3, ring_size=4).restore(state)  # another drafter's ring
 
 
 def test_serve_holds_no_cache_class_checks():

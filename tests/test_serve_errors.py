@@ -55,7 +55,7 @@ BAD_INPUTS = [
     ("unknown role", CHAT, chat(messages=[{"role": "wizard", "content": "hi"}]), 400, "messages.0.role"),
     ("content a number", CHAT, chat(messages=[{"role": "user", "content": 42}]), 400, "messages.0.content"),
     ("image content part", CHAT, chat(messages=[{"role": "user", "content": [{"type": "image_url"}]}]), 400,
-     "messages.0.content.0.type"),
+     "messages.0.content.0"),
     ("model missing", CHAT, without(OK_CHAT, "model"), 400, "model"),
     ("model a number", CHAT, chat(model=7), 400, "model"),
     ("unknown model", CHAT, chat(model="gpt-9"), 404, "model"),
@@ -151,6 +151,22 @@ def test_bad_input_gets_a_4xx_naming_the_field(http, name, path, body, status, f
             assert field in err["error"]["message"]
     assert "Traceback" not in r.text
     assert http.get("/health").status_code == 200
+
+
+@pytest.mark.parametrize("path,body", [
+    (CHAT, chat(messages=[{"role": "user", "content": [{"type": "text", "text": "what is this?"},
+                                                       {"type": "image_url", "image_url": {"url": "data:,"}}]}])),
+    (MSG, messages(messages=[{"role": "user", "content": [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": ""}}]}])),
+], ids=["openai image_url", "anthropic image"])
+def test_vision_content_is_refused_by_name(http, path, body):
+    r = http.post(path, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    kind = "image_url" if path == CHAT else "image"
+    assert f"'{kind}'" in err["message"] and "text-only" in err["message"], err
+    if path == CHAT:
+        assert err["param"] == "messages.0.content.1" and err["code"] == "unsupported_content"
 
 
 def test_oversized_body_is_413_and_chunked_uploads_are_counted(http):

@@ -120,6 +120,13 @@ class ModelConfig:
     engram_n_heads: Optional[int] = None
     engram_head_dim: Optional[int] = None
     engram_pad_id: Optional[int] = None
+    dspark_block_size: Optional[int] = None  # DSpark block drafter (V4-Flash-0731, V4-Pro-0813, V4-Flash-DSpark)
+    dspark_markov_rank: Optional[int] = None
+    dspark_target_layer_ids: Optional[list] = None
+    dspark_noise_token_id: Optional[int] = None
+    # Not a config.json key: the DSpark stages the checkpoint stores, counted from its `mtp.{s}.` prefixes at
+    # load (num_nextn_predict_layers still says 1 in the releases); to_dict() leaves it out.
+    dspark_stages: Optional[int] = None
     quantization_config: Optional[dict] = None  # HF: the official FP8 block format
     quantization: Optional[dict] = None  # MLX: packed affine groups (mlx-lm's key)
     extra: dict = field(default_factory=dict)
@@ -170,7 +177,7 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        d = {k: v for k, v in d.items() if v is not None}
+        d = {k: v for k, v in d.items() if v is not None and k != "dspark_stages"}
         d.update(self.extra)
         text_keys = d.pop("_composite_keys", None)
         if text_keys is not None:  # back to the composite layout it was read from
@@ -226,6 +233,11 @@ class ModelConfig:
         return idx < (self.num_hash_layers or 0)
 
     @property
+    def routed_scale_after_norm(self) -> bool:
+        """The router multiplies by routed_scaling_factor after normalising the top-k weights (V2: before)."""
+        return self.model_type != "deepseek_v2"
+
+    @property
     def uses_dsa(self) -> bool:
         """DeepSeek Sparse Attention (V3.2): every MLA layer has a lightning indexer and attends top-k keys."""
         return self.model_type == "deepseek_v32"
@@ -246,6 +258,11 @@ class ModelConfig:
     def mtp_layer_index(self) -> int:
         # DeepSeek stores MTP modules right after the main stack: model.layers.{num_hidden_layers}.
         return self.num_hidden_layers
+
+    @property
+    def has_dspark(self) -> bool:
+        """config.json describes a DSpark block drafter (its target layers are the one key it cannot do without)."""
+        return self.is_v4 and self.dspark_target_layer_ids is not None
 
     @property
     def fp8_block_size(self) -> Optional[tuple[int, int]]:

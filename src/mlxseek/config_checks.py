@@ -178,3 +178,17 @@ def _validate_v4(cfg, bad) -> None:
             bad(key, "must be a positive integer")
     if not 0 <= cfg.num_hash_layers <= cfg.num_hidden_layers:
         bad("num_hash_layers", f"must be in 0..num_hidden_layers ({cfg.num_hidden_layers})")
+    if cfg.dspark_target_layer_ids is not None:
+        _validate_dspark(cfg, bad)
+
+
+def _validate_dspark(cfg, bad) -> None:
+    ids = cfg.dspark_target_layer_ids
+    if not isinstance(ids, list) or not ids or not all(_is_int(i) and 0 <= i < cfg.num_hidden_layers for i in ids):
+        bad("dspark_target_layer_ids", f"must be a non-empty list of layer indices in 0..{cfg.num_hidden_layers - 1}")
+    for key in ("dspark_block_size", "dspark_markov_rank"):
+        if not _is_int(getattr(cfg, key)) or getattr(cfg, key) < 1:
+            bad(key, "must be a positive integer (a DSpark config sets it beside dspark_target_layer_ids)")
+    noise = cfg.dspark_noise_token_id
+    if not _is_int(noise) or not 0 <= noise < cfg.vocab_size:
+        bad("dspark_noise_token_id", f"must be a token id below vocab_size ({cfg.vocab_size})")

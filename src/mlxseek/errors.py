@@ -37,6 +37,15 @@ class GenerationError(MlxseekError):
     """Bad generation arguments (empty prompt, prompt longer than the context, ...)."""
 
 
+class DrafterMissingError(GenerationError):
+    """A drafting request (`draft=`) the model has no drafter for. `field` is the option ("draft"), `draft` its
+    value, `missing` the drafter module(s) the checkpoint would need ("mtp", "dspark")."""
+
+    def __init__(self, message: str, *, draft: str, missing: tuple[str, ...]):
+        super().__init__(message)
+        self.field, self.draft, self.missing = "draft", draft, missing
+
+
 class EvaluationError(MlxseekError):
     """`mlxseek eval` cannot score the data (missing/empty/too short file, mismatched reference model)."""
 

@@ -198,15 +198,17 @@ class DSACache(LatentCache):
 
 
 def make_cache(
-    cfg: ModelConfig, num_layers: int | None = None, *, kv_bits: int | None = None, kv_group_size: int = 64
+    cfg: ModelConfig, num_layers: int | None = None, *, kv_bits: int | None = None, kv_group_size: int = 64,
+    dsa: bool = False,
 ) -> list:
-    """One cache per layer; `kv_bits` (8 or 4) quantizes the MLA latent from the first token."""
+    """One cache per layer; `kv_bits` (8 or 4) quantizes the MLA latent from the first token; `dsa`: the
+    layers also keep DSA indexer keys (the family says so: V3.2)."""
     n = cfg.num_hidden_layers if num_layers is None else num_layers
     if kv_bits is not None:
-        if cfg.uses_dsa:
+        if dsa:
             raise GenerationError("kv cache quantization is not supported for deepseek_v32 (DSA) models yet")
         return [QuantizedLatentCache(group_size=kv_group_size, bits=kv_bits) for _ in range(n)]
-    cls = DSACache if cfg.uses_dsa else LatentCache
+    cls = DSACache if dsa else LatentCache
     return [cls() for _ in range(n)]
 
 

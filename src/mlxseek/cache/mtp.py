@@ -13,20 +13,20 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import mlx.core as mx
-from mlx_lm.models.cache import _BaseCache
+from .draft import DraftCache
 
 from .protocol import Capabilities, CacheState, CacheStateError, cut, owned
 
 
-class MTPCache(_BaseCache):
+class MTPCache(DraftCache):
     # The pending features pair with one main position, so a state is only valid where it was taken.
     capabilities = Capabilities(cut=False, batch=False, quantize=False)
 
     def __init__(self, block_cache: Any):
+        super().__init__()
         self.block = block_cache  # the MTP decoder block's cache
         self.pending: Optional[mx.array] = None  # main features at the last fed position (1, 1, ...)
         self.main_offset = -1  # the main cache's offset when `pending` was taken; -1: not in step
-        self.costs: dict[int, Any] = {}  # k -> measured DraftCosts (draft="auto"), kept per conversation
 
     @property
     def offset(self) -> int:
@@ -73,12 +73,6 @@ class MTPCache(_BaseCache):
     def trim(self, n: int) -> int:
         self.main_offset = -1  # trimmed from outside: no longer in step with the main cache
         return self.block.trim(n)
-
-    def size(self) -> int:
-        return self.offset
-
-    def empty(self) -> bool:
-        return self.offset == 0
 
     @property
     def nbytes(self) -> int:

@@ -31,8 +31,7 @@ from ..errors import CheckpointError, ConfigError
 from .fp4 import MXFP4, decode_e8m0, dequant_fp4, fp4_to_mxfp4
 from .fp8 import dequant_block_fp8
 from .quant_record import quant_params
-
-SCALE_SUFFIX = "_scale_inv"
+from .v4_names import SCALE_SUFFIX
 # V3 stores its FP8 block scales as floats, V4 as ue8m0 exponent bytes.
 _SCALE_DTYPES = ("F32", "BF16", "F16", "F8_E8M0")
 
@@ -43,73 +42,6 @@ def _mtp_renames(cfg: ModelConfig) -> list[tuple[re.Pattern, str]]:
         (re.compile(rf"^model\.layers\.{n}\.(enorm|hnorm|eh_proj|shared_head|embed_tokens)\."), r"mtp.\1."),
         (re.compile(rf"^model\.layers\.{n}\."), "mtp.block."),
     ]
-
-
-# ---- DeepSeek-V4: official names (DeepSeek-V4 inference/model.py, the released shards) -> mlxseek paths.
-# A key first matches one top-level rule (first match wins); block rules (third field True) then rename
-# the rest of the key with V4_BLOCK_RENAMES. Quantization scales `X.scale` become `X.weight_scale_inv`
-# first (mHC scales are spelled `hc_*_scale`, without the dot), so the FP8 rules below serve V4 too.
-V4_TOP_RENAMES: list[tuple[re.Pattern, str, bool]] = [
-    (re.compile(r"^embed\.weight$"), "model.embed_tokens.weight", False),
-    (re.compile(r"^head\.weight$"), "lm_head.weight", False),
-    (re.compile(r"^norm\.weight$"), "model.norm.weight", False),
-    (re.compile(r"^hc_head_(fn|base|scale)$"), r"model.hc_head.\1", False),
-    (re.compile(r"^layers\.(\d+)\."), r"model.layers.\1.", True),
-    (re.compile(r"^mtp\.0\.(e_proj|h_proj|enorm|hnorm|norm)\."), r"mtp.\1.", False),
-    (re.compile(r"^mtp\.0\.hc_head_(fn|base|scale)$"), r"mtp.hc_head.\1", False),
-    (re.compile(r"^mtp\.0\."), "mtp.block.", True),
-]
-V4_BLOCK_RENAMES: list[tuple[re.Pattern, str]] = [
-    (re.compile(r"^attn_norm\."), "input_layernorm."),
-    (re.compile(r"^ffn_norm\."), "post_attention_layernorm."),
-    (re.compile(r"^hc_(attn|ffn)_(fn|base|scale)$"), r"\1_hc.\2"),
-    (re.compile(r"^attn\.attn_sink$"), "self_attn.sinks"),
-    (re.compile(r"^attn\.wq_a\."), "self_attn.q_a_proj."),
-    (re.compile(r"^attn\.q_norm\."), "self_attn.q_a_norm."),
-    (re.compile(r"^attn\.wq_b\."), "self_attn.q_b_proj."),
-    (re.compile(r"^attn\.wkv\."), "self_attn.kv_proj."),
-    (re.compile(r"^attn\.kv_norm\."), "self_attn.kv_norm."),
-    (re.compile(r"^attn\.wo_a\."), "self_attn.o_a_proj."),
-    (re.compile(r"^attn\.wo_b\."), "self_attn.o_b_proj."),
-    (re.compile(r"^attn\.(indexer\.)?compressor\.wkv\."), r"self_attn.\1compressor.kv_proj."),
-    (re.compile(r"^attn\.(indexer\.)?compressor\.wgate\."), r"self_attn.\1compressor.gate_proj."),
-    (re.compile(r"^attn\.(indexer\.)?compressor\.norm\."), r"self_attn.\1compressor.kv_norm."),
-    (re.compile(r"^attn\.(indexer\.)?compressor\.ape$"), r"self_attn.\1compressor.position_bias"),
-    (re.compile(r"^attn\.indexer\.wq_b\."), "self_attn.indexer.q_b_proj."),
-    (re.compile(r"^attn\.indexer\.weights_proj\."), "self_attn.indexer.weights_proj."),
-    (re.compile(r"^attn\.indexer\.wk\."), "self_attn.indexer.k_proj."),  # V4.1: keys from the KV source's latent
-    (re.compile(r"^attn\.indexer\.k_norm\."), "self_attn.indexer.k_norm."),
-    (re.compile(r"^ffn\.gate\.weight$"), "mlp.gate.weight"),
-    (re.compile(r"^ffn\.gate\.bias$"), "mlp.gate.e_score_correction_bias"),
-    (re.compile(r"^ffn\.gate\.tid2eid$"), "mlp.gate.tid2eid"),
-    (re.compile(r"^ffn\.experts\.(\d+)\.w1\."), r"mlp.experts.\1.gate_proj."),
-    (re.compile(r"^ffn\.experts\.(\d+)\.w3\."), r"mlp.experts.\1.up_proj."),
-    (re.compile(r"^ffn\.experts\.(\d+)\.w2\."), r"mlp.experts.\1.down_proj."),
-    (re.compile(r"^ffn\.shared_experts\.w1\."), "mlp.shared_experts.gate_proj."),
-    (re.compile(r"^ffn\.shared_experts\.w3\."), "mlp.shared_experts.up_proj."),
-    (re.compile(r"^ffn\.shared_experts\.w2\."), "mlp.shared_experts.down_proj."),
-]
-
-
-def _v4_rename(key: str) -> str:
-    """One official V4 key -> its mlxseek path; unknown keys pass through (and are reported unused)."""
-    key = re.sub(r"\.scale$", "." + "weight" + SCALE_SUFFIX, key)
-    for pat, repl, block in V4_TOP_RENAMES:
-        m = pat.match(key)
-        if m:
-            head, rest = m.expand(repl), key[m.end():]
-            if block:
-                for bpat, brepl in V4_BLOCK_RENAMES:
-                    if bpat.match(rest):
-                        return head + bpat.sub(brepl, rest, count=1)
-            return head + rest
-    return key
-
-
-def _is_internal(key: str) -> bool:
-    """Already an mlxseek path (a converted folder). Official V4 names never start like this, and
-    renaming again would turn the mHC `model.hc_head.scale` into an FP8 scale."""
-    return key.startswith(("model.", "lm_head.")) or (key.startswith("mtp.") and not key.startswith("mtp.0."))
 
 
 def _fp4_experts(cfg: ModelConfig, keys, source_of: dict) -> bool:
@@ -140,11 +72,14 @@ class Plan:
     targets: list[Target]
     dropped: list[str]
     source_of: dict[str, str]  # renamed key -> original checkpoint key
-    has_mtp: bool
+    has_mtp: bool  # the checkpoint holds a drafter (V3/V4 MTP, or DSpark)
     quantization: dict = field(default_factory=dict)  # module path -> params, for weights imported packed
+    dspark_stages: int = 0  # DSpark stages stored (`mtp.{s}.` prefixes), never num_nextn_predict_layers
 
 
-def build_plan(keys: list[str], cfg: ModelConfig) -> Plan:
+def build_plan(keys: list[str], cfg: ModelConfig, *, rename: Optional[Callable[[str], str]] = None) -> Plan:
+    """`rename`: the family's own names -> mlxseek paths, applied first (`models.families`: V4 and V4.1
+    official names); None for families whose checkpoints use the HF layout."""
     renames = _mtp_renames(cfg)
     source_of: dict[str, str] = {}
     ignored = [re.compile(p) for p in cfg.ignored_checkpoint_keys]
@@ -153,8 +88,8 @@ def build_plan(keys: list[str], cfg: ModelConfig) -> Plan:
         if any(p.search(k) for p in ignored):
             source_of[k] = k  # kept by name so the loader sees it used (dropped below)
             continue
-        if cfg.is_v4_family and not _is_internal(k):
-            new = _v4_rename(k)
+        if rename is not None:
+            new = rename(k)
         for pat, repl in renames:
             if pat.search(new):
                 new = pat.sub(repl, new, count=1)
@@ -205,8 +140,35 @@ def build_plan(keys: list[str], cfg: ModelConfig) -> Plan:
         suffixes = sorted(k.rsplit(".", 1)[1] for k in ks)
         outs = tuple(f"{prefix}.self_attn.{n}.{s}" for n in ("embed_q", "unembed_out") for s in suffixes)
         targets.append(Target("split_kv_b", outs, tuple(sorted(ks))))
-    has_mtp = any(k.startswith("mtp.") and k not in dropped for k in source_of)
-    return Plan(targets, dropped, source_of, has_mtp, quantization)
+    stages = dspark_stages(source_of) if cfg.has_dspark else 0
+    has_mtp = stages > 0 or any(k.startswith("mtp.") and k not in dropped for k in source_of)
+    return Plan(targets, dropped, source_of, has_mtp, quantization, stages)
+
+
+DRAFTER_PREFIXES = ("mtp.", "dspark.")  # internal paths of a drafter: MTP (V3/V4) or DSpark
+
+
+def with_drafter_stages(cfg: ModelConfig, plan: Plan) -> ModelConfig:
+    """cfg with the DSpark stage count the checkpoint stores (what builds the drafter), else unchanged."""
+    return cfg.replace(dspark_stages=plan.dspark_stages) if plan.dspark_stages else cfg
+
+
+def dspark_stages(source_of: dict) -> int:
+    """How many DSpark stages the checkpoint stores, from its `mtp.{s}.` prefixes; a gap (a whole stage
+    missing) is a CheckpointError naming the stage."""
+    found: dict[int, str] = {}
+    for new, old in source_of.items():
+        m = re.match(r"^dspark\.stages\.(\d+)\.", new)
+        if m:
+            found.setdefault(int(m[1]), old)
+    if not found:
+        return 0
+    missing = [s for s in range(max(found) + 1) if s not in found]
+    if missing:
+        raise CheckpointError(f"the DSpark drafter stores stages {sorted(found)} but no key of stage {missing[0]} "
+                              f"(mtp.{missing[0]}.*): the checkpoint is incomplete; re-download its shards, or "
+                              "convert with --drop-drafter to leave the drafter out")
+    return len(found)
 
 
 class Materializer:
@@ -241,7 +203,7 @@ class Materializer:
         if scale_kind == "F8_E8M0":  # V4's ue8m0 block scales: powers of two stored as exponent bytes
             scale = decode_e8m0(scale)
         if scale is None:
-            v4 = self.cfg.is_v4_family  # V4 names a weight's scale `X.scale`, V3 `X.weight_scale_inv`
+            v4 = not src.startswith("model.")  # official V4 names: the scale is `X.scale` (V3: X.weight_scale_inv)
             expected = src.removesuffix("weight") + "scale" if v4 else src + SCALE_SUFFIX
             raise CheckpointError(f"{self.store.file_of(src)}: {src} is float8 but {expected} is missing")
         if self.cfg.fp8_block_size is None:

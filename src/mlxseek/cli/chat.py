@@ -14,7 +14,8 @@ from pathlib import Path
 import click
 
 from ..errors import ChatFormatError, GenerationError
-from .generate import load_for_text, make_sampler_for, print_stats, sampling_options
+from .draft_options import draft_options
+from .generate import drafter_label, load_for_text, make_sampler_for, print_stats, sampling_options
 from .group import library_errors, main
 
 
@@ -54,16 +55,19 @@ def print_reply(records) -> object:
 @click.option("--tools", "tools_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="JSON file with a list of OpenAI tool schemas the model may call.")
 @click.option("--stats", is_flag=True, help="Print speed and memory after each reply (stderr).")
+@draft_options
 @library_errors
 def chat(model_dir: Path, max_tokens: int, temp: float, top_p: float, seed: int | None, system: str | None,
-         thinking: bool | None, tools_file: Path | None, stats: bool) -> None:
+         thinking: bool | None, tools_file: Path | None, stats: bool, draft: str | None = None,
+         num_draft: int = 1) -> None:
     """Chat with a model (/reset to start over, /tool ID RESULT to answer a tool call, /exit to quit)."""
     from ..generation.chat import ChatSession
 
     tools = read_tools(tools_file)
     model, tokenizer = load_for_text(model_dir)
     session = ChatSession(model, tokenizer, system=system, thinking=thinking, tools=tools, max_tokens=max_tokens,
-                          sampler=make_sampler_for(temp, top_p), seed=seed)
+                          sampler=make_sampler_for(temp, top_p), seed=seed,
+                          **({"draft": draft, "num_draft": num_draft} if draft else {}))
     interactive = sys.stdin.isatty()
     if interactive:
         click.echo("[mlxseek chat: /reset to start over, /tool ID RESULT to answer a tool call, /exit to quit]")
@@ -90,6 +94,6 @@ def chat(model_dir: Path, max_tokens: int, temp: float, top_p: float, seed: int 
                 stream = session.send(text)
             r = print_reply(stream)
             if stats and r is not None:
-                print_stats(r)
+                print_stats(r, drafter_label(model, draft))
         except (GenerationError, ChatFormatError) as e:  # the session goes on (/reset frees a full context)
             click.echo(f"Error: {e}", err=True)

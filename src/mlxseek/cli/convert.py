@@ -30,7 +30,8 @@ from .group import library_errors, main
               help="Quantized weight layout. transposed: MLX's own (mlx-lm loads it; Metal's fast path). "
                    "kmajor: (in, out) with groups along out, MLX's CPU backend's fast path at the same size; "
                    "only mlxseek loads it.")
-@click.option("--drop-mtp", is_flag=True, help="Leave out the multi-token-prediction layer (as mlx_lm.convert does).")
+@click.option("--drop-mtp", "--drop-drafter", "drop_mtp", is_flag=True,
+              help="Leave out the drafter: the multi-token-prediction layer (as mlx_lm.convert does) or DSpark.")
 @click.option("--calibration", type=click.Path(dir_okay=False), default=None,
               help="Text run through the model (one layer resident at a time) to weight each group's rounding "
                    "error by its columns' mean squared input: same bits and bytes, lower error where it matters. "

@@ -1,4 +1,5 @@
-"""Shared `--draft` options (MTP self-speculative decoding) for `mlxseek generate` and `mlxseek bench`."""
+"""Shared `--draft` options (self-speculative decoding with the model's MTP or DSpark drafter) for
+`mlxseek generate`, `chat` and `bench`."""
 
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ import click
 
 
 def draft_options(fn):
-    """--draft/--num-draft: draft with the model's MTP module and verify in one forward pass."""
+    """--draft/--num-draft: draft with the model's own drafter and verify in one forward pass."""
     for opt in reversed([
-        click.option("--draft", type=click.Choice(["mtp", "auto"]), default=None,
-                     help="MTP self-speculative decoding: 'mtp' always drafts; 'auto' measures this device's "
-                          "verify cost and drafts only where it pays. Greedy output is unchanged."),
+        click.option("--draft", type=click.Choice(["mtp", "dspark", "auto", "none"]), default=None,
+                     callback=lambda ctx, param, v: None if v == "none" else v,
+                     help="Self-speculative decoding: 'mtp' (the MTP head) or 'dspark' (the DSpark block drafter of "
+                          "V4-0731/0813) always drafts; 'auto' takes the checkpoint's own drafter and drafts only "
+                          "where it pays on this device; 'none' decodes plainly. Greedy output is unchanged."),
         click.option("--num-draft", default=1, show_default=True, type=click.IntRange(min=1),
-                     help="Tokens drafted per verify step (chained MTP drafts beyond the first)."),
+                     help="Tokens drafted per verify step (MTP: chained drafts; DSpark: the block size, "
+                          "config.json dspark_block_size is what it was trained for)."),
     ]):
         fn = opt(fn)
     return fn
@@ -24,7 +28,7 @@ def draft_options(fn):
 
 def run_draft_bench(model_dir: Path, *, draft: str, num_draft: int, prompt_file: Optional[Path], prompts: int,
                     prompt_tokens: int, gen_tokens: int, as_json: bool, load_options: dict) -> None:
-    """`mlxseek bench --draft`: plain decoding vs MTP speculation on the same prompts."""
+    """`mlxseek bench --draft`: plain decoding vs speculation (MTP or DSpark) on the same prompts."""
     from ..errors import GenerationError
     from ..loading.loader import load
     from ..tools.draft_bench import (

@@ -39,10 +39,10 @@ def report(e: dict) -> str:
     lines = [
         f"{e['config']} ({e['model_type']})",
         f"parameters   {params(e['total_params'])} total, {params(e['active_params'])} active per token"
-        + (f"; MTP {params(e['mtp_params'])} ({params(e['hf_params'])} as stored on Hugging Face)"
+        + (f"; {e.get('drafter', 'MTP')} {params(e['mtp_params'])} ({params(e['hf_params'])} as stored on Hugging Face)"
            if e["mtp_params"] else ""),
         f"format       {fmt}: {e['bits_per_weight']:.2f} bits/weight, {gb(e['size_bytes'])} on disk "
-        f"({e['size_bytes'] / 2**30:,.1f} GiB){'' if e['with_mtp'] else ', MTP dropped'}",
+        f"({e['size_bytes'] / 2**30:,.1f} GiB){'' if e['with_mtp'] else ', ' + e.get('drafter', 'MTP') + ' dropped'}",
         f"KV cache     {gb(e['kv_bytes_per_token'])}/token (uncompressed: {gb(e['kv_full_bytes_per_token'])}/token), "
         f"{gb(e['kv_bytes_at_context'])} at {e['context']:,} tokens",
         f"resident     {gb(e['resident_bytes'])} at {e['context']:,} tokens of context",
@@ -88,7 +88,8 @@ def report(e: dict) -> str:
 @click.option("--machines", type=int, default=1, show_default=True, help="number of identical machines")
 @click.option("--parallel", default="pipeline", show_default=True, help="pipeline | expert (with --machines > 1)")
 @click.option("--context", type=int, default=4096, show_default=True, help="tokens of context for cache and memory")
-@click.option("--drop-mtp", is_flag=True, help="size the model without its MTP module")
+@click.option("--drop-mtp", "--drop-drafter", "drop_mtp", is_flag=True,
+              help="size the model without its drafter (MTP module or DSpark)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @library_errors
 def estimate(config, q_bits, q_group_size, recipe, machine, machines, parallel, context, drop_mtp, as_json):

@@ -51,11 +51,17 @@ def make_sampler_for(temp: float, top_p: float):
     return make_sampler(temp=temp, top_p=top_p if top_p < 1.0 else 0.0)
 
 
-def print_stats(r) -> None:
+def drafter_label(model, draft: Optional[str]) -> str:
+    """How the stats line names the drafter that ran: "MTP" or "DSpark"."""
+    kind = draft if draft in ("mtp", "dspark") else next(iter(getattr(model, "drafters", ())), "mtp")
+    return {"mtp": "MTP", "dspark": "DSpark"}[kind]
+
+
+def print_stats(r, drafter: str = "MTP") -> None:
     click.echo(
         f"prompt: {r.prompt_tokens} tokens, {r.prompt_tps:.1f} tok/s | generation: {r.generation_tokens} tokens, "
         f"{r.generation_tps:.1f} tok/s | peak memory {r.peak_memory:.2f} GB | finish: {r.finish_reason}"
-        + (f" | MTP drafts accepted {r.accepted_tokens}/{r.draft_tokens} ({100 * r.acceptance_rate:.0f}%)"
+        + (f" | {drafter} drafts accepted {r.accepted_tokens}/{r.draft_tokens} ({100 * r.acceptance_rate:.0f}%)"
            if r.draft_tokens else ""),
         err=True,
     )
@@ -85,4 +91,4 @@ def generate(model_dir: Path, prompt: str, max_tokens: int, temp: float, top_p: 
                              seed=seed, stop=list(stop), draft=draft, num_draft=num_draft):
         click.echo(r.text, nl=False)
     click.echo()
-    print_stats(r)
+    print_stats(r, drafter_label(model, draft))

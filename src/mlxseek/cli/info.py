@@ -34,12 +34,22 @@ def report(i: dict) -> str:
         f"{i['path']}: {i['architecture']} ({i['model_type']})",
         f"layers         {lay['total']} ({lay['dense']} dense, {lay['moe']} MoE){mtp}",
         f"parameters     {params(i['total_params'])} total, {params(i['active_params'])} active per token"
-        + (f"; MTP {params(i['mtp_params'])}" if i["mtp_params"] else ""),
+        + (f"; MTP {params(i['mtp_params'])}" if i["mtp_params"] and not _is_dspark(i) else ""),
+        *([_dspark_line(i["drafter"])] if _is_dspark(i) else []),
         f"on disk        {gb(i['bytes_on_disk'])} ({i['bits_per_weight']:.2f} bits/weight)",
         f"per token      {gb(i['bytes_per_token'])} of weights read per decoded token",
         f"quantization   {quant}",
         f"runtime        MLX {rt['mlx']} on {rt['device']}, BLAS {rt['blas']}" + (f" ({where})" if where else ""),
     ])
+
+
+def _is_dspark(i: dict) -> bool:
+    return (i.get("drafter") or {}).get("kind") == "dspark"
+
+
+def _dspark_line(d: dict) -> str:
+    return (f"drafter        DSpark, {d['stages']} stages, block {d['block_size']}, reads layers "
+            f"{d['target_layer_ids']}: {params(d['params'])} parameters, {gb(d['bytes'])} (not in the figures above)")
 
 
 @main.command()

@@ -25,8 +25,9 @@ from .group import library_errors, main
               help="RAM for the prefix cache (least recently used prefixes are evicted first); 0 turns it off.")
 @click.option("--prompt-cache-dir", default=None, type=click.Path(path_type=Path, file_okay=False),
               help="Also keep prefixes on disk in this folder; they survive a restart.")
-@click.option("--draft", default="none", show_default=True, type=click.Choice(["none", "mtp", "auto"]),
-              help="MTP self-speculative decoding for greedy requests: mtp always, auto where it is faster.")
+@click.option("--draft", default="none", show_default=True, type=click.Choice(["none", "mtp", "dspark", "auto"]),
+              help="Self-speculative decoding for greedy requests with the model's drafter: mtp or dspark "
+                   "always, auto (the checkpoint's own drafter) where it is faster.")
 @click.option("--max-queue", default=16, show_default=True, type=click.IntRange(min=1),
               help="Requests that may wait for the model; past that, clients get 429 with Retry-After.")
 @click.option("--max-batch", default=1, show_default=True, type=click.IntRange(min=1),

@@ -32,6 +32,7 @@ from ..backend import backend_policy
 from ..errors import ConversionError
 from ..layers.masks import causal_mask
 from ..models import build_model
+from ..models.families import has
 from .quantize import is_router
 from .stream import Source
 
@@ -201,9 +202,9 @@ def collect(source: Source, batches: list[np.ndarray], *, ram_bytes: int = RAM_B
     on_layer(prefix, module, stats): called while the embedding, each layer (after its forward), lm_head
     and the MTP block are resident, e.g. to measure quantization error without reading weights again."""
     cfg = source.cfg
-    if cfg.is_v4:
-        raise ConversionError("--calibration: V4 (mHC, hash routing, compressed attention) is not calibrated yet; "
-                              "convert V4 without --calibration")
+    if not has(cfg, "calibrates"):
+        raise ConversionError(f"--calibration: {cfg.model_type} (mHC, compressed attention) is not calibrated yet; "
+                              "convert it without --calibration", field="calibration")
     # The backend policy's compute dtype (float32 on MLX's CPU backend, whose gather_mm takes nothing else).
     source = dataclasses.replace(source, dtype=backend_policy().dtype)
     model = build_model(cfg, with_mtp=source.plan.has_mtp)  # lazy: only what _load fills is ever allocated

@@ -28,11 +28,11 @@ from tqdm import tqdm
 
 from ..checkpoint.consistency import check_counts
 from ..checkpoint.format import FORMAT_VERSION
-from ..checkpoint.keymap import build_plan
+from ..checkpoint.keymap import DRAFTER_PREFIXES, build_plan, with_drafter_stages
 from ..checkpoint.strict import check_against_model
 from ..config import ModelConfig
 from ..errors import ConversionError
-from ..models import build_checked, build_model
+from ..models import build_checked, build_model, family_of
 from .calibrated import DEFAULT_CALIBRATION_TOKENS, calibrate, check_calibration
 from .engram import copy_engram_tables
 from .failures import as_conversion_error, check_output_parent, clean_up
@@ -158,7 +158,8 @@ def _plan(src: Path, dst: Path, options: dict, max_shard_bytes: int) -> _Convers
     dtype = _resolve_dtype(options["dtype"], raw_cfg)
     options = {**options, "dtype": _dtype_name(dtype)}
     reader = SourceReader(src)
-    plan = build_plan(reader.keys(), cfg)
+    plan = build_plan(reader.keys(), cfg, rename=family_of(cfg).key_rename(cfg))
+    cfg = with_drafter_stages(cfg, plan)
     check_counts(cfg, plan, reader, src)  # before the skeleton is built: its size comes from the checkpoint
     if options["drop_mtp"]:
         _drop_mtp(plan)
@@ -289,7 +290,7 @@ def _as_stored(cfg: ModelConfig, plan) -> nn.Module:
 
 
 def _drop_mtp(plan) -> None:
-    mtp = [t for t in plan.targets if t.outputs[0].startswith("mtp.")]
+    mtp = [t for t in plan.targets if t.outputs[0].startswith(DRAFTER_PREFIXES)]
     plan.targets = [t for t in plan.targets if t not in mtp]
     plan.dropped.extend(k for t in mtp for k in t.sources)
     plan.has_mtp = False

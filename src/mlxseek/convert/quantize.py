@@ -168,6 +168,9 @@ def plan_quantization(model: nn.Module, cfg: ModelConfig, *, recipe: str | None,
     for path, module in model.named_modules():
         if not hasattr(module, "to_quantized") or is_router(path) or path in imported:
             continue
+        if keep_fp32(f"{path}.weight"):  # DSpark's Markov and confidence heads ship (and run) in float32
+            plan.skipped[path] = "kept in float32 by the precision policy"
+            continue
         b = choose(path, ctx)
         in_dim = module.weight.shape[-1]
         if b is None:

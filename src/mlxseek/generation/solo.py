@@ -7,7 +7,7 @@ of tokens per step, so drafting is on only while one row runs. That row keeps a 
 (`SpeculativeDecoder` over it, as `stream_generate(draft="mtp")` does); when a second row joins, the
 solo cache becomes a batch row and the MTP state is dropped. A row that is alone again starts a fresh
 MTP cache: RoPE is relative, so an MTP history restarted mid-sequence is consistent (as
-`speculative.step.mtp_cache_for` does when the main cache moved without it).
+`speculative.step.draft_cache_for` does when the main cache moved without it).
 """
 
 from __future__ import annotations
@@ -20,17 +20,19 @@ from ..backend import policy_of
 from ..errors import GenerationError
 from ..speculative.costs import DraftCosts, measure_draft_costs
 from ..speculative.decoder import SpeculativeDecoder
+from ..speculative.drafter import make_draft_cache, make_drafter
 from ..speculative.policy import DraftPolicy, DraftStats
-from ..speculative.step import check_draft_args
+from ..speculative.step import check_draft_args, resolve_drafter
 
 
 class SoloDrafter:
     def __init__(self, model, draft: str, num_draft: int):
-        if draft not in ("mtp", "auto"):
-            raise GenerationError(f"batched decoding drafts with draft='mtp' or 'auto' or not at all (None), "
-                                  f"got {draft!r}")
+        if draft not in ("mtp", "dspark", "auto"):
+            raise GenerationError(f"batched decoding drafts with draft='mtp', 'dspark' or 'auto' or not at all "
+                                  f"(None), got {draft!r}")
         check_draft_args(model, draft, num_draft, None)
         self.model, self.k, self.auto = model, num_draft, draft == "auto"
+        self.kind = resolve_drafter(model, draft)
         self.costs: Optional[DraftCosts] = None  # "auto" on a measuring backend: measured once, kept
         self.row = None
         self.dec: Optional[SpeculativeDecoder] = None
@@ -43,7 +45,8 @@ class SoloDrafter:
     def start(self, row, layers: list) -> None:
         """Decode `row` alone from its solo per-layer caches (holding every emitted token but row.y)."""
         self.row, self.primed = row, False
-        self.dec = SpeculativeDecoder(self.model, layers, self.model.make_mtp_cache(), sampler=None, processors=[],
+        drafter = make_drafter(self.model, self.kind, make_draft_cache(self.model, self.kind))
+        self.dec = SpeculativeDecoder(self.model, layers, drafter, sampler=None, processors=[],
                                       num_draft=self.k, stats=DraftStats(), policy=self._policy(), keep_state=False,
                                       constraint=row.constraint)
 
@@ -51,7 +54,7 @@ class SoloDrafter:
         policy = DraftPolicy(auto=self.auto, mode=policy_of(self.model).draft_auto if self.auto else None)
         if policy.auto and policy.mode == "measure":
             if self.costs is None:
-                self.costs = measure_draft_costs(self.model, self.k)
+                self.costs = measure_draft_costs(self.model, self.k, kind=self.kind)
             policy.calibrate(self.costs, self.k)
         return policy
 

@@ -24,8 +24,9 @@ def make_prompt_cache(model) -> list:
     module's cache, as mlx-lm keeps a draft model's cache after the layers'. Pass it as `prompt_cache`
     to keep context (and MTP drafting state) across calls."""
     cache = model.make_cache()
-    if getattr(model, "supports_mtp_drafting", False) and getattr(model, "mtp", None) is not None:
-        cache.append(model.make_mtp_cache())
+    drafters = getattr(model, "drafters", ())
+    if drafters:  # the drafter draft="auto" takes: MTP, or DSpark's ring (V4-0731/0813)
+        cache.append(model.make_dspark_cache() if drafters[0] == "dspark" else model.make_mtp_cache())
     return cache
 
 

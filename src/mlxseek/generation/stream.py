@@ -41,10 +41,17 @@ class GenerationResponse:
     content: str = ""
     tool_calls: list[ToolCall] = field(default_factory=list)
     malformed: bool = False
-    # MTP drafting (draft="mtp"/"auto"): running totals, 0 without drafting.
-    draft_tokens: int = 0  # tokens the MTP module proposed
+    # Drafting (draft="mtp"/"dspark"/"auto"): running totals, 0 without drafting.
+    draft_tokens: int = 0  # tokens the drafter proposed
     accepted_tokens: int = 0  # ... that the model accepted
     verify_steps: int = 0  # model forward passes in the decode loop
+    drafting_steps: int = 0  # ... that verified at least one draft
+    confidence_cuts: int = 0  # DSpark blocks its confidence head cut short
+
+    @property
+    def mean_accepted_length(self) -> float:
+        """Drafts accepted per verify step that drafted (0.0 before any)."""
+        return self.accepted_tokens / self.drafting_steps if self.drafting_steps else 0.0
 
     @property
     def acceptance_rate(self) -> float:
@@ -153,7 +160,9 @@ class _Records:
             tool_calls=delta.tool_calls, malformed=self.reply.reply.malformed,
             **({} if self.stats is None else {"draft_tokens": self.stats.draft_tokens,
                                               "accepted_tokens": self.stats.accepted_tokens,
-                                              "verify_steps": self.stats.verify_steps}),
+                                              "verify_steps": self.stats.verify_steps,
+                                              "drafting_steps": self.stats.first_drafts,
+                                              "confidence_cuts": self.stats.confidence_cuts}),
         )
 
 
@@ -199,7 +208,8 @@ def stream_generate(
     `make_prompt_cache(model)` is extended in place, so the next call only prefills its new tokens.
     draft="mtp" drafts `num_draft` tokens per step with the model's MTP module and verifies them in one
     forward (greedy output unchanged; sampling needs `mlxseek.speculative.make_sampler`); "auto" drafts
-    only where it measures a speedup. Records then carry draft_tokens/accepted_tokens/verify_steps.
+    only where it measures a speedup; "dspark" drafts with the DSpark block drafter (V4-0731/0813). Records
+    then carry draft_tokens/accepted_tokens/verify_steps/drafting_steps/confidence_cuts.
     `chat_style` (default: the tokenizer's) picks the reply format parsed into reasoning/content/tool_calls;
     `tools` (OpenAI schemas) makes calls to other names malformed. A caller that rendered the prompt passes
     its `reply` format instead (style, tools, whether the prompt opens reasoning, prefix continuation), so

@@ -17,9 +17,10 @@ from .norms import RMSNorm
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer_idx: int):
+    def __init__(self, cfg: ModelConfig, layer_idx: int, *, dsa: bool = False):
         super().__init__()
-        self.self_attn = SparseLatentAttention(cfg) if cfg.uses_dsa else MultiHeadLatentAttention(cfg)
+        # dsa: the family's choice (V3.2's sparse attention with its indexer, else MLA)
+        self.self_attn = SparseLatentAttention(cfg) if dsa else MultiHeadLatentAttention(cfg)
         self.mlp = DeepSeekMoE(cfg) if cfg.is_moe_layer(layer_idx) else MLP(cfg.hidden_size, cfg.intermediate_size)
         self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)

@@ -38,7 +38,7 @@ class MoEGate(nn.Module):
             top_k=cfg.num_experts_per_tok, topk_method=cfg.topk_method, scoring_func=cfg.scoring_func,
             n_group=cfg.num_groups, topk_group=cfg.num_topk_groups, norm_topk_prob=cfg.norm_topk_prob,
             routed_scaling_factor=cfg.routed_scaling_factor,
-            scale_after_norm=cfg.model_type != "deepseek_v2",
+            scale_after_norm=cfg.routed_scale_after_norm,
         )
 
     def __call__(self, x: mx.array, token_ids: Optional[mx.array] = None):
@@ -51,12 +51,12 @@ class DeepSeekMoE(nn.Module):
     here) and `all_sum` the partial outputs over `group`."""
 
     def __init__(self, cfg: ModelConfig, layer_idx: Optional[int] = None, *,
-                 experts: Optional[tuple[int, int]] = None, group=None):
+                 experts: Optional[tuple[int, int]] = None, group=None, v4: bool = False):
         super().__init__()
         D, inter, E = cfg.hidden_size, cfg.moe_intermediate_size, cfg.n_routed_experts
         self.first, last = experts if experts is not None else (0, E)
         self.count, self.group = last - self.first, group
-        if cfg.is_v4_family:
+        if v4:  # V4 and V4.1 blocks ask for V4's router and clamped SwiGLU experts
             limit = cfg.swiglu_limit or 0.0
             self.gate = V4Gate(cfg, layer_idx)
             self.switch_mlp = ClampedExperts(D, inter, self.count, limit)

@@ -30,14 +30,14 @@ class SharedHead(nn.Module):
 
 
 class MultiTokenPrediction(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, *, dsa: bool = False):
         super().__init__()
         D = cfg.hidden_size
         self.enorm = RMSNorm(D, eps=cfg.rms_norm_eps)
         self.hnorm = RMSNorm(D, eps=cfg.rms_norm_eps)
         self.eh_proj = nn.Linear(2 * D, D, bias=False)
         # The MTP block is always MoE-shaped in DeepSeek-V3 (its index is past first_k_dense_replace).
-        self.block = DecoderLayer(cfg, cfg.mtp_layer_index)
+        self.block = DecoderLayer(cfg, cfg.mtp_layer_index, dsa=dsa)
         self.shared_head = SharedHead(cfg)
 
     def __call__(

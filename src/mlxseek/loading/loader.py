@@ -16,14 +16,14 @@ import mlx.nn as nn
 from ..backend import BackendPolicy, backend_policy, resolve_policy
 from ..checkpoint.consistency import check_counts
 from ..checkpoint.format import check_format
-from ..checkpoint.keymap import Materializer, Plan, Target, build_plan
+from ..checkpoint.keymap import DRAFTER_PREFIXES, Materializer, Plan, Target, build_plan, with_drafter_stages
 from ..checkpoint.precision import keep_fp32
 from ..checkpoint.quant_record import quant_params
 from ..checkpoint.store import WeightStore
 from ..checkpoint.strict import check_against_model, check_dtypes
 from ..config import ModelConfig
 from ..errors import CheckpointError, WeightMismatchError
-from ..models import CausalLM, KernelLayout, build_checked, build_model
+from ..models import CausalLM, KernelLayout, build_checked, build_model, family_of
 from .engram import attach_engram
 from .placement import placement_for
 
@@ -81,8 +81,8 @@ def load_model(path: str | Path, *, dtype: Any = None, with_mtp: bool = True, cp
     cfg, store, plan = _open(folder)
     if not with_mtp or not plan.has_mtp:
         # mlx-lm's converter drops the MTP layer; a folder without it loads without `model.mtp`.
-        plan.dropped.extend(k for k in plan.source_of if k.startswith("mtp."))
-        plan.targets = [t for t in plan.targets if not t.outputs[0].startswith("mtp.")]
+        plan.dropped.extend(k for k in plan.source_of if k.startswith(DRAFTER_PREFIXES))
+        plan.targets = [t for t in plan.targets if not t.outputs[0].startswith(DRAFTER_PREFIXES)]
     placement = placement_for(cfg, store, plan, group=group, parallel=parallel, expert_memory_gb=expert_memory_gb,
                               dtype=dt, keep_fp32=keep)
     if placement:  # one rank's share, or everything but the paged experts: read only what stays resident
@@ -134,7 +134,8 @@ def _open(folder: Path) -> tuple[ModelConfig, WeightStore, Plan]:
     cfg = ModelConfig.from_file(folder)
     check_format(cfg, folder)
     store = WeightStore(folder)
-    plan = build_plan(store.keys(), cfg)
+    plan = build_plan(store.keys(), cfg, rename=family_of(cfg).key_rename(cfg))
+    cfg = with_drafter_stages(cfg, plan)
     check_counts(cfg, plan, store, folder)  # before anything is built: sizes come from the checkpoint
     if plan.quantization:  # weights the key map imports packed (V4 FP4 experts as mxfp4), recorded per path
         cfg = cfg.replace(quantization={**(cfg.quantization or {}), **plan.quantization})

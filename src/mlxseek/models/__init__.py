@@ -1,5 +1,6 @@
-"""The model families, one file each: `deepseek_v3` (V2, V2-Lite, V3, R1, V3.1, V3.2) and `deepseek_v4`
-(V4 Flash/Pro), both following the protocol in `base`. `build_model(cfg)` picks the family."""
+"""The model families, one file each: `deepseek_v3` (V2, V2-Lite, V3, R1, V3.1, V3.2), `deepseek_v4`
+(V4 Flash/Pro, 0731/0813 with DSpark) and `deepseek_v41`, all following the protocol in `base`; `families`
+holds one `Family` object per family, which generic code asks. `build_model(cfg)` builds the family's model."""
 
 from __future__ import annotations
 
@@ -12,16 +13,14 @@ from .base import CausalLM, KernelLayout
 from .deepseek_v3 import Model
 from .deepseek_v4 import V4Model
 from .deepseek_v41 import V41Model
+from .families import FAMILIES, Family, family_of
 
 # model_type -> the family's model class (config.json `model_type`; V2 and V3.2 are variations of V3).
-MODEL_CLASSES: dict[str, type] = {"deepseek_v2": Model, "deepseek_v3": Model, "deepseek_v32": Model,
-                                  "deepseek_v4": V4Model, "deepseek_v41": V41Model}
+MODEL_CLASSES: dict[str, type] = {t: f.model_class for f in FAMILIES for t in f.model_types}
 
 
 def build_model(cfg: ModelConfig, *, with_mtp: bool = True) -> CausalLM:
-    if cfg.model_type not in MODEL_CLASSES:
-        raise ConfigError(f"config.json model_type {cfg.model_type!r}: mlxseek builds {', '.join(MODEL_CLASSES)}")
-    return MODEL_CLASSES[cfg.model_type](cfg, with_mtp=with_mtp)
+    return family_of(cfg).model_class(cfg, with_mtp=with_mtp)
 
 
 def build_checked(build: Callable, cfg: ModelConfig, folder: Path, *, prepare: Optional[Callable] = None,
@@ -40,4 +39,5 @@ def build_checked(build: Callable, cfg: ModelConfig, folder: Path, *, prepare: O
                           "are wrong") from None
 
 
-__all__ = ["CausalLM", "KernelLayout", "MODEL_CLASSES", "Model", "V4Model", "V41Model", "build_checked", "build_model"]
+__all__ = ["FAMILIES", "CausalLM", "Family", "KernelLayout", "MODEL_CLASSES", "Model", "V4Model", "V41Model", "build_checked", "build_model",
+           "family_of"]

@@ -64,6 +64,14 @@ class CausalLM(nn.Module):
         self.backend: Optional[Any] = None  # mlxseek.backend.BackendPolicy the loader applied (None: built directly)
 
     @property
+    def drafters(self) -> tuple[str, ...]:
+        """The drafters this model carries (`draft=` names), the one draft="auto" takes first."""
+        found = ["dspark"] if "dspark" in self else []
+        if self.supports_mtp_drafting and "mtp" in self:
+            found.append("mtp")
+        return tuple(found)
+
+    @property
     def layers(self) -> list:
         return self.model.layers
 

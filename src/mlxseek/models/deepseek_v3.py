@@ -35,7 +35,7 @@ class DeepseekModel(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = [DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers)]
+        self.layers = [DecoderLayer(cfg, i, dsa=cfg.uses_dsa) for i in range(cfg.num_hidden_layers)]
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
 
     def __call__(self, inputs: mx.array, cache: Optional[list] = None, input_embeddings=None) -> mx.array:
@@ -55,7 +55,7 @@ class Model(CausalLM):
         self.model = DeepseekModel(cfg)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if with_mtp and cfg.num_nextn_predict_layers > 0:
-            self.mtp = MultiTokenPrediction(cfg)
+            self.mtp = MultiTokenPrediction(cfg, dsa=cfg.uses_dsa)
 
     def __call__(self, inputs: mx.array, cache: Optional[list] = None, input_embeddings=None) -> mx.array:
         return self.lm_head(self.model(inputs, cache, input_embeddings))
@@ -73,11 +73,15 @@ class Model(CausalLM):
 
     def make_cache(self, *, kv_bits: int | None = None, kv_group_size: int = 64) -> list:
         """Per-layer latent caches; kv_bits=8 or 4 quantizes the latent along its width."""
-        return make_cache(self.config, kv_bits=kv_bits, kv_group_size=kv_group_size)
+        return self.layer_caches(self.config.num_hidden_layers, kv_bits=kv_bits, kv_group_size=kv_group_size)
+
+    def layer_caches(self, n: int, **kwargs) -> list:
+        """n per-layer caches of this model's kind (V3.2's DSA layers keep indexer keys too)."""
+        return make_cache(self.config, n, dsa=self.config.uses_dsa, **kwargs)
 
     def make_mtp_cache(self) -> MTPCache:
         # The MTP block is a decoder layer like the others (DSA on V3.2): its cache is of their kind.
-        return MTPCache(make_cache(self.config, 1)[0])
+        return MTPCache(self.layer_caches(1)[0])
 
     def set_attention_impl(self, impl: str) -> None:
         """'auto' (default), 'naive' or 'absorbed' for every MLA layer (the MTP block included)."""

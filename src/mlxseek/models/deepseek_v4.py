@@ -10,6 +10,7 @@ from typing import Optional
 import mlx.core as mx
 import mlx.nn as nn
 
+from ..cache.dspark import DSparkCache
 from ..cache.mtp import MTPCache
 from ..cache.v4 import make_v4_cache, v4_layer_cache
 from ..config import ModelConfig
@@ -17,6 +18,7 @@ from ..errors import GenerationError
 from ..layers.norms import RMSNorm
 from ..layers.v4.attention import V4Attention
 from ..layers.v4.block import V4DecoderLayer
+from ..layers.v4.dspark import DSpark
 from ..layers.v4.mhc import HyperHead, expand_streams
 from ..layers.v4.mtp import V4MultiTokenPrediction
 from .base import CausalLM
@@ -31,13 +33,17 @@ class V4Backbone(nn.Module):
         self.hc_head = HyperHead(cfg.hidden_size, cfg.hc_mult, cfg.hc_eps, cfg.rms_norm_eps)
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
 
-    def streams(self, inputs: mx.array, cache: Optional[list] = None) -> mx.array:
-        """(B, L) token ids -> the last layer's (B, L, n, D) streams."""
+    def streams(self, inputs: mx.array, cache: Optional[list] = None, taps: tuple[int, ...] = ()):
+        """(B, L) token ids -> the last layer's (B, L, n, D) streams; with `taps` (layer indices), also those
+        layers' outputs averaged over the n streams and concatenated, (B, L, len(taps) * D)."""
         h = expand_streams(self.embed_tokens(inputs), self.hc_mult)
         cache = cache if cache is not None else [None] * len(self.layers)
-        for layer, c in zip(self.layers, cache):
+        tapped = []
+        for i, (layer, c) in enumerate(zip(self.layers, cache)):
             h = layer(h, inputs, c)
-        return h
+            if i in taps:
+                tapped.append(h.mean(axis=-2))
+        return (h, mx.concatenate(tapped, axis=-1)) if taps else h
 
     def __call__(self, inputs: mx.array, cache: Optional[list] = None) -> mx.array:
         return self.norm(self.hc_head(self.streams(inputs, cache)))
@@ -53,7 +59,10 @@ class V4Model(CausalLM):
         super().__init__(cfg)
         self.model = V4Backbone(cfg)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        if with_mtp and cfg.num_nextn_predict_layers > 0:
+        if cfg.has_dspark:  # 0731 / 0813 / -DSpark: the DSpark drafter replaces the MTP head
+            if with_mtp and cfg.dspark_stages:
+                self.dspark = DSpark(cfg, cfg.dspark_stages)
+        elif with_mtp and cfg.num_nextn_predict_layers > 0:
             self.mtp = V4MultiTokenPrediction(cfg)
 
     def __call__(self, inputs: mx.array, cache: Optional[list] = None, input_embeddings=None) -> mx.array:
@@ -64,6 +73,10 @@ class V4Model(CausalLM):
     def trunk(self, inputs: mx.array, cache: Optional[list] = None) -> mx.array:
         """The last layer's hc streams (B, L, n, D): what `hc_head` collapses and the MTP module reads."""
         return self.model.streams(inputs, cache)
+
+    def trunk_taps(self, inputs: mx.array, cache: Optional[list] = None) -> tuple[mx.array, mx.array]:
+        """(the last layer's streams (B, L, n, D), the DSpark target layers' hiddens (B, L, T*D))."""
+        return self.model.streams(inputs, cache, tuple(self.dspark.target_layer_ids))
 
     def head(self, streams: mx.array) -> mx.array:
         return self.lm_head(self.model.norm(self.model.hc_head(streams)))
@@ -80,6 +93,9 @@ class V4Model(CausalLM):
 
     def make_mtp_cache(self) -> MTPCache:
         return MTPCache(v4_layer_cache(self.mtp.block.self_attn))
+
+    def make_dspark_cache(self) -> DSparkCache:
+        return DSparkCache(len(self.dspark.stages), self.dspark.ring_size)
 
     def set_attention_impl(self, impl: str) -> None:
         """'naive' (softmax with sinks, the reference) or 'auto' (mx.fast sdpa) for every V4 attention."""

@@ -37,9 +37,10 @@ from ..errors import ConfigError, WeightMismatchError
 from ..layers.experts import RoutedExperts
 from ..layers.moe import DeepSeekMoE
 from ..models import build_model
+from ..models.families import has, supported
 from .experts import PagedExperts
 
-SUPPORTED_TYPES = ("deepseek_v2", "deepseek_v3", "deepseek_v32")
+SUPPORTED_TYPES = supported("pages_experts")  # the model_types whose family supports it
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 
 
@@ -231,7 +232,7 @@ class PagedPlacement:
     """Loader placement for `expert_memory_gb` (see `mlxseek.loading.placement`)."""
 
     def __init__(self, cfg: ModelConfig, store, plan: Plan, *, budget_gb: float, dtype, keep_fp32):
-        if cfg.model_type not in SUPPORTED_TYPES:
+        if not has(cfg, "pages_experts"):
             raise ConfigError(f"{cfg.model_type}: expert_memory_gb supports {', '.join(SUPPORTED_TYPES)}; "
                               "load this model without it")
         if not isinstance(budget_gb, (int, float)) or budget_gb < 0:

@@ -22,7 +22,6 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_unflatten
 
-from ..cache.mla import make_cache
 from ..checkpoint.keymap import SCALE_SUFFIX, Plan, Target
 from ..checkpoint.slices import SlicedStore, tensor_nbytes
 from ..config import ModelConfig
@@ -30,9 +29,10 @@ from ..errors import ConfigError
 from ..layers.masks import causal_mask
 from ..layers.moe import DeepSeekMoE
 from ..models.deepseek_v3 import Model
+from ..models.families import has, supported
 
 PARALLEL_MODES = ("pipeline", "expert")
-SUPPORTED_TYPES = ("deepseek_v2", "deepseek_v3", "deepseek_v32")
+SUPPORTED_TYPES = supported("distributes")  # the model_types whose family supports it
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 
 
@@ -84,7 +84,7 @@ def plan_shard(cfg: ModelConfig, store, plan: Plan, *, rank: int, size: int, par
     """The Shard of `rank` among `size` ranks; layer ranges are balanced by the store's bytes."""
     if parallel not in PARALLEL_MODES:
         raise ConfigError(f"parallel={parallel!r}: choose one of {', '.join(PARALLEL_MODES)}")
-    if cfg.model_type not in SUPPORTED_TYPES:
+    if not has(cfg, "distributes"):
         raise ConfigError(f"{cfg.model_type}: distributed loading supports {', '.join(SUPPORTED_TYPES)}; "
                           "load this model on one machine")
     L, E = cfg.num_hidden_layers, cfg.n_routed_experts or 0
@@ -174,7 +174,7 @@ class PipelineModel(Model):
 
     def make_cache(self, **kwargs) -> list:
         start, end = self.model.shard.layers
-        return make_cache(self.config, num_layers=end - start, **kwargs)
+        return self.layer_caches(end - start, **kwargs)
 
 
 def build_sharded(cfg: ModelConfig, shard: Shard, group, *, with_mtp: bool) -> Model:

@@ -58,18 +58,17 @@ def create_app(*, model, tokenizer, engine, model_id: str, api_key: Optional[str
 
 
 def _detect_style(model, tokenizer) -> Optional[str]:
-    """The loaded tokenizer's chat_style (read off its checkpoint folder), else one derived from the
-    model's model_type and the tokenizer's chat template (mlxseek's V3/R1 fallback: "v3")."""
-    from ..formats import detect_style
+    """The loaded tokenizer's chat_style (read off its checkpoint folder), else the model family's default
+    for the tokenizer's chat template (mlxseek's V3/R1 fallback: "v3")."""
+    from ..models.families import family_of
 
     if getattr(tokenizer, "chat_style", None):
         return tokenizer.chat_style
     cfg = getattr(model, "config", None) or getattr(model, "args", None)
-    model_type = getattr(cfg, "model_type", None)
-    if model_type is None or tokenizer is None:
+    if not hasattr(cfg, "model_type") or tokenizer is None:
         return None
     try:
-        return detect_style(model_type=model_type, chat_template=getattr(tokenizer, "chat_template", None))
+        return family_of(cfg).chat_style(cfg.model_type, getattr(tokenizer, "chat_template", None))
     except MlxseekError as e:
         log.warning("no chat format for this model (%s); only /v1/completions will work", e)
         return None

@@ -33,7 +33,7 @@ from .scheduler import DONE, Cancelled, Request, Scheduler
 
 log = logging.getLogger("mlxseek.serve")
 
-DRAFT_MODES = ("none", "mtp", "auto")
+DRAFT_MODES = ("none", "mtp", "dspark", "auto")
 MAX_TOP_LOGPROBS = 20
 
 
@@ -47,7 +47,7 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     top_logprobs: int | None = None  # None: no logprobs; 0: the chosen token's only; k: also the top k
-    draft: str | None = None  # None (the engine's default) | "none" | "mtp" | "auto"
+    draft: str | None = None  # None (the engine's default) | "none" | "mtp" | "dspark" | "auto"
     grammar: str | None = None  # llguidance Lark text the reply must follow (serve/structured.py)
     reply: ReplyFormat | None = None  # the rendered chat prompt's reply format: events carry the parse
 

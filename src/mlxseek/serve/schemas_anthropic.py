@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .text_checks import reject_surrogates
+from .text_checks import check_text
 
 _STRICT = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
 
@@ -79,7 +79,7 @@ class Thinking(_Model):
 
 
 class CountTokensRequest(_Model):
-    _text = model_validator(mode="before")(classmethod(lambda cls, data: reject_surrogates(data)))
+    _text = model_validator(mode="before")(classmethod(lambda cls, data: check_text(data)))
     model: str = Field(min_length=1)
     messages: list[Message] = Field(min_length=1)
     system: Union[str, list[TextBlock], None] = None

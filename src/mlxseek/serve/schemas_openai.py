@@ -10,7 +10,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .text_checks import reject_surrogates
+from .text_checks import check_text
 
 _STRICT = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
 
@@ -75,7 +75,7 @@ class ThinkingToggle(_Model):
 
 
 class _Sampling(_Model):
-    _text = model_validator(mode="before")(classmethod(lambda cls, data: reject_surrogates(data)))
+    _text = model_validator(mode="before")(classmethod(lambda cls, data: check_text(data)))
     model: str = Field(min_length=1)
     stream: bool = False
     stream_options: Optional[StreamOptions] = None

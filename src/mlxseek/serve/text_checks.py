@@ -31,3 +31,31 @@ def reject_surrogates(data: Any, path: str = "") -> Any:
         elif isinstance(node, list):
             stack.extend((f"{where}.{i}" if where else str(i), v) for i, v in reversed(list(enumerate(node))))
     return data
+
+
+# Content parts that carry pictures, sound or files (OpenAI chat, Anthropic). The served models are text-only
+# here: DeepSeek-V4.1 ships a vision tower mlxseek does not run, so such a part is refused by name, never dropped.
+MEDIA_PARTS = ("image_url", "input_image", "image", "input_audio", "audio", "file", "input_file", "document")
+
+
+def reject_media(data: Any) -> Any:
+    """Raise a 400 naming the first message content part (tool results included) that is not text."""
+    messages = data.get("messages") if isinstance(data, dict) else None
+    for i, m in enumerate(messages if isinstance(messages, list) else []):
+        content = m.get("content") if isinstance(m, dict) else None
+        for j, part in enumerate(content if isinstance(content, list) else []):
+            inner = part.get("content") if isinstance(part, dict) else None
+            for where, p in [(f"messages.{i}.content.{j}", part), *(
+                    (f"messages.{i}.content.{j}.content.{k}", q) for k, q in enumerate(
+                        inner if isinstance(inner, list) else []))]:
+                kind = p.get("type") if isinstance(p, dict) else None
+                if kind in MEDIA_PARTS:
+                    raise ApiError(400, f"{where}: content part type {kind!r} is not supported: this model is served "
+                                   "text-only (vision and audio input are not implemented); send text parts",
+                                   param=where, code="unsupported_content")
+    return data
+
+
+def check_text(data: Any) -> Any:
+    """Both request checks: media parts refused by name, unpaired surrogates refused by field."""
+    return reject_surrogates(reject_media(data))

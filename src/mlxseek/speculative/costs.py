@@ -1,4 +1,5 @@
-"""What drafting costs on this device, measured once per conversation (kept with the MTP cache): draft="auto" decides from it.
+"""What drafting costs on this device, measured once per conversation (kept with the drafter's cache):
+draft="auto" decides from it.
 
 A speculative step with k drafts runs the main model over k+1 tokens (the verify forward), the MTP module
 over the accepted positions (about 2 tokens: it catches up on them and drafts the next token) and k-1
@@ -52,9 +53,11 @@ def _median_times(fns: list, reps: int, warmup: int = 2) -> list[float]:
     return [statistics.median(ts) for ts in times]
 
 
-def measure_draft_costs(model, k: int, *, reps: int = 15) -> DraftCosts:
-    """Time a 1-token step, a (k+1)-token verify step and an MTP step on scratch caches (a few dozen
-    forwards: callers keep the result with the prompt cache's MTP entry)."""
+def measure_draft_costs(model, k: int, *, reps: int = 15, kind: str = "mtp") -> DraftCosts:
+    """Time a 1-token step, a (k+1)-token verify step and a drafter step on scratch caches (a few dozen
+    forwards: callers keep the result with the prompt cache's drafter entry)."""
+    if kind == "dspark":
+        return _dspark_costs(model, k, reps)
     V = model.config.vocab_size
     ctx = (mx.arange(CONTEXT_TOKENS + k + 2) * 7919 + 3) % V  # arbitrary ordinary token ids
     cache, mtp_cache = model.make_cache(), model.make_mtp_cache().block
@@ -81,3 +84,48 @@ def measure_draft_costs(model, k: int, *, reps: int = 15) -> DraftCosts:
     step_s, verify_s, mtp_s, cycle_s = _median_times(
         [timed((main, 1)), timed((main, k + 1)), timed((mtp, 1)), timed(*cycle)], reps)
     return DraftCosts(step_s=step_s, verify_s=verify_s, mtp_s=mtp_s, cycle_s=cycle_s, k=k)
+
+
+def _dspark_costs(model, k: int, reps: int) -> DraftCosts:
+    """DSpark's cycle: one k-slot block proposal (the stages once, the Markov head per slot), the (k+1)-row
+    verify, and the ring rows of the accepted positions (about 2). `mtp_s` holds the proposal's cost."""
+    from .drafter import make_draft_cache, make_drafter
+
+    V = model.config.vocab_size
+    ctx = (mx.arange(CONTEXT_TOKENS + k + 2) * 7919 + 3) % V
+    cache, entry = model.make_cache(), make_draft_cache(model, "dspark")
+    drafter = make_drafter(model, "dspark", entry)
+    _, taps = drafter.target(ctx[None, :CONTEXT_TOKENS], cache)
+    drafter.observe(taps, ctx[:CONTEXT_TOKENS])
+    mx.eval([c.state for c in cache], entry.state)
+
+    def main(n: int) -> list:
+        h, taps = drafter.target(ctx[None, CONTEXT_TOKENS: CONTEXT_TOKENS + n], cache)
+        return [model.head(h[0]), taps]
+
+    def rollback() -> None:
+        for c in cache:
+            c.trim(c.offset - CONTEXT_TOKENS)
+        entry.trim(entry.offset - CONTEXT_TOKENS)
+
+    def timed(n: int, propose: bool, ring: bool):
+        def run():
+            outs = main(n)
+            if propose:
+                outs += list(drafter.block_logits(int(ctx[CONTEXT_TOKENS].item()), k))
+            if ring:
+                drafter.commit(outs[1], 1, [0, 0], k, True)
+                outs += entry.state
+            mx.eval(outs)
+            rollback()
+        return run
+
+    step_s, verify_s, draft_s, cycle_s = _median_times(
+        [timed(1, False, False), timed(k + 1, False, False), _draft_only(drafter, k, ctx), timed(k + 1, True, True)],
+        reps)
+    return DraftCosts(step_s=step_s, verify_s=verify_s, mtp_s=draft_s, cycle_s=cycle_s, k=k)
+
+
+def _draft_only(drafter, k: int, ctx: mx.array):
+    y = int(ctx[CONTEXT_TOKENS].item())
+    return lambda: mx.eval(list(drafter.block_logits(y, k)))

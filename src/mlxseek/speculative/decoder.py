@@ -1,10 +1,8 @@
-"""The speculative decode loop behind `mlxseek.speculative.step` (see its docstring for the algorithm).
+"""The speculative decode loop behind `mlxseek.speculative.step` (see its docstring for the algorithm),
+driving one drafter through the protocol in `speculative.drafter` (MTP or DSpark).
 
-Shapes: k drafts per step, V vocab; features (`model.trunk`) are (1, n, ...); token lists are Python ints.
-Between steps, with y the last emitted token: the main cache holds every emitted token but y; the MTP
-cache holds one entry per main position t (pair h_t, token t+1, the last one pairing with y) and
-`next_draft` holds that last entry's output, the first draft of the next step. `mtp.pending` is the
-main model's features at its last fed position.
+Shapes: k drafts per step, V vocab; features (`drafter.target`) are (1, n, ...); token lists are Python ints.
+Between steps, with y the last emitted token, the main cache holds every emitted token but y.
 """
 
 from __future__ import annotations
@@ -16,26 +14,20 @@ import mlx.core as mx
 
 from ..generation.prefill import cached_tokens, prefill_chunk
 from ..generation.steps import generate_step
+from .drafter import Drafter
 from .sampling import rejection_sample
 
 
 class SpeculativeDecoder:
-    def __init__(self, model, cache: list, mtp, *, sampler, processors: list, num_draft: int, stats, policy,
-                 keep_state: bool, constraint=None):
-        self.model, self.cache, self.state = model, cache, mtp  # cache: the per-layer caches only
+    def __init__(self, model, cache: list, drafter: Drafter, *, sampler, processors: list, num_draft: int, stats,
+                 policy, keep_state: bool, constraint=None):
+        self.model, self.cache, self.drafter = model, cache, drafter  # cache: the per-layer caches only
         self.constraint = constraint  # a TokenConstraint: masks every verified position
         self.sampler, self.processors, self.k = sampler, processors, num_draft  # sampler None: greedy
         self.stats, self.policy, self.keep_state = stats, policy, keep_state
         self.history: Optional[mx.array] = None  # tokens fed so far, for logits processors
-        self.next_draft: Optional[tuple[mx.array, mx.array]] = None  # MTP (logits (V,), hidden (1, 1, D))
-        self.in_step = True  # False once the MTP cache stopped following the main cache
+        self.in_step = True  # False once the drafter's cache stopped following the main cache
         self.draft_wall, self.draft_steps = 0.0, 0  # wall seconds inside drafting steps (draft="auto")
-
-    def _mtp(self, hidden: mx.array, tokens: mx.array) -> tuple[mx.array, mx.array]:
-        """Feed MTP pairs (features_t, token_{t+1}), tokens (n,); returns (last logits (V,), last MTP
-        output (1, 1, ...)). Lazy: drafts stay on the device until the step's one sync."""
-        logits, h = self.model.mtp_forward(hidden, tokens.astype(mx.uint32)[None], self.state.block)
-        return logits[0, -1], h[:, -1:]
 
     def _logprobs(self, logits: mx.array, fed: mx.array) -> mx.array:
         """logits (n, V) right after feeding each of `fed` -> logprobs (n, V), processed as plain decoding
@@ -55,20 +47,15 @@ class SpeculativeDecoder:
         return (mx.argmax(logprobs, axis=-1) if self.sampler is None else self.sampler(logprobs))[0].item()
 
     def prefill(self, prompt: mx.array, step_size: int, progress) -> tuple[int, mx.array]:
-        """Feed the prompt in the plain decoder's chunks, and every (h_t, token_{t+1}) pair to the MTP."""
+        """Feed the prompt in the plain decoder's chunks, the drafter observing each chunk."""
         n, done, h = prompt.size, 0, None
         while done < n:
             chunk_size = prefill_chunk(self.model, cached_tokens(self.cache), step_size)
             end = done + chunk_size if n - done > chunk_size else n
             chunk = prompt[done:end]
-            h = self.model.trunk(chunk[None], self.cache)  # (1, n_chunk, ...)
-            pending, self.state.pending = self.state.pending, h[:, -1:]
-            # Pairs: (pending, chunk[0]) when a previous position waits for its next token, then (h_t, chunk[t+1]).
-            pairs_h = h[:, :-1] if pending is None else mx.concatenate([pending, h[:, :-1]], axis=1)
-            pairs_t = chunk.tolist()[0 if pending is not None else 1:]
-            if pairs_t:
-                self._mtp(pairs_h, mx.array(pairs_t))
-            mx.eval([c.state for c in self.cache], self.state.block.state, self.state.pending)
+            h, extra = self.drafter.target(chunk[None], self.cache)  # (1, n_chunk, ...)
+            self.drafter.observe(extra, chunk)
+            mx.eval([c.state for c in self.cache], self.drafter.entry.state)
             done = end
             if progress:
                 progress(done, n)
@@ -80,22 +67,6 @@ class SpeculativeDecoder:
         self.history = prompt
         lp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
         return self._sample(lp), lp[0]
-
-    def _draft(self, k: int) -> tuple[mx.array, Optional[mx.array]]:
-        """k draft tokens (k,) after y, and their draft distributions (k, V) when sampling."""
-        logits, g = self.next_draft
-        drafts, qs = [], []
-        for i in range(k):
-            if self.sampler is None:
-                d = mx.argmax(logits, axis=-1)
-            else:
-                q = self.sampler.probs(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
-                d = mx.random.categorical(mx.log(q))
-                qs.append(q)
-            drafts.append(d.astype(mx.uint32))
-            if i + 1 < k:  # chain: the MTP's own hidden state stands in for the model's
-                logits, g = self._mtp(g, drafts[-1][None])
-        return mx.stack(drafts), (mx.stack(qs) if qs else None)
 
     def _accept(self, drafts: mx.array, lp: mx.array, q: Optional[mx.array]) -> tuple[list[int], int, int]:
         """One host sync: (the drafts as ints, how many were accepted, the model's own token after them)."""
@@ -112,13 +83,12 @@ class SpeculativeDecoder:
         return vals[:k], vals[k], vals[k + 1]
 
     def step(self, y: int, k: int, left: int, drafting: bool) -> list[tuple[int, mx.array]]:
-        """One main-model forward over y and k drafts (k = 0: a plain decode step); the emitted tokens."""
-        tic = time.perf_counter()
-        if drafting and self.next_draft is None:  # right after prefill: the MTP entry (h_{P-1}, y)
-            self.next_draft = self._mtp(self.state.pending, mx.array([y]))
-        drafts, q = self._draft(k) if k else (mx.zeros((0,), mx.uint32), None)
+        """One main-model forward over y and up to k drafts (k = 0: a plain decode step); the emitted tokens."""
+        tic, cuts = time.perf_counter(), self.drafter.cuts
+        drafts, q = self.drafter.propose(y, k, self.sampler) if drafting else (mx.zeros((0,), mx.uint32), None)
+        k = drafts.size  # a drafter may propose fewer (DSpark's confidence cut)
         fed = mx.concatenate([mx.array([y], dtype=mx.uint32), drafts])
-        h = self.model.trunk(fed[None], self.cache)  # (1, k+1, ...)
+        h, extra = self.drafter.target(fed[None], self.cache)  # (1, k+1, ...)
         logits = self.model.head(h[0])  # (k+1, V)
         if self.constraint is not None:  # a draft the grammar forbids gets p = 0: rejected
             mx.async_eval(logits)
@@ -134,22 +104,18 @@ class SpeculativeDecoder:
         if self.constraint is not None:
             for t in drafts[:a]:
                 self.constraint.feed(t)
-        self.next_draft = None
-        if drafting and (left > len(emitted) or self.keep_state):
-            if k > 1:
-                self.state.block.trim(k - 1)  # the chained entries saw the MTP's own output, not h
-            # The accepted positions with the model's true hidden states; the last entry drafts next.
-            self.next_draft = self._mtp(h[:, : a + 1], mx.array(emitted))
-            mx.async_eval(self.next_draft)  # runs while the caller handles the emitted tokens
-        else:
+        go_on = drafting and (left > len(emitted) or self.keep_state)
+        self.drafter.commit(extra, a, emitted, k, go_on)
+        if not go_on:
             self.in_step = False
-        self.state.pending = h[:, a: a + 1]
         s = self.stats
         s.verify_steps += 1
         s.draft_tokens += k
         s.accepted_tokens += a
         s.first_drafts += k > 0
         s.first_accepted += k > 0 and a > 0
+        s.confidence_cuts += self.drafter.cuts - cuts  # stats may run over several calls, each with its drafter
+        s.count_positions(k, a)
         if k:
             self.draft_wall += time.perf_counter() - tic
             self.draft_steps += 1
@@ -182,12 +148,6 @@ class SpeculativeDecoder:
             yield tok, lp
 
     def settle(self) -> None:
-        """Leave the MTP cache in resting form (one entry behind the main cache, `pending` = the features at
-        the main cache's last position) so the next call on this prompt cache drafts on; or out of step."""
-        mtp, P = self.state, self.cache[0].offset
-        if not self.in_step or not self.policy.drafting or mtp.pending is None:
-            mtp.main_offset = -1
-            return
-        if mtp.offset == P:
-            mtp.block.trim(1)  # its last entry pairs h with a token the model has not been fed yet
-        mtp.main_offset = P if mtp.offset == P - 1 else -1
+        """Leave the drafter's cache resting at the main cache's offset (so the next call on this prompt
+        cache drafts on), or out of step."""
+        self.drafter.settle(self.cache[0].offset, self.in_step and self.policy.drafting)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from .costs import DraftCosts
@@ -25,6 +25,30 @@ class DraftStats:
     verify_steps: int = 0
     first_drafts: int = 0  # steps that drafted at least one token
     first_accepted: int = 0  # ... whose first draft was accepted
+    confidence_cuts: int = 0  # proposals a drafter's confidence head cut short (DSpark)
+    position_drafts: list = field(default_factory=list)  # [i]: steps that drafted an (i+1)-th token
+    position_accepted: list = field(default_factory=list)  # [i]: ... whose first i+1 drafts were all accepted
+
+    def count_positions(self, k: int, a: int) -> None:
+        """One verify of k drafts of which the first a were accepted."""
+        grow = k - len(self.position_drafts)
+        if grow > 0:
+            self.position_drafts += [0] * grow
+            self.position_accepted += [0] * grow
+        for i in range(k):
+            self.position_drafts[i] += 1
+            self.position_accepted[i] += i < a
+
+    @property
+    def acceptance_by_position(self) -> list[float]:
+        """[i]: the share of blocks with an (i+1)-th draft whose first i+1 drafts were all accepted (vLLM's
+        per-position acceptance: it falls with i, and sums to the mean accepted length at full blocks)."""
+        return [acc / n if n else 0.0 for acc, n in zip(self.position_accepted, self.position_drafts)]
+
+    @property
+    def mean_accepted(self) -> float:
+        """Drafts accepted per verify step that drafted (the mean accepted length)."""
+        return self.accepted_tokens / self.first_drafts if self.first_drafts else 0.0
 
     @property
     def acceptance_rate(self) -> float:

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 from ..config import ModelConfig
+from ..models.families import family_of
 
 
 @dataclass(frozen=True)
@@ -39,20 +41,22 @@ class Tensor:
 
 def census(cfg: ModelConfig) -> list[Tensor]:
     """Every tensor of the checkpoint `cfg` describes: main model, MTP modules, and HF-only copies."""
-    if cfg.uses_csa2:
-        return census_v41(cfg)
-    build = _v4_layer if cfg.is_v4 else _mla_layer
+    layout = _LAYOUTS[family_of(cfg).sizing]  # the family says which layout its checkpoint has
+    if layout.whole is not None:
+        return layout.whole(cfg)
+    build = layout.layer
     L, D, V = cfg.num_hidden_layers, cfg.hidden_size, cfg.vocab_size
     out = [_t("model.embed_tokens", "embedding", (V, D), kind="embedding", native="bf16", reads=1 / V)]
     for i in range(L):
         out += _at(build(cfg, i), f"model.layers.{i}.", layer=i)
     out += [_norm("model.norm", D), _t("lm_head", "lm_head", (V, D), native="bf16")]
-    if cfg.is_v4:
-        out += _at(_hyper(cfg, "hc_head"), "model.")  # collapses the hc_mult residual streams before the norm
+    out += layout.top(cfg)
+    if cfg.has_dspark:  # 0731 / 0813 / -DSpark: the DSpark drafter instead of an MTP head
+        return out + _dspark(cfg, build)
     for j in range(cfg.num_nextn_predict_layers):
         # mlxseek keeps one MTP module (model.layers.{L}); further ones would need their own prefix.
         pre, idx = ("mtp." if j == 0 else f"mtp.{j}."), cfg.mtp_layer_index + j
-        out += _at(_mtp_module(cfg), pre, layer=idx, mtp=True)
+        out += _at(layout.mtp(cfg), pre, layer=idx, mtp=True)
         out += _at(build(cfg, idx), pre + "block.", layer=idx, mtp=True)
     return out
 
@@ -93,7 +97,7 @@ def _moe(cfg: ModelConfig, i: int) -> list[Tensor]:
     return out
 
 
-def _mla_layer(cfg: ModelConfig, i: int) -> list[Tensor]:
+def _mla_layer(cfg: ModelConfig, i: int, dsa: bool = False) -> list[Tensor]:
     D, H, R = cfg.hidden_size, cfg.num_attention_heads, cfg.kv_lora_rank
     nope, rope, v, q = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim, cfg.q_lora_rank
     a = "self_attn."
@@ -105,7 +109,7 @@ def _mla_layer(cfg: ModelConfig, i: int) -> list[Tensor]:
     # kv_b_proj (H*(nope+v), R) is split into embed_q / unembed_out on conversion: same parameters.
     out += [_t(a + "kv_a_proj_with_mqa", "attention", (R + rope, D)), _norm(a + "kv_a_layernorm", R),
             _t(a + "kv_b_proj", "attention", (H * (nope + v), R)), _t(a + "o_proj", "attention", (D, H * v))]
-    if cfg.uses_dsa:
+    if dsa:
         out += _dsa_indexer(cfg)
     out += _moe(cfg, i) if cfg.is_moe_layer(i) else _mlp("mlp", "dense_mlp", D, cfg.intermediate_size)
     return out + [_norm("input_layernorm", D), _norm("post_attention_layernorm", D)]
@@ -119,11 +123,32 @@ def _dsa_indexer(cfg: ModelConfig) -> list[Tensor]:
             _t(p + "weights_proj", "indexer", (nh, D), native="bf16")]
 
 
+def _dspark(cfg: ModelConfig, build) -> list[Tensor]:
+    """The DSpark drafter (flagged mtp: the drafter, counted apart): S stages that are V4 blocks, main_proj
+    (D, T*D) and main_norm, the head's hc_head and norm, and the float32 Markov (2 x (V, r)) and confidence
+    ((1, D+r)) heads. A config alone holds no shard index, so S is counted from the compress_ratios entries
+    after the main stack (the loader counts the checkpoint's `mtp.{s}.` prefixes)."""
+    L, D, V, r = cfg.num_hidden_layers, cfg.hidden_size, cfg.vocab_size, cfg.dspark_markov_rank
+    stages = cfg.dspark_stages or max(0, len(cfg.compress_ratios) - L)
+    out = []
+    for s in range(stages):
+        out += _at(build(cfg, L + s), f"dspark.stages.{s}.", layer=L + s, mtp=True)
+    head = [_t("main_proj", "mtp_proj", (D, len(cfg.dspark_target_layer_ids) * D)), _norm("main_norm", D),
+            _norm("norm", D), *_hyper(cfg, "hc_head"),
+            _t("markov_head.markov_w1", "dspark_heads", (V, r), kind="embedding", native="fp32"),
+            _t("markov_head.markov_w2", "dspark_heads", (V, r), native="fp32"),
+            _t("confidence_head.proj", "dspark_heads", (1, D + r), native="fp32")]
+    return out + _at(head, "dspark.", layer=L + max(0, stages - 1), mtp=True)
+
+
+def _v4_mtp_module(cfg: ModelConfig) -> list[Tensor]:
+    D = cfg.hidden_size  # e_proj, h_proj (D, D), enorm, hnorm, norm, hc_head
+    return [_t("e_proj", "mtp_proj", (D, D)), _t("h_proj", "mtp_proj", (D, D)), _norm("enorm", D),
+            _norm("hnorm", D), _norm("norm", D)] + _hyper(cfg, "hc_head")
+
+
 def _mtp_module(cfg: ModelConfig) -> list[Tensor]:
     D, V = cfg.hidden_size, cfg.vocab_size
-    if cfg.is_v4:  # e_proj, h_proj (D, D), enorm, hnorm, norm, hc_head
-        return [_t("e_proj", "mtp_proj", (D, D)), _t("h_proj", "mtp_proj", (D, D)), _norm("enorm", D),
-                _norm("hnorm", D), _norm("norm", D)] + _hyper(cfg, "hc_head")
     # eh_proj (D, 2D), enorm, hnorm, shared_head.norm. The HF checkpoint also stores copies of the embedding
     # and the output head, which the MTP module shares with the main model (V3 report section 2.2).
     return [_t("eh_proj", "mtp_proj", (D, 2 * D)), _norm("enorm", D), _norm("hnorm", D),
@@ -217,3 +242,23 @@ def _v41_engram(cfg: ModelConfig, j: int) -> list[Tensor]:
             _t("engram.q_weight", "engram", (n, D), kind="float", native="bf16"),
             _t("engram.k_weight", "engram", (n, D), kind="float", native="bf16"),
             _t("engram.embed", "engram_table", (rows, d), kind="table", native="fp8", reads=cols / max(rows, 1))]
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How a family's checkpoint is laid out (`Family.sizing` picks one): its decoder layer, its MTP module,
+    what follows the LM head; `whole`: a census of its own (V4.1)."""
+
+    layer: Callable[[ModelConfig, int], list[Tensor]]
+    mtp: Callable[[ModelConfig], list[Tensor]]
+    top: Callable[[ModelConfig], list[Tensor]] = lambda cfg: []
+    whole: Callable[[ModelConfig], list[Tensor]] | None = None
+
+
+_LAYOUTS = {
+    "mla": _Layout(_mla_layer, _mtp_module),
+    "dsa": _Layout(lambda cfg, i: _mla_layer(cfg, i, dsa=True), _mtp_module),
+    # V4's hc_head collapses the hc_mult residual streams before the norm
+    "v4": _Layout(_v4_layer, _v4_mtp_module, top=lambda cfg: _at(_hyper(cfg, "hc_head"), "model.")),
+    "csa2": _Layout(_v4_layer, _v4_mtp_module, whole=census_v41),
+}

@@ -1,4 +1,4 @@
-"""Measure MTP speculation against plain decoding on the same prompts: acceptance, tokens per verify
+"""Measure speculation (MTP or DSpark) against plain decoding on the same prompts: acceptance, tokens per verify
 step, decode tok/s of both and the wall speedup, and whether greedy outputs are token-for-token equal.
 Used by `mlxseek bench --draft` and `benchmarks/mtp_speed.py`."""
 
@@ -51,7 +51,7 @@ def bench_draft(model, prompts: Sequence[mx.array], *, gen_tokens: int = 128, nu
     """One row: plain decoding vs `draft` with `num_draft` drafts over every prompt (same sampler/seed).
     Plain and drafted runs alternate prompt by prompt, so load from other processes hits both alike."""
     warm = prompts[0][:8]
-    list(speculative_generate_step(warm, model, max_tokens=4, draft="mtp", num_draft=num_draft))  # compile/warm
+    list(speculative_generate_step(warm, model, max_tokens=4, draft=draft, num_draft=num_draft))  # compile/warm
     list(generate_step(warm, model, max_tokens=4))
     stats, policy = DraftStats(), DraftPolicy()
     plain_runs = []
@@ -72,7 +72,9 @@ def bench_draft(model, prompts: Sequence[mx.array], *, gen_tokens: int = 128, nu
         "draft": draft, "num_draft": num_draft, "prompts": len(prompts), "gen_tokens": gen_tokens,
         "identical_outputs": same, "draft_tokens": stats.draft_tokens, "accepted_tokens": stats.accepted_tokens,
         "acceptance_rate": stats.acceptance_rate, "first_draft_acceptance": stats.first_acceptance_rate,
-        "tokens_per_step": stats.tokens_per_step, "plain_tps": plain_tokens / plain_s,
+        "tokens_per_step": stats.tokens_per_step, "mean_accepted_length": stats.mean_accepted,
+        "acceptance_by_position": stats.acceptance_by_position, "confidence_cuts": stats.confidence_cuts,
+        "plain_tps": plain_tokens / plain_s,
         "draft_tps": spec_tokens / spec_s, "speedup": (spec_tokens / spec_s) / (plain_tokens / plain_s),
         "drafting": policy.drafting, "greedy": sampler is None or getattr(sampler, "greedy", False),
     }

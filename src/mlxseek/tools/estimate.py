@@ -30,7 +30,9 @@ from typing import Callable, Optional, Union
 from ..config import ModelConfig
 from ..convert.quantize import BITS, GROUP_SIZES, RECIPES, RecipeContext, is_router
 from ..errors import ConfigError
+from ..models.families import family_of
 from . import machines as machines_mod
+from .cache_bytes import layer_cache as _layer_cache, layer_cache_reads as _layer_cache_reads
 from .census import Tensor, census
 
 # The converter's recipes (convert/quantize.py: uniform, experts, mixed), plus two reference formats:
@@ -104,7 +106,7 @@ def _native_bytes(t: Tensor, cfg: ModelConfig) -> float:
         # (the official V4-Flash tensor list stores them as float8_e8m0fnu).
         br, bc = block
         blocks = math.prod(t.shape[:-2]) * math.ceil(t.shape[-2] / br) * math.ceil(t.shape[-1] / bc)
-        return t.numel + blocks * (1 if cfg.is_v4_family else 4)
+        return t.numel + blocks * family_of(cfg).fp8_scale_bytes
     return t.numel * {"bf16": 2, "fp32": 4, "i64": 8}[t.native]
 
 
@@ -125,59 +127,6 @@ def parameters(tensors: list[Tensor]) -> dict:
         "hf_params": sum(t.numel for t in tensors),
         "by_component": {k: {**v, "active_params": round(v["active_params"])} for k, v in by_comp.items()},
     }
-
-
-def _layer_cache(cfg: ModelConfig, i: int, b: int) -> tuple[float, int, int]:
-    """(bytes per cached token, context-independent bytes, bytes per token without KV compression: a per-head
-    K/V cache for MLA, the uncompressed shared KV head for V4)."""
-    if cfg.uses_csa2:
-        return _csa2_cache(cfg, i, b)
-    if not cfg.is_v4:
-        # MLA caches the compressed latent plus the shared rope key: kv_lora_rank + qk_rope_head_dim values.
-        # A per-head cache would hold K (nope + rope) and V for every head.
-        latent = (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * b
-        full = cfg.num_attention_heads * (cfg.q_head_dim + cfg.v_head_dim) * b
-        dsa = cfg.index_head_dim * b if cfg.uses_dsa else 0  # indexer keys
-        return latent + dsa, 0, full
-    # V4: one shared KV head of head_dim. Every layer keeps a sliding window of recent tokens; a ratio-r layer
-    # also keeps one compressed entry per r tokens, and ratio-4 layers one indexer key per 4 tokens.
-    hd, r = cfg.head_dim, cfg.compress_ratio(i)
-    per = (hd / r + (cfg.index_head_dim / r if r == 4 else 0)) * b if r else 0.0
-    return per, cfg.sliding_window * hd * b, hd * b
-
-
-def _layer_cache_reads(cfg: ModelConfig, i: int, n: int, b: int) -> float:
-    """Cache bytes one decoded token reads in layer i at context n (absorbed MLA reads the whole latent)."""
-    if cfg.uses_csa2:
-        return _csa2_reads(cfg, i, n, b)
-    if not cfg.is_v4:
-        latent = (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * b
-        if cfg.uses_dsa:  # DSA attends to index_topk tokens, scored over all n
-            return min(n, cfg.index_topk) * latent + n * cfg.index_head_dim * b
-        return n * latent
-    hd, r = cfg.head_dim, cfg.compress_ratio(i)
-    entries = n // r if r else 0
-    sparse = min(entries, cfg.index_topk) * hd + entries * cfg.index_head_dim if r == 4 else entries * hd
-    return (min(n, cfg.sliding_window) * hd + sparse) * b
-
-
-def _csa2_cache(cfg: ModelConfig, i: int, b: int) -> tuple[float, int, int]:
-    """V4.1: every layer a window; only KV sources hold compressed entries (and index keys where they index):
-    the layers after a source reuse its entries, so they cache nothing per token."""
-    hd, r = cfg.head_dim, cfg.compress_ratios[i]
-    per = 0.0
-    if r and i in (cfg.kv_source_layer_ids or []):
-        per = (hd + (cfg.index_head_dim if i in (cfg.index_source_layer_ids or []) else 0)) / r * b
-    return per, cfg.sliding_window * hd * b, hd * b
-
-
-def _csa2_reads(cfg: ModelConfig, i: int, n: int, b: int) -> float:
-    """V4.1 layer i at context n: its window, the top-k entries of its source, and (index sources) every key."""
-    hd, r = cfg.head_dim, cfg.compress_ratios[i]
-    sources = [j for j in cfg.kv_source_layer_ids or [] if j <= i and cfg.compress_ratios[j]]
-    entries = n // cfg.compress_ratios[sources[-1]] if r and sources else 0
-    keys = entries * cfg.index_head_dim if i in (cfg.index_source_layer_ids or []) else 0
-    return (min(n, cfg.sliding_window) * hd + min(entries, cfg.index_topk) * hd + keys) * b
 
 
 def _split(weights: list[float], n: int) -> list[range]:
@@ -267,6 +216,7 @@ def estimate(config: Union[str, Path, dict, ModelConfig], *, q_bits: int = 4, q_
     main_layers = range(cfg.num_hidden_layers)
     out = {
         "config": source, "model_type": cfg.model_type, **parameters(tensors),
+        "drafter": "DSpark" if cfg.has_dspark else "MTP",
         "recipe": recipe, "q_bits": q_bits, "q_group_size": q_group_size, "with_mtp": not drop_mtp,
         "size_bytes": whole["weight_bytes"],
         "bits_per_weight": 8 * whole["weight_bytes"] / sum(t.numel for t in kept),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 from ..checkpoint.store import WeightStore
 from ..config import ModelConfig
@@ -82,7 +82,7 @@ def info(path: Union[str, Path]) -> dict:
     store = WeightStore(folder)
     L, V, k_over_e = cfg.num_hidden_layers, cfg.vocab_size, cfg.routed_expert_fraction
     keys = set(store.keys())
-    params = {"main": 0, "mtp": 0, "copy": 0}
+    params, drafter_bytes = {"main": 0, "mtp": 0, "copy": 0}, 0
     active, per_token, tensor_bytes, by_dtype = 0.0, 0.0, 0, {}
     for key in sorted(keys):
         nbytes = store.nbytes_of(key)
@@ -91,23 +91,25 @@ def info(path: Union[str, Path]) -> dict:
         if key.endswith("rotary_emb.inv_freq"):
             continue  # a recomputed buffer some HF checkpoints carry, not a parameter
         m = _LAYER.match(key)
-        part = "mtp" if key.startswith("mtp.") or (m and int(m[1]) >= L) else "main"
+        part = "mtp" if key.startswith(("mtp.", "dspark.")) or (m and int(m[1]) >= L) else "main"
         part = "copy" if part == "mtp" and _MTP_COPY.search(key) else part
         embedding = "embed_tokens" in key or key.startswith("embed.")
         reads = k_over_e if _ROUTED.search(key) else 1 / V if embedding else 1.0
         n = 0 if _aux_of(key, keys) else _logical(key, store, cfg, keys)
         params[part] += n
+        drafter_bytes += nbytes if part != "main" else 0
         if part == "main":
             active += n * reads
             per_token += nbytes * reads
     check_checkpoint(folder)  # the view `load` validates: no figure below from a config the shards contradict
-    n_mtp = cfg.num_nextn_predict_layers
+    n_mtp = 0 if cfg.has_dspark else cfg.num_nextn_predict_layers  # 0731/0813 still say 1, with no MTP head
     moe = sum(cfg.is_moe_layer(i) for i in range(L))
     return {
         "path": str(folder), "architecture": (cfg.extra.get("architectures") or [cfg.model_type])[0],
         "model_type": cfg.model_type,
         "layers": {"total": L, "dense": L - moe, "moe": moe, "mtp": n_mtp, "mtp_in_checkpoint": params["mtp"] > 0},
         "total_params": params["main"], "active_params": round(active), "mtp_params": params["mtp"],
+        "drafter": _drafter(cfg, keys, params["mtp"] + params["copy"], drafter_bytes),
         "stored_params": sum(params.values()),
         "bytes_on_disk": sum((folder / f).stat().st_size for f in set(store.weight_map.values())),
         "tensor_bytes": tensor_bytes, "bytes_by_dtype": by_dtype, "bytes_per_token": round(per_token),
@@ -115,6 +117,15 @@ def info(path: Union[str, Path]) -> dict:
         "quantization": quantization(cfg),
         "runtime": runtime(),
     }
+
+
+def _drafter(cfg, keys: set, n: int, nbytes: int) -> Optional[dict]:
+    """The checkpoint's drafter, apart from the main model: kind, stages, parameters and bytes stored."""
+    if cfg.has_dspark and n:
+        stages = {m[1] for k in keys if (m := re.match(r"^(?:mtp|dspark\.stages)\.(\d+)\.", k))}
+        return {"kind": "dspark", "stages": len(stages), "block_size": cfg.dspark_block_size, "params": n,
+                "bytes": nbytes, "target_layer_ids": cfg.dspark_target_layer_ids}
+    return {"kind": "mtp", "stages": cfg.num_nextn_predict_layers, "params": n, "bytes": nbytes} if n else None
 
 
 def runtime() -> dict:

@@ -74,6 +74,31 @@ class V4Attention(nn.Module):
             picked = complete_windows(offset, x.shape[1], entries.shape[1], self.compressor.ratio)[None]
         return entries, picked
 
+    def queries(self, x: mx.array, offset: int) -> tuple[mx.array, mx.array]:
+        """x (B, L, D) at positions offset.. -> (rotated queries (B, H, L, d), the q LoRA residual (B, L, q_lora))."""
+        B, L, _ = x.shape
+        q_residual = self.q_a_norm(self.q_a_proj(x))
+        q = self.q_b_proj(q_residual).reshape(B, L, self.num_heads, self.head_dim)
+        q = rms_unweighted(q.astype(mx.float32), self.eps).astype(x.dtype)
+        return self.rope(q.transpose(0, 2, 1, 3), offset), q_residual
+
+    def keys(self, x: mx.array, offset: int) -> mx.array:
+        """x (B, L, D) at positions offset.. -> the shared key/value rows (B, L, d), rotated."""
+        return self.rope(self.kv_norm(self.kv_proj(x)), offset)
+
+    def attend(self, q: mx.array, keys: mx.array, mask: Optional[mx.array], offset: int) -> mx.array:
+        """q (B, H, L, d), keys (B, 1, S, d), mask (B|1, 1, L, S) bool or None (all visible) -> (B, L, D)."""
+        B, _, L, _ = q.shape
+        if self.use_reference:
+            full = mask if mask is not None else mx.ones((1, 1, L, keys.shape[2]), dtype=mx.bool_)
+            out = sink_attention_reference(q, keys, full, self.sinks, self.scale)
+        else:
+            out = mx.fast.scaled_dot_product_attention(q, keys, keys, scale=self.scale, mask=mask,
+                                                       sinks=self.sinks.astype(q.dtype))
+        out = self.rope(out, offset, inverse=True).transpose(0, 2, 1, 3)  # (B, L, H, d)
+        out = self.o_a_proj(out.reshape(B, L, self.groups, -1))  # (B, L, G, o_lora_rank)
+        return self.o_b_proj(out.reshape(B, L, -1))
+
     def __call__(self, x: mx.array, cache: Optional[object] = None) -> mx.array:
         """x (B, L, D) -> (B, L, D); positions continue from cache.offset (0 without a cache). A batch of
         solo caches (`row_caches`: rows whose window rings and compressor groups sit at different
@@ -83,23 +108,12 @@ class V4Attention(nn.Module):
             return mx.concatenate([self(x[b: b + 1], c) for b, c in enumerate(rows)])
         B, L, _ = x.shape
         offset = cache.offset if cache is not None else 0
-        q_residual = self.q_a_norm(self.q_a_proj(x))
-        q = self.q_b_proj(q_residual).reshape(B, L, self.num_heads, self.head_dim)
-        q = rms_unweighted(q.astype(mx.float32), self.eps).astype(x.dtype)
-        q = self.rope(q.transpose(0, 2, 1, 3), offset)  # (B, H, L, d)
-        kv = self.rope(self.kv_norm(self.kv_proj(x)), offset)  # (B, L, d)
+        q, q_residual = self.queries(x, offset)
+        kv = self.keys(x, offset)  # (B, L, d)
         keys, start = cache.window.update(kv) if cache is not None else (kv, offset)
         mask = window_mask(offset, L, start, keys.shape[1], self.sliding_window)[None]  # (1, L, S)
         if "compressor" in self:
             entries, picked = self._compressed(x, q_residual, offset, cache)
             keys = mx.concatenate([keys, entries], axis=1)
             mask = mx.concatenate([mx.broadcast_to(mask, (picked.shape[0], *mask.shape[1:])), picked], axis=-1)
-        keys, mask = keys[:, None], mask[:, None]  # one KV head; the mask broadcasts over heads
-        if self.use_reference:
-            out = sink_attention_reference(q, keys, mask, self.sinks, self.scale)
-        else:
-            out = mx.fast.scaled_dot_product_attention(q, keys, keys, scale=self.scale, mask=mask,
-                                                       sinks=self.sinks.astype(q.dtype))
-        out = self.rope(out, offset, inverse=True).transpose(0, 2, 1, 3)  # (B, L, H, d)
-        out = self.o_a_proj(out.reshape(B, L, self.groups, -1))  # (B, L, G, o_lora_rank)
-        return self.o_b_proj(out.reshape(B, L, -1))
+        return self.attend(q, keys[:, None], mask[:, None], offset)  # one KV head; the mask broadcasts over heads

@@ -34,7 +34,7 @@ class V41DecoderLayer(nn.Module):
         super().__init__()
         D, eps = cfg.hidden_size, cfg.rms_norm_eps
         self.self_attn = CSA2Attention(cfg, layer_idx)
-        self.mlp = DeepSeekMoE(cfg, layer_idx)
+        self.mlp = DeepSeekMoE(cfg, layer_idx, v4=True)
         self.input_layernorm = RMSNorm(D, eps=eps)
         self.post_attention_layernorm = RMSNorm(D, eps=eps)
         self.attn_hc = HyperConnection(D, cfg.hc_mult, cfg.hc_sinkhorn_iters, cfg.hc_eps, eps)

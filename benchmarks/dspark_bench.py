@@ -1,0 +1,96 @@
+#!/usr/bin/env python
+"""DSpark drafting on the trained fixture (tests/fixtures/trained_dspark): acceptance per block position,
+mean accepted length per verify, tokens per verify step, at block 5 and 2 with the confidence cut off and
+on; wall clock beside plain greedy decoding on the same prompts, and what one verify and one draft block
+cost against one plain decode step (so a GPU run can be predicted from its own step costs). JSON lines.
+
+    python benchmarks/dspark_bench.py --out benchmarks/results/issue21_dspark.jsonl
+
+Prompts are held out: random ids from a seed the drafter's training never used, continued greedily.
+On MLX's CPU backend a k+1-row verify costs several plain steps (rows cost linearly), so wall-clock
+speedups below 1x are expected here; `verify_over_step` and `draft_over_step` are the figures to carry over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+import mlxseek
+from mlxseek.generation.steps import generate_step
+from mlxseek.speculative import DraftStats, speculative_generate_step
+from mlxseek.speculative.costs import measure_draft_costs
+
+FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "trained_dspark"
+
+
+def held_out_prompts(vocab: int, n: int, length: int, seed: int) -> list[mx.array]:
+    rng = np.random.default_rng(seed)
+    return [mx.array(rng.integers(2, vocab - 1, length).astype(np.uint32)) for _ in range(n)]
+
+
+def timed(gen) -> tuple[list[int], float]:
+    tic = time.perf_counter()
+    toks = [t for t, _ in gen]
+    return toks, time.perf_counter() - tic
+
+
+def run(model, prompts, gen: int, block: int, cut) -> dict:
+    stats, wall, plain_wall, identical = DraftStats(), 0.0, 0.0, 0
+    for p in prompts:
+        plain, s_plain = timed(generate_step(p, model, max_tokens=gen))
+        spec, s_spec = timed(speculative_generate_step(p, model, max_tokens=gen, draft="dspark", num_draft=block,
+                                                       stats=stats, confidence_cut=cut))
+        identical += spec == plain
+        wall, plain_wall = wall + s_spec, plain_wall + s_plain
+    return {
+        "bench": "dspark", "block": block, "confidence_cut": cut, "prompts": len(prompts), "gen_tokens": gen,
+        "identical_outputs": identical, "draft_tokens": stats.draft_tokens, "accepted_tokens": stats.accepted_tokens,
+        "verify_steps": stats.verify_steps, "acceptance": round(stats.acceptance_rate, 4),
+        "acceptance_by_position": [round(a, 4) for a in stats.acceptance_by_position],
+        "mean_accepted_length": round(stats.mean_accepted, 4), "tokens_per_step": round(stats.tokens_per_step, 4),
+        "confidence_cuts": stats.confidence_cuts, "wall_s": round(wall, 3), "plain_wall_s": round(plain_wall, 3),
+        "speedup_vs_plain": round(plain_wall / wall, 3),
+    }
+
+
+def costs(model, block: int) -> dict:
+    c = measure_draft_costs(model, block, kind="dspark")
+    return {"bench": "dspark_costs", "block": block, "step_ms": round(1e3 * c.step_s, 3),
+            "verify_ms": round(1e3 * c.verify_s, 3), "draft_ms": round(1e3 * c.mtp_s, 3),
+            "cycle_ms": round(1e3 * c.cycle_s, 3), "verify_over_step": round(c.verify_ratio, 3),
+            "draft_over_step": round(c.mtp_s / c.step_s, 3)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=FIXTURE)
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--prompt-tokens", type=int, default=16)
+    ap.add_argument("--gen-tokens", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=1000)
+    ap.add_argument("--cut", type=float, default=0.5, help="confidence cut for the 'on' rows")
+    ap.add_argument("--out", type=Path, default=None, help="append the JSON lines here too")
+    args = ap.parse_args()
+    model = mlxseek.load(args.model, tokenizer=False)[0]
+    prompts = held_out_prompts(model.config.vocab_size, args.prompts, args.prompt_tokens, args.seed)
+    list(speculative_generate_step(prompts[0], model, max_tokens=8, draft="dspark", num_draft=5))  # warm up
+    meta = {"model": str(args.model), "machine": platform.machine(), "mlx": mx.__version__,
+            "device": str(mx.default_device()), "seed": args.seed}
+    rows = [run(model, prompts, args.gen_tokens, block, cut) for block in (5, 2) for cut in (None, args.cut)]
+    rows += [costs(model, block) for block in (5, 2)]
+    lines = [json.dumps({**meta, **r}) for r in rows]
+    print("\n".join(lines))
+    if args.out:
+        with args.out.open("a") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
