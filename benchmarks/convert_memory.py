@@ -27,6 +27,9 @@ OURS = ("import sys, mlxseek; mlxseek.convert(hf_path=sys.argv[1], mlx_path=sys.
         "q_bits=4, q_group_size=64, quiet=True)")
 OURS_CALIBRATED = ("import sys, mlxseek; mlxseek.convert(hf_path=sys.argv[1], mlx_path=sys.argv[2], quantize=True, "
                    "q_bits=4, q_group_size=64, quiet=True, calibration=sys.argv[3], calibration_tokens=int(sys.argv[4]))")
+# --reference-search: the same calibrated run with the op-by-op reference search (the speed before blocking).
+REFERENCE_SEARCH = ("from mlxseek.convert import stream, weighted; "
+                    "stream.quantize_weighted = weighted.quantize_weighted_reference; ")
 MLX_LM = ("import sys; from mlx_lm import convert; "
           "convert(sys.argv[1], sys.argv[2], quantize=True, q_bits=4, q_group_size=64)")
 
@@ -108,11 +111,15 @@ def main() -> None:
     ap.add_argument("--calibration", type=Path, default=None,
                     help="also run a calibrated conversion on this text (token ids outside the vocabulary dropped)")
     ap.add_argument("--calibration-tokens", type=int, default=2048)
+    ap.add_argument("--reference-search", action="store_true",
+                    help="with --calibration: also a calibrated run with the slow reference weighted search")
     ap.add_argument("--skip-plain", action="store_true", help="with --calibration: only the calibrated run")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     tools = ([] if args.skip_plain else [("mlxseek", OURS)]) + ([("mlx_lm", MLX_LM)] if args.mlx_lm else [])
     tools += [("mlxseek-calibrated", OURS_CALIBRATED)] if args.calibration else []
+    ref = REFERENCE_SEARCH + OURS_CALIBRATED
+    tools += [("mlxseek-calibrated-reference-search", ref)] if args.calibration and args.reference_search else []
     for src in args.input:
         extra = (vocab_safe_text(args.calibration, src, args.work), args.calibration_tokens) if args.calibration else ()
         info = describe(src)

@@ -18,7 +18,8 @@ from mlxseek.config import ModelConfig
 from mlxseek.convert.calibrate import collect, collect_in_memory, read_calibration
 from mlxseek.convert.reader import SourceReader
 from mlxseek.convert.stream import Source
-from mlxseek.convert.weighted import pack, quantize_weighted
+from mlxseek.convert import weighted
+from mlxseek.convert.weighted import pack, pack_mx, quantize_weighted, quantize_weighted_reference
 from mlxseek.errors import ConversionError
 
 FIX = Path(__file__).parent / "fixtures"
@@ -53,6 +54,26 @@ def test_pack_matches_mlx_layout(bits):
     packed, s, b = mx.quantize(w, group_size=32, bits=bits)
     codes = mx.dequantize(packed, mx.ones_like(s), mx.zeros_like(b), group_size=32, bits=bits)
     assert np.array_equal(pack(np.array(codes).astype(np.uint32), bits), np.array(packed))
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 8])
+def test_pack_in_mlx_equals_numpy_pack(bits):
+    codes = mx.random.randint(0, 2**bits, (5, 96), key=mx.random.key(bits)).astype(mx.uint32)
+    assert np.array_equal(np.array(pack_mx(codes, bits)), pack(np.array(codes), bits))
+
+
+@pytest.mark.parametrize("bits,group,dtype", [(2, 32, mx.float16), (3, 64, mx.bfloat16), (4, 64, mx.bfloat16),
+                                              (5, 64, mx.bfloat16), (6, 128, mx.float32), (8, 64, mx.bfloat16)])
+def test_blocked_weighted_search_equals_reference_bit_for_bit(monkeypatch, bits, group, dtype):
+    # A block size that splits the 37 rows into full blocks and a ragged last one.
+    monkeypatch.setattr(weighted, "BLOCK_ELEMENTS", 8 * 256)
+    w = (0.02 * mx.random.normal((37, 256), key=mx.random.key(bits))).astype(dtype)
+    imp = mx.random.uniform(shape=(256,), key=mx.random.key(7)) ** 4 * 10
+    fast = quantize_weighted(w, imp, group_size=group, bits=bits, dtype=dtype)
+    ref = quantize_weighted_reference(w, imp, group_size=group, bits=bits, dtype=dtype)
+    for a, b in zip(fast, ref):
+        assert (a.shape, a.dtype) == (b.shape, b.dtype)
+        assert mx.array_equal(a, b).item()
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])

@@ -295,7 +295,7 @@ def test_refusals(tmp_path, monkeypatch):
         convert(FIXTURES / "v3", FIXTURES / "v3" / "mlx")
     with pytest.raises(ConversionError, match=r"already an MLX-quantized checkpoint"):
         convert(convert(FIXTURES / "v3", tmp_path / "q4", quantize=True, q_group_size=32).path, tmp_path / "x")
-    from mlxseek.convert import convert as convert_module
+    from mlxseek.convert import inputs as convert_module
 
     monkeypatch.setattr(convert_module.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
     with pytest.raises(ConversionError, match=r"needs about 0\.0\d GB more but the filesystem has 0\.00 GB free"):

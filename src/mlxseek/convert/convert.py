@@ -15,7 +15,6 @@ The source folder is only ever opened read-only.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -35,8 +34,9 @@ from ..errors import ConversionError
 from ..models import build_checked, build_model, family_of
 from .calibrated import DEFAULT_CALIBRATION_TOKENS, calibrate, check_calibration
 from .engram import copy_engram_tables
-from .failures import as_conversion_error, check_output_parent, clean_up
+from .failures import as_conversion_error, clean_up
 from .finalize import finish, output_config
+from .inputs import check_disk, check_paths, dtype_name, index_sha256, read_config, resolve_dtype, sha256_json
 from .layout import assign_shards, plan_jobs, shard_names
 from .manifest import Progress
 from .quantize import QuantPlan, check_options, plan_quantization, size_summary
@@ -46,7 +46,6 @@ from .stream import PIECE_BYTES, Source, write_shard
 
 DEFAULT_SHARD_BYTES = 5 << 30  # mlx-lm's shard size
 SHARD_DELAY_ENV = "MLXSEEK_CONVERT_SHARD_DELAY"  # test hook: seconds to pause after each finished shard
-_DTYPES = {"float16": mx.float16, "bfloat16": mx.bfloat16, "float32": mx.float32}
 
 
 @dataclass(frozen=True)
@@ -98,7 +97,7 @@ def convert(
     """
     t0 = time.perf_counter()
     log = (lambda *_: None) if quiet else (lambda msg: tqdm.write(str(msg)))
-    src, dst = _check_paths(Path(hf_path), Path(mlx_path), force)
+    src, dst = check_paths(Path(hf_path), Path(mlx_path), force)
     if quantize:
         check_options(recipe, q_bits, q_group_size, layout)
     elif layout != "transposed":
@@ -149,14 +148,14 @@ class _Conversion:
     def fingerprint(self) -> str:
         layout = [[n, [[s.name, str(s.dtype), list(s.shape)] for j in js for s in j.outputs]]
                   for n, js in zip(self.names, self.shards)]
-        return _sha256_json({"format_version": FORMAT_VERSION, "source": self.source.reader.fingerprint(),
+        return sha256_json({"format_version": FORMAT_VERSION, "source": self.source.reader.fingerprint(),
                              "options": self.options, "layout": layout})
 
 
 def _plan(src: Path, dst: Path, options: dict, max_shard_bytes: int) -> _Conversion:
-    raw_cfg, cfg = _read_config(src)
-    dtype = _resolve_dtype(options["dtype"], raw_cfg)
-    options = {**options, "dtype": _dtype_name(dtype)}
+    raw_cfg, cfg = read_config(src)
+    dtype = resolve_dtype(options["dtype"], raw_cfg)
+    options = {**options, "dtype": dtype_name(dtype)}
     reader = SourceReader(src)
     plan = build_plan(reader.keys(), cfg, rename=family_of(cfg).key_rename(cfg))
     cfg = with_drafter_stages(cfg, plan)
@@ -187,7 +186,7 @@ def _open_partial(job: _Conversion, log) -> tuple[Progress, set[str]]:
     done = {n for n in job.names if progress.finished(n)}
     todo = sum(j.nbytes for n, js in zip(job.names, job.shards) if n not in done for j in js)
     try:
-        _check_disk(job.partial, todo)
+        check_disk(job.partial, todo)
     except ConversionError:
         if not progress.shards:  # nothing worth resuming: leave no trace
             shutil.rmtree(job.partial, ignore_errors=True)
@@ -204,7 +203,7 @@ def _finish(job: _Conversion, progress: Progress) -> dict:
                           tensors=merge([progress.shards[n]["report"] for n in job.names]), output_bytes=output_bytes)
     report.update(job.calibrated)
     block = {"format_version": FORMAT_VERSION, "source": str(job.src),
-             "source_index_sha256": _index_sha256(job.src, job.source.reader),
+             "source_index_sha256": index_sha256(job.src, job.source.reader),
              **{k: v for k, v in job.options.items() if k != "drop_mtp"}, "mtp": job.source.plan.has_mtp}
     config = output_config(job.raw_cfg, job.qplan.config_entry() if job.qplan else None, block)
     weight_map = {s.name: n for n, js in zip(job.names, job.shards) for j in js for s in j.outputs}
@@ -246,40 +245,6 @@ def _write_shards(job: _Conversion, progress: Progress, done: set[str], quiet: b
         mx.set_cache_limit(old_limit)
 
 
-def _check_paths(src: Path, dst: Path, force: bool) -> tuple[Path, Path]:
-    src, dst = src.expanduser().resolve(), dst.expanduser().resolve()
-    if not src.is_dir():
-        raise ConversionError(f"--hf-path {src}: not a folder; pass a local Hugging Face checkpoint folder")
-    if dst == src or src in dst.parents or dst in src.parents:
-        raise ConversionError(f"--mlx-path {dst}: must not be, contain or lie inside --hf-path {src} "
-                              "(the source is never modified)")
-    if dst.exists() and not force:
-        raise ConversionError(f"--mlx-path {dst}: already exists; pass --force to replace it, or choose another path")
-    check_output_parent(dst)
-    return src, dst
-
-
-def _read_config(src: Path) -> tuple[dict, ModelConfig]:
-    cfg = ModelConfig.from_file(src)
-    if cfg.quantization:
-        raise ConversionError(f"{src / 'config.json'}: already an MLX-quantized checkpoint ('quantization' is set); "
-                              "convert the original Hugging Face release instead")
-    return json.loads((src / "config.json").read_text()), cfg
-
-
-def _resolve_dtype(dtype: str | None, raw_cfg: dict) -> mx.Dtype:
-    if dtype is None:
-        dtype = raw_cfg.get("torch_dtype") or raw_cfg.get("dtype")
-        dtype = dtype if dtype in _DTYPES else "bfloat16"
-    if dtype not in _DTYPES:
-        raise ConversionError(f"--dtype {dtype!r}: choose one of {', '.join(_DTYPES)}")
-    return _DTYPES[dtype]
-
-
-def _dtype_name(dtype: mx.Dtype) -> str:
-    return next(k for k, v in _DTYPES.items() if v == dtype)
-
-
 def _as_stored(cfg: ModelConfig, plan) -> nn.Module:
     """The model as the output stores it before our quantization: modules the source already packs
     (V4 FP4 experts, recorded in plan.quantization) quantized; parameters lazy, never evaluated."""
@@ -294,26 +259,3 @@ def _drop_mtp(plan) -> None:
     plan.targets = [t for t in plan.targets if t not in mtp]
     plan.dropped.extend(k for t in mtp for k in t.sources)
     plan.has_mtp = False
-
-
-def _check_disk(folder: Path, need: int) -> None:
-    free = shutil.disk_usage(folder).free
-    margin = 64 << 20  # config, index, report, tokenizer files
-    if need + margin > free:
-        raise ConversionError(f"{folder}: the output needs about {(need + margin) / 1e9:.2f} GB more but the "
-                              f"filesystem has {free / 1e9:.2f} GB free; free some space or choose another --mlx-path")
-
-
-def _index_sha256(src: Path, reader: SourceReader) -> str:
-    index = src / "model.safetensors.index.json"
-    return _sha256_bytes(index.read_bytes()) if index.exists() else reader.fingerprint()
-
-
-def _sha256_bytes(b: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(b).hexdigest()
-
-
-def _sha256_json(obj) -> str:
-    return _sha256_bytes(json.dumps(obj, sort_keys=True).encode())
