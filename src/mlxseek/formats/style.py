@@ -8,9 +8,10 @@ from pathlib import Path
 from ..errors import ChatFormatError
 from .tokens import THINK_START
 
-STYLES = ("v3", "r1", "v3.1", "v3.2", "v4")
+STYLES = ("v3", "r1", "v3.1", "v3.2", "v4", "v4-0731")
+V4_STYLES = ("v4", "v4-0731")  # one encoder; v4-0731 (V4-Flash-0731, V4-Pro-0813) only re-tiers reasoning effort
 # thinking: None = no reasoning at all, True = always reasons, "toggle" = the caller chooses (default off)
-THINKING = {"v3": None, "r1": True, "v3.1": "toggle", "v3.2": "toggle", "v4": "toggle"}
+THINKING = {"v3": None, "r1": True, "v3.1": "toggle", "v3.2": "toggle", "v4": "toggle", "v4-0731": "toggle"}
 
 
 def check_style(style: str) -> str:
@@ -57,8 +58,8 @@ def check_thinking(style: str, thinking: bool | None) -> bool:
     rule = THINKING[style]
     if rule is None:
         if thinking:
-            raise ChatFormatError(f"thinking=True: the {style} format has no reasoning mode; use r1, v3.1, v3.2 "
-                                  "or v4, or leave thinking unset", field="thinking")
+            raise ChatFormatError(f"thinking=True: the {style} format has no reasoning mode; use r1, v3.1, v3.2, "
+                                  "v4 or v4-0731, or leave thinking unset", field="thinking")
         return False
     if rule is True:
         if thinking is False:
@@ -86,10 +87,23 @@ def style_of_checkpoint(folder: str | Path, *, chat_template: str | None) -> str
     config = Path(folder) / "config.json"
     if not config.is_file():
         return None
-    model_type = json.loads(config.read_text()).get("model_type", "")
+    cfg = json.loads(config.read_text())
+    model_type = cfg.get("model_type", "")
     if chat_template is None and model_type not in ("deepseek_v32", "deepseek_v4", "deepseek_v41"):
         return None
     try:
-        return detect_style(model_type=model_type, chat_template=chat_template)
+        style = detect_style(model_type=model_type, chat_template=chat_template)
     except ChatFormatError:
         return None
+    return "v4-0731" if style == "v4" and is_v4_0731(Path(folder), cfg) else style
+
+
+def is_v4_0731(folder: Path, config: dict) -> bool:
+    """Whether a V4 checkpoint speaks the 0731 encoder. The encoder it ships decides when present (0731's
+    defines REASONING_EFFORT_PROMPTS, April's only REASONING_EFFORT_MAX); otherwise the DSpark config keys
+    do: V4-Flash-0731 and V4-Pro-0813 are the released checkpoints that carry `dspark_*`, April's has none.
+    (The June V4-Flash-DSpark also has them; its encoder is not known here, so an explicit style= wins.)"""
+    encoder = folder / "encoding" / "encoding_dsv4.py"
+    if encoder.is_file():
+        return "REASONING_EFFORT_PROMPTS" in encoder.read_text(encoding="utf-8", errors="replace")
+    return any(key.startswith("dspark_") for key in config)
