@@ -95,7 +95,7 @@ def style_of_checkpoint(folder: str | Path, *, chat_template: str | None) -> str
         style = detect_style(model_type=model_type, chat_template=chat_template)
     except ChatFormatError:
         return None
-    return "v4-0731" if style == "v4" and is_v4_0731(Path(folder), cfg) else style
+    return "v4-0731" if model_type == "deepseek_v4" and is_v4_0731(Path(folder), cfg) else style
 
 
 def is_v4_0731(folder: Path, config: dict) -> bool:
