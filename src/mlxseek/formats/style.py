@@ -20,10 +20,16 @@ def check_style(style: str) -> str:
     return style
 
 
-def detect_style(*, model_type: str, chat_template: str | None = None) -> str:
-    """The chat format of a checkpoint from its config's model_type and the chat template it ships."""
-    if model_type in ("deepseek_v4", "deepseek_v41"):  # V4.1 ships V4's tokenizer (its Engram vocabulary checks out)
-        return "v4"
+# V4-family model_type -> (its style, its style when the checkpoint speaks the 0731 encoder). V4.1 ships V4's
+# tokenizer (its Engram vocabulary checks out) and keeps April's effort paragraph in mlxseek.
+_V4_STYLES = {"deepseek_v4": ("v4", "v4-0731"), "deepseek_v41": ("v4", "v4")}
+
+
+def detect_style(*, model_type: str, chat_template: str | None = None, v0731: bool = False) -> str:
+    """The chat format of a checkpoint from its config's model_type and the chat template it ships;
+    `v0731`: a V4 checkpoint that speaks the 0731 encoder (`is_v4_0731`)."""
+    if model_type in _V4_STYLES:
+        return _V4_STYLES[model_type][v0731]
     if model_type == "deepseek_v32":
         return "v3.2"
     if model_type not in ("deepseek_v2", "deepseek_v3"):
@@ -92,10 +98,9 @@ def style_of_checkpoint(folder: str | Path, *, chat_template: str | None) -> str
     if chat_template is None and model_type not in ("deepseek_v32", "deepseek_v4", "deepseek_v41"):
         return None
     try:
-        style = detect_style(model_type=model_type, chat_template=chat_template)
+        return detect_style(model_type=model_type, chat_template=chat_template, v0731=is_v4_0731(Path(folder), cfg))
     except ChatFormatError:
         return None
-    return "v4-0731" if model_type == "deepseek_v4" and is_v4_0731(Path(folder), cfg) else style
 
 
 def is_v4_0731(folder: Path, config: dict) -> bool:

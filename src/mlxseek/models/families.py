@@ -49,8 +49,7 @@ class Family:
         """The default chat format of a checkpoint of this family (raises ChatFormatError if none). `dspark`:
         the config carries `dspark_*` keys, which among V4 releases only 0731/0813 (and June's -DSpark) do,
         and those speak the 0731 encoder (formats.style.is_v4_0731 prefers the shipped encoder file)."""
-        style = detect_style(model_type=model_type, chat_template=chat_template)
-        return "v4-0731" if model_type == "deepseek_v4" and dspark else style
+        return detect_style(model_type=model_type, chat_template=chat_template, v0731=dspark)
 
 
 _MLA = dict(official_v4_names=False, fp8_scale_bytes=4, pages_experts=True, distributes=True, calibrates=True,
