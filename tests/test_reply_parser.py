@@ -66,6 +66,7 @@ SPECIALS = {"v3": ("<｜tool▁calls▁begin｜>", "<｜tool▁call▁begin｜>"
             "v3.2": ("<｜DSML｜function_calls>", "</think>", "<｜User｜>"),
             "v4": ("<｜DSML｜tool_calls>", "</think>", "<｜latest_reminder｜>")}
 SPECIALS["r1"] = SPECIALS["v3.1"] = SPECIALS["v3"]
+SPECIALS["v4-0731"] = SPECIALS["v4"]  # 0731 changes only the prompt's effort paragraph
 
 
 @pytest.mark.parametrize("style", STYLES)
@@ -127,6 +128,7 @@ MALFORMED = {
            "\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"launch\">\n\n</｜DSML｜invoke>\n</｜DSML｜tool_calls>"],
 }
 MALFORMED["r1"] = MALFORMED["v3"]
+MALFORMED["v4-0731"] = MALFORMED["v4"]
 
 
 @pytest.mark.parametrize("style", STYLES)

@@ -98,7 +98,7 @@ def _block(style: str, calls: str) -> str:
     return f"{_lit(chr(10) * 2 + f'<{DSML}{block}>' + chr(10))} {calls} {_lit(chr(10) + f'</{DSML}{block}>')}"
 
 
-_CALL = {"v3": _fenced, "r1": _fenced, "v3.1": _plain, "v3.2": _dsml, "v4": _dsml}
+_CALL = {"v3": _fenced, "r1": _fenced, "v3.1": _plain, "v3.2": _dsml, "v4": _dsml, "v4-0731": _dsml}
 
 
 def tool_call_grammar(style: str, tools: list[dict], *, parallel: bool = False) -> str:
@@ -110,7 +110,7 @@ def tool_call_grammar(style: str, tools: list[dict], *, parallel: bool = False) 
         raise ChatFormatError("tools: a forced tool call needs at least one tool")
     rules = [f"fn_{i}: {_CALL[style](f['name'], _arguments(f))}" for i, f in enumerate(functions)]
     call = " | ".join(f"fn_{i}" for i in range(len(functions)))
-    sep = '"\\n" ' if style in ("v3.2", "v4") else ""
+    sep = '"\\n" ' if style in ("v3.2", "v4", "v4-0731") else ""
     calls = "call"
     for _ in range(MAX_PARALLEL_CALLS - 1 if parallel else 0):  # bounded, so the block always closes
         calls = f"call ({sep}{calls})?"

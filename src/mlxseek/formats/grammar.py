@@ -67,3 +67,4 @@ GRAMMARS = {
     "v3.2": Grammar(has_reasoning=True, strip_newlines=False, **_dsml_block("function_calls")),
     "v4": Grammar(has_reasoning=True, strip_newlines=False, **_dsml_block("tool_calls")),
 }
+GRAMMARS["v4-0731"] = GRAMMARS["v4"]  # 0731 changes only the effort paragraph of the prompt

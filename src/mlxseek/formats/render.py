@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..errors import ChatFormatError
 from . import r1, v3, v4, v31, v32
 from .messages import BASE_ROLES, normalize_messages, tool_functions
-from .style import check_style, check_thinking, style_of_tokenizer
+from .style import V4_STYLES, check_style, check_thinking, style_of_tokenizer
 
 
 def render_chat(messages: list[dict], *, style: str | None = None, tools: list[dict] | None = None,
@@ -15,7 +15,7 @@ def render_chat(messages: list[dict], *, style: str | None = None, tools: list[d
     special tokens). `style=None` reads the format off `tokenizer`'s checkpoint.
 
     For v3/r1/v3.1 `tools` do not change the prompt (their official templates do not render schemas;
-    describe tools in the system prompt). For v3.2/v4 the encoders always end a final user turn with the
+    describe tools in the system prompt). For v3.2/v4/v4-0731 the encoders always end a final user turn with the
     assistant prefix, so `add_generation_prompt` only matters for v3/r1/v3.1.
     Raises ChatFormatError naming the message index and field of anything it cannot render.
     """
@@ -26,10 +26,8 @@ def render_chat(messages: list[dict], *, style: str | None = None, tools: list[d
     check_style(style)
     think = check_thinking(style, thinking)
     functions = tool_functions(tools)
-    if reasoning_effort is not None and (style != "v4" or reasoning_effort not in v4.REASONING_EFFORTS):
-        raise ChatFormatError(f"reasoning_effort={reasoning_effort!r}: only the v4 format takes it, as "
-                              "'high' or 'max' (in thinking mode)", field="reasoning_effort")
-    msgs = normalize_messages(messages, roles=v4.ROLES if style == "v4" else BASE_ROLES)
+    _check_effort(style, reasoning_effort)
+    msgs = normalize_messages(messages, roles=v4.ROLES if style in V4_STYLES else BASE_ROLES)
     if style == "v3":
         for i, m in enumerate(msgs):
             if m["role"] == "assistant" and m["tool_calls"] and m["content"] is not None:
@@ -43,4 +41,17 @@ def render_chat(messages: list[dict], *, style: str | None = None, tools: list[d
         return v31.render(msgs, add_generation_prompt=add_generation_prompt, thinking=think)
     if style == "v3.2":
         return v32.render(msgs, tools=functions, thinking=think)
-    return v4.render(msgs, tools=functions, thinking=think, reasoning_effort=reasoning_effort)
+    return v4.render(msgs, tools=functions, thinking=think, reasoning_effort=reasoning_effort,
+                     v0731=style == "v4-0731")
+
+
+def _check_effort(style: str, reasoning_effort: str | None) -> None:
+    if reasoning_effort is None:
+        return
+    if style == "v4-0731" and reasoning_effort not in v4.REASONING_EFFORTS_0731:
+        raise ChatFormatError(f"reasoning_effort={reasoning_effort!r}: the v4-0731 format takes 'low', 'high' "
+                              "or 'max' (in thinking mode)", field="reasoning_effort")
+    if style != "v4-0731" and (style != "v4" or reasoning_effort not in v4.REASONING_EFFORTS):
+        raise ChatFormatError(f"reasoning_effort={reasoning_effort!r}: only the v4 formats take it, v4 as "
+                              "'high' or 'max', v4-0731 as 'low', 'high' or 'max' (in thinking mode)",
+                              field="reasoning_effort")

@@ -8,9 +8,10 @@ from pathlib import Path
 from ..errors import ChatFormatError
 from .tokens import THINK_START
 
-STYLES = ("v3", "r1", "v3.1", "v3.2", "v4")
+STYLES = ("v3", "r1", "v3.1", "v3.2", "v4", "v4-0731")
+V4_STYLES = ("v4", "v4-0731")  # one encoder; v4-0731 (V4-Flash-0731, V4-Pro-0813) only re-tiers reasoning effort
 # thinking: None = no reasoning at all, True = always reasons, "toggle" = the caller chooses (default off)
-THINKING = {"v3": None, "r1": True, "v3.1": "toggle", "v3.2": "toggle", "v4": "toggle"}
+THINKING = {"v3": None, "r1": True, "v3.1": "toggle", "v3.2": "toggle", "v4": "toggle", "v4-0731": "toggle"}
 
 
 def check_style(style: str) -> str:
@@ -19,10 +20,16 @@ def check_style(style: str) -> str:
     return style
 
 
-def detect_style(*, model_type: str, chat_template: str | None = None) -> str:
-    """The chat format of a checkpoint from its config's model_type and the chat template it ships."""
-    if model_type in ("deepseek_v4", "deepseek_v41"):  # V4.1 ships V4's tokenizer (its Engram vocabulary checks out)
-        return "v4"
+# V4-family model_type -> (its style, its style when the checkpoint speaks the 0731 encoder). V4.1 ships V4's
+# tokenizer (its Engram vocabulary checks out) and keeps April's effort paragraph in mlxseek.
+_V4_STYLES = {"deepseek_v4": ("v4", "v4-0731"), "deepseek_v41": ("v4", "v4")}
+
+
+def detect_style(*, model_type: str, chat_template: str | None = None, v0731: bool = False) -> str:
+    """The chat format of a checkpoint from its config's model_type and the chat template it ships;
+    `v0731`: a V4 checkpoint that speaks the 0731 encoder (`is_v4_0731`)."""
+    if model_type in _V4_STYLES:
+        return _V4_STYLES[model_type][v0731]
     if model_type == "deepseek_v32":
         return "v3.2"
     if model_type not in ("deepseek_v2", "deepseek_v3"):
@@ -57,8 +64,8 @@ def check_thinking(style: str, thinking: bool | None) -> bool:
     rule = THINKING[style]
     if rule is None:
         if thinking:
-            raise ChatFormatError(f"thinking=True: the {style} format has no reasoning mode; use r1, v3.1, v3.2 "
-                                  "or v4, or leave thinking unset", field="thinking")
+            raise ChatFormatError(f"thinking=True: the {style} format has no reasoning mode; use r1, v3.1, v3.2, "
+                                  "v4 or v4-0731, or leave thinking unset", field="thinking")
         return False
     if rule is True:
         if thinking is False:
@@ -86,10 +93,22 @@ def style_of_checkpoint(folder: str | Path, *, chat_template: str | None) -> str
     config = Path(folder) / "config.json"
     if not config.is_file():
         return None
-    model_type = json.loads(config.read_text()).get("model_type", "")
+    cfg = json.loads(config.read_text())
+    model_type = cfg.get("model_type", "")
     if chat_template is None and model_type not in ("deepseek_v32", "deepseek_v4", "deepseek_v41"):
         return None
     try:
-        return detect_style(model_type=model_type, chat_template=chat_template)
+        return detect_style(model_type=model_type, chat_template=chat_template, v0731=is_v4_0731(Path(folder), cfg))
     except ChatFormatError:
         return None
+
+
+def is_v4_0731(folder: Path, config: dict) -> bool:
+    """Whether a V4 checkpoint speaks the 0731 encoder. The encoder it ships decides when present (0731's
+    defines REASONING_EFFORT_PROMPTS, April's only REASONING_EFFORT_MAX); otherwise the DSpark config keys
+    do: V4-Flash-0731 and V4-Pro-0813 are the released checkpoints that carry `dspark_*`, April's has none.
+    (The June V4-Flash-DSpark also has them; its encoder is not known here, so an explicit style= wins.)"""
+    encoder = folder / "encoding" / "encoding_dsv4.py"
+    if encoder.is_file():
+        return "REASONING_EFFORT_PROMPTS" in encoder.read_text(encoding="utf-8", errors="replace")
+    return any(key.startswith("dspark_") for key in config)

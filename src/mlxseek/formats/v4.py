@@ -5,6 +5,10 @@ Differences from V3.2: tool results are merged into user turns as `<tool_result>
 + think token goes after a user turn only when an assistant turn (or the end) follows; a
 `latest_reminder` role; `reasoning_effort="max"` prepends a fixed paragraph in thinking mode; when tools
 are given, earlier reasoning is kept instead of dropped. Calls are DSML `tool_calls` blocks.
+
+The 0731 encoder (V4-Flash-0731, V4-Pro-0813; style "v4-0731") differs only in the effort paragraph: three
+tiers, "low" (the default) adds nothing, "high" gets the paragraph April's V4 used for "max", and "max" a
+new, stronger one. Evidence: tests/fixtures/make_chat_goldens.py V4_0731_EVIDENCE.
 """
 
 from __future__ import annotations
@@ -32,6 +36,29 @@ REASONING_EFFORT_MAX = (
     "Explicitly write out your entire deliberation process, documenting every intermediate step, considered "
     "alternative, and rejected hypothesis to ensure absolutely no assumption is left unchecked.\n\n"
 )
+
+REASONING_EFFORTS_0731 = (None, "low", "high", "max")
+# The 0731 encoder's effort paragraphs, written at the very start in thinking mode (None means "low").
+EFFORT_PROMPTS_0731 = {
+    "low": "",
+    "high": REASONING_EFFORT_MAX,
+    "max": (
+        "Reasoning Effort: Beyond maximum \u2014 exhaustive, relentless, and uncompromising.\n"
+        "You MUST reason with the utmost depth and rigor, leaving absolutely nothing to chance: exhaustively "
+        "decompose the problem into its most fundamental components, trace every causal chain to its root, and "
+        "resolve the underlying cause rather than any surface symptom.\n"
+        "Do not stop reasoning until you have independently verified the solution from multiple angles and are "
+        "certain that no assumption remains unchecked and no error remains undiscovered.\n\n"
+    ),
+}
+
+
+def effort_prompt(reasoning_effort: str | None, *, v0731: bool) -> str:
+    """The paragraph that opens a thinking-mode prompt for this effort (April V4 or the 0731 encoder)."""
+    if v0731:
+        return EFFORT_PROMPTS_0731[reasoning_effort or "low"]
+    return REASONING_EFFORT_MAX if reasoning_effort == "max" else ""
+
 
 TOOLS_PROMPT = """## Tools
 
@@ -100,7 +127,8 @@ def _user(parts: list[tuple]) -> str:
                               for text, call_id in parts)
 
 
-def render(messages: list[dict], *, tools: list[dict], thinking: bool, reasoning_effort: str | None) -> str:
+def render(messages: list[dict], *, tools: list[dict], thinking: bool, reasoning_effort: str | None,
+           v0731: bool = False) -> str:
     turns = merge_turns(messages)
     if tools and turns[0]["role"] != "system":
         turns.insert(0, {"role": "system", "content": ""})
@@ -108,8 +136,8 @@ def render(messages: list[dict], *, tools: list[dict], thinking: bool, reasoning
     last_user = max((i for i, t in enumerate(turns) if t["role"] == "user"), default=-1)
     out = [BOS]
     for i, t in enumerate(turns):
-        if i == 0 and thinking and reasoning_effort == "max":
-            out.append(REASONING_EFFORT_MAX)
+        if i == 0 and thinking:
+            out.append(effort_prompt(reasoning_effort, v0731=v0731))
         role = t["role"]
         if role == "system":
             out.append(t["content"] + ("\n\n" + tools_prompt(tools) if tools and i == 0 else ""))

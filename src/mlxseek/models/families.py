@@ -45,9 +45,11 @@ class Family:
             return None
         return partial(official_v4_key, dspark=cfg.has_dspark)
 
-    def chat_style(self, model_type: str, chat_template: Optional[str] = None) -> str:
-        """The default chat format of a checkpoint of this family (raises ChatFormatError if none)."""
-        return detect_style(model_type=model_type, chat_template=chat_template)
+    def chat_style(self, model_type: str, chat_template: Optional[str] = None, *, dspark: bool = False) -> str:
+        """The default chat format of a checkpoint of this family (raises ChatFormatError if none). `dspark`:
+        the config carries `dspark_*` keys, which among V4 releases only 0731/0813 (and June's -DSpark) do,
+        and those speak the 0731 encoder (formats.style.is_v4_0731 prefers the shipped encoder file)."""
+        return detect_style(model_type=model_type, chat_template=chat_template, v0731=dspark)
 
 
 _MLA = dict(official_v4_names=False, fp8_scale_bytes=4, pages_experts=True, distributes=True, calibrates=True,

@@ -68,7 +68,8 @@ def _detect_style(model, tokenizer) -> Optional[str]:
     if not hasattr(cfg, "model_type") or tokenizer is None:
         return None
     try:
-        return family_of(cfg).chat_style(cfg.model_type, getattr(tokenizer, "chat_template", None))
+        return family_of(cfg).chat_style(cfg.model_type, getattr(tokenizer, "chat_template", None),
+                                         dspark=bool(getattr(cfg, "has_dspark", False)))
     except MlxseekError as e:
         log.warning("no chat format for this model (%s); only /v1/completions will work", e)
         return None
