@@ -134,8 +134,8 @@ def quantize_weighted(w: mx.array, imp: mx.array, *, group_size: int, bits: int,
 
 
 def quantize_weighted_reference(w: mx.array, imp: mx.array, *, group_size: int, bits: int, dtype: mx.Dtype):
-    """The search written op by op with NumPy packing: the definition `quantize_weighted` must equal bit for bit
-    (tests compare them); kept because the fused version is harder to read."""
+    """The whole matrix searched at once and packed by NumPy: the definition `quantize_weighted` (row blocks,
+    MLX packing) must equal bit for bit; tests compare them."""
     R, cols = w.shape
     G, n = cols // group_size, mx.array(float(2**bits - 1))
     wd = w.astype(dtype)
@@ -143,23 +143,7 @@ def quantize_weighted_reference(w: mx.array, imp: mx.array, *, group_size: int, 
     wg = wd.astype(mx.float32).reshape(R, G, group_size)
     ig = imp.astype(mx.float32).reshape(1, G, group_size)
     ig = ig / mx.maximum(ig.mean(axis=-1, keepdims=True), 1e-30) + 1e-3  # no column counts for nothing
-    ig = mx.broadcast_to(ig, wg.shape)
-    si, sw = ig.sum(-1), (ig * wg).sum(-1)  # (R, G), fixed for every candidate
-    rnd = lambda x: x.astype(dtype).astype(mx.float32)  # what the stored scale/bias will be
-    # Per group (R, G): the best scale and bias so far and their error. Codes are recomputed from them at
-    # the end: rounding to nearest is each element's best code whatever its weight, MLX's own codes included.
-    best_s, best_b = s0.astype(mx.float32), b0.astype(mx.float32)
-    best = _score(wg, ig, best_s[..., None], best_b[..., None], n)[0]
-    lo, hi = wg.min(axis=-1), wg.max(axis=-1)
-    for ratio in CLIP_RATIOS:
-        s, b = rnd(mx.maximum((hi - lo) * ratio / n, 1e-8)), rnd(lo * ratio)
-        for k in range(REFITS + 1):
-            e, sq, sqq, sqw = _score(wg, ig, s[..., None], b[..., None], n)
-            better = e < best
-            best, best_s, best_b = mx.where(better, e, best), mx.where(better, s, best_s), mx.where(better, b, best_b)
-            if k < REFITS:
-                s, b = (rnd(x) for x in _refit(si, sw, sq, sqq, sqw, s, b))
-        mx.eval(best, best_s, best_b)  # bound the lazy graph to one ratio
+    best_s, best_b = _search(wg, mx.broadcast_to(ig, wg.shape), s0, b0, n, dtype)
     q = mx.clip(mx.round((wg - best_b[..., None]) / best_s[..., None]), 0, n)
     codes = np.array(q.reshape(R, cols).astype(mx.uint32))
     return mx.array(pack(codes, bits)), best_s.astype(dtype), best_b.astype(dtype)
