@@ -223,10 +223,13 @@ class ModelConfig:
     @property
     def ignored_checkpoint_keys(self) -> tuple[str, ...]:
         """Regexes of stored keys the text model never loads as parameters. V4.1: the vision tower and
-        aligner, the image delimiters, image-token routing biases (`gate.bias_vl`), and the Engram tables, which stay on disk (loading/engram.py)."""
+        aligner, the image delimiters, image-token routing biases (`gate.bias_vl`), a drafter config.json does
+        not describe (`mtp.*`), and the Engram tables, which stay on disk (loading/engram.py)."""
         if self.model_type != "deepseek_v41":
             return ()
-        return (r"^(vision|aligner)\.", r"^image_(start|end|newline)$", r"\.gate\.bias_vl$",
+        # A checkpoint whose config.json describes no DSpark drafter: its `mtp.*` keys are not loaded.
+        drafter = () if self.has_dspark else (r"^mtp\.",)
+        return drafter + (r"^(vision|aligner)\.", r"^image_(start|end|newline)$", r"\.gate\.bias_vl$",
                 r"\.engram\.embed\.(weight|scale)$")
 
     def is_hash_layer(self, idx: int) -> bool:
