@@ -52,9 +52,12 @@ class V41LayerCache:
 
     def update_window(self, kv: mx.array) -> tuple[mx.array, int]:
         """Append kv (B, L, d); return (all rows a query of this chunk may see, position of the first)."""
-        rows = append(self.window, kv)
+        kept = append(self.window, kv)
+        # The attention sees the last window_size old rows only, as without slack: more (masked) keys
+        # change the kernel's summation order, and FP4/FP8 rounding downstream can amplify that noise.
+        rows = kept[:, -(self.window_size + kv.shape[1]):]
         start = self.offset + kv.shape[1] - rows.shape[1]
-        self.window = rows[:, -(self.window_size + self.trim_slack):]  # masked beyond the window
+        self.window = kept[:, -(self.window_size + self.trim_slack):]  # the slack rows serve `trim` only
         self.offset += kv.shape[1]
         return rows, start
 
