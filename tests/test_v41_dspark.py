@@ -149,3 +149,19 @@ def test_caches_after_accept_and_reject_equal_a_plain_runs(loaded, monkeypatch, 
             else:
                 assert va[k].shape == vb[k].shape, (i, k)
                 np.testing.assert_allclose(va[k], vb[k], atol=1e-5, err_msg=f"layer {i} {k}")
+
+
+def test_convert_keeps_the_drafter_and_drop_drafter_leaves_it_out(folder, loaded, tmp_path):
+    from mlxseek.convert.convert import convert
+
+    model, prompts = loaded
+    convert(hf_path=folder, mlx_path=tmp_path / "mlx", dtype="float32", quiet=True)
+    converted = mlxseek.load(tmp_path / "mlx", dtype="float32", tokenizer=False)[0]
+    assert converted.drafters == ("dspark",) and len(converted.dspark.stages) == 3
+    for name, p in tree_flatten(model.dspark.parameters()):
+        np.testing.assert_array_equal(np.array(dict(tree_flatten(converted.dspark.parameters()))[name]),
+                                      np.array(p), err_msg=name)
+    spec = [t for t, _ in speculative_generate_step(prompts[1], converted, max_tokens=16, draft="dspark")]
+    assert spec == _plain(model, prompts[1], 16)
+    convert(hf_path=folder, mlx_path=tmp_path / "bare", quiet=True, drop_mtp=True)
+    assert mlxseek.load(tmp_path / "bare", tokenizer=False)[0].drafters == ()
