@@ -1,5 +1,5 @@
 """The DeepSeek-V4.1 DSpark drafter on a tiny V4.1 folder in the official layout (tests/v41_checkpoint.py:
-the 10-layer CSA2 schedule, Engram at layers 1 and 5, a random 3-stage drafter under `mtp.{s}.*` with its own
+the 10-layer CSA2 schedule, Engram at layers 1 and 6, a random 3-stage drafter under `mtp.{s}.*` with its own
 4-expert top-3 MoE): loading, a partial drafter named, greedy drafting identical to plain greedy, and the
 caches after accept / reject equal to a plain run's (window, compressed entries, open group, Engram look-back)."""
 
