@@ -18,10 +18,11 @@ from mlxseek.cache.mla import DSACache, LatentCache, QuantizedLatentCache
 from mlxseek.cache.mtp import MTPCache
 from mlxseek.cache.protocol import Capabilities, CacheStateError, implements
 from mlxseek.cache.v4 import V4LayerCache
+from mlxseek.cache.v41 import V41LayerCache
 from mlxseek.serve import cache_state
 
-CACHE_CLASSES = [LatentCache, QuantizedLatentCache, DSACache, V4LayerCache, MTPCache, DSparkCache, BatchLatentCache,
-                 BatchDSACache, RowBatchCache]
+CACHE_CLASSES = [LatentCache, QuantizedLatentCache, DSACache, V4LayerCache, V41LayerCache, MTPCache, DSparkCache,
+                 BatchLatentCache, BatchDSACache, RowBatchCache]
 _MODELS: dict = {}
 
 

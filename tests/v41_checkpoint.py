@@ -1,6 +1,7 @@
 """A tiny DeepSeek-V4.1 folder in the official layout: composite config.json, DeepSeek's key names
 (`layers.N.attn.wq_a.weight`, `ffn.experts.E.w1.weight`, `hc_attn_fn`, ...), the Engram tables in shards of
-their own, keys the text model ignores (vision, `gate.bias_vl`, a DSpark `mtp.0.*`), and a 256-token
+their own, keys the text model ignores (vision, `gate.bias_vl`, an `mtp.0.*` config.json does not describe),
+the DSpark drafter under `mtp.{s}.*` when the model carries one, and a 256-token
 tokenizer whose ids pair up in the compressed vocabulary ("wK" and "WK")."""
 
 from __future__ import annotations
@@ -75,7 +76,21 @@ def fp4_experts(a: np.ndarray) -> tuple[list, list, np.ndarray]:
     return ws, ss, np.stack(deq)
 
 
-def write_official(folder: Path, model, base: dict, *, quantized: bool = False) -> ModelConfig:
+def _drafter_as_layer(name: str, stages: int) -> str:
+    """Our `dspark.*` paths -> `model.layers.mtpS.*` (renamed with the block rules, then to `mtp.S.*`): the
+    official layout stores stage s under `mtp.{s}.`, main_proj / main_norm with stage 0 and the head parts
+    (norm, markov_head.{embed,head}, confidence_head) with the last stage."""
+    m = re.match(r"^dspark\.stages\.(\d+)\.(.*)$", name)
+    if m:
+        return f"model.layers.mtp{m[1]}.{m[2]}"
+    if name.startswith("dspark.main_"):
+        return "layers.mtp0." + name[len("dspark."):]
+    if name.startswith("dspark."):
+        return f"layers.mtp{stages - 1}." + name[len("dspark."):]
+    return name
+
+
+def write_official(folder: Path, model, base: dict, *, quantized: bool = False, drop: tuple = ()) -> ModelConfig:
     """`model`: our V41Model (or anything with our parameter names) holding the weights to write.
     quantized: store FP8 32x32 / FP4 experts, and load the dequantized values back into `model`."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -84,21 +99,22 @@ def write_official(folder: Path, model, base: dict, *, quantized: bool = False) 
         text.update(quantization_config=QUANT, expert_dtype="fp4")
     cfg = ModelConfig.from_dict(text)
     tensors, exact = {}, []
+    stages = len(model.dspark.stages) if "dspark" in model else 0
     for name, p in tree_flatten(model.parameters()):
         a = np.array(p, dtype=np.float32)
-        m = re.match(r"model\.layers\.(\d+)\.mlp\.switch_mlp\.(\w+)\.weight$", name)
+        ours, name = name, _drafter_as_layer(name, stages)
+        m = re.match(r"model\.layers\.([\w]+)\.mlp\.switch_mlp\.(\w+)\.weight$", name)
         if m:
             key = f"layers.{m[1]}.ffn.experts.{{}}.{_EXPERT[m[2]]}"
             if quantized:
                 ws, ss, deq = fp4_experts(a)
-                exact.append((name, deq))
+                exact.append((ours, deq))
                 for e in range(a.shape[0]):
                     tensors[key.format(e) + ".weight"], tensors[key.format(e) + ".scale"] = ws[e], ss[e]
                 continue
             for e in range(a.shape[0]):
                 tensors[key.format(e) + ".weight"] = a[e]
             continue
-        ours = name
         for pat, repl in _RENAMES:
             name = re.sub(pat, repl, name)
         if quantized and _FP8.search(name):
@@ -107,9 +123,12 @@ def write_official(folder: Path, model, base: dict, *, quantized: bool = False) 
             exact.append((ours, deq.reshape(np.array(p).shape)))
             continue
         tensors[name] = a
+    tensors = {re.sub(r"^layers\.mtp(\d+)\.", r"mtp.\1.", k): v for k, v in tensors.items()}
+    tensors = {k: v for k, v in tensors.items() if k not in drop}  # a partial checkpoint
     tensors["layers.3.ffn.gate.bias_vl"] = np.zeros(base["n_routed_experts"], np.float32)
     tensors["vision.patch_embed.weight"] = np.zeros((4, 4), np.float32)
-    tensors["mtp.0.main_proj.weight"] = np.zeros((4, 4), np.float32)
+    if not stages:  # a drafter config.json does not describe: ignored on load
+        tensors["mtp.0.main_proj.weight"] = np.zeros((4, 4), np.float32)
     write_st(folder / "model-00001-of-00002.safetensors", {k: (_DTYPE[(v.dtype.kind, k.endswith(".scale"))], v, v.shape)
                                                           for k, v in tensors.items()})
     if exact:

@@ -48,9 +48,16 @@ def mlx_lm_model(cfg: dict = TINY, seed: int = 0):
     return model
 
 
-def ours_from(ref_model, cfg: dict = TINY) -> V41Model:
-    """Our model with the reference's weights (the names differ only where the layouts do)."""
-    model = V41Model(ModelConfig.from_dict(cfg))
+# A V4.1 DSpark drafter in miniature: the last three layers as targets, the drafter's own (smaller) MoE.
+DSPARK = {"dspark_target_layer_ids": [7, 8, 9], "dspark_block_size": 5, "dspark_markov_rank": 8,
+          "dspark_noise_token_id": 3, "dspark_n_routed_experts": 4, "dspark_num_experts_per_tok": 3}
+
+
+def ours_from(ref_model, cfg: dict = TINY, *, stages: int = 0) -> V41Model:
+    """Our model with the reference's weights (the names differ only where the layouts do); `stages` > 0
+    adds a random DSpark drafter (cfg must carry the dspark_* keys, as DSPARK)."""
+    mcfg = ModelConfig.from_dict(cfg)
+    model = V41Model(mcfg.replace(dspark_stages=stages) if stages else mcfg)
     weights = []
     for name, p in tree_flatten(ref_model.parameters()):
         name = name.replace(".mlp.experts.switch_mlp.", ".mlp.switch_mlp.")

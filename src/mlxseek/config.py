@@ -124,6 +124,8 @@ class ModelConfig:
     dspark_markov_rank: Optional[int] = None
     dspark_target_layer_ids: Optional[list] = None
     dspark_noise_token_id: Optional[int] = None
+    dspark_n_routed_experts: Optional[int] = None  # V4.1's drafter: its own MoE sizes (None: the backbone's)
+    dspark_num_experts_per_tok: Optional[int] = None
     # Not a config.json key: the DSpark stages the checkpoint stores, counted from its `mtp.{s}.` prefixes at
     # load (num_nextn_predict_layers still says 1 in the releases); to_dict() leaves it out.
     dspark_stages: Optional[int] = None
@@ -221,11 +223,13 @@ class ModelConfig:
     @property
     def ignored_checkpoint_keys(self) -> tuple[str, ...]:
         """Regexes of stored keys the text model never loads as parameters. V4.1: the vision tower and
-        aligner, the image delimiters, image-token routing biases (`gate.bias_vl`), the DSpark drafter
-        (`mtp.*`, not built yet) and the Engram tables, which stay on disk (loading/engram.py)."""
+        aligner, the image delimiters, image-token routing biases (`gate.bias_vl`), a drafter config.json does
+        not describe (`mtp.*`), and the Engram tables, which stay on disk (loading/engram.py)."""
         if self.model_type != "deepseek_v41":
             return ()
-        return (r"^(vision|aligner)\.", r"^image_(start|end|newline)$", r"\.gate\.bias_vl$", r"^mtp\.",
+        # A checkpoint whose config.json describes no DSpark drafter: its `mtp.*` keys are not loaded.
+        drafter = () if self.has_dspark else (r"^mtp\.",)
+        return drafter + (r"^(vision|aligner)\.", r"^image_(start|end|newline)$", r"\.gate\.bias_vl$",
                 r"\.engram\.embed\.(weight|scale)$")
 
     def is_hash_layer(self, idx: int) -> bool:
@@ -262,7 +266,7 @@ class ModelConfig:
     @property
     def has_dspark(self) -> bool:
         """config.json describes a DSpark block drafter (its target layers are the one key it cannot do without)."""
-        return self.is_v4 and self.dspark_target_layer_ids is not None
+        return self.is_v4_family and self.dspark_target_layer_ids is not None
 
     @property
     def fp8_block_size(self) -> Optional[tuple[int, int]]:

@@ -40,7 +40,8 @@ def check_counts(cfg: ModelConfig, plan: Plan, store, folder: Path) -> None:
             f"{missing} (model.layers.{missing}.*); fix num_hidden_layers or the shards")
     # Main layers 0..L-1 are there; the MTP layer at index L was renamed to mtp.*; more follow for n_mtp > 1.
     extra = sorted(i for i in layers if i >= L)
-    stored_mtp = int(plan.has_mtp) + sum(1 for i in extra if i < L + n_mtp)
+    # A DSpark drafter (plan.dspark_stages) is no MTP layer: num_nextn_predict_layers does not count it.
+    stored_mtp = int(plan.has_mtp and not plan.dspark_stages) + sum(1 for i in extra if i < L + n_mtp)
     beyond = [i for i in extra if i >= L + max(n_mtp, 1)]
     if beyond:
         raise WeightMismatchError(

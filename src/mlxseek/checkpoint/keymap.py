@@ -118,7 +118,7 @@ def build_plan(keys: list[str], cfg: ModelConfig, *, rename: Optional[Callable[[
         elif op == "copy":
             targets.append(Target("copy", (key,), (key,)))
     for (prefix, proj, suffix), by_e in sorted(experts.items()):
-        n = cfg.n_routed_experts or 0
+        n = _expert_count(cfg, prefix)
         unexpected = sorted(e for e in by_e if e >= n)
         if unexpected or len(by_e) != n:
             # islice, not a set of range(n): n comes from config.json and may be absurd (10**12)
@@ -143,6 +143,13 @@ def build_plan(keys: list[str], cfg: ModelConfig, *, rename: Optional[Callable[[
     stages = dspark_stages(source_of) if cfg.has_dspark else 0
     has_mtp = stages > 0 or any(k.startswith("mtp.") and k not in dropped for k in source_of)
     return Plan(targets, dropped, source_of, has_mtp, quantization, stages)
+
+
+def _expert_count(cfg: ModelConfig, prefix: str) -> int:
+    """Routed experts of the block at `prefix`: V4.1's DSpark stages have their own (dspark_n_routed_experts)."""
+    if prefix.startswith("dspark.") and cfg.dspark_n_routed_experts:
+        return cfg.dspark_n_routed_experts
+    return cfg.n_routed_experts or 0
 
 
 DRAFTER_PREFIXES = ("mtp.", "dspark.")  # internal paths of a drafter: MTP (V3/V4) or DSpark

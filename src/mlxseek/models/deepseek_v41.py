@@ -18,12 +18,14 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from ..cache.dspark import DSparkCache
 from ..cache.v41 import make_v41_cache
 from ..config import ModelConfig
 from ..errors import ConfigError, GenerationError
 from ..layers.norms import RMSNorm
 from ..layers.v41.attention import CSA2Attention
 from ..layers.v41.block import V41DecoderLayer, collapse
+from ..layers.v41.dspark import DSpark41
 from ..layers.v41.engram import gather_rows
 from ..layers.v41.indexer import CSA2Indexer
 from .base import CausalLM
@@ -52,16 +54,22 @@ class V41Backbone(nn.Module):
         self.layers = [V41DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers)]
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
 
-    def __call__(self, inputs: mx.array, cache: list, engram_rows: dict) -> mx.array:
+    def __call__(self, inputs: mx.array, cache: list, engram_rows: dict, taps: tuple = ()):
+        """-> the final normed hidden (B, L, D); with `taps`, also the mean over streams of those layers'
+        outputs, concatenated (B, L, len(taps)*D): what the DSpark drafter reads."""
         h = self.embed_tokens(inputs)
         B, L, D = h.shape
         streams = mx.broadcast_to(h[:, :, None, :], (B, L, self.hc_mult, D))
         pre = mx.zeros((B, L, self.hc_mult), mx.float32)
         pre[..., 0] = 1.0  # the first site collapses stream 0
         shared: dict = {}
+        tapped = {}
         for i, (layer, c) in enumerate(zip(self.layers, cache)):
             streams, pre = layer(streams, pre, c, shared, engram_rows.get(i))
-        return self.norm(collapse(streams, pre))
+            if i in taps:
+                tapped[i] = streams.mean(axis=2)
+        out = self.norm(collapse(streams, pre))
+        return (out, mx.concatenate([tapped[i] for i in taps], axis=-1)) if taps else out
 
 
 class V41Model(CausalLM):
@@ -71,6 +79,8 @@ class V41Model(CausalLM):
         self.model = V41Backbone(cfg)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self._engram = None  # (hasher, memory): see attach_engram
+        if with_mtp and cfg.has_dspark and cfg.dspark_stages:  # stages counted from the checkpoint's mtp.{s}.
+            self.dspark = DSpark41(cfg, cfg.dspark_stages)
 
     def attach_engram(self, hasher, memory) -> None:
         """hasher: layers.v41.engram_hash.EngramHasher; memory: checkpoint.engram_rows.DiskRows/ResidentRows."""
@@ -90,8 +100,12 @@ class V41Model(CausalLM):
         hasher, memory = self._engram
         tokens = np.array(inputs, dtype=np.int64)
         history = cache[0].engram_history
-        rows, cache[0].engram_history = hasher.rows(tokens, hasher.start(tokens.shape[0]) if history is None
-                                                    else history)
+        history = hasher.start(tokens.shape[0]) if history is None else history
+        rows, cache[0].engram_history = hasher.rows(tokens, history)
+        # The longer look-back a rollback (cache trim) restores the history from.
+        trail = history if cache[0].engram_trail is None else cache[0].engram_trail
+        trail = np.concatenate([trail, hasher.token_map[tokens]], axis=1)
+        cache[0].engram_trail = trail[:, -(history.shape[1] + cache[0].trim_slack):]
         return {layer: gather_rows(memory, j, rows[:, :, j]) for j, layer in enumerate(ids)}
 
     def __call__(self, inputs: mx.array, cache: Optional[list] = None, input_embeddings=None) -> mx.array:
@@ -103,6 +117,14 @@ class V41Model(CausalLM):
     def trunk(self, inputs: mx.array, cache: Optional[list] = None) -> mx.array:
         cache = cache if cache is not None else self.make_cache()
         return self.model(inputs, cache, self._engram_rows(inputs, cache))
+
+    def trunk_taps(self, inputs: mx.array, cache: Optional[list] = None) -> tuple[mx.array, mx.array]:
+        """(the final normed hidden (B, L, D), the DSpark target layers' hiddens (B, L, T*D))."""
+        cache = cache if cache is not None else self.make_cache()
+        return self.model(inputs, cache, self._engram_rows(inputs, cache), tuple(self.dspark.target_layer_ids))
+
+    def make_dspark_cache(self) -> DSparkCache:
+        return DSparkCache(len(self.dspark.stages), self.dspark.ring_size)
 
     def head(self, hidden: mx.array) -> mx.array:
         return self.lm_head(hidden)
@@ -116,7 +138,7 @@ class V41Model(CausalLM):
     def set_fake_quant(self, on: bool) -> None:
         """Switch the in-forward FP8/FP4 rounding (on by default: the model was trained with it)."""
         for _, m in self.named_modules():
-            if isinstance(m, (CSA2Attention, CSA2Indexer)):
+            if isinstance(m, (CSA2Attention, CSA2Indexer)):  # the DSpark stages' attention too
                 m.fake_quant = on
 
     def set_attention_impl(self, impl: str) -> None:

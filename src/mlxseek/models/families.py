@@ -59,7 +59,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("deepseek_v3", ("deepseek_v2", "deepseek_v3"), Model, "mla", **_MLA),  # V2, V2-Lite, V3, R1, V3.1
     Family("deepseek_v32", ("deepseek_v32",), Model, "dsa", **_MLA),
     Family("deepseek_v4", ("deepseek_v4",), V4Model, "v4", drafters=("mtp", "dspark"), **_V4),  # 0731/0813 too
-    Family("deepseek_v41", ("deepseek_v41",), V41Model, "csa2", drafters=(), **_V4),
+    Family("deepseek_v41", ("deepseek_v41",), V41Model, "csa2", drafters=("dspark",), **_V4),
 )
 _BY_TYPE = {t: f for f in FAMILIES for t in f.model_types}
 

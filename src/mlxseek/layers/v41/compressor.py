@@ -35,8 +35,10 @@ class CSA2Compressor(nn.Module):
             return self.kv_norm(self.kv_proj(x)), offset
         h = x.astype(mx.float32)
         held = 0 if cache.pending_kv is None else cache.pending_kv.shape[1]
-        kv = append(cache.pending_kv, self.kv_proj(h))
-        gate = append(cache.pending_gate, self.gate_proj(h))
+        new_kv, new_gate = self.kv_proj(h), self.gate_proj(h)
+        cache.log_raw(new_kv, new_gate, offset)  # what a rollback rebuilds the open group from
+        kv = append(cache.pending_kv, new_kv)
+        gate = append(cache.pending_gate, new_gate)
         full = kv.shape[1] - kv.shape[1] % self.ratio
         cache.pending_kv, cache.pending_gate = kv[:, full:], gate[:, full:]
         first = (offset - held) // self.ratio
