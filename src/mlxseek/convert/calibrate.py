@@ -61,6 +61,12 @@ class Statistics:
     modules: dict[str, ModuleStats] = field(default_factory=dict)
     weight_only: list[str] = field(default_factory=list)  # quantizable modules with no recorded input
 
+    @classmethod
+    def of(cls, batches: list[np.ndarray]) -> "Statistics":
+        """Empty statistics for these (B, L) token batches: their token, chunk and context counts."""
+        return cls(tokens=int(sum(b.size for b in batches)), chunks=sum(len(b) for b in batches),
+                   ctx=int(batches[0].shape[1]))
+
     def get(self, path: str, experts: int, in_dim: int) -> ModuleStats:
         if path not in self.modules:
             self.modules[path] = ModuleStats(np.zeros(experts, np.int64), np.zeros((experts, in_dim)))
@@ -209,8 +215,7 @@ def collect(source: Source, batches: list[np.ndarray], *, ram_bytes: int = RAM_B
     source = dataclasses.replace(source, dtype=backend_policy().dtype)
     model = build_model(cfg, with_mtp=source.plan.has_mtp)  # lazy: only what _load fills is ever allocated
     measuring, on_layer = on_layer is not None, on_layer or (lambda *_: None)
-    stats = Statistics(tokens=int(sum(b.size for b in batches)), chunks=sum(len(b) for b in batches),
-                       ctx=int(batches[0].shape[1]))
+    stats = Statistics.of(batches)
     width = 4 * cfg.hidden_size * stats.tokens
     with tempfile.TemporaryDirectory(prefix="mlxseek-calibration-") as tmp:
         acts = Activations(Path(tmp) if width > ram_bytes else None)
@@ -262,8 +267,7 @@ def collect_in_memory(source: Source, batches: list[np.ndarray]) -> Statistics:
     model = build_model(source.cfg, with_mtp=False)
     _load(model, source, "model.", relative=False)
     _load(model, source, "lm_head.", relative=False)
-    stats = Statistics(tokens=int(sum(b.size for b in batches)), chunks=sum(len(b) for b in batches),
-                       ctx=int(batches[0].shape[1]))
+    stats = Statistics.of(batches)
     for i, layer in enumerate(model.model.layers):
         attach(layer, f"model.layers.{i}.", stats)
     head = stats.get("lm_head", 1, source.cfg.hidden_size)
