@@ -49,6 +49,18 @@ def run_staggered(dec: BatchDecoder, prompts, limit: int, cancel=None) -> dict[i
     return out
 
 
+def run_together(eng: Engine, prompts) -> list[list]:
+    """Each prompt as its own request to the running engine, all at once: every request's events."""
+
+    async def collect(p):
+        return [e async for e in eng.generate(p, SamplingParams(max_tokens=N_TOKENS))]
+
+    async def together():
+        return await asyncio.gather(*(collect(p) for p in prompts))
+
+    return asyncio.run(asyncio.wait_for(together(), 300))
+
+
 @pytest.mark.parametrize("name", FAMILIES)
 def test_eight_staggered_rows_equal_their_solo_runs(name):
     model, prompts, alone = load(name)
@@ -87,15 +99,8 @@ def test_four_concurrent_server_requests_equal_solo(name):
     model, prompts, alone = load(name)
     eng = Engine(model, None, model_id=name, max_batch=4, prompt_cache_bytes=0)
     eng.start()
-
-    async def collect(p):
-        return [e async for e in eng.generate(p, SamplingParams(max_tokens=N_TOKENS))]
-
-    async def together():
-        return await asyncio.gather(*(collect(p) for p in prompts[:4]))
-
     try:
-        outs = asyncio.run(asyncio.wait_for(together(), 300))
+        outs = run_together(eng, prompts[:4])
     finally:
         eng.stop()
     for i, events in enumerate(outs):
@@ -111,16 +116,9 @@ def test_batched_rows_feed_the_prefix_cache_and_restore_exactly(name):
     model, prompts, alone = load(name)
     eng = Engine(model, None, model_id=name, max_batch=4)
     eng.start()
-
-    async def collect(p):
-        return [e async for e in eng.generate(p, SamplingParams(max_tokens=N_TOKENS))]
-
-    async def wave():
-        return await asyncio.gather(*(collect(p) for p in prompts[:4]))
-
     try:
-        first = asyncio.run(asyncio.wait_for(wave(), 300))
-        second = asyncio.run(asyncio.wait_for(wave(), 300))
+        first = run_together(eng, prompts[:4])
+        second = run_together(eng, prompts[:4])
     finally:
         eng.stop()
     for i, (a, b) in enumerate(zip(first, second)):
