@@ -45,6 +45,14 @@ def tiny(tiny_dir):
 
 
 @pytest.fixture(scope="module")
+def tokenizer():
+    """The real DeepSeek tokenizer (tests/scripted_model.py), loaded once per test module."""
+    from scripted_model import real_tokenizer
+
+    return real_tokenizer()
+
+
+@pytest.fixture(scope="module")
 def trained():
     """(model, tokenizer) of the trained tiny DeepSeek-V3 (tests/fixtures/trained_v3), once per module."""
     import mlxseek

@@ -26,13 +26,6 @@ def render_case(style: str, case: dict) -> str:
                        add_generation_prompt=case.get("add_generation_prompt", True))
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    from scripted_model import real_tokenizer
-
-    return real_tokenizer()
-
-
 @pytest.mark.parametrize("style", STYLES)
 def test_goldens_cover_the_required_cases(style):
     g = golden(style)

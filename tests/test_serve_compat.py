@@ -4,7 +4,7 @@ the context is clamped to what is left), Anthropic requests full of fields and b
 
 import httpx
 import pytest
-from scripted_model import ScriptedModel, real_tokenizer, servable
+from scripted_model import ScriptedModel, servable
 from serve_helpers import deadline, running_server
 
 from mlxseek.serve import Limits
@@ -21,11 +21,6 @@ LONG_REPLY = " ".join(["word"] * 200)
 def bounded():
     with deadline(300):
         yield
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return real_tokenizer()
 
 
 def server(tokenizer, *, context=4096, **kw):

@@ -5,7 +5,7 @@ the parser and for the constraint alike, not re-read off the prompt's last token
 
 import openai
 import pytest
-from scripted_model import ScriptedModel, real_tokenizer
+from scripted_model import ScriptedModel
 from serve_helpers import deadline
 from test_serve_tools import CONTENT, REASONING, REPLIES, TOOL, scripted_server
 
@@ -21,11 +21,6 @@ TIMEOUT = 60
 def bounded():
     with deadline(300):
         yield
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return real_tokenizer()
 
 
 @pytest.fixture

@@ -34,13 +34,6 @@ def bounded():
         yield
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    from scripted_model import real_tokenizer
-
-    return real_tokenizer()
-
-
 def client_of(srv):
     return openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", timeout=TIMEOUT, max_retries=0)
 

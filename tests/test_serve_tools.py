@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import anthropic
 import openai
 import pytest
-from scripted_model import ScriptedModel, real_tokenizer
+from scripted_model import ScriptedModel
 from serve_helpers import deadline, running_server
 
 MODEL_ID = "scripted"
@@ -58,11 +58,6 @@ ANTHROPIC_HISTORY = [
     {"role": "assistant", "content": [{"type": "text", "text": "It is 09:00 in Tokyo."}]},
     {"role": "user", "content": "And the weather in Paris?"},
 ]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return real_tokenizer()
 
 
 @pytest.fixture(scope="module", autouse=True)

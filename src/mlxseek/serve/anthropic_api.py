@@ -9,6 +9,7 @@ from . import dispatch
 from .anthropic_map import check_model, message, thinking, to_messages, to_tools
 from .anthropic_stream import message_events
 from .chat_bridge import generation_budget, render_prompt, reply_chunks, stop_strings
+from .params import SamplingParams
 from .schemas_anthropic import CountTokensRequest, MessagesRequest
 from .sse import anthropic_stream
 from .structured import request_grammar
@@ -18,8 +19,6 @@ router = APIRouter()
 
 @router.post("/v1/messages")
 async def messages(req: MessagesRequest, request: Request):
-    from .engine import SamplingParams
-
     served = request.app.state.served
     check_model(served, req)
     prompt = await run_in_threadpool(render_prompt, served, to_messages(req), tools=to_tools(req),

@@ -77,12 +77,17 @@ async def start(served: ServedModel, request, tokens: list[int], params, *, endp
         await agen.aclose()
         raise ApiError(400, str(e), param=e.field) from None
     except BaseException:
-        nxt.cancel()
-        await asyncio.gather(nxt, return_exceptions=True)
-        await agen.aclose()
+        await _abandon(nxt, agen)
         raise
     served.metrics.ttft.labels(endpoint).observe(time.perf_counter() - t0)
     return _events(first, agen, served, endpoint, t0)
+
+
+async def _abandon(nxt: asyncio.Future, agen) -> None:
+    """Cancel the pending first event and close the generation."""
+    nxt.cancel()
+    await asyncio.gather(nxt, return_exceptions=True)
+    await agen.aclose()
 
 
 async def _settled(task: asyncio.Future, timeout: float) -> bool:
@@ -97,9 +102,7 @@ async def _waiting(nxt: asyncio.Future, agen, served: ServedModel, endpoint: str
             yield WAITING
         first = nxt.result()
     except BaseException:
-        nxt.cancel()
-        await asyncio.gather(nxt, return_exceptions=True)
-        await agen.aclose()
+        await _abandon(nxt, agen)
         raise
     served.metrics.ttft.labels(endpoint).observe(time.perf_counter() - t0)
     async for ev in _events(first, agen, served, endpoint, t0):

@@ -16,60 +16,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import mlx.core as mx
 from mlx_lm.sample_utils import make_sampler
 
 from ..errors import GenerationError
-from ..formats import ReplyFormat
 from ..generation.prefill import prefill_chunk
 from ..generation.steps import make_prompt_cache
 from ..generation.stream import stream_generate
 from . import cache_state
 from .batching import BatchRunner
+from .params import DRAFT_MODES, SamplingParams, TokenEvent, check_params
 from .prefix_cache import PrefixCache, chat_marks, model_identity, snapshot_points
 from .scheduler import DONE, Cancelled, Request, Scheduler
 
 log = logging.getLogger("mlxseek.serve")
-
-DRAFT_MODES = ("none", "mtp", "dspark", "auto")
-MAX_TOP_LOGPROBS = 20
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How to decode one request; temperature 0 is greedy."""
-
-    max_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    top_logprobs: int | None = None  # None: no logprobs; 0: the chosen token's only; k: also the top k
-    draft: str | None = None  # None (the engine's default) | "none" | "mtp" | "dspark" | "auto"
-    grammar: str | None = None  # llguidance Lark text the reply must follow (serve/structured.py)
-    reply: ReplyFormat | None = None  # the rendered chat prompt's reply format: events carry the parse
-
-
-@dataclass(frozen=True)
-class TokenEvent:
-    """One generated token; the last event of a request carries its finish_reason."""
-
-    token: int
-    text: str
-    logprob: float | None
-    top_logprobs: tuple[tuple[int, str, float], ...] | None
-    finish_reason: str | None  # None mid-stream; "stop" (EOS / stop string) or "length" on the last event
-    prompt_tokens: int
-    cached_tokens: int
-    generation_tokens: int
-    batch_size: int = 1  # rows that shared the forward producing this token
-    drafting: bool = False  # MTP drafting was on for this token
-    # What this token adds to the parsed reply (mlxseek.stream_generate's records; the one parse of it)
-    reasoning: str = ""
-    content: str = ""
-    tool_calls: tuple = ()
 
 
 class _DraftedSteps:
@@ -85,26 +46,6 @@ class _DraftedSteps:
         if steps != self.steps:
             self.steps, self.drafting, self.drafts = steps, drafts > self.drafts, drafts
         return self.drafting
-
-
-def _check_params(p: SamplingParams, context: int) -> None:
-    def bad(field_name: str, why: str):
-        raise GenerationError(f"{field_name}: {why}", field=field_name)
-
-    if not isinstance(p.max_tokens, int) or isinstance(p.max_tokens, bool) or p.max_tokens < 1:
-        bad("max_tokens", f"must be a positive integer, got {p.max_tokens!r}")
-    if p.max_tokens > context:
-        bad("max_tokens", f"{p.max_tokens} is over the model's context of {context} tokens; ask for fewer")
-    if not isinstance(p.temperature, (int, float)) or not 0 <= p.temperature <= 100:
-        bad("temperature", f"must be a number >= 0, got {p.temperature!r}")
-    if not isinstance(p.top_p, (int, float)) or not 0 < p.top_p <= 1:
-        bad("top_p", f"must be in (0, 1], got {p.top_p!r}")
-    if p.top_logprobs is not None and (not isinstance(p.top_logprobs, int) or not 0 <= p.top_logprobs <= MAX_TOP_LOGPROBS):
-        bad("top_logprobs", f"must be an integer from 0 to {MAX_TOP_LOGPROBS}, got {p.top_logprobs!r}")
-    if p.draft is not None and p.draft not in DRAFT_MODES:
-        bad("draft", f"must be one of {', '.join(DRAFT_MODES)}, got {p.draft!r}")
-    if not all(isinstance(s, str) for s in p.stop):
-        bad("stop", "every stop sequence must be a string")
 
 
 class Engine:
@@ -165,7 +106,7 @@ class Engine:
         """TokenEvents for `prompt_tokens`; raises QueueFullError (queue full) or GenerationError (bad
         prompt or parameters) before the first event. Stop iterating to cancel the generation."""
         prompt = self._check_prompt(prompt_tokens)
-        _check_params(params, self.context_length)
+        check_params(params, self.context_length)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
 

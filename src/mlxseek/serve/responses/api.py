@@ -14,6 +14,7 @@ from .. import dispatch
 from ..api_errors import ApiError
 from ..chat_bridge import ChatPrompt, generation_budget, render_prompt, reply_chunks
 from ..model_names import check_name
+from ..params import SamplingParams
 from ..structured import request_grammar
 from .convert import OutputFormat, ResponseTurn, ToolChoice, to_turn
 from .output import ResponseBuilder, echo_fields
@@ -35,8 +36,6 @@ def store_of(app) -> ResponseStore:
 def sampling(req: ResponsesRequest, turn: ResponseTurn, *, prompt: ChatPrompt, max_tokens: int):
     """The engine's SamplingParams for this turn: `text.format` and a forced `tool_choice` become the
     grammar constrained decoding applies (serve/structured.py), over the prompt's rendered tools."""
-    from ..engine import SamplingParams
-
     grammar = request_grammar(style=prompt.style, tools=prompt.tools, tool_choice=_forced_choice(turn.tool_choice),
                               response_format=_format_spec(turn.output_format), format_param="text.format",
                               choice_param="tool_choice", parallel_tool_calls=req.parallel_tool_calls is not False)
