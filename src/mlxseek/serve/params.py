@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 from ..errors import GenerationError
 from ..formats import ReplyFormat
-
-DRAFT_MODES = ("none", "mtp", "dspark", "auto")
+from ..speculative.step import DRAFT_MODES  # the library's own list: the server offers exactly what it drafts
 MAX_TOP_LOGPROBS = 20
 
 
