@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .config_checks import (
+    FAMILY_DEFAULTS,
     REQUIRED_KEYS,
     SCORING_FUNCS,
+    SUPPORTED_MODEL_TYPES,
     TOPK_METHODS,
     V4_REQUIRED_KEYS,
     required_keys,
@@ -23,37 +25,6 @@ from .errors import ConfigError
 
 __all__ = ["ModelConfig", "REQUIRED_KEYS", "SCORING_FUNCS", "SUPPORTED_MODEL_TYPES", "TOPK_METHODS", "V4_REQUIRED_KEYS",
            "required_keys"]
-
-SUPPORTED_MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "deepseek_v32", "deepseek_v4", "deepseek_v41")
-
-# Defaults differ by family where DeepSeek's own configuration_deepseek.py files differ.
-_FAMILY_DEFAULTS = {
-    "deepseek_v2": {"topk_method": "greedy", "scoring_func": "softmax", "norm_topk_prob": False},
-    "deepseek_v3": {"topk_method": "noaux_tc", "scoring_func": "sigmoid", "norm_topk_prob": True},
-    # V3.2 = the V3.1 body + DSA; indexer defaults from DeepSeek-V3.2-Exp inference/model.py ModelArgs.
-    "deepseek_v32": {
-        "topk_method": "noaux_tc", "scoring_func": "sigmoid", "norm_topk_prob": True,
-        "index_n_heads": 64, "index_head_dim": 128, "index_topk": 2048,
-    },
-    # V4 defaults: transformers' DeepseekV4Config (the official config.json files set every one of them).
-    "deepseek_v4": {
-        "topk_method": "noaux_tc", "scoring_func": "sqrtsoftplus", "norm_topk_prob": True,
-        "index_n_heads": 64, "index_head_dim": 128, "index_topk": 512, "sliding_window": 128,
-        "compress_rope_theta": 160000.0, "hc_mult": 4, "hc_sinkhorn_iters": 20, "hc_eps": 1e-6,
-        "num_hash_layers": 3, "swiglu_limit": 10.0,
-    },
-    # V4.1 defaults: transformers' DeepseekV41TextConfig; no hash layers, one shared expert. An absent
-    # candidate_source_layer_id means the last KV source (`candidate_source`); mlx-lm 0.32.2 turns the
-    # two-level top-k off instead, so it disagrees on a config.json without the key.
-    "deepseek_v41": {
-        "topk_method": "noaux_tc", "scoring_func": "sqrtsoftplus", "norm_topk_prob": True,
-        "index_n_heads": 32, "index_head_dim": 128, "index_topk": 512, "sliding_window": 128,
-        "compress_rope_theta": 160000.0, "hc_mult": 4, "hc_sinkhorn_iters": 20, "hc_eps": 1e-6,
-        "num_hash_layers": 0, "swiglu_limit": 10.0, "n_shared_experts": 1,
-        "candidate_topk_blocks": 2048, "candidate_block_size": 8, "engram_max_ngram_size": 4,
-        "engram_n_heads": 8, "engram_head_dim": 256, "engram_pad_id": 2,
-    },
-}
 
 
 @dataclass(frozen=True)
@@ -156,7 +127,7 @@ class ModelConfig:
         if missing:
             raise ConfigError(f"{source}: missing required key(s) {', '.join(missing)}")
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        kwargs = dict(_FAMILY_DEFAULTS[mt])
+        kwargs = dict(FAMILY_DEFAULTS[mt])
         # null means "absent" except for q_lora_rank, where null selects the direct q_proj (V2-Lite).
         kwargs.update({k: v for k, v in d.items() if k in names and (v is not None or k == "q_lora_rank")})
         extra = {k: v for k, v in d.items() if k not in names}

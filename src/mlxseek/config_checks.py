@@ -1,11 +1,43 @@
-"""Validation of a ModelConfig: the type and range of every key the model reads, and the relations
-between keys (top-k within the experts, heads that divide, block sizes that are positive). Each failure is
-a ConfigError naming the key, its value and what it must be, raised before anything is built from it.
+"""The DeepSeek families a ModelConfig may name, each family's defaults and required keys, and validation:
+the type and range of every key the model reads, and the relations between keys (top-k within the experts,
+heads that divide, block sizes that are positive). Each failure is a ConfigError naming the key, its value
+and what it must be, raised before anything is built from it.
 """
 
 from __future__ import annotations
 
 from .errors import ConfigError
+
+SUPPORTED_MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "deepseek_v32", "deepseek_v4", "deepseek_v41")
+
+# Defaults differ by family where DeepSeek's own configuration_deepseek.py files differ.
+FAMILY_DEFAULTS = {
+    "deepseek_v2": {"topk_method": "greedy", "scoring_func": "softmax", "norm_topk_prob": False},
+    "deepseek_v3": {"topk_method": "noaux_tc", "scoring_func": "sigmoid", "norm_topk_prob": True},
+    # V3.2 = the V3.1 body + DSA; indexer defaults from DeepSeek-V3.2-Exp inference/model.py ModelArgs.
+    "deepseek_v32": {
+        "topk_method": "noaux_tc", "scoring_func": "sigmoid", "norm_topk_prob": True,
+        "index_n_heads": 64, "index_head_dim": 128, "index_topk": 2048,
+    },
+    # V4 defaults: transformers' DeepseekV4Config (the official config.json files set every one of them).
+    "deepseek_v4": {
+        "topk_method": "noaux_tc", "scoring_func": "sqrtsoftplus", "norm_topk_prob": True,
+        "index_n_heads": 64, "index_head_dim": 128, "index_topk": 512, "sliding_window": 128,
+        "compress_rope_theta": 160000.0, "hc_mult": 4, "hc_sinkhorn_iters": 20, "hc_eps": 1e-6,
+        "num_hash_layers": 3, "swiglu_limit": 10.0,
+    },
+    # V4.1 defaults: transformers' DeepseekV41TextConfig; no hash layers, one shared expert. An absent
+    # candidate_source_layer_id means the last KV source (`candidate_source`); mlx-lm 0.32.2 turns the
+    # two-level top-k off instead, so it disagrees on a config.json without the key.
+    "deepseek_v41": {
+        "topk_method": "noaux_tc", "scoring_func": "sqrtsoftplus", "norm_topk_prob": True,
+        "index_n_heads": 32, "index_head_dim": 128, "index_topk": 512, "sliding_window": 128,
+        "compress_rope_theta": 160000.0, "hc_mult": 4, "hc_sinkhorn_iters": 20, "hc_eps": 1e-6,
+        "num_hash_layers": 0, "swiglu_limit": 10.0, "n_shared_experts": 1,
+        "candidate_topk_blocks": 2048, "candidate_block_size": 8, "engram_max_ngram_size": 4,
+        "engram_n_heads": 8, "engram_head_dim": 256, "engram_pad_id": 2,
+    },
+}
 
 TOPK_METHODS = ("greedy", "group_limited_greedy", "noaux_tc")
 SCORING_FUNCS = ("softmax", "sigmoid", "sqrtsoftplus")

@@ -43,14 +43,14 @@ def sink_attention_reference(q, keys, mask, sinks, scale) -> mx.array:
     return (p @ keys.astype(mx.float32)).astype(q.dtype)
 
 
-class V4Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer_idx: int):
+class SharedKVProjections(nn.Module):
+    """The parameters V4 and V4.1 attention share: low-rank queries, the one shared KV head, the grouped
+    low-rank output projection and the per-head sinks (checkpoint names `self_attn.*`)."""
+
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
         H, d, D, eps = cfg.num_attention_heads, cfg.head_dim, cfg.hidden_size, cfg.rms_norm_eps
-        self.num_heads, self.head_dim, self.eps, self.groups = H, d, eps, cfg.o_groups
-        self.sliding_window, self.scale = cfg.sliding_window, d**-0.5
-        self.use_reference = False  # True: naive softmax with sinks instead of mx.fast sdpa (tests)
-        ratio = cfg.compress_ratio(layer_idx)
+        self.num_heads, self.head_dim, self.groups = H, d, cfg.o_groups
         self.q_a_proj = nn.Linear(D, cfg.q_lora_rank, bias=False)
         self.q_a_norm = RMSNorm(cfg.q_lora_rank, eps=eps)
         self.q_b_proj = nn.Linear(cfg.q_lora_rank, H * d, bias=False)
@@ -59,6 +59,15 @@ class V4Attention(nn.Module):
         self.o_a_proj = GroupedLinear(H * d // cfg.o_groups, cfg.o_lora_rank, cfg.o_groups)
         self.o_b_proj = nn.Linear(cfg.o_groups * cfg.o_lora_rank, D, bias=False)
         self.sinks = mx.zeros((H,))
+
+
+class V4Attention(SharedKVProjections):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__(cfg)
+        d, D, eps = cfg.head_dim, cfg.hidden_size, cfg.rms_norm_eps
+        self.eps, self.sliding_window, self.scale = eps, cfg.sliding_window, d**-0.5
+        self.use_reference = False  # True: naive softmax with sinks instead of mx.fast sdpa (tests)
+        ratio = cfg.compress_ratio(layer_idx)
         self.rope = rope_for_layer(cfg, ratio)
         if ratio:
             self.compressor = Compressor(D, d, ratio, rope_for_layer(cfg, ratio), eps)

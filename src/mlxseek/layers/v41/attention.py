@@ -13,33 +13,21 @@ Shapes: B batch, L queries, S window keys, T compressed entries, H heads, d head
 from __future__ import annotations
 
 import mlx.core as mx
-import mlx.nn as nn
-
 from ...config import ModelConfig
-from ..norms import RMSNorm
-from ..v4.attention import window_mask
-from ..v4.grouped_linear import GroupedLinear
+from ..v4.attention import SharedKVProjections, window_mask
 from ..v4.partial_rope import rope_for_layer
 from .compressor import CSA2Compressor, append
 from .fake_quant import fake_fp4, fake_fp8
 from .indexer import CSA2Indexer
 
 
-class CSA2Attention(nn.Module):
+class CSA2Attention(SharedKVProjections):
     def __init__(self, cfg: ModelConfig, layer_idx: int):
-        super().__init__()
-        H, d, D, eps = cfg.num_attention_heads, cfg.head_dim, cfg.hidden_size, cfg.rms_norm_eps
-        self.num_heads, self.head_dim, self.groups, self.window = H, d, cfg.o_groups, cfg.sliding_window
+        super().__init__(cfg)
+        d, D, eps = cfg.head_dim, cfg.hidden_size, cfg.rms_norm_eps
+        self.window = cfg.sliding_window
         self.ratio = cfg.compress_ratios[layer_idx]
         self.fake_quant = True  # False: skip the in-forward FP8/FP4 rounding (tight comparisons only)
-        self.q_a_proj = nn.Linear(D, cfg.q_lora_rank, bias=False)
-        self.q_a_norm = RMSNorm(cfg.q_lora_rank, eps=eps)
-        self.q_b_proj = nn.Linear(cfg.q_lora_rank, H * d, bias=False)
-        self.kv_proj = nn.Linear(D, d, bias=False)
-        self.kv_norm = RMSNorm(d, eps=eps)
-        self.o_a_proj = GroupedLinear(H * d // cfg.o_groups, cfg.o_lora_rank, cfg.o_groups)
-        self.o_b_proj = nn.Linear(cfg.o_groups * cfg.o_lora_rank, D, bias=False)
-        self.sinks = mx.zeros((H,))
         self.rope = rope_for_layer(cfg, self.ratio)  # window-only layers: base theta, no YaRN
         if self.ratio and layer_idx in cfg.kv_source_layer_ids:
             self.compressor = CSA2Compressor(D, d, self.ratio, eps)
