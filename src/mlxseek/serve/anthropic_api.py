@@ -9,7 +9,7 @@ from . import dispatch
 from .anthropic_map import check_model, message, thinking, to_messages, to_tools
 from .anthropic_stream import message_events
 from .chat_bridge import generation_budget, render_prompt, reply_chunks, stop_strings
-from .params import SamplingParams
+from .params import SamplingParams, sampler_defaults
 from .schemas_anthropic import CountTokensRequest, MessagesRequest
 from .sse import anthropic_stream
 from .structured import request_grammar
@@ -24,8 +24,7 @@ async def messages(req: MessagesRequest, request: Request):
     prompt = await run_in_threadpool(render_prompt, served, to_messages(req), tools=to_tools(req),
                                      thinking=_thinking(req, served))
     budget = generation_budget(served, len(prompt.tokens), req.max_tokens)
-    params = SamplingParams(max_tokens=budget, temperature=1.0 if req.temperature is None else req.temperature,
-                            top_p=1.0 if req.top_p is None else req.top_p,
+    params = SamplingParams(max_tokens=budget, **sampler_defaults(req),
                             stop=stop_strings(req.stop_sequences, "stop_sequences"),
                             grammar=request_grammar(style=served.style, tools=prompt.tools, tool_choice=req.tool_choice,
                                                     parallel_tool_calls=not (req.tool_choice and

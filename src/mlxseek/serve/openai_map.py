@@ -9,7 +9,7 @@ from typing import Any, Optional
 from .api_errors import ApiError
 from .chat_bridge import Chunk, as_text, stop_strings
 from .model_names import check_name
-from .params import SamplingParams
+from .params import SamplingParams, sampler_defaults
 from .schemas_openai import ChatCompletionRequest, _Sampling
 from .state import ServedModel
 
@@ -22,8 +22,7 @@ def check_common(served: ServedModel, req: _Sampling) -> None:
 
 def sampling(req: _Sampling, *, max_tokens: int, top_logprobs: Optional[int], grammar: Optional[str] = None,
              reply=None):
-    return SamplingParams(max_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,
-                          top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed,
+    return SamplingParams(max_tokens=max_tokens, **sampler_defaults(req), seed=req.seed,
                           stop=stop_strings(req.stop, "stop"),
                           top_logprobs=top_logprobs, grammar=grammar, reply=reply)
 

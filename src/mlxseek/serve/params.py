@@ -66,4 +66,10 @@ def check_params(p: SamplingParams, context: int) -> None:
         bad("stop", "every stop sequence must be a string")
 
 
-__all__ = ["DRAFT_MODES", "MAX_TOP_LOGPROBS", "SamplingParams", "TokenEvent", "check_params"]
+def sampler_defaults(req) -> dict:
+    """A request's temperature and top_p, 1.0 where it sends none (the OpenAI and Anthropic APIs' defaults)."""
+    return {"temperature": 1.0 if req.temperature is None else req.temperature,
+            "top_p": 1.0 if req.top_p is None else req.top_p}
+
+
+__all__ = ["DRAFT_MODES", "MAX_TOP_LOGPROBS", "SamplingParams", "TokenEvent", "check_params", "sampler_defaults"]

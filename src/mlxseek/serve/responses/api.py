@@ -14,7 +14,7 @@ from .. import dispatch
 from ..api_errors import ApiError
 from ..chat_bridge import ChatPrompt, generation_budget, render_prompt, reply_chunks
 from ..model_names import check_name
-from ..params import SamplingParams
+from ..params import SamplingParams, sampler_defaults
 from ..structured import request_grammar
 from .convert import OutputFormat, ResponseTurn, ToolChoice, to_turn
 from .output import ResponseBuilder, echo_fields
@@ -39,8 +39,7 @@ def sampling(req: ResponsesRequest, turn: ResponseTurn, *, prompt: ChatPrompt, m
     grammar = request_grammar(style=prompt.style, tools=prompt.tools, tool_choice=_forced_choice(turn.tool_choice),
                               response_format=_format_spec(turn.output_format), format_param="text.format",
                               choice_param="tool_choice", parallel_tool_calls=req.parallel_tool_calls is not False)
-    return SamplingParams(max_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,
-                          top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed, grammar=grammar,
+    return SamplingParams(max_tokens=max_tokens, **sampler_defaults(req), seed=req.seed, grammar=grammar,
                           reply=prompt.reply)
 
 

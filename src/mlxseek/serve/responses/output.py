@@ -14,6 +14,7 @@ import uuid
 from typing import Any, Optional
 
 from ..chat_bridge import Chunk
+from ..params import sampler_defaults
 from .convert import arguments_json
 
 
@@ -146,8 +147,8 @@ def echo_fields(req: Any, *, max_output_tokens: int) -> dict:
             "parallel_tool_calls": req.parallel_tool_calls is not False,
             "previous_response_id": req.previous_response_id,
             "reasoning": {"effort": req.reasoning.effort if req.reasoning else None, "summary": None},
-            "store": req.store is not False, "temperature": 1.0 if req.temperature is None else req.temperature,
+            "store": req.store is not False, **sampler_defaults(req),
             "text": {"format": req.text.format.model_dump(by_alias=True, exclude_none=True)
                      if req.text and req.text.format else {"type": "text"}},
             "tool_choice": req.tool_choice or "auto", "tools": req.tools or [],
-            "top_p": 1.0 if req.top_p is None else req.top_p, "truncation": "disabled", "metadata": req.metadata or {}}
+            "truncation": "disabled", "metadata": req.metadata or {}}
