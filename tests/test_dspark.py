@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import FIXTURES
 from dspark_checkpoint import write_dspark_checkpoint
+from dspark_oracle import BlockOracle
 from dspark_reference import dspark_reference, params_of
 from test_v4_mtp import LENGTHS, _assert_same, _plain
 
@@ -106,23 +107,6 @@ def test_auto_takes_the_checkpoints_drafter_and_the_confidence_cut_keeps_greedy(
     assert auto == plain64[1] and type(cache[len(model.layers)]).__name__ == "DSparkCache"
 
 
-class _Oracle:
-    """Runs the real block (so the stages run) but returns logits naming the plain run's tokens for the
-    first `accept(P)` slots and a wrong token after them, P being the block's first position."""
-
-    def __init__(self, real, seq, V, accept):
-        self.real, self.seq, self.V, self.accept = real, seq, V, accept
-        self.starts: list[int] = []
-
-    def __call__(self, drafter, y, k):
-        raw, x = self.real(drafter, y, k)
-        P, a = drafter.entry.offset, self.accept(drafter.entry.offset)
-        self.starts.append(P)
-        best = [self.seq[P + 1 + i] if P + 1 + i < len(self.seq) else 0 for i in range(k)]
-        best = [b if i < a else (b + 1) % self.V for i, b in enumerate(best)]
-        return (mx.eye(self.V)[mx.array(best)] * 1e4).astype(raw.dtype), x
-
-
 @pytest.mark.parametrize("block, accept", [
     (5, lambda P: (-(P + 1)) % 4),  # every later block starts exactly on a ratio-4 compressor boundary
     (5, lambda P: 5),  # everything accepted: blocks cross the window (32) and ratio-128 at other alignments
@@ -134,7 +118,7 @@ def test_caches_after_accept_and_reject_equal_a_plain_runs(ds, monkeypatch, bloc
     plain_cache = model.make_cache()
     plain = _plain(model, prompt, 48, plain_cache)
     seq = prompt.tolist() + plain
-    oracle = _Oracle(DSparkDrafter.block_logits, seq, model.config.vocab_size, accept)
+    oracle = BlockOracle(DSparkDrafter.block_logits, seq, model.config.vocab_size, accept, by="position")
     monkeypatch.setattr(DSparkDrafter, "block_logits", lambda self, y, k: oracle(self, y, k))
     cache, stats = mlxseek.make_prompt_cache(model), DraftStats()
     spec = [t for t, _ in speculative_generate_step(prompt, model, max_tokens=48, draft="dspark", num_draft=block,

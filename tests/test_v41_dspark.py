@@ -8,14 +8,15 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 import pytest
+from dspark_oracle import BlockOracle
 from engram_fixture import engram_config
 from mlx.utils import tree_flatten
+from test_v4_mtp import _plain
 from v41_checkpoint import write_official
 from v41_fixture import DSPARK, TINY, mlx_lm_model, ours_from
 
 import mlxseek
 from mlxseek.errors import CheckpointError
-from mlxseek.generation.steps import generate_step
 from mlxseek.speculative import DraftStats, speculative_generate_step
 from mlxseek.speculative.dspark_drafter import DSparkDrafter
 
@@ -40,10 +41,6 @@ def loaded(folder):
     model = mlxseek.load(folder, dtype="float32", tokenizer=False)[0]
     rng = np.random.default_rng(11)
     return model, [mx.array(rng.integers(0, 256, n).astype(np.uint32)) for n in PROMPT_LENGTHS]
-
-
-def _plain(model, prompt, n, cache=None):
-    return [t for t, _ in generate_step(prompt, model, max_tokens=n, prompt_cache=cache)]
 
 
 def test_the_drafter_loads_from_the_official_layout(loaded, source):
@@ -93,23 +90,6 @@ def test_greedy_with_dspark_is_plain_greedy(loaded, draft, block):
         assert 1 + stats.verify_steps + stats.accepted_tokens == 32 and stats.draft_tokens > 0
 
 
-class _Oracle:
-    """The real block runs (so the stages run), but the logits name the plain run's next tokens for the
-    first `accept(n)` slots and a wrong token after them (n: how many blocks were drafted before)."""
-
-    def __init__(self, real, seq, V, accept):
-        self.real, self.seq, self.V, self.accept = real, seq, V, accept
-        self.accepted: list[int] = []
-
-    def __call__(self, drafter, y, k):
-        raw, x = self.real(drafter, y, k)
-        P, a = drafter.entry.offset, self.accept(len(self.accepted))
-        self.accepted.append(min(a, k))
-        best = [self.seq[P + 1 + i] if P + 1 + i < len(self.seq) else 0 for i in range(k)]
-        best = [b if i < a else (b + 1) % self.V for i, b in enumerate(best)]
-        return (mx.eye(self.V)[mx.array(best)] * 1e4).astype(raw.dtype), x
-
-
 def _visible(c) -> dict:
     """What a V4.1 layer's next step reads from its cache (the window's last `window_size` rows)."""
     parts = {"window": None if c.window is None else c.window[:, -c.window_size:]}
@@ -131,7 +111,7 @@ def test_caches_after_accept_and_reject_equal_a_plain_runs(loaded, monkeypatch, 
     plain_cache = model.make_cache()
     plain = _plain(model, prompt, 32, plain_cache)
     seq = prompt.tolist() + plain
-    oracle = _Oracle(DSparkDrafter.block_logits, seq, model.config.vocab_size, accept)
+    oracle = BlockOracle(DSparkDrafter.block_logits, seq, model.config.vocab_size, accept, by="count")
     monkeypatch.setattr(DSparkDrafter, "block_logits", lambda self, y, k: oracle(self, y, k))
     cache, stats = mlxseek.make_prompt_cache(model), DraftStats()
     spec = [t for t, _ in speculative_generate_step(prompt, model, max_tokens=32, draft="dspark", num_draft=block,

@@ -13,9 +13,9 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import mlx.core as mx
-from .draft import DraftCache
 
-from .protocol import Capabilities, CacheState, CacheStateError, cut, owned
+from .draft import DraftCache
+from .protocol import Capabilities, CacheState, check_kind, cut, owned
 
 
 class MTPCache(DraftCache):
@@ -56,8 +56,7 @@ class MTPCache(DraftCache):
         return CacheState(self.kind, inner.offset, arrays, meta)
 
     def restore(self, state: CacheState) -> None:
-        if state.kind != self.kind:
-            raise CacheStateError(f"cache state kind: {state.kind!r} cannot be restored into a {self.kind!r} cache")
+        check_kind(state, self.kind)
         inner = CacheState(self.block.kind, state.offset,
                            {k[2:]: a for k, a in state.arrays.items() if k.startswith("b.")},
                            {k[2:]: v for k, v in state.meta.items() if k.startswith("b.")})

@@ -16,6 +16,7 @@ from typing import Optional
 import mlx.core as mx
 
 from ..cache.dspark import DSparkCache
+from .drafter import draw
 
 
 class DSparkDrafter:
@@ -44,12 +45,8 @@ class DSparkDrafter:
         drafts, qs, embs = [], [], []
         for i in range(k):  # sequential: each slot's Markov bias reads the token drawn before it
             bias, emb = self.dspark.markov_head(prev)
-            row = logits[i].astype(mx.float32) + bias[0]
-            if sampler is None:
-                d = mx.argmax(row, axis=-1)
-            else:
-                q = sampler.probs(row - mx.logsumexp(row, axis=-1, keepdims=True))
-                d = mx.random.categorical(mx.log(q))
+            d, q = draw(logits[i].astype(mx.float32) + bias[0], sampler)
+            if q is not None:
                 qs.append(q)
             prev = d.astype(mx.uint32)[None]
             drafts.append(prev[0])

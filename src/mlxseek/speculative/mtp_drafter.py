@@ -13,6 +13,7 @@ from typing import Optional
 import mlx.core as mx
 
 from ..cache.mtp import MTPCache
+from .drafter import draw
 
 
 class MTPDrafter:
@@ -48,11 +49,8 @@ class MTPDrafter:
         logits, g = self.next_draft
         drafts, qs = [], []
         for i in range(k):
-            if sampler is None:
-                d = mx.argmax(logits, axis=-1)
-            else:
-                q = sampler.probs(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
-                d = mx.random.categorical(mx.log(q))
+            d, q = draw(logits, sampler)
+            if q is not None:
                 qs.append(q)
             drafts.append(d.astype(mx.uint32))
             if i + 1 < k:  # chain: the MTP's own hidden state stands in for the model's
