@@ -12,7 +12,10 @@ Shapes: B batch, L queries, S window keys, T compressed entries, H heads, d head
 
 from __future__ import annotations
 
+from typing import Optional
+
 import mlx.core as mx
+
 from ...config import ModelConfig
 from ..v4.attention import SharedKVProjections, window_mask
 from ..v4.partial_rope import rope_for_layer
@@ -65,17 +68,36 @@ class CSA2Attention(SharedKVProjections):
             return None
         return entries, picked
 
+    def queries(self, x: mx.array, offset: int) -> tuple[mx.array, mx.array]:
+        """x (B, L, D) at positions offset.. -> (rotated queries (B, H, L, d), the q LoRA residual (B, L, q_lora)).
+        No per-head norm after q_b_proj: V4.1 normalises only the low-rank part."""
+        B, L, _ = x.shape
+        q_residual = self.q_a_norm(self.q_a_proj(x))
+        q = self.q_b_proj(q_residual).reshape(B, L, self.num_heads, self.head_dim)
+        return self.rope(q.transpose(0, 2, 1, 3), offset), q_residual
+
+    def keys(self, x: mx.array, offset: int) -> mx.array:
+        """x (B, L, D) at positions offset.. -> rotated (FP8-rounded) key/value rows (B, L, d)."""
+        kv = self.rope(self.kv_norm(self.kv_proj(x)), offset)
+        return fake_fp8(kv, 32) if self.fake_quant else kv
+
+    def attend(self, q: mx.array, keys: mx.array, mask: Optional[mx.array], offset: int, dtype) -> mx.array:
+        """q (B, H, L, d), keys (B, S, d), mask (B, L, S) bool or None (all visible) -> (B, L, D) in `dtype`."""
+        B, _, L, _ = q.shape
+        keys = keys[:, None].astype(mx.float32)  # one KV head; float32: sdpa rounds scores to its input dtype
+        out = mx.fast.scaled_dot_product_attention(q.astype(mx.float32), keys, keys, scale=self.head_dim**-0.5,
+                                                   mask=None if mask is None else mask[:, None],
+                                                   sinks=self.sinks.astype(mx.float32))
+        out = self.rope(out.astype(dtype), offset, inverse=True).transpose(0, 2, 1, 3)  # (B, L, H, d)
+        out = self.o_a_proj(out.reshape(B, L, self.groups, -1))
+        return self.o_b_proj(out.reshape(B, L, -1))
+
     def __call__(self, x: mx.array, cache, shared: dict) -> mx.array:
         """x (B, L, D) -> (B, L, D); positions continue from cache.offset."""
         B, L, _ = x.shape
         offset = cache.offset
-        q_residual = self.q_a_norm(self.q_a_proj(x))
-        q = self.q_b_proj(q_residual).reshape(B, L, self.num_heads, self.head_dim)
-        q = self.rope(q.transpose(0, 2, 1, 3), offset)  # (B, H, L, d)
-        kv = self.rope(self.kv_norm(self.kv_proj(x)), offset)
-        if self.fake_quant:
-            kv = fake_fp8(kv, 32)
-        keys, start = cache.update_window(kv)
+        q, q_residual = self.queries(x, offset)
+        keys, start = cache.update_window(self.keys(x, offset))
         mask = mx.broadcast_to(window_mask(offset, L, start, keys.shape[1], self.window)[None],
                                (B, L, keys.shape[1]))
         if self.ratio:
@@ -83,9 +105,4 @@ class CSA2Attention(SharedKVProjections):
             if extra is not None:
                 keys = mx.concatenate([keys, extra[0]], axis=1)
                 mask = mx.concatenate([mask, extra[1]], axis=-1)
-        keys = keys[:, None].astype(mx.float32)  # one KV head; float32: sdpa rounds scores to its input dtype
-        out = mx.fast.scaled_dot_product_attention(q.astype(mx.float32), keys, keys, scale=self.head_dim**-0.5,
-                                                   mask=mask[:, None], sinks=self.sinks.astype(mx.float32))
-        out = self.rope(out.astype(x.dtype), offset, inverse=True).transpose(0, 2, 1, 3)  # (B, L, H, d)
-        out = self.o_a_proj(out.reshape(B, L, self.groups, -1))
-        return self.o_b_proj(out.reshape(B, L, -1))
+        return self.attend(q, keys, mask, offset, x.dtype)

@@ -22,7 +22,6 @@ from ..norms import RMSNorm
 from ..v4.dspark import BlockContext, ConfidenceHead
 from .attention import CSA2Attention
 from .block import V41DecoderLayer, collapse
-from .fake_quant import fake_fp8
 
 
 def stage_config(cfg: ModelConfig, stages: int) -> ModelConfig:
@@ -35,22 +34,11 @@ def stage_config(cfg: ModelConfig, stages: int) -> ModelConfig:
 class DSpark41Attention(CSA2Attention):
     """A stage's attention: V4.1's projections, sinks and output path; keys are the ring plus the block."""
 
-    def keys(self, x: mx.array, offset: int) -> mx.array:
-        """x (B, L, D) at positions offset.. -> rotated (FP8-rounded) key/value rows (B, L, d)."""
-        kv = self.rope(self.kv_norm(self.kv_proj(x)), offset)
-        return fake_fp8(kv, 32) if self.fake_quant else kv
-
     def __call__(self, x: mx.array, ctx: BlockContext, shared: dict) -> mx.array:
-        B, K, _ = x.shape
-        q = self.q_b_proj(self.q_a_norm(self.q_a_proj(x))).reshape(B, K, self.num_heads, self.head_dim)
-        q = self.rope(q.transpose(0, 2, 1, 3), ctx.position)  # (B, H, K, d)
+        q, _ = self.queries(x, ctx.position)  # (B, H, K, d)
         block = self.keys(x, ctx.position)
-        keys = mx.concatenate([ctx.ring.astype(block.dtype), block], axis=1)[:, None].astype(mx.float32)
-        out = mx.fast.scaled_dot_product_attention(q.astype(mx.float32), keys, keys, scale=self.head_dim**-0.5,
-                                                   mask=None, sinks=self.sinks.astype(mx.float32))
-        out = self.rope(out.astype(x.dtype), ctx.position, inverse=True).transpose(0, 2, 1, 3)  # (B, K, H, d)
-        out = self.o_a_proj(out.reshape(B, K, self.groups, -1))
-        return self.o_b_proj(out.reshape(B, K, -1))
+        keys = mx.concatenate([ctx.ring.astype(block.dtype), block], axis=1)  # non-causal: every slot sees all
+        return self.attend(q, keys, None, ctx.position, x.dtype)
 
 
 class DSpark41Stage(V41DecoderLayer):
