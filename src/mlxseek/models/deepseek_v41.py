@@ -24,7 +24,7 @@ from ..config import ModelConfig
 from ..errors import ConfigError, GenerationError
 from ..layers.norms import RMSNorm
 from ..layers.v41.attention import CSA2Attention
-from ..layers.v41.block import V41DecoderLayer, collapse
+from ..layers.v41.block import V41DecoderLayer, collapse, expand
 from ..layers.v41.dspark import DSpark41
 from ..layers.v41.engram import gather_rows
 from ..layers.v41.indexer import CSA2Indexer
@@ -57,11 +57,7 @@ class V41Backbone(nn.Module):
     def __call__(self, inputs: mx.array, cache: list, engram_rows: dict, taps: tuple = ()):
         """-> the final normed hidden (B, L, D); with `taps`, also the mean over streams of those layers'
         outputs, concatenated (B, L, len(taps)*D): what the DSpark drafter reads."""
-        h = self.embed_tokens(inputs)
-        B, L, D = h.shape
-        streams = mx.broadcast_to(h[:, :, None, :], (B, L, self.hc_mult, D))
-        pre = mx.zeros((B, L, self.hc_mult), mx.float32)
-        pre[..., 0] = 1.0  # the first site collapses stream 0
+        streams, pre = expand(self.embed_tokens(inputs), self.hc_mult)
         shared: dict = {}
         tapped = {}
         for i, (layer, c) in enumerate(zip(self.layers, cache)):

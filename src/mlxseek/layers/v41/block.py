@@ -24,6 +24,15 @@ from .attention import CSA2Attention
 from .engram import Engram
 
 
+def expand(h: mx.array, hc_mult: int) -> tuple[mx.array, mx.array]:
+    """h (B, L, D) -> (streams (B, L, n, D): h copied to every stream, pre (B, L, n) float32): lagged mHC starts
+    with a `pre` that collapses stream 0, as the first site has no earlier site to compute it."""
+    B, L, D = h.shape
+    pre = mx.zeros((B, L, hc_mult), mx.float32)
+    pre[..., 0] = 1.0
+    return mx.broadcast_to(h[:, :, None, :], (B, L, hc_mult, D)), pre
+
+
 def collapse(streams: mx.array, pre: mx.array) -> mx.array:
     """sum_k pre_k * streams_k in float32: (B, L, n, D), (B, L, n) -> (B, L, D) in the streams' dtype."""
     return (pre[..., None] * streams.astype(mx.float32)).sum(axis=-2).astype(streams.dtype)

@@ -21,7 +21,7 @@ from ...config import ModelConfig
 from ..norms import RMSNorm
 from ..v4.dspark import BlockContext, ConfidenceHead
 from .attention import CSA2Attention
-from .block import V41DecoderLayer, collapse
+from .block import V41DecoderLayer, collapse, expand
 
 
 def stage_config(cfg: ModelConfig, stages: int) -> ModelConfig:
@@ -86,10 +86,7 @@ class DSpark41(nn.Module):
 
     def block(self, embeds: mx.array, ids: mx.array, rings: list[mx.array], position: int) -> mx.array:
         """embeds (B, K, D) at positions position.. -> the head hidden x (B, K, D), pre-norm."""
-        B, K, D = embeds.shape
-        h = mx.broadcast_to(embeds[:, :, None, :], (B, K, self.hc_mult, D))
-        pre = mx.zeros((B, K, self.hc_mult), mx.float32)
-        pre[..., 0] = 1.0  # as the backbone: the first site collapses stream 0
+        h, pre = expand(embeds, self.hc_mult)  # as the backbone
         for stage, ring in zip(self.stages, rings):
             h, pre = stage(h, pre, BlockContext(ring, position), {})
         return collapse(h, pre)
