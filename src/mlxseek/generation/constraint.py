@@ -137,16 +137,18 @@ class TokenConstraint:
         return mx.concatenate(rows)
 
 
-def make_constraint(tokenizer, grammar: str, *, vocab_size: int, prompt_ids: Sequence[int] = (),
+def make_constraint(tokenizer, grammar: str, *, vocab_size: Optional[int], prompt_ids: Sequence[int] = (),
                     in_reasoning: Optional[bool] = None, answer: str = "") -> TokenConstraint:
     """A TokenConstraint for one sequence. Reasoning runs free first when `in_reasoning` (the prompt leaves
     the model inside `<think>`, as the reply's ReplyFormat says); None reads it off `prompt_ids`, the
-    prompt's last few tokens. `answer`: the start of the answer the prompt already holds (chat prefix
-    completion); the grammar continues from it. Raises ConstraintError for a grammar llguidance refuses
+    prompt's last few tokens. `vocab_size`: the model's logits width (None: the tokenizer's size).
+    `answer`: the start of the answer the prompt already holds (chat prefix completion); the grammar
+    continues from it. Raises ConstraintError for a grammar llguidance refuses
     or an `answer` it does not allow."""
     if tokenizer is None:
         raise ConstraintError("constrained decoding needs the model's tokenizer", keyword=None)
     check_grammar(grammar)
+    vocab_size = vocab_size or len(tokenizer)
     llg = _llguidance()
     bridge = constraint_tokenizer(tokenizer, vocab_size)
     matcher = llg.LLMatcher(bridge, grammar)

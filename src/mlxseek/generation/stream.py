@@ -226,7 +226,7 @@ def stream_generate(
     reply = reply or reply_format(tokenizer, ids, chat_style=chat_style, tools=tools)
     records = make_records(ids.size, stop, reply)
     constraint = None if grammar is None else make_constraint(
-        tokenizer, grammar, vocab_size=_vocab_size(model) or len(tokenizer), in_reasoning=reply.thinking,
+        tokenizer, grammar, vocab_size=_vocab_size(model), in_reasoning=reply.thinking,
             answer=reply.answer)
     if draft is not None:  # MTP self-speculative decoding (mlxseek.speculative)
         records.stats = DraftStats()
