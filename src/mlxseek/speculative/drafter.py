@@ -41,15 +41,6 @@ class Drafter(Protocol):
     def settle(self, main_offset: int, in_step: bool) -> None: ...
 
 
-def draw(logits: mx.array, sampler) -> tuple[mx.array, Optional[mx.array]]:
-    """One draft from logits (V,): the argmax without a sampler, else a draw from the sampler's
-    distribution q (V,), returned with it."""
-    if sampler is None:
-        return mx.argmax(logits, axis=-1), None
-    q = sampler.probs(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
-    return mx.random.categorical(mx.log(q)), q
-
-
 def make_draft_cache(model, kind: str) -> DraftCache:
     return model.make_dspark_cache() if kind == "dspark" else model.make_mtp_cache()
 

@@ -16,7 +16,7 @@ from typing import Optional
 import mlx.core as mx
 
 from ..cache.dspark import DSparkCache
-from .drafter import draw
+from .sampling import draw
 
 
 class DSparkDrafter:

@@ -13,7 +13,7 @@ from typing import Optional
 import mlx.core as mx
 
 from ..cache.mtp import MTPCache
-from .drafter import draw
+from .sampling import draw
 
 
 class MTPDrafter:

@@ -3,6 +3,8 @@ sampling, which keeps the output distribution exactly the sampler's (Leviathan e
 
 from __future__ import annotations
 
+from typing import Optional
+
 import mlx.core as mx
 from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, greedy_sampler
 from mlx_lm.sample_utils import make_sampler as mlx_lm_make_sampler
@@ -42,6 +44,15 @@ def make_sampler(temp: float = 0.0, top_p: float = 0.0, min_p: float = 0.0, top_
                  min_tokens_to_keep: int = 1) -> DistributionSampler:
     """Like `mlx_lm.sample_utils.make_sampler` (same arguments and sampling), usable with draft="mtp"."""
     return DistributionSampler(temp, top_p, min_p, top_k, min_tokens_to_keep)
+
+
+def draw(logits: mx.array, sampler) -> tuple[mx.array, Optional[mx.array]]:
+    """One draft from logits (V,): the argmax without a sampler, else a draw from the sampler's
+    distribution q (V,), returned with it."""
+    if sampler is None:
+        return mx.argmax(logits, axis=-1), None
+    q = sampler.probs(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+    return mx.random.categorical(mx.log(q)), q
 
 
 def rejection_sample(drafts: mx.array, p: mx.array, q: mx.array) -> tuple[mx.array, mx.array]:
