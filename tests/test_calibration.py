@@ -245,11 +245,3 @@ def test_estimate_q_bits_auto_cli():
     assert e["q_bits"] == "auto" and e["fits"] and e["bits_per_weight"] > 8  # a tiny model: the largest option
     r = CliRunner().invoke(main, ["estimate", "--config", str(TRAINED), "--q-bits", "auto"])
     assert r.exit_code != 0 and "--q-bits auto: sizes the model to a machine; add --machine NAME" in r.output
-
-
-def test_a_family_that_cannot_calibrate_is_refused_naming_the_option():
-    # V4's layers (mHC, compressed attention) are not in the layer-by-layer forward: the family says so.
-    folder = Path(__file__).parent / "fixtures" / "v4_flash"
-    with pytest.raises(ConversionError, match="--calibration: deepseek_v4") as e:
-        collect(_source(folder), [np.zeros((1, 4), dtype=np.int32)])
-    assert e.value.field == "calibration"

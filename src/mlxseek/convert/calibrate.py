@@ -32,7 +32,7 @@ from ..backend import backend_policy
 from ..errors import ConversionError
 from ..layers.masks import causal_mask
 from ..models import build_model
-from ..models.families import has
+from ..models.families import family_of
 from .quantize import is_router
 from .stream import Source
 
@@ -202,15 +202,24 @@ def _load(root: nn.Module, source: Source, prefix: str, *, relative: bool = True
     mx.eval(root.parameters())
 
 
+def check_runner(cfg, runner: str) -> None:
+    """ConversionError naming --calibration unless cfg's family calibrates with `runner` ("mla", "mhc")."""
+    family = family_of(cfg)
+    if not family.calibrates:
+        raise ConversionError(f"--calibration: {cfg.model_type} ({family.calibration_gap}) is not calibrated yet; "
+                              "convert it without --calibration", field="calibration")
+    if family.calibrates != runner:
+        raise ConversionError(f"--calibration: {cfg.model_type} calibrates with the {family.calibrates!r} layer "
+                              f"runner, not {runner!r}", field="calibration")
+
+
 def collect(source: Source, batches: list[np.ndarray], *, ram_bytes: int = RAM_BYTES, on_layer=None) -> Statistics:
     """Statistics of `batches` through the source model, one decoder layer resident at a time.
 
     on_layer(prefix, module, stats): called while the embedding, each layer (after its forward), lm_head
     and the MTP block are resident, e.g. to measure quantization error without reading weights again."""
     cfg = source.cfg
-    if not has(cfg, "calibrates"):
-        raise ConversionError(f"--calibration: {cfg.model_type} (mHC, compressed attention) is not calibrated yet; "
-                              "convert it without --calibration", field="calibration")
+    check_runner(cfg, "mla")
     # The backend policy's compute dtype (float32 on MLX's CPU backend, whose gather_mm takes nothing else).
     source = dataclasses.replace(source, dtype=backend_policy().dtype)
     model = build_model(cfg, with_mtp=source.plan.has_mtp)  # lazy: only what _load fills is ever allocated

@@ -10,8 +10,10 @@ from pathlib import Path
 from mlx import nn
 
 from ..errors import ConversionError
+from ..models.families import family_of
 from .allocate import Sensitivity, allocate
 from .calibrate import CALIBRATION_CTX, Statistics, collect, read_calibration
+from .calibrate_mhc import collect_mhc
 from .quantize import size_summary
 from .stream import Source
 
@@ -26,7 +28,8 @@ def calibrate(source: Source, skeleton: nn.Module, qplan, *, src: Path, path: st
     batches = read_calibration(path, src, ctx=ctx, limit=tokens, vocab_size=source.cfg.vocab_size)
     sens = Sensitivity(qplan, source.cfg.num_hidden_layers - 1) if target_bpw is not None else None
     t0 = time.perf_counter()
-    stats = collect(source, batches, on_layer=sens.measure if sens else None)
+    run = collect_mhc if family_of(source.cfg).calibrates == "mhc" else collect  # collect refuses the rest
+    stats = run(source, batches, on_layer=sens.measure if sens else None)
     block = {"calibration": {"file": str(path), **stats.summary(), "seconds": round(time.perf_counter() - t0, 2)}}
     if sens is not None:
         size = size_summary(skeleton, qplan, source.dtype)

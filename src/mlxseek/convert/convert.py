@@ -41,6 +41,7 @@ from .layout import assign_shards, plan_jobs, shard_names
 from .manifest import Progress
 from .quantize import QuantPlan, check_options, plan_quantization, size_summary
 from .reader import SourceReader
+from .requantize import requantizes_fp4, unpack_fp4_experts
 from .report import build_report, merge, summary_lines
 from .stream import PIECE_BYTES, Source, write_shard
 
@@ -162,6 +163,9 @@ def _plan(src: Path, dst: Path, options: dict, max_shard_bytes: int) -> _Convers
     check_counts(cfg, plan, reader, src)  # before the skeleton is built: its size comes from the checkpoint
     if options["drop_mtp"]:
         _drop_mtp(plan)
+    if plan.quantization and requantizes_fp4(recipe=options["recipe"], bits=options["bits"],
+                                             target_bpw=options.get("target_bpw")):
+        unpack_fp4_experts(plan)
     skeleton = build_checked(build_model, cfg, src, with_mtp=plan.has_mtp)
     qplan = None
     if options["recipe"] or plan.quantization:

@@ -6,7 +6,7 @@ testing `model_type` (loading, placements, serve, info/estimate ask it instead).
   sizing        which parameter census / cache-size rules `tools/` apply ("mla", "v4", "csa2")
   chat style    the default chat format (`formats.detect_style` refines V2/V3 by the shipped template)
   capabilities  what placements support it: experts paged from disk, distributed (pipeline / expert);
-                whether `convert --calibration` can run its layers one at a time
+                which layer-by-layer forward `convert --calibration` runs ("mla", "mhc"), or why none
   drafters      the drafters the family can carry (a checkpoint may hold none of them)
 """
 
@@ -35,8 +35,11 @@ class Family:
     fp8_scale_bytes: int  # one FP8 block scale as shipped: float32 (V3, V3.2), ue8m0 byte (V4, V4.1)
     pages_experts: bool  # `expert_memory_gb` (paging/)
     distributes: bool  # pipeline / expert parallel (parallel/)
-    calibrates: bool  # `convert --calibration` (its layer-by-layer forward knows MLA blocks only)
+    # `convert --calibration`'s layer-by-layer forward: "mla" (one hidden state between layers), "mhc" (V4's
+    # hc_mult residual streams between layers); "" with `calibration_gap` saying what it lacks.
+    calibrates: str
     drafters: tuple[str, ...]
+    calibration_gap: str = ""
 
     def key_rename(self, cfg: ModelConfig) -> Optional[Callable[[str], str]]:
         """The family's checkpoint names -> mlxseek paths (`checkpoint.keymap.build_plan(rename=)`); None: the
@@ -52,14 +55,17 @@ class Family:
         return detect_style(model_type=model_type, chat_template=chat_template, v0731=dspark)
 
 
-_MLA = dict(official_v4_names=False, fp8_scale_bytes=4, pages_experts=True, distributes=True, calibrates=True,
+_MLA = dict(official_v4_names=False, fp8_scale_bytes=4, pages_experts=True, distributes=True, calibrates="mla",
             drafters=("mtp",))
-_V4 = dict(official_v4_names=True, fp8_scale_bytes=1, pages_experts=False, distributes=False, calibrates=False)
+_V4 = dict(official_v4_names=True, fp8_scale_bytes=1, pages_experts=False, distributes=False)
 FAMILIES: tuple[Family, ...] = (
     Family("deepseek_v3", ("deepseek_v2", "deepseek_v3"), Model, "mla", **_MLA),  # V2, V2-Lite, V3, R1, V3.1
     Family("deepseek_v32", ("deepseek_v32",), Model, "dsa", **_MLA),
-    Family("deepseek_v4", ("deepseek_v4",), V4Model, "v4", drafters=("mtp", "dspark"), **_V4),  # 0731/0813 too
-    Family("deepseek_v41", ("deepseek_v41",), V41Model, "csa2", drafters=("dspark",), **_V4),
+    Family("deepseek_v4", ("deepseek_v4",), V4Model, "v4", drafters=("mtp", "dspark"), calibrates="mhc",
+           **_V4),  # 0731/0813 too
+    Family("deepseek_v41", ("deepseek_v41",), V41Model, "csa2", drafters=("dspark",), calibrates="",
+           calibration_gap="CSA2 layers reuse other layers' compressed KV and top-k, Engram reads its tables by "
+                           "position: a layer cannot run alone", **_V4),
 )
 _BY_TYPE = {t: f for f in FAMILIES for t in f.model_types}
 

@@ -1,0 +1,171 @@
+"""Calibrated conversion of DeepSeek-V4 (mHC streams between layers, compressors, indexer, hash- and
+score-routed MoE): official FP4 experts (`v4_fp4`) dequantized and requantized below 4 bits, bf16 (`v4_flash`)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sysconfig
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import mlxseek
+from mlxseek.checkpoint.keymap import build_plan
+from mlxseek.config import ModelConfig
+from mlxseek.convert.calibrate import collect, read_calibration
+from mlxseek.convert.calibrate_mhc import collect_mhc
+from mlxseek.convert.reader import SourceReader
+from mlxseek.convert.requantize import requantizes_fp4, unpack_fp4_experts
+from mlxseek.convert.stream import Source
+from mlxseek.errors import ConversionError
+from mlxseek.models import family_of
+
+FIX = Path(__file__).parent / "fixtures"
+TOKENS = 512  # one chunk: enough to route tokens to every expert of the 8-expert fixtures
+GROUP = 32  # divides every input dim of the tiny V4s (64 hidden, 32 expert width), so nothing stays float
+
+
+def _with_tokenizer(name: str, dst: Path) -> Path:
+    """The fixture with a tokenizer: trained_v3's byte-level BPE cut to the fixture's vocabulary (ids below
+    vocab_size, and the merges that build only those)."""
+    dst.mkdir()
+    for f in (FIX / name).iterdir():
+        if f.name != "golden.npz":
+            (dst / f.name).symlink_to(f.resolve())
+    vocab = ModelConfig.from_file(dst).vocab_size
+    tok = json.loads((FIX / "trained_v3" / "tokenizer.json").read_text())
+    kept = {t: i for t, i in tok["model"]["vocab"].items() if i < vocab}
+    tok["model"]["vocab"] = kept
+    tok["model"]["merges"] = [m for m in tok["model"]["merges"] if m[0] in kept and m[1] in kept and m[0] + m[1] in kept]
+    tok["added_tokens"] = [a for a in tok["added_tokens"] if a["id"] < vocab]
+    (dst / "tokenizer.json").write_text(json.dumps(tok))
+    shutil.copy(FIX / "trained_v3" / "tokenizer_config.json", dst / "tokenizer_config.json")
+    return dst
+
+
+@pytest.fixture(scope="module", params=["v4_fp4", "v4_flash"])
+def converted(request, tmp_path_factory):
+    """(source folder, calibration text, uniform 3-bit folder, calibrated 3-bit folder)."""
+    tmp = tmp_path_factory.mktemp(request.param)
+    src = _with_tokenizer(request.param, tmp / "hf")
+    std = Path(sysconfig.get_paths()["stdlib"])
+    text = tmp / "calibration.txt"
+    text.write_text("".join((std / f).read_text() for f in ("textwrap.py", "string.py")))
+    outs = []
+    for name, cal in (("uniform", None), ("calibrated", text)):
+        outs.append(mlxseek.convert(hf_path=src, mlx_path=tmp / name, quantize=True, q_bits=3, q_group_size=GROUP,
+                                    quiet=True, calibration=cal, calibration_tokens=TOKENS).path)
+    return src, text, *outs
+
+
+def _source(folder: Path) -> Source:
+    cfg = ModelConfig.from_file(folder)
+    reader = SourceReader(folder)
+    plan = build_plan(reader.keys(), cfg, rename=family_of(cfg).key_rename(cfg))
+    unpack_fp4_experts(plan)  # as a 3-bit conversion does
+    return Source(reader, cfg, plan, mx.bfloat16)
+
+
+def _statistics(src: Path, text: Path):
+    source = _source(src)
+    batches = read_calibration(text, src, ctx=512, limit=TOKENS, vocab_size=source.cfg.vocab_size)
+    return source, collect_mhc(source, batches)
+
+
+def _tensors(folder: Path) -> dict[str, mx.array]:
+    out = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        out.update(mx.load(str(f)))
+    return out
+
+
+def test_calibrated_3bit_is_uniform_3bit_byte_for_byte_in_size_and_loads(converted):
+    src, _, uniform, calibrated = converted
+    assert sum(f.stat().st_size for f in uniform.glob("*.safetensors")) == \
+        sum(f.stat().st_size for f in calibrated.glob("*.safetensors"))
+    u, c = _tensors(uniform), _tensors(calibrated)
+    assert {k: (v.shape, v.dtype) for k, v in u.items()} == {k: (v.shape, v.dtype) for k, v in c.items()}
+    qu = json.loads((uniform / "config.json").read_text())["quantization"]
+    assert qu == json.loads((calibrated / "config.json").read_text())["quantization"]
+    assert not [k for k, v in qu.items() if v is False], "every module quantized at group 32"
+    # FP4 experts (v4_fp4) are requantized to 3-bit affine like the rest: no mxfp4 entry is left.
+    assert all(v.get("mode", "affine") == "affine" for v in qu.values() if isinstance(v, dict))
+    assert not any(k.endswith("switch_mlp.gate_proj") for k in qu)  # at the global 3 bits
+    report = json.loads((calibrated / "convert_report.json").read_text())
+    assert report["calibration"]["tokens"] == TOKENS
+    ids = mx.array([[5, 17, 99, 3, 250, 7, 41, 8]])
+    for folder in (uniform, calibrated):
+        model, _ = mlxseek.load(folder, tokenizer=False)
+        logits = model(ids)
+        assert logits.shape == (1, 8, model.config.vocab_size) and mx.isfinite(logits).all().item()
+
+
+def test_expert_token_counts_add_up_to_tokens_times_top_k(converted):
+    src, text, _, _ = converted
+    source, stats = _statistics(src, text)
+    cfg = source.cfg
+    moe = [p for p in stats.modules if p.endswith("switch_mlp.gate_proj")]
+    assert len(moe) == cfg.num_hidden_layers  # hash-routed layers and score-routed layers alike
+    for path in moe:
+        for proj in ("gate_proj", "up_proj"):
+            counts = stats.modules[path.replace("gate_proj", proj)].count
+            assert counts.sum() == stats.tokens * cfg.num_experts_per_tok, path
+    # down_proj reads the experts' activations: the same routing, so the same counts
+    for path in moe:
+        assert np.array_equal(stats.modules[path].count, stats.modules[path.replace("gate_proj", "down_proj")].count)
+    assert stats.modules["lm_head"].count[0] == stats.tokens
+
+
+def test_weighted_error_is_never_above_uniform(converted):
+    """Per tensor (and per expert of a stack), the importance-weighted error of the calibrated output is at most
+    that of plain rounding: MLX's own scale and bias are among the search's candidates for every group."""
+    src, text, uniform, calibrated = converted
+    source, stats = _statistics(src, text)
+    u, c = _tensors(uniform), _tensors(calibrated)
+    mat = source.materializer(source.reader)
+    quant = json.loads((calibrated / "config.json").read_text())["quantization"]
+    checked = better = 0
+    for t in source.plan.targets:
+        for name, w in mat.materialize(t).items():
+            base = name[: -len("weight")]
+            if not name.endswith(".weight") or base + "scales" not in c:
+                continue
+            p = {"bits": quant["bits"], "group_size": quant["group_size"]}
+            deq = [mx.dequantize(d[base + "weight"], d[base + "scales"], d[base + "biases"], **p).astype(mx.float32)
+                   for d in (u, c)]
+            w = w.astype(mx.float32)
+            experts = w.shape[0] if w.ndim == 3 else 1
+            for e in range(experts):
+                imp = stats.importance(base[:-1], e)
+                imp = mx.ones((w.shape[-1],)) if imp is None else mx.array(imp)
+                err = [float((imp * ((q[e] if w.ndim == 3 else q) - (w[e] if w.ndim == 3 else w)) ** 2).sum())
+                       for q in deq]
+                assert err[1] <= err[0] * (1 + 1e-5), (name, e, err)
+                checked += 1
+                better += err[1] < err[0] * 0.999
+    assert checked > 100 and better > checked // 2  # and it does improve most of them
+
+
+def test_fp4_experts_are_requantized_only_below_4_bits():
+    assert requantizes_fp4(recipe="uniform", bits=3, target_bpw=None)
+    assert not requantizes_fp4(recipe="uniform", bits=4, target_bpw=None)
+    assert not requantizes_fp4(recipe=None, bits=None, target_bpw=None)
+    assert requantizes_fp4(recipe="uniform", bits=4, target_bpw=3.0)
+    assert not requantizes_fp4(recipe="uniform", bits=4, target_bpw=4.5)
+    plan = _source(FIX / "v4_fp4").plan
+    assert not plan.quantization and all(t.op != "stack_experts_mxfp4" for t in plan.targets)
+
+
+def test_v41_is_refused_by_name_and_v4_is_not_run_as_mla():
+    from v41_fixture import TINY
+
+    cfg = ModelConfig.from_dict(TINY)
+    with pytest.raises(ConversionError, match=r"--calibration: deepseek_v41 \(CSA2 layers reuse") as e:
+        collect_mhc(Source(None, cfg, None, mx.float32), [np.zeros((1, 4), dtype=np.int32)])
+    assert e.value.field == "calibration"
+    v4 = ModelConfig.from_file(FIX / "v4_flash")
+    with pytest.raises(ConversionError, match="calibrates with the 'mhc' layer runner, not 'mla'"):
+        collect(Source(None, v4, None, mx.float32), [np.zeros((1, 4), dtype=np.int32)])
