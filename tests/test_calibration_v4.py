@@ -169,3 +169,21 @@ def test_v41_is_refused_by_name_and_v4_is_not_run_as_mla():
     v4 = ModelConfig.from_file(FIX / "v4_flash")
     with pytest.raises(ConversionError, match="calibrates with the 'mhc' layer runner, not 'mla'"):
         collect(Source(None, v4, None, mx.float32), [np.zeros((1, 4), dtype=np.int32)])
+
+
+def test_target_bpw_on_v4_fp4_lands_on_target_and_loads(tmp_path):
+    # The tiny V4's float parts (mHC, norms, sinks) leave ~7 bits/weight as its smallest mix. A target at or
+    # above mxfp4's 4.25 keeps the FP4 experts as they are and allocates the other modules around them.
+    src = _with_tokenizer("v4_fp4", tmp_path / "hf")
+    text = tmp_path / "calibration.txt"
+    text.write_text((Path(sysconfig.get_paths()["stdlib"]) / "textwrap.py").read_text())
+    res = mlxseek.convert(hf_path=src, mlx_path=tmp_path / "o", quantize=True, q_group_size=GROUP, quiet=True,
+                          calibration=text, calibration_tokens=TOKENS, target_bpw=8.0)
+    assert 7.95 <= res.bits_per_weight <= 8.0
+    report = json.loads((res.path / "convert_report.json").read_text())
+    assert not any("switch_mlp" in p for p in report["allocation"]["modules"])
+    quant = json.loads((res.path / "config.json").read_text())["quantization"]
+    assert quant["model.layers.0.mlp.switch_mlp.gate_proj"]["mode"] == "mxfp4"
+    assert len({(v["bits"], v["group_size"]) for v in quant.values() if isinstance(v, dict)}) > 2  # a real mix
+    model, _ = mlxseek.load(res.path, tokenizer=False)
+    assert mx.isfinite(model(mx.array([[1, 2, 3, 4]]))).all().item()

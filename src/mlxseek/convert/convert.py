@@ -89,7 +89,8 @@ def convert(
     drop_mtp: leave out the multi-token-prediction layer (what mlx-lm's own converter does).
     force: replace an existing `mlx_path`. An interrupted run resumes from `mlx_path`.partial/.
     max_shard_bytes: output shard size (mlx-lm's 5 GiB by default).
-    V4 FP4 experts are kept as they are (MLX mxfp4, the same encoding) and recorded in `quantization`.
+    V4 FP4 experts are kept as they are (MLX mxfp4, the same encoding) and recorded in `quantization`;
+    below 4 bits (q_bits 2/3, or a target_bpw under mxfp4's 4.25) they are dequantized and requantized.
     calibration: a text file run through the model (streaming, one layer resident; at most
     `calibration_tokens` tokens) to weight each quantization group's error by its columns' mean squared
     input (mlxseek.convert.weighted); same bits and bytes. target_bpw: with calibration, bits per module
