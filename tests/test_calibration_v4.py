@@ -4,53 +4,31 @@ score-routed MoE): official FP4 experts (`v4_fp4`) dequantized and requantized b
 from __future__ import annotations
 
 import json
-import shutil
 import sysconfig
 from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 import pytest
+from v4_calibration_kit import FIX, statistics, tensors, unpacked_source, weighted_errors, with_tokenizer
 
 import mlxseek
-from mlxseek.checkpoint.keymap import build_plan
 from mlxseek.config import ModelConfig
-from mlxseek.convert.calibrate import collect, read_calibration
+from mlxseek.convert.calibrate import collect
 from mlxseek.convert.calibrate_mhc import collect_mhc
-from mlxseek.convert.reader import SourceReader
-from mlxseek.convert.requantize import requantizes_fp4, unpack_fp4_experts
+from mlxseek.convert.requantize import requantizes_fp4
 from mlxseek.convert.stream import Source
 from mlxseek.errors import ConversionError
-from mlxseek.models import family_of
 
-FIX = Path(__file__).parent / "fixtures"
 TOKENS = 512  # one chunk: enough to route tokens to every expert of the 8-expert fixtures
 GROUP = 32  # divides every input dim of the tiny V4s (64 hidden, 32 expert width), so nothing stays float
-
-
-def _with_tokenizer(name: str, dst: Path) -> Path:
-    """The fixture with a tokenizer: trained_v3's byte-level BPE cut to the fixture's vocabulary (ids below
-    vocab_size, and the merges that build only those)."""
-    dst.mkdir()
-    for f in (FIX / name).iterdir():
-        if f.name != "golden.npz":
-            (dst / f.name).symlink_to(f.resolve())
-    vocab = ModelConfig.from_file(dst).vocab_size
-    tok = json.loads((FIX / "trained_v3" / "tokenizer.json").read_text())
-    kept = {t: i for t, i in tok["model"]["vocab"].items() if i < vocab}
-    tok["model"]["vocab"] = kept
-    tok["model"]["merges"] = [m for m in tok["model"]["merges"] if m[0] in kept and m[1] in kept and m[0] + m[1] in kept]
-    tok["added_tokens"] = [a for a in tok["added_tokens"] if a["id"] < vocab]
-    (dst / "tokenizer.json").write_text(json.dumps(tok))
-    shutil.copy(FIX / "trained_v3" / "tokenizer_config.json", dst / "tokenizer_config.json")
-    return dst
 
 
 @pytest.fixture(scope="module", params=["v4_fp4", "v4_flash"])
 def converted(request, tmp_path_factory):
     """(source folder, calibration text, uniform 3-bit folder, calibrated 3-bit folder)."""
     tmp = tmp_path_factory.mktemp(request.param)
-    src = _with_tokenizer(request.param, tmp / "hf")
+    src = with_tokenizer(request.param, tmp / "hf")
     std = Path(sysconfig.get_paths()["stdlib"])
     text = tmp / "calibration.txt"
     text.write_text("".join((std / f).read_text() for f in ("textwrap.py", "string.py")))
@@ -61,32 +39,11 @@ def converted(request, tmp_path_factory):
     return src, text, *outs
 
 
-def _source(folder: Path) -> Source:
-    cfg = ModelConfig.from_file(folder)
-    reader = SourceReader(folder)
-    plan = build_plan(reader.keys(), cfg, rename=family_of(cfg).key_rename(cfg))
-    unpack_fp4_experts(plan)  # as a 3-bit conversion does
-    return Source(reader, cfg, plan, mx.bfloat16)
-
-
-def _statistics(src: Path, text: Path):
-    source = _source(src)
-    batches = read_calibration(text, src, ctx=512, limit=TOKENS, vocab_size=source.cfg.vocab_size)
-    return source, collect_mhc(source, batches)
-
-
-def _tensors(folder: Path) -> dict[str, mx.array]:
-    out = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        out.update(mx.load(str(f)))
-    return out
-
-
 def test_calibrated_3bit_is_uniform_3bit_byte_for_byte_in_size_and_loads(converted):
     src, _, uniform, calibrated = converted
     assert sum(f.stat().st_size for f in uniform.glob("*.safetensors")) == \
         sum(f.stat().st_size for f in calibrated.glob("*.safetensors"))
-    u, c = _tensors(uniform), _tensors(calibrated)
+    u, c = tensors(uniform), tensors(calibrated)
     assert {k: (v.shape, v.dtype) for k, v in u.items()} == {k: (v.shape, v.dtype) for k, v in c.items()}
     qu = json.loads((uniform / "config.json").read_text())["quantization"]
     assert qu == json.loads((calibrated / "config.json").read_text())["quantization"]
@@ -105,7 +62,7 @@ def test_calibrated_3bit_is_uniform_3bit_byte_for_byte_in_size_and_loads(convert
 
 def test_expert_token_counts_add_up_to_tokens_times_top_k(converted):
     src, text, _, _ = converted
-    source, stats = _statistics(src, text)
+    source, stats = statistics(src, text, TOKENS)
     cfg = source.cfg
     moe = [p for p in stats.modules if p.endswith("switch_mlp.gate_proj")]
     assert len(moe) == cfg.num_hidden_layers  # hash-routed layers and score-routed layers alike
@@ -123,30 +80,11 @@ def test_weighted_error_is_never_above_uniform(converted):
     """Per tensor (and per expert of a stack), the importance-weighted error of the calibrated output is at most
     that of plain rounding: MLX's own scale and bias are among the search's candidates for every group."""
     src, text, uniform, calibrated = converted
-    source, stats = _statistics(src, text)
-    u, c = _tensors(uniform), _tensors(calibrated)
-    mat = source.materializer(source.reader)
-    quant = json.loads((calibrated / "config.json").read_text())["quantization"]
-    checked = better = 0
-    for t in source.plan.targets:
-        for name, w in mat.materialize(t).items():
-            base = name[: -len("weight")]
-            if not name.endswith(".weight") or base + "scales" not in c:
-                continue
-            p = {"bits": quant["bits"], "group_size": quant["group_size"]}
-            deq = [mx.dequantize(d[base + "weight"], d[base + "scales"], d[base + "biases"], **p).astype(mx.float32)
-                   for d in (u, c)]
-            w = w.astype(mx.float32)
-            experts = w.shape[0] if w.ndim == 3 else 1
-            for e in range(experts):
-                imp = stats.importance(base[:-1], e)
-                imp = mx.ones((w.shape[-1],)) if imp is None else mx.array(imp)
-                err = [float((imp * ((q[e] if w.ndim == 3 else q) - (w[e] if w.ndim == 3 else w)) ** 2).sum())
-                       for q in deq]
-                assert err[1] <= err[0] * (1 + 1e-5), (name, e, err)
-                checked += 1
-                better += err[1] < err[0] * 0.999
-    assert checked > 100 and better > checked // 2  # and it does improve most of them
+    source, stats = statistics(src, text, TOKENS)
+    errors = weighted_errors(source, stats, [uniform, calibrated])
+    for (name, e), (plain, weighted) in errors.items():
+        assert weighted <= plain * (1 + 1e-5), (name, e, plain, weighted)
+    assert len(errors) > 100 and sum(w < p * 0.999 for p, w in errors.values()) > len(errors) // 2  # most improve
 
 
 def test_fp4_experts_are_requantized_only_below_4_bits():
@@ -155,7 +93,7 @@ def test_fp4_experts_are_requantized_only_below_4_bits():
     assert not requantizes_fp4(recipe=None, bits=None, target_bpw=None)
     assert requantizes_fp4(recipe="uniform", bits=4, target_bpw=3.0)
     assert not requantizes_fp4(recipe="uniform", bits=4, target_bpw=4.5)
-    plan = _source(FIX / "v4_fp4").plan
+    plan = unpacked_source(FIX / "v4_fp4").plan
     assert not plan.quantization and all(t.op != "stack_experts_mxfp4" for t in plan.targets)
 
 
@@ -174,7 +112,7 @@ def test_v41_is_refused_by_name_and_v4_is_not_run_as_mla():
 def test_target_bpw_on_v4_fp4_lands_on_target_and_loads(tmp_path):
     # The tiny V4's float parts (mHC, norms, sinks) leave ~7 bits/weight as its smallest mix. A target at or
     # above mxfp4's 4.25 keeps the FP4 experts as they are and allocates the other modules around them.
-    src = _with_tokenizer("v4_fp4", tmp_path / "hf")
+    src = with_tokenizer("v4_fp4", tmp_path / "hf")
     text = tmp_path / "calibration.txt"
     text.write_text((Path(sysconfig.get_paths()["stdlib"]) / "textwrap.py").read_text())
     res = mlxseek.convert(hf_path=src, mlx_path=tmp_path / "o", quantize=True, q_group_size=GROUP, quiet=True,
