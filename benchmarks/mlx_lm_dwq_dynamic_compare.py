@@ -50,11 +50,15 @@ def _dwq(model, config, data, args):
 
 def _dynamic(model, config, data, args):
     import mlx.core as mx
+    from mlx.utils import tree_map
     from mlx_lm.quant.dynamic_quant import estimate_sensitivities, estimate_threshold
     from mlx_lm.utils import quantize_model
 
     low, high, g = args.bits, args.high_bits, args.group_size
     sens = dict(estimate_sensitivities(model, mx.array(data), low, g, high, g))
+    # Sensitivities need float32 gradients on the CPU; the bits/weight the threshold aims at count bf16 scales
+    # and float weights, as the other rows store them (a float32 model would count 32-bit scales).
+    model.update(tree_map(lambda p: p.astype(mx.bfloat16) if p.dtype == mx.float32 else p, model.parameters()))
     threshold = estimate_threshold(model, sens, target_bpw=args.target_bpw, low_bits=low, low_group_size=g,
                                    high_bits=high, high_group_size=g)
 

@@ -60,6 +60,12 @@ VARIANTS = [
     ("--target-bpw 3.0", "bf16", dict(q_group_size=64, calibration=CAL, target_bpw=3.0)),
     ("--target-bpw 3.5", "bf16", dict(q_group_size=64, calibration=CAL, target_bpw=3.5)),
     ("fp8 source -> calibrated 3-bit g64", "fp8", dict(q_bits=3, q_group_size=64, calibration=CAL)),
+    ("recipe experts, 3-bit g64", "bf16", dict(q_bits=3, q_group_size=64, recipe="experts")),
+    ("recipe mixed, 3-bit g64", "bf16", dict(q_bits=3, q_group_size=64, recipe="mixed")),
+    ("calibrated recipe experts, 3-bit g64", "bf16", dict(q_bits=3, q_group_size=64, recipe="experts",
+                                                           calibration=CAL)),
+    ("calibrated recipe mixed, 3-bit g64", "bf16", dict(q_bits=3, q_group_size=64, recipe="mixed", calibration=CAL)),
+    ("calibrated recipe mixed, 2-bit g64", "bf16", dict(q_bits=2, q_group_size=64, recipe="mixed", calibration=CAL)),
 ]
 
 
