@@ -3,6 +3,7 @@ score-routed MoE): official FP4 experts (`v4_fp4`) dequantized and requantized b
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sysconfig
 from pathlib import Path
@@ -14,8 +15,8 @@ from v4_calibration_kit import FIX, statistics, tensors, unpacked_source, weight
 
 import mlxseek
 from mlxseek.config import ModelConfig
-from mlxseek.convert.calibrate import collect
-from mlxseek.convert.calibrate_mhc import collect_mhc
+from mlxseek.convert.calibrate import CALIBRATION_CTX, Statistics, _load, attach, collect, read_calibration
+from mlxseek.convert.calibrate_mhc import build_stored, collect_mhc
 from mlxseek.convert.requantize import requantizes_fp4
 from mlxseek.convert.stream import Source
 from mlxseek.errors import ConversionError
@@ -125,3 +126,22 @@ def test_target_bpw_on_v4_fp4_lands_on_target_and_loads(tmp_path):
     assert len({(v["bits"], v["group_size"]) for v in quant.values() if isinstance(v, dict)}) > 2  # a real mix
     model, _ = mlxseek.load(res.path, tokenizer=False)
     assert mx.isfinite(model(mx.array([[1, 2, 3, 4]]))).all().item()
+
+
+def test_streaming_statistics_equal_a_whole_model_forward(converted):
+    """The layer-by-layer pass (streams carried between layers) records what one full V4 forward records."""
+    src, text, _, _ = converted
+    source, streamed = statistics(src, text, TOKENS)
+    source = dataclasses.replace(source, dtype=mx.float32)  # the pass's compute dtype on the CPU backend
+    model = build_stored(source)
+    _load(model, source, "model.", relative=False)
+    _load(model, source, "lm_head.", relative=False)
+    whole = Statistics()
+    for i, layer in enumerate(model.model.layers):
+        attach(layer, f"model.layers.{i}.", whole)
+    for b in read_calibration(text, src, ctx=CALIBRATION_CTX, limit=TOKENS, vocab_size=source.cfg.vocab_size):
+        mx.eval(model(mx.array(b)))
+    assert set(whole.modules) == {p for p in streamed.modules if p != "lm_head"}
+    for p, s in whole.modules.items():
+        assert np.array_equal(s.count, streamed.modules[p].count), p
+        assert np.allclose(s.sumsq, streamed.modules[p].sumsq, rtol=1e-4, atol=1e-6), p
