@@ -145,3 +145,16 @@ def test_streaming_statistics_equal_a_whole_model_forward(converted):
     for p, s in whole.modules.items():
         assert np.array_equal(s.count, streamed.modules[p].count), p
         assert np.allclose(s.sumsq, streamed.modules[p].sumsq, rtol=1e-4, atol=1e-6), p
+
+
+def test_v4_with_a_dspark_drafter_calibrates_and_loads(tmp_path):
+    # V4-0731-style: the drafter is `dspark.*` (no MTP); it sees no recorded input, so it is weight-only.
+    src = with_tokenizer("trained_dspark", tmp_path / "hf")
+    text = tmp_path / "calibration.txt"
+    text.write_text((Path(sysconfig.get_paths()["stdlib"]) / "textwrap.py").read_text())
+    res = mlxseek.convert(hf_path=src, mlx_path=tmp_path / "o", quantize=True, q_bits=3, q_group_size=GROUP,
+                          quiet=True, calibration=text, calibration_tokens=TOKENS)
+    cal = json.loads((res.path / "convert_report.json").read_text())["calibration"]
+    assert "dspark.main_proj" in cal["weight_only_modules"] and cal["cold_experts"] == 0
+    model, _ = mlxseek.load(res.path, tokenizer=False)
+    assert hasattr(model, "dspark") and mx.isfinite(model(mx.array([[1, 2, 3, 4]]))).all().item()
