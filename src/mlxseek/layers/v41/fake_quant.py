@@ -6,9 +6,12 @@ model was trained with it (QAT), so the reference logits depend on it.
   indexer q, k   FP4 e2m1, one ue8m0 scale per 32 channels
 
 Provenance: transformers' V4.1 port (`_fake_quant_fp8_block`, `_fake_quant_fp4_block`) and mlx-lm 0.32.2's
-`deepseek_v41.py` agree on these; both skip the rounding of matmul *inputs* that DeepSeek's kernels do, and
-so do we (mlx-lm: "skipping it is more precise"). A vector whose width the block does not divide passes
-through unquantized, as in both references (tiny test configs).
+`deepseek_v41.py` agree on these (whole-model goldens: tests/test_v41_goldens.py). A vector whose width the
+block does not divide passes through unquantized, as in both references (tiny test configs).
+Not done, as in both references: DeepSeek's reference also rounds the *input* of each linear whose weight is
+stored FP8/FP4 to FP8 (`linear()` -> `act_quant` before `fp8_gemm`/`fp4_gemm`, ue8m0 scales; vLLM's V4.1 path
+does the same, MXFP8). It belongs to its W8A8/W4A8 kernels and moves the tiny fixture's logits by ~0.08
+(README, V4.1); matching it needs the route weight applied before `w2`'s rounding, as the reference does.
 Each function takes x (..., C) and returns the quantized-then-dequantized values in x's dtype.
 """
 
