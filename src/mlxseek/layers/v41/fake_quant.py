@@ -13,7 +13,7 @@ FP8 (`linear()` -> `act_quant` before `fp8_gemm`/`fp4_gemm`, ue8m0 scales; vLLM'
 MXFP8); the port and mlx-lm do not. `set_fake_quant(True, activations=True)` does it with `fake_fp8` per weight
 block column (32): wq_a, wq_b (attention and indexer), wkv, wo_b, shared and routed experts, the route weight
 applied before w2's input is rounded, as in DeepSeek's Expert.forward. Off by default: it is the kernels'
-arithmetic, not the model's, and moves the tiny fixture's logits by ~0.08 (README, V4.1).
+arithmetic, not the model's, and moves the tiny fixture's logits by ~0.09 (README, V4.1).
 Each function takes x (..., C) and returns the quantized-then-dequantized values in x's dtype.
 """
 
