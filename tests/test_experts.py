@@ -37,6 +37,26 @@ def test_sorted_and_unsorted_paths_agree(monkeypatch):
     assert float(mx.abs(ex(x, inds) - unsorted).max()) < 1e-5
 
 
+@pytest.mark.parametrize("tokens", [5, 40])  # unsorted and sorted paths
+def test_route_weights_go_before_the_rounded_down_projection(tokens):
+    """V4.1 with rounded matmul inputs (DeepSeek's FP8 GEMMs): the route weight scales the activation before
+    down_proj's input is rounded. Fast path = per-expert loop; without rounding, weighting before = after."""
+    from functools import partial
+
+    from mlxseek.layers.v41.fake_quant import fake_fp8
+
+    ex = make(False)
+    x = mx.random.normal((1, tokens, 128))
+    inds = mx.argsort(mx.random.uniform(shape=(1, tokens, 8)), axis=-1)[..., :4].astype(mx.uint32)  # distinct
+    w = mx.random.uniform(shape=(1, tokens, 4))
+    after = ex(x, inds) * w[..., None]
+    assert float(mx.abs(ex(x, inds, w) - after).max()) < 1e-4
+    ex.input_rounding = partial(fake_fp8, block=32)
+    fast, slow = ex(x, inds, w), ex.reference(x, inds, w)
+    assert float(mx.abs(fast - slow).max()) < 1e-4
+    assert float(mx.abs(fast - after).max()) > 1e-3  # the rounding is applied
+
+
 def test_moe_layer_reference_path(tmp_path):
     from conftest import FIXTURES
 

@@ -17,14 +17,18 @@ SORT_THRESHOLD = 64
 
 
 def _sort_by_expert(x: mx.array, inds: mx.array):
-    """x (T, 1, D), inds (T, K) -> rows (T*K, 1, D) grouped by expert, their ids, and the inverse order."""
+    """x (T, 1, D), inds (T, K) -> rows (T*K, 1, D) grouped by expert, their ids, the order and its inverse."""
     flat = inds.flatten()
     order = mx.argsort(flat)
     inv = mx.argsort(order)
-    return x[order // inds.shape[-1]], flat[order], inv
+    return x[order // inds.shape[-1]], flat[order], order, inv
 
 
 class RoutedExperts(nn.Module):
+    # A function rounding each matmul input, as DeepSeek's FP8/FP4 GEMMs do (V4.1's set_fake_quant sets it);
+    # the down projection's input is then the route-weighted activation, as in DeepSeek's Expert.forward.
+    input_rounding = None
+
     def __init__(self, hidden_size: int, intermediate_size: int, num_experts: int):
         super().__init__()
         self.gate_proj = SwitchLinear(hidden_size, intermediate_size, num_experts, bias=False)
@@ -34,33 +38,44 @@ class RoutedExperts(nn.Module):
     def _activate(self, g: mx.array, u: mx.array) -> mx.array:
         return swiglu(g, u)  # compiled silu(g) * u (one kernel); V4 overrides it with its clamped variant
 
-    def _glu(self, x, idx, sorted_indices):
+    def _round(self, x: mx.array) -> mx.array:
+        return x if self.input_rounding is None else self.input_rounding(x)
+
+    def _glu(self, x, idx, sorted_indices, scales=None):
         g = self.gate_proj(x, idx, sorted_indices=sorted_indices)
         u = self.up_proj(x, idx, sorted_indices=sorted_indices)
-        return self.down_proj(self._activate(g, u), idx, sorted_indices=sorted_indices)
+        h = self._activate(g, u)
+        h = h if scales is None else h * scales
+        return self.down_proj(self._round(h), idx, sorted_indices=sorted_indices)
 
-    def __call__(self, x: mx.array, inds: mx.array) -> mx.array:
-        """x (..., D), inds (..., K) -> per-expert outputs (..., K, D)."""
+    def __call__(self, x: mx.array, inds: mx.array, scales=None) -> mx.array:
+        """x (..., D), inds (..., K), scales (..., K) route weights to apply before the down projection (or
+        None: the caller weights the outputs) -> per-expert outputs (..., K, D)."""
         lead, K, D = x.shape[:-1], inds.shape[-1], x.shape[-1]
-        xt, it = x.reshape(-1, 1, D), inds.reshape(-1, K)
+        xt, it = self._round(x).reshape(-1, 1, D), inds.reshape(-1, K)
+        st = None if scales is None else scales.reshape(-1, K)
         if it.size >= SORT_THRESHOLD:
-            xs, idx, inv = _sort_by_expert(xt, it)
-            y = self._glu(xs, idx, True)[inv]  # (T*K, 1, D) back in token order
+            xs, idx, order, inv = _sort_by_expert(xt, it)
+            ss = None if st is None else st.flatten()[order][:, None, None]  # (T*K, 1, 1), sorted like xs
+            y = self._glu(xs, idx, True, ss)[inv]  # (T*K, 1, D) back in token order
         else:
-            y = self._glu(xt[:, None], it, False)  # x (T, 1, 1, D) broadcasts over K
+            ss = None if st is None else st[:, :, None, None]  # (T, K, 1, 1)
+            y = self._glu(xt[:, None], it, False, ss)  # x (T, 1, 1, D) broadcasts over K
         # Float32 experts under half-precision activations (the CPU fallback, mlxseek.backend) promote;
         # hand the rest of the model its own dtype back.
         return y.reshape(*lead, K, D).astype(x.dtype)
 
-    def reference(self, x: mx.array, inds: mx.array) -> mx.array:
+    def reference(self, x: mx.array, inds: mx.array, scales=None) -> mx.array:
         """Slow path: loop over experts with dense weights. Same contract as __call__."""
         lead, K, D = x.shape[:-1], inds.shape[-1], x.shape[-1]
-        xt, it = x.reshape(-1, D), inds.reshape(-1, K)
+        xt, it = self._round(x).reshape(-1, D), inds.reshape(-1, K)
         out = mx.zeros((xt.shape[0], K, D), dtype=x.dtype)
         for e in sorted(set(it.flatten().tolist())):
             w = [_dense(p, e) for p in (self.gate_proj, self.up_proj, self.down_proj)]
             h = self._activate(xt @ w[0].T, xt @ w[1].T)
-            y = h @ w[2].T  # (T, D): expert e applied to every token
+            if scales is not None:  # a token picks expert e at most once: its weight for e, else 0
+                h = h * mx.where(it == e, scales.reshape(-1, K), 0).sum(axis=-1, keepdims=True)
+            y = self._round(h) @ w[2].T  # (T, D): expert e applied to every token
             out = mx.where((it == e)[..., None], y[:, None, :], out)
         return out.reshape(*lead, K, D)
 

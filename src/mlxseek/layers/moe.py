@@ -72,13 +72,20 @@ class DeepSeekMoE(nn.Module):
         inds, weights = self.gate(x, token_ids)  # (..., K); the router is replicated on every rank
         experts = self.switch_mlp.reference if reference else self.switch_mlp
         if self.group is None:
-            y = (experts(x, inds) * weights[..., None].astype(x.dtype)).sum(axis=-2)
+            y = self._routed(experts, x, inds, weights).sum(axis=-2)
         else:
             local = inds - self.first
             mine = (local >= 0) & (local < self.count)
             # Other ranks' experts run on local expert 0 and are zeroed: one fixed-shape gather, no sync.
-            y = experts(x, mx.where(mine, local, 0)) * weights[..., None].astype(x.dtype)  # (..., K, D)
+            y = self._routed(experts, x, mx.where(mine, local, 0), weights)  # (..., K, D)
             y = mx.distributed.all_sum(mx.where(mine[..., None], y, 0).sum(axis=-2), group=self.group)
         if "shared_experts" in self:
             y = y + self.shared_experts(x)
         return y
+
+    def _routed(self, experts, x: mx.array, inds: mx.array, weights: mx.array) -> mx.array:
+        """The K experts' weighted outputs (..., K, D). With rounded matmul inputs the route weight goes in
+        before the down projection, whose input is rounded (DeepSeek's Expert.forward); otherwise after."""
+        if getattr(self.switch_mlp, "input_rounding", None) is None:  # paged experts never round
+            return experts(x, inds) * weights[..., None].astype(x.dtype)
+        return experts(x, inds, weights.astype(x.dtype))

@@ -12,6 +12,7 @@ Vision (`vision_config`) is out of scope: the text model runs; image inputs are 
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Optional
 
 import mlx.core as mx
@@ -22,11 +23,14 @@ from ..cache.dspark import DSparkCache
 from ..cache.v41 import make_v41_cache
 from ..config import ModelConfig
 from ..errors import ConfigError, GenerationError
+from ..layers.experts import RoutedExperts
 from ..layers.norms import RMSNorm
+from ..layers.v4.moe import ClampedMLP
 from ..layers.v41.attention import CSA2Attention
 from ..layers.v41.block import V41DecoderLayer, collapse, expand
 from ..layers.v41.dspark import DSpark41
 from ..layers.v41.engram import gather_rows
+from ..layers.v41.fake_quant import fake_fp8
 from ..layers.v41.indexer import CSA2Indexer
 from .base import CausalLM
 
@@ -131,11 +135,17 @@ class V41Model(CausalLM):
                                   "inside the model; drop kv_bits (--kv-bits) for this model")
         return make_v41_cache(self.config)
 
-    def set_fake_quant(self, on: bool) -> None:
-        """Switch the in-forward FP8/FP4 rounding (on by default: the model was trained with it)."""
+    def set_fake_quant(self, on: bool, *, activations: bool = False) -> None:
+        """Switch the in-forward FP8/FP4 rounding (on by default: the model was trained with it).
+        activations=True (with on) also rounds the matmul inputs of the linears DeepSeek ships FP8/FP4 to FP8
+        (ue8m0 scale per weight block column, 32 for V4.1) as its reference's GEMMs do (layers/v41/fake_quant)."""
+        block = (self.config.fp8_block_size or (32, 32))[1]
+        rounding = partial(fake_fp8, block=block) if on and activations else None
         for _, m in self.named_modules():
             if isinstance(m, (CSA2Attention, CSA2Indexer)):  # the DSpark stages' attention too
                 m.fake_quant = on
+            if isinstance(m, (CSA2Attention, ClampedMLP, RoutedExperts)):
+                m.input_rounding = rounding
 
     def set_attention_impl(self, impl: str) -> None:
         self.check_attention_impl(impl, ("auto",), self.model_type)

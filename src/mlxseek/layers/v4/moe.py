@@ -36,6 +36,8 @@ class ClampedExperts(RoutedExperts):
 class ClampedMLP(nn.Module):
     """The shared expert: down(clamped_swiglu(gate(x), up(x)))."""
 
+    input_rounding = None  # as RoutedExperts': a function rounding each matmul input (V4.1's set_fake_quant)
+
     def __init__(self, hidden_size: int, intermediate_size: int, limit: float):
         super().__init__()
         self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
@@ -44,7 +46,9 @@ class ClampedMLP(nn.Module):
         self.limit = limit
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.down_proj(clamped_swiglu(self.gate_proj(x), self.up_proj(x), self.limit))
+        r = self.input_rounding or (lambda a: a)
+        x = r(x)
+        return self.down_proj(r(clamped_swiglu(self.gate_proj(x), self.up_proj(x), self.limit)))
 
 
 class V4Gate(nn.Module):

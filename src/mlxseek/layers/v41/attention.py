@@ -31,6 +31,9 @@ class CSA2Attention(SharedKVProjections):
         self.window = cfg.sliding_window
         self.ratio = cfg.compress_ratios[layer_idx]
         self.fake_quant = True  # False: skip the in-forward FP8/FP4 rounding (tight comparisons only)
+        # A function rounding the inputs of the projections DeepSeek ships FP8 (wq_a, wq_b, wkv, wo_b) as its
+        # GEMMs do, or None; its reference runs wo_a on dequantized weights, unrounded (set_fake_quant)
+        self.input_rounding = None
         self.rope = rope_for_layer(cfg, self.ratio)  # window-only layers: base theta, no YaRN
         if self.ratio and layer_idx in cfg.kv_source_layer_ids:
             self.compressor = CSA2Compressor(D, d, self.ratio, eps)
@@ -72,13 +75,14 @@ class CSA2Attention(SharedKVProjections):
         """x (B, L, D) at positions offset.. -> (rotated queries (B, H, L, d), the q LoRA residual (B, L, q_lora)).
         No per-head norm after q_b_proj: V4.1 normalises only the low-rank part."""
         B, L, _ = x.shape
-        q_residual = self.q_a_norm(self.q_a_proj(x))
+        # rounded once for this wq_b and the indexer's, both FP8 in the release
+        q_residual = self._round(self.q_a_norm(self.q_a_proj(self._round(x))))
         q = self.q_b_proj(q_residual).reshape(B, L, self.num_heads, self.head_dim)
         return self.rope(q.transpose(0, 2, 1, 3), offset), q_residual
 
     def keys(self, x: mx.array, offset: int) -> mx.array:
         """x (B, L, D) at positions offset.. -> rotated (FP8-rounded) key/value rows (B, L, d)."""
-        kv = self.rope(self.kv_norm(self.kv_proj(x)), offset)
+        kv = self.rope(self.kv_norm(self.kv_proj(self._round(x))), offset)
         return fake_fp8(kv, 32) if self.fake_quant else kv
 
     def attend(self, q: mx.array, keys: mx.array, mask: Optional[mx.array], offset: int, dtype) -> mx.array:
@@ -90,7 +94,10 @@ class CSA2Attention(SharedKVProjections):
                                                    sinks=self.sinks.astype(mx.float32))
         out = self.rope(out.astype(dtype), offset, inverse=True).transpose(0, 2, 1, 3)  # (B, L, H, d)
         out = self.o_a_proj(out.reshape(B, L, self.groups, -1))
-        return self.o_b_proj(out.reshape(B, L, -1))
+        return self.o_b_proj(self._round(out.reshape(B, L, -1)))
+
+    def _round(self, x: mx.array) -> mx.array:
+        return x if self.input_rounding is None else self.input_rounding(x)
 
     def __call__(self, x: mx.array, cache, shared: dict) -> mx.array:
         """x (B, L, D) -> (B, L, D); positions continue from cache.offset."""

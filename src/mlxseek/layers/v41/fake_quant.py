@@ -6,9 +6,14 @@ model was trained with it (QAT), so the reference logits depend on it.
   indexer q, k   FP4 e2m1, one ue8m0 scale per 32 channels
 
 Provenance: transformers' V4.1 port (`_fake_quant_fp8_block`, `_fake_quant_fp4_block`) and mlx-lm 0.32.2's
-`deepseek_v41.py` agree on these; both skip the rounding of matmul *inputs* that DeepSeek's kernels do, and
-so do we (mlx-lm: "skipping it is more precise"). A vector whose width the block does not divide passes
-through unquantized, as in both references (tiny test configs).
+`deepseek_v41.py` agree on these (whole-model goldens: tests/test_v41_goldens.py). A vector whose width the
+block does not divide passes through unquantized, as in both references (tiny test configs).
+Matmul inputs: DeepSeek's reference also rounds the *input* of each linear whose weight is stored FP8/FP4 to
+FP8 (`linear()` -> `act_quant` before `fp8_gemm`/`fp4_gemm`, ue8m0 scales; vLLM's V4.1 path does the same,
+MXFP8); the port and mlx-lm do not. `set_fake_quant(True, activations=True)` does it with `fake_fp8` per weight
+block column (32): wq_a, wq_b (attention and indexer), wkv, wo_b, shared and routed experts, the route weight
+applied before w2's input is rounded, as in DeepSeek's Expert.forward. Off by default: it is the kernels'
+arithmetic, not the model's, and moves the tiny fixture's logits by ~0.09 (README, V4.1).
 Each function takes x (..., C) and returns the quantized-then-dequantized values in x's dtype.
 """
 
