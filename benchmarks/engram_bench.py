@@ -126,7 +126,8 @@ def run(folder: Path, mode: str, budget_gb: float, n_prompt: int, n_gen: int, co
         out.append(tok.item())
     decode_s = time.perf_counter() - t0
     dec = {k: v - pre[k] for k, v in vars(memory.stats).items()}
-    per = lambda d, n: {k: round(v / n, 2) for k, v in d.items() if k != "reads"}  # noqa: E731
+    per = lambda d, n: {k: round(v / n, 2) for k, v in d.items() if not k.endswith(("reads", "_s"))}  # noqa: E731
+    ms = lambda d: {k.replace("_s", "_ms"): round(1e3 * d[k], 1) for k in ("fetch_s", "wait_s")}  # noqa: E731
     return {"bench": "engram", "mode": mode, "overlap": model.engram_overlap,
             "budget_gb": budget_gb if mode != "resident" else None, "cold": cold,
             "prompt_tokens": int(ids.shape[1]), "gen_tokens": n_gen,
@@ -134,6 +135,8 @@ def run(folder: Path, mode: str, budget_gb: float, n_prompt: int, n_gen: int, co
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 3),
             "table_gb": round(sum(s.path.stat().st_size for s in sources) / 1e9, 3),
             "prefill_rows_per_token": per(pre, ids.shape[1]), "decode_rows_per_token": per(dec, n_gen),
+            # fetch: time spent getting rows; wait: time the forward stood waiting for them (the rest was hidden)
+            "prefill_rows_ms": ms(pre), "decode_rows_ms": ms(dec),
             "tokens": out[:8], "device": str(mx.default_device()), "load_avg": round(os.getloadavg()[0], 2)}
 
 

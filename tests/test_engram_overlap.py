@@ -50,8 +50,9 @@ def test_overlapped_reads_bit_identical_to_sync_and_resident(setup):
     b = _greedy(_model(setup, synchronous, False), ids)
     c = _greedy(_model(setup, ResidentRows.from_sources(sources), True), ids)
     assert all(np.array_equal(x, y) and np.array_equal(x, z) for x, y, z in zip(a, b, c))
-    # the same sequence of fetches: the LRU hit and missed the same rows
-    assert vars(overlapped.stats) == vars(synchronous.stats) and overlapped.stats.disk_rows > 0
+    # the same sequence of fetches: the LRU hit and missed the same rows (the timings aside)
+    counts = lambda m: {k: v for k, v in vars(m.stats).items() if not k.endswith("_s")}  # noqa: E731
+    assert counts(overlapped) == counts(synchronous) and overlapped.stats.disk_rows > 0
 
 
 class SlowRows:
@@ -59,6 +60,7 @@ class SlowRows:
 
     def __init__(self, sources, delay: float, log: list):
         self.inner, self.delay, self.log = ResidentRows.from_sources(sources), delay, log
+        self.stats = self.inner.stats
 
     def fetch_async(self, table, rows, asked=0):
         from concurrent.futures import Future

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ class EngramReadStats:
     unique: int = 0  # distinct rows asked for, per fetch
     disk_rows: int = 0  # rows read from the shards (LRU misses)
     reads: int = 0  # positional reads issued
+    fetch_s: float = 0.0  # seconds spent fetching (LRU lookups and reads), on whichever thread
+    wait_s: float = 0.0  # seconds a forward stood waiting for rows: fetch_s minus what compute hid
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,11 @@ class DiskRows:
         """rows (n,) distinct, sorted row ids (`asked`: how many lookups they dedupe) -> their stored bytes;
         misses are read in sorted runs."""
         with self._lock:
-            return self._fetch(table, rows, asked)
+            t0 = time.perf_counter()
+            try:
+                return self._fetch(table, rows, asked)
+            finally:
+                self.stats.fetch_s += time.perf_counter() - t0
 
     def _fetch(self, table: int, rows: np.ndarray, asked: int) -> tuple[np.ndarray, np.ndarray]:
         self.stats.lookups += asked or rows.size
