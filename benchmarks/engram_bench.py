@@ -3,11 +3,14 @@ row shape: 2 tables, 4-grams x 8 heads = 24 rows of 256 FP8 values + 8 E8M0 scal
 the real 129,280-id vocabulary and its compressed vocabulary; a small backbone).
 
     python benchmarks/engram_bench.py --make /tmp/v41-engram            # ~1 GB of tables
-    python benchmarks/engram_bench.py --dir /tmp/v41-engram [--cold]    # one subprocess per mode
+    python benchmarks/engram_bench.py --dir /tmp/v41-engram [--cold] [--repeat 2] [--out FILE]
 
-Prints JSON lines (one per mode): prefill and decode tok/s, peak RSS, and Engram rows per token (looked
-up, distinct after the chunk's dedupe, read from disk) for prefill and decode separately. `--cold` drops the
-table shards from the OS page cache before each run (posix_fadvise DONTNEED).
+One subprocess per mode: `resident` (tables in RAM), `disk` (rows read in the background while the layers
+before each Engram layer compute) and `disk-sync` (every row fetched before layer 0: the path before the
+overlap); with `--repeat N` the order alternates between rounds, since timings on a shared box drift.
+Prints JSON lines (one per run, also appended to `--out`): prefill and decode tok/s, peak RSS, and Engram
+rows per token (looked up, distinct after the chunk's dedupe, read from disk) for prefill and decode
+separately. `--cold` drops the table shards from the OS page cache before each run (posix_fadvise DONTNEED).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ CONFIG = {
     "engram_layer_ids": [1, 5], "engram_max_ngram_size": 4, "engram_n_heads": 8, "engram_head_dim": 256,
     "engram_vocab_size": 83_000, "engram_compressed_vocab_size": 99092, "engram_pad_id": 2,
 }
+MODES = ("resident", "disk", "disk-sync")
 TEXT = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -106,6 +110,7 @@ def run(folder: Path, mode: str, budget_gb: float, n_prompt: int, n_gen: int, co
     model.load_weights(str(folder / "weights.safetensors"))
     mx.eval(model.parameters())
     memory = ResidentRows.from_sources(sources) if mode == "resident" else DiskRows(sources, int(budget_gb * 1e9))
+    model.engram_overlap = mode != "disk-sync"
     model.attach_engram(EngramHasher(EngramLayout.from_config(cfg), np.load(folder / "token_map.npy"),
                                      cfg.engram_pad_id), memory)
     ids, cache = mx.array(prompt_ids(n_prompt)[None]), model.make_cache()
@@ -121,34 +126,46 @@ def run(folder: Path, mode: str, budget_gb: float, n_prompt: int, n_gen: int, co
         out.append(tok.item())
     decode_s = time.perf_counter() - t0
     dec = {k: v - pre[k] for k, v in vars(memory.stats).items()}
-    per = lambda d, n: {k: round(v / n, 2) for k, v in d.items() if k != "reads"}  # noqa: E731
-    return {"bench": "engram", "mode": mode, "budget_gb": budget_gb if mode == "disk" else None, "cold": cold,
+    per = lambda d, n: {k: round(v / n, 2) for k, v in d.items() if not k.endswith(("reads", "_s"))}  # noqa: E731
+    ms = lambda d: {k.replace("_s", "_ms"): round(1e3 * d[k], 1) for k in ("fetch_s", "wait_s")}  # noqa: E731
+    return {"bench": "engram", "mode": mode, "overlap": model.engram_overlap,
+            "budget_gb": budget_gb if mode != "resident" else None, "cold": cold,
             "prompt_tokens": int(ids.shape[1]), "gen_tokens": n_gen,
             "prefill_tok_s": round(ids.shape[1] / prefill_s, 1), "decode_tok_s": round(n_gen / decode_s, 2),
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 3),
             "table_gb": round(sum(s.path.stat().st_size for s in sources) / 1e9, 3),
             "prefill_rows_per_token": per(pre, ids.shape[1]), "decode_rows_per_token": per(dec, n_gen),
-            "tokens": out[:8], "device": str(mx.default_device())}
+            # fetch: time spent getting rows; wait: time the forward stood waiting for them (the rest was hidden)
+            "prefill_rows_ms": ms(pre), "decode_rows_ms": ms(dec),
+            "tokens": out[:8], "device": str(mx.default_device()), "load_avg": round(os.getloadavg()[0], 2)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--make", type=Path)
     ap.add_argument("--dir", type=Path)
-    ap.add_argument("--mode", choices=["resident", "disk"])
+    ap.add_argument("--mode", choices=list(MODES))
     ap.add_argument("--budget-gb", type=float, default=0.05)
     ap.add_argument("--prompt-tokens", type=int, default=512)
     ap.add_argument("--gen-tokens", type=int, default=32)
     ap.add_argument("--cold", action="store_true")
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--out", type=Path)
     a = ap.parse_args()
     if a.make:
         return make(a.make)
     if a.mode:
         return print(json.dumps(run(a.dir, a.mode, a.budget_gb, a.prompt_tokens, a.gen_tokens, a.cold)))
-    for mode in ("resident", "disk"):  # separate processes: peak RSS is per process
-        subprocess.run([sys.executable, __file__, "--dir", str(a.dir), "--mode", mode, "--budget-gb",
-                        str(a.budget_gb), "--prompt-tokens", str(a.prompt_tokens), "--gen-tokens",
-                        str(a.gen_tokens)] + (["--cold"] if a.cold else []), check=True)
+    for r in range(a.repeat):
+        for mode in MODES if r % 2 == 0 else MODES[::-1]:  # separate processes: peak RSS is per process
+            line = subprocess.run([sys.executable, __file__, "--dir", str(a.dir), "--mode", mode, "--budget-gb",
+                                   str(a.budget_gb), "--prompt-tokens", str(a.prompt_tokens), "--gen-tokens",
+                                   str(a.gen_tokens)] + (["--cold"] if a.cold else []),
+                                  check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+            print(line, flush=True)
+            if a.out:
+                with open(a.out, "a") as f:
+                    f.write(line + "\n")
 
 
 if __name__ == "__main__":

@@ -81,9 +81,9 @@ def test_model_family_names_the_0731_style_for_a_dspark_config():
     assert v4.chat_style("deepseek_v4") == "v4"
     assert v4.chat_style("deepseek_v4", dspark=True) == "v4-0731"
     v41 = next(f for f in FAMILIES if f.name == "deepseek_v41")
-    assert v41.chat_style("deepseek_v41", dspark=True) == "v4"  # V4.1 keeps April's encoder in mlxseek
+    assert v41.chat_style("deepseek_v41", dspark=True) == "v4.1"  # V4.1 ships its own encoder, drafter or not
 
 
-def test_v41_checkpoint_keeps_the_v4_style(tmp_path):
+def test_v41_checkpoint_speaks_its_own_style(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "deepseek_v41", "dspark_block_size": 5}))
-    assert style_of_checkpoint(tmp_path, chat_template=None) == "v4"
+    assert style_of_checkpoint(tmp_path, chat_template=None) == "v4.1"

@@ -67,6 +67,7 @@ SPECIALS = {"v3": ("<｜tool▁calls▁begin｜>", "<｜tool▁call▁begin｜>"
             "v4": ("<｜DSML｜tool_calls>", "</think>", "<｜latest_reminder｜>")}
 SPECIALS["r1"] = SPECIALS["v3.1"] = SPECIALS["v3"]
 SPECIALS["v4-0731"] = SPECIALS["v4"]  # 0731 changes only the prompt's effort paragraph
+SPECIALS["v4.1"] = ("<｜DSML｜ calls>", "</think>", "<｜System｜>")  # V4.1's spaced DSML tags, its system token
 
 
 @pytest.mark.parametrize("style", STYLES)
@@ -129,6 +130,8 @@ MALFORMED = {
 }
 MALFORMED["r1"] = MALFORMED["v3"]
 MALFORMED["v4-0731"] = MALFORMED["v4"]
+MALFORMED["v4.1"] = [t.replace("｜DSML｜tool_calls", "｜DSML｜ calls").replace("｜DSML｜invoke", "｜DSML｜ invoke")
+                     .replace("｜DSML｜parameter", "｜DSML｜ parameter") for t in MALFORMED["v4"]]
 
 
 @pytest.mark.parametrize("style", STYLES)

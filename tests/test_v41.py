@@ -119,7 +119,7 @@ def test_estimate_sizes_v41_flash_with_engram_apart():
     assert e["engram"]["on_disk_bytes"] == round(rows * (256 + 8))  # ~203 GB: FP8 rows + E8M0 per 32
     assert e["engram"]["rows_per_token"] == 48 and e["engram"]["resident"] is False
     shipped = e["size_bytes"] + e["engram"]["on_disk_bytes"]
-    # 510.3 GB published also holds the vision tower and the DSpark drafter, which the census leaves out
+    # 510.3 GB published also holds the vision tower, which the census leaves out (the drafter is counted)
     assert 480e9 < shipped < 510.3e9
     assert e["resident_bytes"] < e["size_bytes"] + 20e9  # tables never counted as resident
     # CSA2: only the 4 KV sources cache compressed entries (3 at ratio 2, 1 at ratio 1; + index keys)
@@ -137,4 +137,6 @@ def test_estimate_cli_shows_engram_on_disk():
     r = CliRunner().invoke(main, ["estimate", "--config", str(config), "--recipe", "native",
                                   "--machine", "m3-ultra-512"])
     assert r.exit_code == 0, r.output
-    assert "Engram       202.76 GB in 2 tables on disk, never resident; 48 rows" in r.output
+    assert "Engram       202.76 GB in 2 tables on disk (layers [1, 14], 768,022,850 rows), never resident; " \
+           "48 rows" in r.output
+    assert "fits         with the Engram tables on SSD: m3-ultra-512" in r.output

@@ -21,7 +21,7 @@ def test_v41_serves_completions_with_its_caches_in_the_prefix_cache(tmp_path):
     model, tok = mlxseek.load(tmp_path / "v41", dtype="float32", engram_memory_gb=0.001)
     prompt = " ".join(f"w{i % 97}" for i in range(40))
     body = {"model": "v41-tiny", "prompt": prompt, "max_tokens": 6, "temperature": 0}
-    with running_server(model, tok, model_id="v41-tiny", chat_style="v4") as (server, engine):
+    with running_server(model, tok, model_id="v41-tiny", chat_style="v4.1") as (server, engine):
         first = httpx.post(f"{server.url}/v1/completions", timeout=60, json=body)
         again = httpx.post(f"{server.url}/v1/completions", timeout=60, json=body)
         stats = engine.stats()
@@ -69,8 +69,8 @@ def test_v41_cache_snapshot_restores_exactly():
     assert np.array_equal(np.array(model(ids[:, 21:], fresh)), expect)
 
 
-def test_v41_chat_style_is_v4():
-    assert detect_style(model_type="deepseek_v41") == "v4"
+def test_v41_chat_style_is_its_own():
+    assert detect_style(model_type="deepseek_v41") == "v4.1"
 
 
 def test_v41_concurrent_requests_each_get_their_tokens(tmp_path):
@@ -79,7 +79,7 @@ def test_v41_concurrent_requests_each_get_their_tokens(tmp_path):
     write_official(tmp_path / "v41", ours_from(mlx_lm_model(), engram_config(TINY)), TINY)
     model, tok = mlxseek.load(tmp_path / "v41", dtype="float32")
     body = {"model": "v41-tiny", "max_tokens": 5, "temperature": 0}
-    with running_server(model, tok, model_id="v41-tiny", chat_style="v4") as (server, _):
+    with running_server(model, tok, model_id="v41-tiny", chat_style="v4.1") as (server, _):
         def ask(prompt):
             r = httpx.post(f"{server.url}/v1/completions", timeout=120, json={**body, "prompt": prompt})
             assert r.status_code == 200, r.text

@@ -27,6 +27,24 @@ __all__ = ["ModelConfig", "REQUIRED_KEYS", "SCORING_FUNCS", "SUPPORTED_MODEL_TYP
            "required_keys"]
 
 
+# config.json keys spelled two ways in the wild -> the field that reads them. The alias stays in `extra`, so
+# the file round-trips as written. engram_pad_token_id: DeepSeek-V4.1-Flash's released text_config (as vLLM,
+# sglang and llama.cpp read it); engram_pad_id: transformers' port at 0a2080b4 and DeepSeek's inference code.
+ALIASES = {"engram_pad_token_id": "engram_pad_id"}
+
+
+def _aliased(d: dict, source: str) -> dict:
+    out = {}
+    for alias, name in ALIASES.items():
+        if d.get(alias) is None:
+            continue
+        if d.get(name) is not None and d[name] != d[alias]:
+            raise ConfigError(f"{source}: {alias} = {d[alias]} and {name} = {d[name]} name the same setting; "
+                              "keep one")
+        out[name] = d[alias]
+    return out
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     model_type: str
@@ -90,12 +108,15 @@ class ModelConfig:
     engram_max_ngram_size: Optional[int] = None
     engram_n_heads: Optional[int] = None
     engram_head_dim: Optional[int] = None
-    engram_pad_id: Optional[int] = None
+    engram_pad_id: Optional[int] = None  # the released config.json spells it engram_pad_token_id: ALIASES
     dspark_block_size: Optional[int] = None  # DSpark block drafter (V4-Flash-0731, V4-Pro-0813, V4-Flash-DSpark)
     dspark_markov_rank: Optional[int] = None
     dspark_target_layer_ids: Optional[list] = None
     dspark_noise_token_id: Optional[int] = None
-    dspark_n_routed_experts: Optional[int] = None  # V4.1's drafter: its own MoE sizes (None: the backbone's)
+    # V4.1's drafter: its own MoE sizes (None: the backbone's). These are the released text_config's names
+    # (transformers' DeepseekV41TextConfig, vLLM's deepseek_v41 MoE: 128 and 3); DeepSeek's own inference
+    # ModelArgs says dspark_n_activated_experts, but that file is not a config.json.
+    dspark_n_routed_experts: Optional[int] = None
     dspark_num_experts_per_tok: Optional[int] = None
     # Not a config.json key: the DSpark stages the checkpoint stores, counted from its `mtp.{s}.` prefixes at
     # load (num_nextn_predict_layers still says 1 in the releases); to_dict() leaves it out.
@@ -128,6 +149,7 @@ class ModelConfig:
             raise ConfigError(f"{source}: missing required key(s) {', '.join(missing)}")
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         kwargs = dict(FAMILY_DEFAULTS[mt])
+        kwargs.update(_aliased(d, source))
         # null means "absent" except for q_lora_rank, where null selects the direct q_proj (V2-Lite).
         kwargs.update({k: v for k, v in d.items() if k in names and (v is not None or k == "q_lora_rank")})
         extra = {k: v for k, v in d.items() if k not in names}

@@ -4,14 +4,18 @@ tables of 384M rows x 264 B = ~203 GB, kept 8-bit: 256 FP8 e4m3 values + 8 E8M0 
 `DiskRows` keeps a hot-row LRU under a byte budget and reads the missing rows of a request sorted, with one
 positional read per run of adjacent rows (per tensor); `ResidentRows` holds whole tables (the reference the
 disk path must match bit for bit). Both answer `fetch(table, rows)` with the stored bytes:
-(weights (n, hd) uint8, scales (n, hd/32) uint8). `stats` only counts.
+(weights (n, hd) uint8, scales (n, hd/32) uint8), and `fetch_async` with a Future of them: the rows depend
+only on token ids, so a forward starts every Engram layer's reads before layer 0 and each layer waits only
+for its own. `stats` only counts.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +34,8 @@ class EngramReadStats:
     unique: int = 0  # distinct rows asked for, per fetch
     disk_rows: int = 0  # rows read from the shards (LRU misses)
     reads: int = 0  # positional reads issued
+    fetch_s: float = 0.0  # seconds spent fetching (LRU lookups and reads), on whichever thread
+    wait_s: float = 0.0  # seconds a forward stood waiting for rows: fetch_s minus what compute hid
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,11 @@ class ResidentRows:
         w, s = self.tables[table]
         return w[rows], s[rows]
 
+    def fetch_async(self, table: int, rows: np.ndarray, asked: int = 0) -> Future:
+        done: Future = Future()  # in RAM already: nothing to overlap
+        done.set_result(self.fetch(table, rows, asked))
+        return done
+
 
 class DiskRows:
     """Hot rows in an LRU of at most `budget_bytes` (row bytes only; a row is hd + hd/32 bytes)."""
@@ -101,10 +112,27 @@ class DiskRows:
         self.capacity = max(0, int(budget_bytes) // row_bytes)
         self._lru: OrderedDict = OrderedDict()  # (table, row) -> (weights, scales) bytes
         self._executor: ThreadPoolExecutor | None = None
+        self._prefetcher: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()  # the LRU and stats: one fetch at a time, background or not
+
+    def fetch_async(self, table: int, rows: np.ndarray, asked: int = 0) -> Future:
+        """`fetch` on a background thread. One thread, so fetches run in the order asked (a forward asks for
+        its layers in order) and the LRU sees the same sequence of hits and misses as synchronous fetches."""
+        if self._prefetcher is None:
+            self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engram-prefetch")
+        return self._prefetcher.submit(self.fetch, table, rows, asked)
 
     def fetch(self, table: int, rows: np.ndarray, asked: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """rows (n,) distinct, sorted row ids (`asked`: how many lookups they dedupe) -> their stored bytes;
         misses are read in sorted runs."""
+        with self._lock:
+            t0 = time.perf_counter()
+            try:
+                return self._fetch(table, rows, asked)
+            finally:
+                self.stats.fetch_s += time.perf_counter() - t0
+
+    def _fetch(self, table: int, rows: np.ndarray, asked: int) -> tuple[np.ndarray, np.ndarray]:
         self.stats.lookups += asked or rows.size
         self.stats.unique += rows.size
         path, _, hd, _, _, sd, n = self._where[table]
@@ -164,7 +192,8 @@ class DiskRows:
 
     @property
     def resident_bytes(self) -> int:
-        return sum(a.nbytes + b.nbytes for a, b in self._lru.values())
+        with self._lock:
+            return sum(a.nbytes + b.nbytes for a, b in self._lru.values())
 
 
 def _pread(fd: int, path: Path, offset: int, n: int) -> bytes:

@@ -48,11 +48,19 @@ def report(e: dict) -> str:
         f"resident     {gb(e['resident_bytes'])} at {e['context']:,} tokens of context",
         f"per token    {gb(e['bytes_per_token'])} read ({gb(e['weight_bytes_per_token'])} of weights)",
     ]
+    if e["mtp_params"] and e["with_mtp"]:
+        lines.append(f"drafter      {e.get('drafter', 'MTP')}: {gb(e['drafter_bytes'])} of the size above "
+                     "(--drop-drafter leaves it out)")
     if e.get("engram"):  # V4.1: tables on SSD, read by position; not part of the sizes above
         g = e["engram"]
-        lines.append(f"Engram       {gb(g['on_disk_bytes'])} in {g['tables']} tables on disk, never resident; "
-                     f"{g['rows_per_token']} rows ({gb(g['bytes_per_token'])}) read per token "
-                     "(--engram-memory-gb sets the hot-row cache)")
+        fits = ", ".join(g["fits_with_tables_on_ssd"]) or "none of the machines below"
+        lines += [f"Engram       {gb(g['on_disk_bytes'])} in {g['tables']} tables on disk (layers {g['layers']}, "
+                  f"{g['rows']:,} rows), never resident; {g['rows_per_token']} rows ({gb(g['bytes_per_token'])}) "
+                  "read per token (--engram-memory-gb sets the hot-row cache)",
+                  f"shipped      {gb(e['shipped_bytes'])}: the size above + the Engram tables",
+                  f"fits         with the Engram tables on SSD: {fits}"]
+    if e.get("not_counted"):
+        lines.append(f"not counted  {', '.join(e['not_counted'])}: mlxseek runs text only")
     lines += [
         "",
         f"{'component':<18}{'params':>10}{'active':>10}{'size':>14}{'per token':>14}",

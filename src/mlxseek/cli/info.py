@@ -36,11 +36,22 @@ def report(i: dict) -> str:
         f"parameters     {params(i['total_params'])} total, {params(i['active_params'])} active per token"
         + (f"; MTP {params(i['mtp_params'])}" if i["mtp_params"] and not _is_dspark(i) else ""),
         *([_dspark_line(i["drafter"])] if _is_dspark(i) else []),
+        *(_engram_lines(i) if i.get("engram") else []),
         f"on disk        {gb(i['bytes_on_disk'])} ({i['bits_per_weight']:.2f} bits/weight)",
         f"per token      {gb(i['bytes_per_token'])} of weights read per decoded token",
         f"quantization   {quant}",
         f"runtime        MLX {rt['mlx']} on {rt['device']}, BLAS {rt['blas']}" + (f" ({where})" if where else ""),
     ])
+
+
+def _engram_lines(i: dict) -> list[str]:
+    g = i["engram"]
+    return [f"Engram         {g['tables']} tables at layers {g['layers']}: {g['rows']:,} rows, {params(g['params'])} "
+            f"parameters, {gb(g['bytes'])} on disk, never resident; {g['rows_per_token']} rows "
+            f"({gb(g['bytes_per_token'])}) read per token (not in the figures above)",
+            f"backbone       {gb(i['backbone_bytes'])} without the Engram tables and the drafter"] + (
+        [f"not run        {gb(i['unused_bytes'])} the text model never loads (vision tower, image-token routing)"]
+        if i["unused_bytes"] else [])
 
 
 def _is_dspark(i: dict) -> bool:

@@ -1,6 +1,6 @@
 """Every DeepSeek chat format: rendering conversations (render_chat) and parsing replies (parse_reply,
-ReplyParser) for V2/V3/V3-0324 ("v3"), R1 ("r1"), V3.1 ("v3.1"), V3.2 ("v3.2"), V4 ("v4") and
-V4-Flash-0731 / V4-Pro-0813 ("v4-0731").
+ReplyParser) for V2/V3/V3-0324 ("v3"), R1 ("r1"), V3.1 ("v3.1"), V3.2 ("v3.2"), V4 ("v4"),
+V4-Flash-0731 / V4-Pro-0813 ("v4-0731") and V4.1-Flash ("v4.1").
 
 Pure Python (no MLX): notebooks, the server and the tests use it directly.
 """

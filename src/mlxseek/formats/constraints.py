@@ -12,9 +12,10 @@ Each grammar ends where the reply ends: llguidance then allows only the end-of-s
 from __future__ import annotations
 
 import json
+from functools import partial
 
 from ..errors import ChatFormatError
-from .dsml import INVOKE_END
+from .dsml import PLAIN, SPACED, Tags
 from .messages import tool_functions
 from .style import check_style
 from .tokens import CALL_BEGIN, CALL_END, CALLS_BEGIN, CALLS_END, DSML, TOOL_SEP
@@ -63,10 +64,10 @@ def _plain(name: str, schema: dict) -> str:
     return f"{CALL_BEGIN} {_lit(name)} {TOOL_SEP} {_json(schema)} {CALL_END}"
 
 
-def _dsml_param(key: str, schema: dict) -> str:
-    raw = _lit(f'<{DSML}parameter name="{key}" string="true">')
-    typed = _lit(f'<{DSML}parameter name="{key}" string="false">')
-    tail = _lit(f"</{DSML}parameter>\n")
+def _dsml_param(key: str, schema: dict, tags: Tags) -> str:
+    raw = _lit(f'<{DSML}{tags.parameter} name="{key}" string="true">')
+    typed = _lit(f'<{DSML}{tags.parameter} name="{key}" string="false">')
+    tail = _lit(f"</{DSML}{tags.parameter}>\n")
     if not isinstance(schema, dict):
         return f"{typed} {_json({})} {tail}"
     if schema.get("type") == "string" and set(schema) <= _PLAIN_STRING_KEYS:
@@ -78,27 +79,28 @@ def _dsml_param(key: str, schema: dict) -> str:
     return f"{typed} {_json(schema)} {tail}"
 
 
-def _dsml(name: str, schema: dict) -> str:
+def _dsml(name: str, schema: dict, tags: Tags = PLAIN) -> str:
     """`<｜DSML｜invoke name="NAME">\\n` + one parameter line per argument + `</｜DSML｜invoke>`: required
     arguments in the schema's order, each optional one present or not (dsml.encode_call writes the same)."""
     props = schema.get("properties") or {}
     required = set(schema.get("required") or ())
-    parts = [_lit(f'<{DSML}invoke name="{name}">\n')]
+    parts = [_lit(f'<{DSML}{tags.invoke} name="{name}">\n')]
     for key, sub in props.items():
-        param = _dsml_param(key, sub)
+        param = _dsml_param(key, sub, tags)
         parts.append(param if key in required else f"({param})?")
-    parts.append(_lit(INVOKE_END))
+    parts.append(_lit(tags.invoke_end))
     return " ".join(parts)
 
 
 def _block(style: str, calls: str) -> str:
     if style in ("v3", "r1", "v3.1"):
         return f"{CALLS_BEGIN} {calls} {CALLS_END}"
-    block = "function_calls" if style == "v3.2" else "tool_calls"
+    block = {"v3.2": "function_calls", "v4.1": " calls"}.get(style, "tool_calls")
     return f"{_lit(chr(10) * 2 + f'<{DSML}{block}>' + chr(10))} {calls} {_lit(chr(10) + f'</{DSML}{block}>')}"
 
 
-_CALL = {"v3": _fenced, "r1": _fenced, "v3.1": _plain, "v3.2": _dsml, "v4": _dsml, "v4-0731": _dsml}
+_CALL = {"v3": _fenced, "r1": _fenced, "v3.1": _plain, "v3.2": _dsml, "v4": _dsml, "v4-0731": _dsml,
+         "v4.1": partial(_dsml, tags=SPACED)}
 
 
 def tool_call_grammar(style: str, tools: list[dict], *, parallel: bool = False) -> str:
@@ -110,7 +112,7 @@ def tool_call_grammar(style: str, tools: list[dict], *, parallel: bool = False) 
         raise ChatFormatError("tools: a forced tool call needs at least one tool")
     rules = [f"fn_{i}: {_CALL[style](f['name'], _arguments(f))}" for i, f in enumerate(functions)]
     call = " | ".join(f"fn_{i}" for i in range(len(functions)))
-    sep = '"\\n" ' if style in ("v3.2", "v4", "v4-0731") else ""
+    sep = '"\\n" ' if style in ("v3.2", "v4", "v4-0731", "v4.1") else ""
     calls = "call"
     for _ in range(MAX_PARALLEL_CALLS - 1 if parallel else 0):  # bounded, so the block always closes
         calls = f"call ({sep}{calls})?"

@@ -7,6 +7,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from . import dsml
 from .tokens import CALL_BEGIN, CALL_END, CALLS_BEGIN, CALLS_END, DSML, TOOL_SEP
@@ -52,10 +53,10 @@ class Grammar:
     decode: Callable[[str], Decoded]
 
 
-def _dsml_block(name: str) -> dict:
+def _dsml_block(name: str, tags: dsml.Tags = dsml.PLAIN) -> dict:
     opener = f"<{DSML}{name}>"
-    return {"block_open": ("\n\n" + opener, opener), "call_end": dsml.INVOKE_END,
-                "block_end": f"</{DSML}{name}>", "decode": dsml.decode_call}
+    return {"block_open": ("\n\n" + opener, opener), "call_end": tags.invoke_end,
+            "block_end": f"</{DSML}{name}>", "decode": partial(dsml.decode_call, tags=tags)}
 
 
 _V3_BLOCK = {"block_open": (CALLS_BEGIN,), "call_end": CALL_END, "block_end": CALLS_END}
@@ -68,3 +69,4 @@ GRAMMARS = {
     "v4": Grammar(has_reasoning=True, strip_newlines=False, **_dsml_block("tool_calls")),
 }
 GRAMMARS["v4-0731"] = GRAMMARS["v4"]  # 0731 changes only the effort paragraph of the prompt
+GRAMMARS["v4.1"] = Grammar(has_reasoning=True, strip_newlines=False, **_dsml_block(" calls", dsml.SPACED))

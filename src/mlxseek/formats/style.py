@@ -8,10 +8,13 @@ from pathlib import Path
 from ..errors import ChatFormatError
 from .tokens import THINK_START
 
-STYLES = ("v3", "r1", "v3.1", "v3.2", "v4", "v4-0731")
-V4_STYLES = ("v4", "v4-0731")  # one encoder; v4-0731 (V4-Flash-0731, V4-Pro-0813) only re-tiers reasoning effort
+STYLES = ("v3", "r1", "v3.1", "v3.2", "v4", "v4-0731", "v4.1")
+# V4's roles (latest_reminder); v4-0731 (V4-Flash-0731, V4-Pro-0813) is V4's encoder re-tiering reasoning
+# effort, v4.1 (V4.1-Flash) an encoder of its own (formats/v41.py)
+V4_STYLES = ("v4", "v4-0731", "v4.1")
 # thinking: None = no reasoning at all, True = always reasons, "toggle" = the caller chooses (default off)
-THINKING = {"v3": None, "r1": True, "v3.1": "toggle", "v3.2": "toggle", "v4": "toggle", "v4-0731": "toggle"}
+THINKING = {"v3": None, "r1": True, "v3.1": "toggle", "v3.2": "toggle", "v4": "toggle", "v4-0731": "toggle",
+            "v4.1": "toggle"}
 
 
 def check_style(style: str) -> str:
@@ -20,9 +23,9 @@ def check_style(style: str) -> str:
     return style
 
 
-# V4-family model_type -> (its style, its style when the checkpoint speaks the 0731 encoder). V4.1 ships V4's
-# tokenizer (its Engram vocabulary checks out) and keeps April's effort paragraph in mlxseek.
-_V4_STYLES = {"deepseek_v4": ("v4", "v4-0731"), "deepseek_v41": ("v4", "v4")}
+# V4-family model_type -> (its style, its style when the checkpoint speaks the 0731 encoder). V4.1-Flash ships
+# an encoder of its own (tests/fixtures/make_chat_goldens.py V41_EVIDENCE), whatever drafter it carries.
+_V4_STYLES = {"deepseek_v4": ("v4", "v4-0731"), "deepseek_v41": ("v4.1", "v4.1")}
 
 
 def detect_style(*, model_type: str, chat_template: str | None = None, v0731: bool = False) -> str:
@@ -65,7 +68,7 @@ def check_thinking(style: str, thinking: bool | None) -> bool:
     if rule is None:
         if thinking:
             raise ChatFormatError(f"thinking=True: the {style} format has no reasoning mode; use r1, v3.1, v3.2, "
-                                  "v4 or v4-0731, or leave thinking unset", field="thinking")
+                                  "v4, v4-0731 or v4.1, or leave thinking unset", field="thinking")
         return False
     if rule is True:
         if thinking is False:

@@ -4,6 +4,7 @@ BOS = "<｜begin▁of▁sentence｜>"
 EOS = "<｜end▁of▁sentence｜>"
 USER = "<｜User｜>"
 ASSISTANT = "<｜Assistant｜>"
+SYSTEM = "<｜System｜>"  # V4.1 only (its tokenizer's id 128799, a placeholder in earlier tokenizers)
 THINK_START = "<think>"
 THINK_END = "</think>"
 
@@ -21,6 +22,6 @@ DSML = "｜DSML｜"
 LATEST_REMINDER = "<｜latest_reminder｜>"
 
 # Every special token text a reply may carry: a partial one at the end of a delta is held back.
-SPECIAL_TEXTS = (BOS, EOS, USER, ASSISTANT, THINK_START, THINK_END, CALLS_BEGIN, CALLS_END, CALL_BEGIN, CALL_END,
+SPECIAL_TEXTS = (BOS, EOS, USER, ASSISTANT, SYSTEM, THINK_START, THINK_END, CALLS_BEGIN, CALLS_END, CALL_BEGIN, CALL_END,
                  TOOL_SEP, OUTPUTS_BEGIN, OUTPUTS_END, OUTPUT_BEGIN, OUTPUT_END, LATEST_REMINDER,
                  f"<{DSML}", f"</{DSML}")

@@ -5,8 +5,10 @@ with no hash layers) -> collapse with the last `pre` -> RMSNorm -> lm_head. Foll
 
 Engram tables are never part of the parameters: `attach_engram(hasher, memory)` gives the model a hasher
 (layers/v41/engram_hash) and a row source (checkpoint/engram_rows: resident, or read from disk into a
-byte-budgeted LRU). Each forward hashes all its positions first, then fetches each table's distinct rows
-once, before layer 0 runs: the rows depend on token ids only.
+byte-budgeted LRU). Each forward hashes all its positions first, then starts the reads of each table's
+distinct rows in the background before layer 0 (the rows depend on token ids only: in decode, as soon as the
+token is known); an Engram layer waits only for its own rows, while the layers before it compute.
+`engram_overlap = False` fetches everything before layer 0 instead (the synchronous reference).
 Vision (`vision_config`) is out of scope: the text model runs; image inputs are refused.
 """
 
@@ -29,7 +31,7 @@ from ..layers.v4.moe import ClampedMLP
 from ..layers.v41.attention import CSA2Attention
 from ..layers.v41.block import V41DecoderLayer, collapse, expand
 from ..layers.v41.dspark import DSpark41
-from ..layers.v41.engram import gather_rows
+from ..layers.v41.engram import PendingRows, gather_rows
 from ..layers.v41.fake_quant import fake_fp8
 from ..layers.v41.indexer import CSA2Indexer
 from .base import CausalLM
@@ -65,7 +67,10 @@ class V41Backbone(nn.Module):
         shared: dict = {}
         tapped = {}
         for i, (layer, c) in enumerate(zip(self.layers, cache)):
-            streams, pre = layer(streams, pre, c, shared, engram_rows.get(i))
+            rows = engram_rows.get(i)
+            if isinstance(rows, PendingRows):
+                rows = rows.get(before=streams)
+            streams, pre = layer(streams, pre, c, shared, rows)
             if i in taps:
                 tapped[i] = streams.mean(axis=2)
         out = self.norm(collapse(streams, pre))
@@ -79,6 +84,7 @@ class V41Model(CausalLM):
         self.model = V41Backbone(cfg)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self._engram = None  # (hasher, memory): see attach_engram
+        self.engram_overlap = True  # Engram reads overlap the layers before each Engram layer
         if with_mtp and cfg.has_dspark and cfg.dspark_stages:  # stages counted from the checkpoint's mtp.{s}.
             self.dspark = DSpark41(cfg, cfg.dspark_stages)
 
@@ -106,7 +112,9 @@ class V41Model(CausalLM):
         trail = history if cache[0].engram_trail is None else cache[0].engram_trail
         trail = np.concatenate([trail, hasher.token_map[tokens]], axis=1)
         cache[0].engram_trail = trail[:, -(history.shape[1] + cache[0].trim_slack):]
-        return {layer: gather_rows(memory, j, rows[:, :, j]) for j, layer in enumerate(ids)}
+        if not self.engram_overlap:
+            return {layer: gather_rows(memory, j, rows[:, :, j]) for j, layer in enumerate(ids)}
+        return {layer: PendingRows(memory, j, rows[:, :, j]) for j, layer in enumerate(ids)}
 
     def __call__(self, inputs: mx.array, cache: Optional[list] = None, input_embeddings=None) -> mx.array:
         if input_embeddings is not None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..config import ModelConfig
+from ..layers.v41.dspark import stage_config
 from ..models.families import family_of
 
 
@@ -197,16 +198,36 @@ def _compressor(p: str, D: int, hd: int, ratio: int, component: str) -> list[Ten
 # a compressor only on `kv_source_layer_ids`, an indexer only on `index_source_layer_ids` (its `wk`/`k_norm` where
 # the layer is also a KV source), sqrtsoftplus MoE with `bias_vl`, two mHC sites per layer and no hc_head, and
 # the Engram modules with their tables (component "engram_table": FP8 rows with one E8M0 scale per 32, read by
-# position from disk, `reads` = rows per token / rows). The vision tower and the DSpark drafter are not counted.
-# Provenance: transformers' V4.1 port (module list and which tensors ship in F32) and the issue's V4.1-Flash
-# description (FP8 32x32 blocks, FP4 experts).
+# position from disk, `reads` = rows per token / rows), and the DSpark drafter (`_v41_dspark`). The vision tower
+# is not counted (mlxseek runs text only). Provenance: transformers' V4.1 port (module list and which tensors
+# ship in F32) and the issue's V4.1-Flash description (FP8 32x32 blocks, FP4 experts).
 
 def census_v41(cfg: ModelConfig) -> list[Tensor]:
     L, D, V = cfg.num_hidden_layers, cfg.hidden_size, cfg.vocab_size
     out = [_t("model.embed_tokens", "embedding", (V, D), kind="embedding", native="bf16", reads=1 / V)]
     for i in range(L):
         out += _at(_v41_layer(cfg, i), f"model.layers.{i}.", layer=i)
-    return out + [_norm("model.norm", D), _t("lm_head", "lm_head", (V, D), native="bf16")]
+    out += [_norm("model.norm", D), _t("lm_head", "lm_head", (V, D), native="bf16")]
+    return out + (_v41_dspark(cfg) if cfg.has_dspark else [])
+
+
+def _v41_dspark(cfg: ModelConfig) -> list[Tensor]:
+    """V4.1's DSpark drafter (flagged mtp, counted apart): S window-only V4.1 blocks with the drafter's own MoE
+    (dspark_n_routed_experts, top dspark_num_experts_per_tok), main_proj (D, T*D) and main_norm, the final
+    norm, the float32 Markov head (embed and head, (V, r) each) and confidence head (1, D+r); no hc_head.
+    S: the compress_ratios entries past the main stack (3 zeros in the release), as for V4's DSpark."""
+    L, D, V, r = cfg.num_hidden_layers, cfg.hidden_size, cfg.vocab_size, cfg.dspark_markov_rank
+    stages = cfg.dspark_stages or max(0, len(cfg.compress_ratios) - L)
+    scfg = stage_config(cfg, stages)
+    out = []
+    for s in range(stages):
+        out += _at(_v41_layer(scfg, L + s), f"dspark.stages.{s}.", layer=L + s, mtp=True)
+    head = [_t("main_proj", "mtp_proj", (D, len(cfg.dspark_target_layer_ids) * D)), _norm("main_norm", D),
+            _norm("norm", D),
+            _t("markov_head.embed", "dspark_heads", (V, r), kind="embedding", native="fp32"),
+            _t("markov_head.head", "dspark_heads", (V, r), native="fp32"),
+            _t("confidence_head.proj", "dspark_heads", (1, D + r), native="fp32")]
+    return out + _at(head, "dspark.", layer=L + max(0, stages - 1), mtp=True)
 
 
 def _v41_layer(cfg: ModelConfig, i: int) -> list[Tensor]:

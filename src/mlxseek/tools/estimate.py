@@ -191,6 +191,14 @@ def _fit(m: machines_mod.Machine, ranks: list[dict], parallel: str) -> dict:
     }
 
 
+def _engram(cfg: ModelConfig, tables: list[Tensor], nbytes) -> dict:
+    """V4.1's Engram tables: on SSD, read by position (rows per token, their bytes), never resident."""
+    return {"on_disk_bytes": round(sum(map(nbytes, tables))), "tables": len(tables),
+            "layers": list(cfg.engram_layer_ids or []), "rows": sum(t.shape[0] for t in tables),
+            "rows_per_token": round(sum(t.numel * t.reads for t in tables) / cfg.engram_head_dim),
+            "bytes_per_token": round(sum(nbytes(t) * t.reads for t in tables)), "resident": False}
+
+
 def estimate(config: Union[str, Path, dict, ModelConfig], *, q_bits: int = 4, q_group_size: int = 64,
              recipe: str = "uniform", machine: Optional[str] = None, machines: int = 1,
              parallel: str = "pipeline", context: int = 4096, drop_mtp: bool = False,
@@ -228,11 +236,12 @@ def estimate(config: Union[str, Path, dict, ModelConfig], *, q_bits: int = 4, q_
         "bytes_per_token": whole["bytes_per_token"], "resident_bytes": whole["resident_bytes"],
         "fits": None, "roofline_tps": None, "machine": None, "parallel": None,
     }
+    out["drafter_bytes"] = round(sum(nbytes(t) for t in kept if t.mtp))
+    # What a release may ship that mlxseek neither runs nor sizes (V4.1: the vision tower and its aligner).
+    out["not_counted"] = ["vision tower (vision_config)"] if cfg.extra.get("vision_config") is not None else []
     if tables:
-        out["engram"] = {"on_disk_bytes": round(sum(map(nbytes, tables))), "tables": len(tables),
-                         "rows_per_token": round(sum(t.numel * t.reads for t in tables) / cfg.engram_head_dim),
-                         "bytes_per_token": round(sum(nbytes(t) * t.reads for t in tables)),
-                         "resident": False}
+        out["engram"] = _engram(cfg, tables, nbytes)
+        out["shipped_bytes"] = out["size_bytes"] + out["engram"]["on_disk_bytes"]
     for comp, d in out["by_component"].items():
         ts = [t for t in (tables if comp == "engram_table" else kept) if t.component == comp and not t.mtp]
         d["bytes"], d["bytes_per_token"] = round(sum(map(nbytes, ts))), round(sum(nbytes(t) * t.reads for t in ts))
@@ -244,4 +253,7 @@ def estimate(config: Union[str, Path, dict, ModelConfig], *, q_bits: int = 4, q_
         out.update(machine=fit, fits=fit["fits"], roofline_tps=fit["roofline_tps"])
     else:  # no machine named: how the model does on each one, alone
         out["machines_table"] = [_fit(m, [whole], parallel) for m in machines_mod.MACHINES.values()]
+    if tables:  # the tables never count as resident, so every fit above is one with Engram on SSD
+        fits = [out["machine"]] if out["machine"] else out["machines_table"]
+        out["engram"]["fits_with_tables_on_ssd"] = [f["machine"] for f in fits if f["fits"]]
     return out

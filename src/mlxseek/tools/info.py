@@ -25,6 +25,8 @@ _ROUTED = re.compile(r"\.experts\.\d+\.|\.switch_mlp\.")
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 # The HF MTP layer stores copies of the embedding and output head, which the model shares (V3 report 2.2).
 _MTP_COPY = re.compile(r"\.(embed_tokens|shared_head\.head)\.")
+# V4.1's Engram tables (official `layers.N.`, converted `model.layers.N.`): read by position from disk.
+_ENGRAM = re.compile(r"^(?:model\.)?layers\.(\d+)\.engram\.embed\.(weight|scale)$")
 
 
 def _aux_of(key: str, keys: set[str]) -> bool:
@@ -38,6 +40,9 @@ def _aux_of(key: str, keys: set[str]) -> bool:
 def _logical(key: str, store: WeightStore, cfg: ModelConfig, keys: set[str]) -> int:
     n = math.prod(store.shape(key))
     module = key.rpartition(".")[0]
+    scale = f"{module}.scale"
+    if store.dtype(key) == "I8" and scale in keys and store.shape(scale)[-1] * 32 == 2 * store.shape(key)[-1]:
+        return 2 * n  # V4/V4.1 official FP4 experts: two e2m1 values per byte, one e8m0 scale per 32
     if store.dtype(key) != "U32" or f"{module}.scales" not in keys:
         return n
     q = cfg.quantization or {}
@@ -82,14 +87,22 @@ def info(path: Union[str, Path]) -> dict:
     store = WeightStore(folder)
     L, V, k_over_e = cfg.num_hidden_layers, cfg.vocab_size, cfg.routed_expert_fraction
     keys = set(store.keys())
-    params, drafter_bytes = {"main": 0, "mtp": 0, "copy": 0}, 0
+    params, drafter_bytes, main_bytes = {"main": 0, "mtp": 0, "copy": 0}, 0, 0
     active, per_token, tensor_bytes, by_dtype = 0.0, 0.0, 0, {}
+    engram: dict = {}
+    ignored, unused = cfg.ignored_checkpoint_keys, 0
     for key in sorted(keys):
         nbytes = store.nbytes_of(key)
         tensor_bytes += nbytes
         by_dtype[store.dtype(key)] = by_dtype.get(store.dtype(key), 0) + nbytes
         if key.endswith("rotary_emb.inv_freq"):
             continue  # a recomputed buffer some HF checkpoints carry, not a parameter
+        if (e := _ENGRAM.match(key)) is not None:
+            engram.setdefault(int(e[1]), {})[e[2]] = (store.shape(key), nbytes)
+            continue
+        if any(re.search(p, key) for p in ignored):  # V4.1: the vision tower, image-token routing biases
+            unused += nbytes
+            continue
         m = _LAYER.match(key)
         part = "mtp" if key.startswith(("mtp.", "dspark.")) or (m and int(m[1]) >= L) else "main"
         part = "copy" if part == "mtp" and _MTP_COPY.search(key) else part
@@ -101,6 +114,7 @@ def info(path: Union[str, Path]) -> dict:
         if part == "main":
             active += n * reads
             per_token += nbytes * reads
+            main_bytes += nbytes
     check_checkpoint(folder)  # the view `load` validates: no figure below from a config the shards contradict
     n_mtp = 0 if cfg.has_dspark else cfg.num_nextn_predict_layers  # 0731/0813 still say 1, with no MTP head
     moe = sum(cfg.is_moe_layer(i) for i in range(L))
@@ -109,11 +123,14 @@ def info(path: Union[str, Path]) -> dict:
         "model_type": cfg.model_type,
         "layers": {"total": L, "dense": L - moe, "moe": moe, "mtp": n_mtp, "mtp_in_checkpoint": params["mtp"] > 0},
         "total_params": params["main"], "active_params": round(active), "mtp_params": params["mtp"],
+        "backbone_bytes": main_bytes, "unused_bytes": unused,
         "drafter": _drafter(cfg, keys, params["mtp"] + params["copy"], drafter_bytes),
+        "engram": _engram(cfg, engram),
         "stored_params": sum(params.values()),
         "bytes_on_disk": sum((folder / f).stat().st_size for f in set(store.weight_map.values())),
         "tensor_bytes": tensor_bytes, "bytes_by_dtype": by_dtype, "bytes_per_token": round(per_token),
-        "bits_per_weight": 8 * tensor_bytes / max(1, sum(params.values())),
+        "bits_per_weight": 8 * (tensor_bytes - sum(b for t in engram.values() for _, b in t.values()))
+        / max(1, sum(params.values())),
         "quantization": quantization(cfg),
         "runtime": runtime(),
     }
@@ -126,6 +143,21 @@ def _drafter(cfg, keys: set, n: int, nbytes: int) -> Optional[dict]:
         return {"kind": "dspark", "stages": len(stages), "block_size": cfg.dspark_block_size, "params": n,
                 "bytes": nbytes, "target_layer_ids": cfg.dspark_target_layer_ids}
     return {"kind": "mtp", "stages": cfg.num_nextn_predict_layers, "params": n, "bytes": nbytes} if n else None
+
+
+def _engram(cfg, tables: dict) -> Optional[dict]:
+    """V4.1's Engram tables, apart from the backbone (never resident: rows are read by position). Each token
+    reads (max n-gram - 1) x heads rows of each table; a row is its weight row + its scale row as stored."""
+    if not tables:
+        return None
+    per_table = (cfg.engram_max_ngram_size - 1) * cfg.engram_n_heads
+    rows = sum(t["weight"][0][0] for t in tables.values())
+    nbytes = sum(b for t in tables.values() for _, b in t.values())
+    row_bytes = [sum(b / shape[0] for shape, b in t.values()) for t in tables.values()]
+    return {"layers": sorted(tables), "tables": len(tables), "rows": rows, "bytes": nbytes,
+            "params": sum(math.prod(t["weight"][0]) for t in tables.values()),
+            "rows_per_token": per_table * len(tables), "bytes_per_token": round(per_table * sum(row_bytes)),
+            "resident": False}
 
 
 def runtime() -> dict:

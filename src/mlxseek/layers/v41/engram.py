@@ -12,6 +12,8 @@ values with one E8M0 scale per 32 (264 bytes). Shapes: B, L, n = hc_mult, D hidd
 
 from __future__ import annotations
 
+import time
+
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
@@ -27,10 +29,33 @@ def dequant_rows(weights: np.ndarray, scales: np.ndarray) -> mx.array:
 
 
 def gather_rows(memory, table: int, rows: np.ndarray) -> mx.array:
-    """rows (B, L, C) -> (B, L, C, d) float32, each distinct row fetched once (sorted) from `memory`."""
+    """rows (B, L, C) -> (B, L, C, d) float32, each distinct row fetched once (sorted) from `memory`: the
+    synchronous reference of `PendingRows`."""
     uniq, inverse = np.unique(rows.reshape(-1), return_inverse=True)
+    t0 = time.perf_counter()
     w, s = memory.fetch(table, uniq, asked=rows.size)
+    memory.stats.wait_s += time.perf_counter() - t0  # the forward waits for the whole fetch
     return dequant_rows(w, s)[mx.array(inverse.astype(np.int32))].reshape(*rows.shape, -1)
+
+
+class PendingRows:
+    """One Engram layer's rows, read in the background (`memory.fetch_async`) from the start of the forward:
+    rows (B, L, C) -> on `get`, (B, L, C, d) float32, as `gather_rows` gives them."""
+
+    def __init__(self, memory, table: int, rows: np.ndarray):
+        uniq, self._inverse = np.unique(rows.reshape(-1), return_inverse=True)
+        self._shape, self._stats = rows.shape, memory.stats
+        self._future = memory.fetch_async(table, uniq, asked=rows.size)
+
+    def get(self, before: mx.array | None = None) -> mx.array:
+        """Wait for the reads; while they are not done, `before` (the streams the layers ahead of this one
+        produce, still lazy) starts computing, so those layers run while the SSD answers."""
+        if before is not None and not self._future.done():
+            mx.async_eval(before)
+        t0 = time.perf_counter()
+        w, s = self._future.result()
+        self._stats.wait_s += time.perf_counter() - t0
+        return dequant_rows(w, s)[mx.array(self._inverse.astype(np.int32))].reshape(*self._shape, -1)
 
 
 class Engram(nn.Module):

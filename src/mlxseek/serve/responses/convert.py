@@ -185,7 +185,7 @@ def thinking_controls(effort: Optional[str], style: Optional[str]) -> tuple[Opti
         prompt_opens_thinking(style, wanted)
     except ChatFormatError:
         return None, None
-    if wanted and style == "v4-0731":  # DeepSeek's API table for 0731: medium and xhigh map to high
+    if wanted and style in ("v4-0731", "v4.1"):  # DeepSeek's API tables: medium and xhigh map to high
         return True, {"low": "low", "max": "max"}.get(effort, "high")
     return wanted, ("max" if wanted and style == "v4" and effort in _V4_MAX else None)
 
