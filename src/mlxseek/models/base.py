@@ -52,6 +52,9 @@ class CausalLM(nn.Module):
     # Its attention layers take a batch of solo caches (`cache.batch.RowBatchCache.row_caches`) and attend
     # row by row, so a batch of rows whose caches cannot share a buffer still runs one forward per step.
     attends_row_caches = False
+    # False: batched rows keep their solo caches (`cache.batch.RowBatchCache`) whatever their kind, the slow
+    # reference the fused batch caches (one attention pass for all rows) are tested and measured against.
+    fuse_batch_rows = True
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
