@@ -15,6 +15,8 @@ from mlxseek.cache.batch import make_batch_cache
 from mlxseek.generation.batch import BatchDecoder
 from mlxseek.generation.rows import RowParams
 from mlxseek.layers.v4.attention import V4Attention
+from mlxseek.layers.v4.indexer import complete_windows
+from mlxseek.layers.v4.partial_rope import rope_for_layer
 from mlxseek.serve.engine import Engine, SamplingParams
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -263,3 +265,36 @@ def test_a_v4_batch_refuses_several_tokens_per_row_and_a_row_of_another_layer_sh
         model.trunk(mx.array([[3, 4], [5, 6]], dtype=mx.uint32), cache)
     with pytest.raises(mlxseek.errors.BatchingError, match="another layer shape"):
         cache[0].insert(rows[0][1])  # layer 1 (ratio 4) into layer 0's (window only) batch
+
+
+def test_per_row_offsets_rotate_and_mask_each_row_as_its_own_scalar_offset():
+    rope = rope_for_layer(model_of("v4_flash").config, 4)
+    offsets = [0, 3, 127, 300]
+    for shape in ((4, 2, 16), (4, 3, 2, 16)):  # keys (B, L, d) and queries (B, H, L, d)
+        x = mx.random.normal(shape, key=mx.random.key(1))
+        for stride, inverse in ((1, False), (4, False), (1, True)):
+            got = rope(x, mx.array(offsets), stride=stride, inverse=inverse)
+            want = mx.concatenate([rope(x[b: b + 1], o, stride=stride, inverse=inverse) for b, o in enumerate(offsets)])
+            assert mx.array_equal(got, want).item(), (shape, stride, inverse)
+    got = complete_windows(mx.array(offsets), 1, 80, 4)
+    assert got.shape == (4, 1, 80)
+    assert mx.array_equal(got, mx.concatenate([complete_windows(o, 1, 80, 4) for o in offsets])).item()
+
+
+def test_v4_fused_rows_rolled_back_stay_equal_to_the_reference():
+    """A row trimmed inside the batch (a rollback: window slots and open groups are bookkeeping) decodes on
+    exactly as its solo cache trimmed the same way."""
+    model = model_of("v4_flash")
+    copies = _v4_rows(model, (6, 129, 40))
+    fused, ref = _batch(model, copies(), True), _batch(model, copies(), False)
+    tokens = mx.array([[7], [8], [9]], dtype=mx.uint32)
+    for step in range(6):
+        if step == 3:
+            for cache in (fused, ref):
+                for bc in cache:
+                    assert bc.trim_row(1, 3) == 3 and bc.trim_row(2, 2) == 2
+        want = model.head(model.trunk(tokens, ref)[:, -1])
+        got = model.head(model.trunk(tokens, fused)[:, -1])
+        assert mx.abs(got - want).max().item() < 1e-5, step
+        tokens = mx.argmax(want, axis=-1)[:, None].astype(mx.uint32)
+    assert fused[0].offset.tolist() == [12, 132, 44]
