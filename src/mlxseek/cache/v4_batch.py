@@ -35,17 +35,17 @@ class BatchV4Cache(_BaseCache):
         self.compressor = BatchCompressor(ratio, overlap, trim_slack) if ratio else None
         self.indexer = BatchCompressor(ratio, overlap, trim_slack) if indexer else None
 
-    @classmethod
-    def like(cls, solo: V4LayerCache) -> "BatchV4Cache":
-        """An empty batch for rows of `solo`'s layer."""
-        comp = solo.compressor
-        return cls(solo.window.window, comp.ratio if comp else 0, comp.overlap if comp else False,
-                   solo.indexer is not None, solo.trim_slack)
-
-    def _solo_shape(self, solo) -> tuple:
+    @staticmethod
+    def shape_of(solo: V4LayerCache) -> tuple:
+        """(window, ratio, overlap, indexer, trim slack) of a solo layer cache: what its rows' buffers need."""
         comp = solo.compressor
         return (solo.window.window, comp.ratio if comp else 0, comp.overlap if comp else False,
                 solo.indexer is not None, solo.trim_slack)
+
+    @classmethod
+    def like(cls, solo: V4LayerCache) -> "BatchV4Cache":
+        """An empty batch for rows of `solo`'s layer."""
+        return cls(*cls.shape_of(solo))
 
     def _parts(self) -> list:
         return [p for p in (self.window, self.compressor, self.indexer) if p is not None]
@@ -60,7 +60,7 @@ class BatchV4Cache(_BaseCache):
         return mx.array(self.window.offset, dtype=mx.int32)
 
     def accepts(self, solo) -> bool:
-        return getattr(solo, "kind", None) == self.row_kind and self._solo_shape(solo) == self.shape
+        return getattr(solo, "kind", None) == self.row_kind and self.shape_of(solo) == self.shape
 
     def insert(self, solo: V4LayerCache) -> int:
         """Copy a solo V4 layer cache in as a new last row; returns its row index."""

@@ -29,9 +29,7 @@ from .partial_rope import Offset, positions, rope_for_layer
 
 def window_mask(offset: int, L: int, start: int, S: int, window: int) -> mx.array:
     """(L, S) bool: the query at offset + i sees the key at start + j."""
-    q = (offset + mx.arange(L))[:, None]
-    k = (start + mx.arange(S))[None, :]
-    return (k <= q) & (k > q - window)
+    return sliding_mask(positions(offset, L), positions(start, S), window)[0]
 
 
 def sliding_mask(q_pos: mx.array, k_pos: mx.array, window: int) -> mx.array:
@@ -81,7 +79,7 @@ class V4Attention(SharedKVProjections):
         if ratio == 4:  # DeepSeek-V4: the indexer sits on CSA (ratio-4) layers only
             self.indexer = V4Indexer(cfg, ratio)
 
-    def _compressed(self, x, q_residual, offset, cache) -> tuple[mx.array, mx.array]:
+    def _compressed(self, x, q_residual, offset: Offset, cache) -> tuple[mx.array, mx.array]:
         """Compressed entries (B, T, d) and which of them each query reads ((B|1, L, T) bool)."""
         entries = self.compressor(x, offset, cache.compressor if cache is not None else None)
         if "indexer" in self:

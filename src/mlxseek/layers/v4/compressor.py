@@ -95,7 +95,7 @@ class Compressor(nn.Module):
         return self.rope(self.kv_norm(pooled), first, stride=self.ratio)  # entry w sits at position w * r
 
     def _emit_rows(self, kv: mx.array, gate: mx.array, state) -> mx.array:
-        """Batched rows at their own positions (a batch state: `cache.v4_batch.BatchCompressor`), one new
+        """Batched rows at their own positions (a batch state: `cache.v4_rings.BatchCompressor`), one new
         token each: kv, gate (B, 1, C) -> every row's entries (B, T, d), T its longest row's count. Only
         the rows whose window this token completes pool one (gathered (E, W*r, C), E such rows)."""
         state.extend(kv, gate)
