@@ -3,6 +3,7 @@ reference, in one run; prints JSON lines.
 
     python benchmarks/batch_families_bench.py --jsonl benchmarks/results/issue23_batch_v4_fused.jsonl
     python benchmarks/batch_families_bench.py --models v4=DIR --batches 1 2 4 8 --rounds 3
+    python benchmarks/batch_families_bench.py --models v4=tests/fixtures/v4_flash --rounds 0   # paired steps only
 
 Each (family, path, batch) runs `--rounds` times, the rounds interleaved (round r runs every configuration,
 the order alternating between rounds) so a loaded machine's drift hits all alike; the line holds the median
@@ -10,6 +11,8 @@ and every round. Aggregate decode tok/s: every row's tokens after its first, ove
 rows admitted to the last token (as `agent_bench.py --turns 0`). Rows have different prompt lengths
 (--prompt + 37 * row), so V4 rows sit at different window and compressor positions. "rows" is the slow
 reference (`model.fuse_batch_rows = False`: rows of solo caches, attention row by row in one trunk forward).
+Then, per batch size, "paired_steps": a fused and a row-by-row decoder over the same rows step in turn, and
+the line has each one's milliseconds per step and their ratio (robust to a loaded machine's drift).
 The default models are the tiny test fixtures: the figures show per-step overhead (dispatch, Python), not a
 real model's memory-bound speed.
 """
@@ -59,6 +62,28 @@ def decode(model, prompts: list[list[int]], gen: int, fused: bool) -> tuple[int,
         del model.fuse_batch_rows
 
 
+def paired_steps(model, prompts: list[list[int]], gen: int) -> dict:
+    """Fused and row-by-row decoders over the same rows, stepping in turn (the order alternating), so both
+    see the same machine load: milliseconds per step of each."""
+    decs, spent = {}, {True: 0.0, False: 0.0}
+    for fused in (True, False):
+        model.fuse_batch_rows = fused
+        try:
+            decs[fused] = BatchDecoder(model, None)
+            for p in prompts:
+                decs[fused].add(p, RowParams(max_tokens=gen))
+        finally:
+            del model.fuse_batch_rows
+    for step in range(gen - 1):
+        for fused in ((True, False) if step % 2 == 0 else (False, True)):
+            t0 = time.perf_counter()
+            decs[fused].step()
+            spent[fused] += time.perf_counter() - t0
+    ms = {k: 1e3 * v / (gen - 1) for k, v in spent.items()}
+    return {"fused_ms_per_step": round(ms[True], 2), "rows_ms_per_step": round(ms[False], 2),
+            "rows_over_fused": round(ms[False] / ms[True], 2)}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="*", default=[], metavar="FAMILY=DIR", help="default: the v3, v3.2, v4 fixtures")
@@ -89,6 +114,11 @@ def main(argv=None) -> None:
             emit({"bench": "batched_decode", "family": family, "path": path, "batch": b,
                   "aggregate_tok_s": round(statistics.median(tps), 2), "rounds": [round(t, 2) for t in tps],
                   "gen_tokens": args.gen_tokens, "prompt_tokens": [args.prompt + 37 * i for i in range(b)]}, out)
+        for family, path in configs:
+            if path == "rows":  # the same rows decoded both ways, step by step in turn
+                for b in args.batches:
+                    emit({"bench": "paired_steps", "family": family, "batch": b, "loadavg": os.getloadavg()[0],
+                          **paired_steps(models[family], prompts[family][:b], args.gen_tokens)}, out)
         emit({"bench": "batch_families_end", "loadavg_end": os.getloadavg()}, out)
     finally:
         if out is not None:

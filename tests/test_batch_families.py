@@ -24,6 +24,7 @@ FAMILIES = ["v32", "v4_flash"]
 # Both run one forward per step with rows in shared buffers: V3.2's latent and indexer keys (cache/ragged.py),
 # V4's window rings and compressor states (cache/v4_batch.py, one attention pass for all rows).
 FUSED = {"v32": True, "v4_flash": True}
+BATCH_KIND = {"v32": "batch_dsa", "v4_flash": "batch_v4"}
 ROWS, N_TOKENS = 8, 64
 _MODELS: dict = {}
 _RUNS: dict = {}
@@ -78,6 +79,7 @@ def run_together(eng: Engine, prompts) -> list[list]:
 def test_eight_staggered_rows_equal_their_solo_runs(name):
     model, prompts, alone = load(name)
     assert make_batch_cache(model)[0].shared_forward == FUSED[name]
+    assert make_batch_cache(model)[0].kind == BATCH_KIND[name]
     out = run_staggered(BatchDecoder(model, None), prompts, ROWS)
     for i, recs in out.items():
         assert [r.token for r in recs] == alone[i], f"{name}: prompt {i}"

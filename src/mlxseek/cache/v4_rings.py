@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Optional
 
 import mlx.core as mx
+import numpy as np
 
 from ..errors import BatchingError
 from .protocol import CacheStateError
@@ -55,11 +56,11 @@ class BatchWindow:
         """Write each row's new row kv (B, 1, d) at its own slot; returns (the ring (B, K, d), the position
         each slot holds (B, K), -1 where it holds none of the row's retained rows)."""
         _one_token(kv, len(self.offset))
-        q = mx.array(self.offset)  # (B,) each row's new position
-        self.ring[mx.arange(kv.shape[0]), q % self.cap] = kv[:, 0]
+        q = np.array(self.offset)[:, None]  # (B, 1) each row's new position; host ints: one array per step
+        self.ring[mx.arange(kv.shape[0]), mx.array(q[:, 0] % self.cap)] = kv[:, 0]
         # slot c holds the latest position <= q that is congruent to c
-        pos = q[:, None] - (q[:, None] - mx.arange(self.cap)[None] + self.cap) % self.cap
-        pos = mx.where(pos >= mx.array(self.start)[:, None], pos, -1)
+        pos = q - (q - np.arange(self.cap)[None]) % self.cap
+        pos = mx.array(np.where(pos >= np.array(self.start)[:, None], pos, -1).astype(np.int32))
         self.offset = [o + 1 for o in self.offset]
         self.start = [max(s, o - self.keep) for s, o in zip(self.start, self.offset)]
         return self.ring, pos
@@ -118,7 +119,7 @@ class BatchCompressor:
     def extend(self, kv: mx.array, gate: mx.array) -> None:
         """Write each row's new raw rows kv, gate (B, 1, C) at its own slot."""
         _one_token(kv, len(self.offset))
-        rows, slot = mx.arange(kv.shape[0]), mx.array(self.offset) % self.cap
+        rows, slot = mx.arange(kv.shape[0]), mx.array(np.array(self.offset) % self.cap)
         self.kv[rows, slot], self.gate[rows, slot] = kv[:, 0], gate[:, 0]
         self.offset = [o + 1 for o in self.offset]
 
