@@ -12,7 +12,7 @@ from conftest import FIXTURES, golden
 
 import mlxseek
 from mlxseek import cache as cache_pkg
-from mlxseek.cache.batch import BatchDSACache, BatchLatentCache, RowBatchCache
+from mlxseek.cache.batch import BatchDSACache, BatchLatentCache, BatchV4Cache, RowBatchCache
 from mlxseek.cache.dspark import DSparkCache
 from mlxseek.cache.mla import DSACache, LatentCache, QuantizedLatentCache
 from mlxseek.cache.mtp import MTPCache
@@ -22,7 +22,7 @@ from mlxseek.cache.v41 import V41LayerCache
 from mlxseek.serve import cache_state
 
 CACHE_CLASSES = [LatentCache, QuantizedLatentCache, DSACache, V4LayerCache, V41LayerCache, MTPCache, DSparkCache,
-                 BatchLatentCache, BatchDSACache, RowBatchCache]
+                 BatchLatentCache, BatchDSACache, BatchV4Cache, RowBatchCache]
 _MODELS: dict = {}
 
 

@@ -1,9 +1,10 @@
 """Batched caches: how rows of one model's solo caches decode together.
 
 Kinds whose rows share one buffer (plain MLA latents, DSA's latent + indexer keys) batch as ragged rows in
-`cache.ragged` with one forward per step; the others (V4's window rings and compressor groups, a quantized
-latent) as `RowBatchCache`, a list of solo caches: one forward per step where the family's attention reads
-the rows' caches itself (V4: `attends_row_caches`), else one forward per row.
+`cache.ragged`, V4's window rings and compressor states in `cache.v4_batch`, each with one forward and
+one attention pass per step; the others (a quantized latent, V4.1) as `RowBatchCache`, a list of solo
+caches: one forward per step where the family's attention reads the rows' caches itself (V4's reference
+path: `attends_row_caches`), else one forward per row.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from __future__ import annotations
 import mlx.core as mx
 from mlx_lm.models.cache import _BaseCache
 
-from .protocol import Capabilities, CacheState, CacheStateError, capabilities_of, cut
+from .protocol import Capabilities, CacheState, CacheStateError, capabilities_of, cut, pack_rows, unpack_rows
 from .ragged import BatchDSACache, BatchLatentCache
+from .v4_batch import BatchV4Cache
 
-__all__ = ["BatchDSACache", "BatchLatentCache", "RowBatchCache", "make_batch_cache"]
+__all__ = ["BatchDSACache", "BatchLatentCache", "BatchV4Cache", "RowBatchCache", "make_batch_cache"]
 
 # The shared-buffer batch cache for each solo kind whose rows can merge (`capabilities.batch`).
-FUSED = {BatchLatentCache.row_kind: BatchLatentCache, BatchDSACache.row_kind: BatchDSACache}
+FUSED = {c.row_kind: c for c in (BatchLatentCache, BatchDSACache, BatchV4Cache)}
 
 
 class RowBatchCache(_BaseCache):
@@ -92,38 +94,29 @@ class RowBatchCache(_BaseCache):
         return sum(c.nbytes for c in self.rows)
 
     def snapshot(self) -> CacheState:
-        arrays, meta = {}, {"rows": self.batch_size}
-        for i, c in enumerate(self.rows):
-            st = c.snapshot()
-            arrays.update({f"r{i}.{k}": a for k, a in st.arrays.items()})
-            axis = -1 if st.token_axis is None else st.token_axis
-            meta.update({f"r{i}.{k}": v for k, v in st.meta.items()} | {f"r{i}.offset": st.offset, f"r{i}.axis": axis})
-        return CacheState(self.kind, self.size(), arrays, meta)
+        return pack_rows(self.kind, [c.snapshot() for c in self.rows])
 
     def restore(self, state: CacheState) -> None:
         if state.kind != self.kind or self.make_row is None:
             raise CacheStateError(f"cache state kind: {state.kind!r} cannot be restored into this {self.kind!r} "
                                   "cache (it needs make_row and a 'rows' state)")
         self.rows = []
-        for i in range(state.meta["rows"]):
-            row, p = self.make_row(), f"r{i}."
-            own = {p + "offset", p + "axis"}
-            axis = state.meta[p + "axis"]
-            row.restore(CacheState(row.kind, state.meta[p + "offset"],
-                                   {k[len(p):]: a for k, a in state.arrays.items() if k.startswith(p)},
-                                   {k[len(p):]: v for k, v in state.meta.items() if k.startswith(p) and k not in own},
-                                   None if axis < 0 else axis))
+        for st in unpack_rows(state, self.make_row().kind):
+            row = self.make_row()
+            row.restore(st)
             self.rows.append(row)
 
 
 def make_batch_cache(model, probe: list | None = None) -> list:
     """One batched cache per layer for rows with caches like `probe` (default: the model's own): the
-    shared-buffer cache of their kind where the protocol says the kind batches (MLA latents, DSA), else a
-    `RowBatchCache` of solo caches (V4, a quantized latent)."""
+    shared-buffer cache of their kind where the protocol says the kind batches (MLA latents, DSA, V4),
+    else a `RowBatchCache` of solo caches (a quantized latent, V4.1). A model whose `fuse_batch_rows` is
+    False gets rows of solo caches for every kind: the slow reference the fused caches are tested against."""
     probe = model.make_cache() if probe is None else probe
     kinds = {getattr(c, "kind", None) for c in probe}
-    if capabilities_of(probe).batch and len(kinds) == 1 and next(iter(kinds)) in FUSED:
-        return [FUSED[next(iter(kinds))]() for _ in probe]
+    fuse = getattr(model, "fuse_batch_rows", True)
+    if fuse and capabilities_of(probe).batch and len(kinds) == 1 and next(iter(kinds)) in FUSED:
+        return [FUSED[next(iter(kinds))].like(c) for c in probe]
     # A quantized latent is read by MLA, which takes one cache per forward: one forward per row there.
     shared = bool(getattr(model, "attends_row_caches", False))
     return [RowBatchCache(make_row=lambda i=i: model.make_cache()[i], shared_forward=shared)

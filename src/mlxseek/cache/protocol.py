@@ -80,6 +80,30 @@ def cut(state: CacheState, n: int) -> CacheState:
     return CacheState(state.kind, n, arrays, dict(state.meta), state.token_axis)
 
 
+def pack_rows(kind: str, rows: list[CacheState]) -> CacheState:
+    """One state holding a batch's rows' solo states (arrays and settings prefixed by row)."""
+    arrays, meta = {}, {"rows": len(rows)}
+    for i, st in enumerate(rows):
+        arrays.update({f"r{i}.{k}": a for k, a in st.arrays.items()})
+        axis = -1 if st.token_axis is None else st.token_axis
+        meta.update({f"r{i}.{k}": v for k, v in st.meta.items()} | {f"r{i}.offset": st.offset, f"r{i}.axis": axis})
+    return CacheState(kind, max((st.offset for st in rows), default=0), arrays, meta)
+
+
+def unpack_rows(state: CacheState, row_kind: str) -> list[CacheState]:
+    """The rows' solo states out of a `pack_rows` state."""
+    rows = []
+    for i in range(state.meta["rows"]):
+        p = f"r{i}."
+        own = {p + "offset", p + "axis"}
+        axis = state.meta[p + "axis"]
+        rows.append(CacheState(row_kind, state.meta[p + "offset"],
+                               {k[len(p):]: a for k, a in state.arrays.items() if k.startswith(p)},
+                               {k[len(p):]: v for k, v in state.meta.items() if k.startswith(p) and k not in own},
+                               None if axis < 0 else axis))
+    return rows
+
+
 PROTOCOL = ("kind", "capabilities", "snapshot", "restore", "cut_state", "trim", "is_trimmable", "nbytes")  # and `offset`
 
 

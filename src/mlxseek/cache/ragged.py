@@ -43,6 +43,11 @@ class BatchLatentCache(_BaseCache):
         self.rope: Optional[mx.array] = None  # (B, 1, C, Dr)
         self.lengths: list[int] = []
 
+    @classmethod
+    def like(cls, solo) -> "BatchLatentCache":
+        """An empty batch for rows like `solo` (every latent layer's rows batch alike)."""
+        return cls()
+
     @property
     def batch_size(self) -> int:
         return len(self.lengths)

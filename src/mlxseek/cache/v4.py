@@ -138,7 +138,7 @@ class V4LayerCache(_BaseCache):
     snapshots at snapshot points instead). The compressed entries are append-only."""
 
     kind = "v4"
-    capabilities = Capabilities(cut=False, batch=False, quantize=False)
+    capabilities = Capabilities(cut=False, batch=True, quantize=False)  # rows merge in `cache.v4_batch`
 
     def __init__(self, window: int, ratio: int, overlap: bool, indexer: bool, trim_slack: int = DEFAULT_TRIM_SLACK):
         self.trim_slack = trim_slack

@@ -10,10 +10,11 @@ of prompts through it, at most `max_batch` rows at a time, later prompts joining
 
 The cache is `cache.ragged.BatchLatentCache` (ragged rows; its docstring says why not left padding) for
 plain MLA latents, `cache.ragged.BatchDSACache` for V3.2 (each row's indexer keys too, its top-k taken
-under its own mask); for kinds whose rows cannot share a buffer (the cache protocol's `capabilities.batch`:
-V4's window rings and compressor groups, a quantized latent) it is `cache.batch.RowBatchCache` of solo
-caches: V4's attention reads them row by row inside one forward (the family's `attends_row_caches`),
-the others run one forward per row; exact by construction.
+under its own mask), `cache.v4_batch.BatchV4Cache` for V4 (each row's window ring, compressor and indexer
+state at its own position: one attention pass for all rows); for kinds whose rows cannot share a buffer
+(the cache protocol's `capabilities.batch`: V4.1, a quantized latent) it is `cache.batch.RowBatchCache` of
+solo caches, one forward per row, exact by construction (with `model.fuse_batch_rows = False` every
+family batches that way: the reference the fused caches are tested against).
 A row's prefill is exactly `generate_step`'s, and its decode differs from a solo decode only in the
 rows around it, which the per-row mask keeps out of its attention. With `draft="mtp"` a row that runs
 alone drafts with the MTP module (speculative/), and drafting is off while more than one row runs;
@@ -43,8 +44,8 @@ Prompt = Union[str, Sequence[int], mx.array]
 
 class BatchDecoder:
     """Decode many sequences together; rows join (`add`) and leave (`remove`, or by finishing) between
-    steps. Every family batches: MLA latents and DSA in one shared buffer and one forward per step, V4 as
-    rows of solo caches in one forward, other kinds (V4.1, a quantized latent) one forward per row."""
+    steps. Every family batches: MLA latents, DSA and V4 in shared buffers and one forward per step, other
+    kinds (V4.1, a quantized latent) one forward per row."""
 
     def __init__(self, model, tokenizer, *, prefill_step_size: int = DEFAULT_PREFILL_STEP,
                  draft: Optional[str] = None, num_draft: int = 1, keep_caches: bool = False,

@@ -49,9 +49,12 @@ class CausalLM(nn.Module):
     """Base of both families' models. Subclasses build `model` (the backbone), `lm_head`, `mtp`."""
 
     supports_mtp_drafting = False  # `draft="mtp"` works for this family
-    # Its attention layers take a batch of solo caches (`cache.batch.RowBatchCache.row_caches`) and attend
-    # row by row, so a batch of rows whose caches cannot share a buffer still runs one forward per step.
+    # Its attention layers also take a batch of solo caches (`cache.batch.RowBatchCache.row_caches`) and
+    # attend row by row inside one forward (V4: the reference of its fused batch cache).
     attends_row_caches = False
+    # False: batched rows keep their solo caches (`cache.batch.RowBatchCache`) whatever their kind, the slow
+    # reference the fused batch caches (one attention pass for all rows) are tested and measured against.
+    fuse_batch_rows = True
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()

@@ -53,7 +53,7 @@ class V4Model(CausalLM):
     # Speculative decoding rolls the verify step's rejected tokens back with `trim`, which V4's window and
     # compressor caches support up to their trim slack (cache/v4.py, 16 tokens: num_draft <= 15).
     supports_mtp_drafting = True
-    attends_row_caches = True  # layers/v4/attention.py: one trunk forward per batched step
+    attends_row_caches = True  # layers/v4/attention.py: rows of solo caches (the reference) in one forward
 
     def __init__(self, cfg: ModelConfig, *, with_mtp: bool = True):
         super().__init__(cfg)

@@ -24,14 +24,19 @@ from .compressor import Compressor
 from .grouped_linear import GroupedLinear
 from .indexer import V4Indexer, complete_windows
 from .mhc import rms_unweighted
-from .partial_rope import rope_for_layer
+from .partial_rope import Offset, positions, rope_for_layer
 
 
 def window_mask(offset: int, L: int, start: int, S: int, window: int) -> mx.array:
     """(L, S) bool: the query at offset + i sees the key at start + j."""
-    q = (offset + mx.arange(L))[:, None]
-    k = (start + mx.arange(S))[None, :]
-    return (k <= q) & (k > q - window)
+    return sliding_mask(positions(offset, L), positions(start, S), window)[0]
+
+
+def sliding_mask(q_pos: mx.array, k_pos: mx.array, window: int) -> mx.array:
+    """q_pos (B|1, L), k_pos (B|1, S) positions (negative: an empty slot) -> (B|1, L, S) bool: the query at
+    t sees the key at p when t - window < p <= t (batched rows: each against its own ring's positions)."""
+    q, k = q_pos[..., :, None], k_pos[..., None, :]
+    return (k <= q) & (k > q - window) & (k >= 0)
 
 
 def sink_attention_reference(q, keys, mask, sinks, scale) -> mx.array:
@@ -74,16 +79,16 @@ class V4Attention(SharedKVProjections):
         if ratio == 4:  # DeepSeek-V4: the indexer sits on CSA (ratio-4) layers only
             self.indexer = V4Indexer(cfg, ratio)
 
-    def _compressed(self, x, q_residual, offset: int, cache) -> tuple[mx.array, mx.array]:
+    def _compressed(self, x, q_residual, offset: Offset, cache) -> tuple[mx.array, mx.array]:
         """Compressed entries (B, T, d) and which of them each query reads ((B|1, L, T) bool)."""
         entries = self.compressor(x, offset, cache.compressor if cache is not None else None)
         if "indexer" in self:
             picked = self.indexer(x, q_residual, offset, cache.indexer if cache is not None else None)
         else:
-            picked = complete_windows(offset, x.shape[1], entries.shape[1], self.compressor.ratio)[None]
+            picked = complete_windows(offset, x.shape[1], entries.shape[1], self.compressor.ratio)
         return entries, picked
 
-    def queries(self, x: mx.array, offset: int) -> tuple[mx.array, mx.array]:
+    def queries(self, x: mx.array, offset: Offset) -> tuple[mx.array, mx.array]:
         """x (B, L, D) at positions offset.. -> (rotated queries (B, H, L, d), the q LoRA residual (B, L, q_lora))."""
         B, L, _ = x.shape
         q_residual = self.q_a_norm(self.q_a_proj(x))
@@ -91,11 +96,11 @@ class V4Attention(SharedKVProjections):
         q = rms_unweighted(q.astype(mx.float32), self.eps).astype(x.dtype)
         return self.rope(q.transpose(0, 2, 1, 3), offset), q_residual
 
-    def keys(self, x: mx.array, offset: int) -> mx.array:
+    def keys(self, x: mx.array, offset: Offset) -> mx.array:
         """x (B, L, D) at positions offset.. -> the shared key/value rows (B, L, d), rotated."""
         return self.rope(self.kv_norm(self.kv_proj(x)), offset)
 
-    def attend(self, q: mx.array, keys: mx.array, mask: Optional[mx.array], offset: int) -> mx.array:
+    def attend(self, q: mx.array, keys: mx.array, mask: Optional[mx.array], offset: Offset) -> mx.array:
         """q (B, H, L, d), keys (B, 1, S, d), mask (B|1, 1, L, S) bool or None (all visible) -> (B, L, D)."""
         B, _, L, _ = q.shape
         if self.use_reference:
@@ -109,9 +114,11 @@ class V4Attention(SharedKVProjections):
         return self.o_b_proj(out.reshape(B, L, -1))
 
     def __call__(self, x: mx.array, cache: Optional[object] = None) -> mx.array:
-        """x (B, L, D) -> (B, L, D); positions continue from cache.offset (0 without a cache). A batch of
-        solo caches (`row_caches`: rows whose window rings and compressor groups sit at different
-        positions) is attended row by row, each row exactly as alone."""
+        """x (B, L, D) -> (B, L, D); positions continue from cache.offset (0 without a cache): one int, or
+        per-row offsets (B,) from a batch cache (`cache.v4_batch.BatchV4Cache`: each row's window ring and
+        compressor state at its own position, one token per row, one attention pass for all rows).
+        A list of solo caches (`row_caches`) is attended row by row, each row exactly as alone: the slow
+        reference of the batched pass."""
         rows = getattr(cache, "row_caches", None)
         if rows is not None:
             return mx.concatenate([self(x[b: b + 1], c) for b, c in enumerate(rows)])
@@ -120,9 +127,13 @@ class V4Attention(SharedKVProjections):
         q, q_residual = self.queries(x, offset)
         kv = self.keys(x, offset)  # (B, L, d)
         keys, start = cache.window.update(kv) if cache is not None else (kv, offset)
-        mask = window_mask(offset, L, start, keys.shape[1], self.sliding_window)[None]  # (1, L, S)
+        # a solo window holds positions start.. in order; a batch ring says each slot's position (B, S)
+        k_pos = start if isinstance(start, mx.array) else positions(start, keys.shape[1])
+        mask = sliding_mask(positions(offset, L), k_pos, self.sliding_window)  # (B|1, L, S)
         if "compressor" in self:
             entries, picked = self._compressed(x, q_residual, offset, cache)
             keys = mx.concatenate([keys, entries], axis=1)
-            mask = mx.concatenate([mx.broadcast_to(mask, (picked.shape[0], *mask.shape[1:])), picked], axis=-1)
+            n = max(mask.shape[0], picked.shape[0])
+            mask = mx.concatenate([mx.broadcast_to(mask, (n, *mask.shape[1:])),
+                                   mx.broadcast_to(picked, (n, *picked.shape[1:]))], axis=-1)
         return self.attend(q, keys[:, None], mask[:, None], offset)  # one KV head; the mask broadcasts over heads

@@ -22,7 +22,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..norms import RMSNorm
-from .partial_rope import PartialRope
+from .partial_rope import Offset, PartialRope
 
 
 def pool_windows(kv: mx.array, gate: mx.array, ratio: int, overlap: bool, has_prev: bool) -> mx.array:
@@ -58,10 +58,13 @@ class Compressor(nn.Module):
         self.kv_norm = RMSNorm(head_dim, eps=norm_eps)
         self.rope = rope
 
-    def __call__(self, x: mx.array, offset: int, state: Optional[object] = None) -> mx.array:
+    def __call__(self, x: mx.array, offset: Offset, state: Optional[object] = None) -> mx.array:
         """x (B, L, D) at positions offset.. -> every entry emitted so far (B, T, d), T = (offset+L) // r.
-        Without a state, x must be the whole sequence so far (offset 0)."""
+        Without a state, x must be the whole sequence so far (offset 0); per-row offsets (B,) come with
+        a batch state and one token per row."""
         kv, gate = self.kv_proj(x), self.gate_proj(x)
+        if isinstance(offset, mx.array):
+            return self._emit_rows(kv, gate, state)
         if state is None:
             if offset:
                 raise ValueError("Compressor without a cache state needs the sequence from position 0")
@@ -82,6 +85,21 @@ class Compressor(nn.Module):
         i0, i1 = first * r - start, total * r - start
         if i0 < 0:
             raise ValueError(f"compressor state lost raw rows from position {first * r} (kept from {start})")
-        gate = rows_gate[:, i0:i1] + mx.tile(self.position_bias, (total - first, 1))  # float32 bias promotes
-        pooled = pool_windows(rows_kv[:, i0:i1], gate, r, self.overlap, has_prev)
-        return self.rope(self.kv_norm(pooled), done * r, stride=r)  # entry w sits at position w * r
+        return self._pool(rows_kv[:, i0:i1], rows_gate[:, i0:i1], done * r, has_prev)
+
+    def _pool(self, kv: mx.array, gate: mx.array, first: Offset, has_prev: bool) -> mx.array:
+        """Whole windows' raw rows (B, W*r, C) -> entries (B, W - has_prev, d), the first at position
+        `first` (an int, or per row (B,) for batched rows)."""
+        gate = gate + mx.tile(self.position_bias, (kv.shape[1] // self.ratio, 1))  # float32 bias promotes
+        pooled = pool_windows(kv, gate, self.ratio, self.overlap, has_prev)
+        return self.rope(self.kv_norm(pooled), first, stride=self.ratio)  # entry w sits at position w * r
+
+    def _emit_rows(self, kv: mx.array, gate: mx.array, state) -> mx.array:
+        """Batched rows at their own positions (a batch state: `cache.v4_rings.BatchCompressor`), one new
+        token each: kv, gate (B, 1, C) -> every row's entries (B, T, d), T its longest row's count. Only
+        the rows whose window this token completes pool one (gathered (E, W*r, C), E such rows)."""
+        state.extend(kv, gate)
+        for rows, at, has_prev in state.due():  # rows (E,) and their new entries' window starts (E,)
+            raw_kv, raw_gate = state.raw(rows, at, has_prev)  # from the previous window when has_prev
+            state.add(rows, self._pool(raw_kv, raw_gate, at, has_prev))
+        return state.settle()

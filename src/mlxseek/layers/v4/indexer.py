@@ -22,19 +22,20 @@ import mlx.nn as nn
 
 from ...config import ModelConfig
 from .compressor import Compressor
-from .partial_rope import rope_for_layer
+from .partial_rope import Offset, positions, rope_for_layer
 
 HEAD_CHUNK = 16  # index heads scored at once
 
 
-def complete_windows(offset: int, L: int, T: int, ratio: int) -> mx.array:
-    """(L, T) bool: entry s is complete for the query at position offset + i."""
-    ready = (offset + mx.arange(L) + 1) // ratio
-    return mx.arange(T)[None, :] < ready[:, None]
+def complete_windows(offset: Offset, L: int, T: int, ratio: int) -> mx.array:
+    """(1, L, T) bool, or (B, L, T) for per-row offsets (B,): entry s is complete for the query at
+    position offset + i (a batched row's padded entries past its own count never are)."""
+    ready = (positions(offset, L) + 1) // ratio  # (B|1, L)
+    return mx.arange(T) < ready[..., None]
 
 
 def top_k_mask(scores: mx.array, allowed: mx.array, k: int) -> mx.array:
-    """scores (B, L, T), allowed (L, T) -> (B, L, T) bool: the k best allowed entries per query."""
+    """scores (B, L, T), allowed (B|1, L, T) -> (B, L, T) bool: the k best allowed entries per query."""
     T = scores.shape[-1]
     if k >= T:
         return mx.broadcast_to(allowed, scores.shape)
@@ -57,7 +58,7 @@ class V4Indexer(nn.Module):
         self.compressor = Compressor(cfg.hidden_size, self.head_dim, ratio, rope, cfg.rms_norm_eps)
         self.rope = rope  # queries and compressed keys rotate with the same (compress) rope
 
-    def scores(self, x: mx.array, q_residual: mx.array, keys: mx.array, offset: int) -> mx.array:
+    def scores(self, x: mx.array, q_residual: mx.array, keys: mx.array, offset: Offset) -> mx.array:
         """Index scores (B, L, T) float32 of the L queries against the compressed keys (B, T, c)."""
         B, L, _ = x.shape
         q = self.q_b_proj(q_residual).reshape(B, L, self.n_heads, self.head_dim).transpose(0, 2, 1, 3)
@@ -70,8 +71,10 @@ class V4Indexer(nn.Module):
             out = part if out is None else out + part
         return out * self.head_dim**-0.5  # (B, L, T)
 
-    def __call__(self, x: mx.array, q_residual: mx.array, offset: int, state: Optional[object] = None) -> mx.array:
-        """x (B, L, D), q_residual (B, L, R) -> (B, L, T) bool: which compressed entries each query reads."""
+    def __call__(self, x: mx.array, q_residual: mx.array, offset: Offset,
+                 state: Optional[object] = None) -> mx.array:
+        """x (B, L, D), q_residual (B, L, R) -> (B, L, T) bool: which compressed entries each query reads.
+        Per-row offsets (B,) with a batch state: each row's top-k among its own complete entries."""
         keys = self.compressor(x, offset, state)
         allowed = complete_windows(offset, x.shape[1], keys.shape[1], self.ratio)
         return top_k_mask(self.scores(x, q_residual, keys, offset), allowed, self.topk)

@@ -11,13 +11,23 @@ Shapes: x (..., L, Dh) with the positions on axis -2; only the last `dims` chann
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
 from ..rope import yarn_inv_freq
+
+
+Offset = Union[int, mx.array]  # one position for every row, or per-row positions (B,) of batched rows
+
+
+def positions(offset: Offset, L: int) -> mx.array:
+    """(1, L) positions of L tokens from `offset`, or (B, L) from per-row offsets (B,)."""
+    if isinstance(offset, mx.array):
+        return offset[:, None] + mx.arange(L)[None]
+    return (offset + mx.arange(L))[None]
 
 
 class PartialRope(nn.Module):
@@ -31,11 +41,17 @@ class PartialRope(nn.Module):
             inv = 1.0 / (base ** (np.arange(0, dims, 2, dtype=np.float64) / dims))
         self._inv_freq = mx.array(inv.astype(np.float32))  # (dims/2,), outside the parameter tree
 
-    def __call__(self, x: mx.array, offset: int, stride: int = 1, inverse: bool = False) -> mx.array:
-        """Rotate x's trailing `dims` channels at positions offset, offset+stride, ... along axis -2."""
+    def __call__(self, x: mx.array, offset: Offset, stride: int = 1, inverse: bool = False) -> mx.array:
+        """Rotate x's trailing `dims` channels at positions offset, offset+stride, ... along axis -2.
+        `offset` is one int for every row, or per-row offsets (B,) for x (B, ..., L, Dh) (batched rows)."""
         L, d = x.shape[-2], self.dims
-        pos = (offset + stride * mx.arange(L)).astype(mx.float32)
-        angles = pos[:, None] * self._inv_freq[None]  # (L, d/2), float32 like the reference
+        if isinstance(offset, mx.array):
+            pos = (offset[:, None] + stride * mx.arange(L)[None]).astype(mx.float32)  # (B, L)
+            # (B, 1.., L, d/2): each row's angles broadcast over the axes between batch and positions
+            angles = (pos[..., None] * self._inv_freq).reshape(x.shape[0], *(1,) * (x.ndim - 3), L, d // 2)
+        else:
+            pos = (offset + stride * mx.arange(L)).astype(mx.float32)
+            angles = pos[:, None] * self._inv_freq[None]  # (L, d/2), float32 like the reference
         cos, sin = mx.cos(angles), mx.sin(angles)
         if inverse:
             sin = -sin
