@@ -15,9 +15,9 @@ V4's window rings and compressor groups, a quantized latent) it is `cache.batch.
 caches: V4's attention reads them row by row inside one forward (the family's `attends_row_caches`),
 the others run one forward per row; exact by construction.
 A row's prefill is exactly `generate_step`'s, and its decode differs from a solo decode only in the
-rows around it, which the per-row mask keeps out of its attention. With `draft="mtp"` a row that runs
-alone drafts with the MTP module (speculative/), and drafting is off while more than one row runs;
-each record's `drafting` says which.
+rows around it, which the per-row mask keeps out of its attention. With `draft="mtp"` (or "dspark",
+"auto"; a row's own `RowParams.draft` overrides the decoder's) a greedy row that runs alone drafts
+(solo.py), and drafting is off while more than one row runs; each record's `drafting` says which.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class BatchDecoder:
     steps. Every family batches: MLA latents and DSA in one shared buffer and one forward per step, V4 as
     rows of solo caches in one forward, other kinds (V4.1, a quantized latent) one forward per row."""
 
-    def __init__(self, model, tokenizer, *, prefill_step_size: int = DEFAULT_PREFILL_STEP,
+    def __init__(self, model, tokenizer, *, prefill_step_size: Optional[int] = DEFAULT_PREFILL_STEP,
                  draft: Optional[str] = None, num_draft: int = 1, keep_caches: bool = False,
                  chat_style: Optional[str] = None):
         self.model, self.tokenizer, self.prefill_step_size = model, tokenizer, prefill_step_size
@@ -58,7 +58,11 @@ class BatchDecoder:
         self.rows: list[Row] = []  # in the batch cache's row order
         self.pending: list[tuple[int, BatchRecord]] = []  # first tokens from `add`, returned by the next step
         self.eos = set(tokenizer.eos_token_ids) if tokenizer is not None else set()
-        self.solo = SoloDrafter(model, draft, num_draft) if draft is not None else None
+        self.draft, self.num_draft = draft, num_draft
+        self.solo = SoloDrafter(model, draft, num_draft) if draft not in (None, "none") else None
+        self._drafters = {draft: self.solo}  # draft mode -> its SoloDrafter (None: no drafting), built on first use
+        self._draft_of: dict[int, Optional[SoloDrafter]] = {}  # row id -> the drafter it uses when alone
+        self.alone: Optional[SoloDrafter] = None  # the drafter decoding the one running row, if it drafts
         self._next_id = 0
 
     @property
@@ -77,18 +81,34 @@ class BatchDecoder:
         solo = prompt_cache if prompt_cache is not None else make_prompt_cache(self.model)
         budget = _check_lengths(self.model, ids.size, solo[0].offset, params.max_tokens)
         row = self._new_row(ids, params, budget)
+        drafter = self._draft_of[row.rid] = self._drafter(params.draft)
         self._next_id += 1
-        steps = generate_step(ids, self.model, max_tokens=1, sampler=row.sampler, prompt_cache=solo,
-                              prefill_step_size=self.prefill_step_size, progress=progress, constraint=row.constraint)
-        y, logprobs = next(steps)
-        steps.close()
-        self.pending.append((row.rid, row.emit(y, logprobs, 1)))
+        first = drafter.prefill(row, solo, ids, self.prefill_step_size, progress) if (
+            drafter is not None and not self.rows) else None
+        if first is None:
+            steps = generate_step(ids, self.model, max_tokens=1, sampler=row.sampler, prompt_cache=solo,
+                                  prefill_step_size=self.prefill_step_size, progress=progress,
+                                  constraint=row.constraint)
+            first = next(steps)
+            steps.close()
+        self.pending.append((row.rid, row.emit(*first, 1)))
         layers = split_prompt_cache(self.model, solo)[0]
         if not row.finished:
             self._join(row, layers)
-        elif self.keep_caches:
-            self.released[row.rid] = layers
+        else:
+            if drafter is not None and drafter.row is row:
+                drafter.finish()
+            self._draft_of.pop(row.rid)
+            if self.keep_caches:
+                self.released[row.rid] = layers
         return row.rid
+
+    def _drafter(self, mode: Optional[str]) -> Optional[SoloDrafter]:
+        """The SoloDrafter of draft mode `mode` (None: the decoder's; "none": no drafting)."""
+        mode = self.draft if mode is None else mode
+        if mode not in self._drafters:
+            self._drafters[mode] = None if mode == "none" else SoloDrafter(self.model, mode, self.num_draft)
+        return self._drafters[mode]
 
     def _new_row(self, ids: mx.array, params: RowParams, budget: int) -> Row:
         """A row whose records come from `stream_generate`'s own text handling (rows.py says how)."""
@@ -107,8 +127,10 @@ class BatchDecoder:
         elif not self.cache[0].accepts(layers[0]):
             raise BatchingError(f"row {row.rid}: its caches ({layers[0].kind}) cannot join a batch of "
                                 f"{self.cache[0].kind} rows; decode it in a batch of its own kind")
-        if self.solo is not None and not self.rows:
-            self.solo.start(row, layers)  # alone: decode it with drafting until another row joins
+        drafter = self._draft_of[row.rid]
+        if drafter is not None and not self.rows:
+            self.alone = drafter  # alone: decode it with drafting until another row joins
+            drafter.start(row, layers)
         else:
             self._settle_solo()
             for bc, c in zip(self.cache, layers):
@@ -117,9 +139,10 @@ class BatchDecoder:
 
     def _settle_solo(self) -> None:
         """A second row joins: the drafting row's solo cache becomes batch row 0."""
-        if self.solo is not None and self.solo.busy:
-            for bc, c in zip(self.cache, self.solo.finish()):
+        if self.alone is not None:
+            for bc, c in zip(self.cache, self.alone.finish()):
                 bc.insert(c)
+            self.alone = None
 
     def remove(self, rid: int) -> None:
         """Drop a row (a cancelled request) at a step boundary; the other rows are not disturbed."""
@@ -133,27 +156,32 @@ class BatchDecoder:
         if self.keep_caches:
             for i in idx:
                 self.released[self.rows[i].rid] = self.row_cache(self.rows[i].rid)
-        if self.solo is not None and self.solo.busy:
-            self.solo.finish()
+        if self.alone is not None:
+            self.alone.finish()
+            self.alone = None
         else:
             for bc in self.cache:
                 bc.remove(idx)
         gone = set(idx)
+        for i in gone:
+            self._draft_of.pop(self.rows[i].rid, None)
         self.rows = [r for i, r in enumerate(self.rows) if i not in gone]
-        if self.solo is not None and len(self.rows) == 1 and not self.solo.busy:  # alone again: draft
+        drafter = self._draft_of.get(self.rows[0].rid) if len(self.rows) == 1 else None
+        if drafter is not None and self.alone is None:  # alone again: draft
             layers = [bc.extract(0) for bc in self.cache]
             for bc in self.cache:
                 bc.remove([0])
-            self.solo.start(self.rows[0], layers)
+            self.alone = drafter
+            drafter.start(self.rows[0], layers)
 
     def step(self) -> list[tuple[int, BatchRecord]]:
         """One decode step for every row: (row id, record) events, first tokens of new rows included."""
         events, self.pending = self.pending, []
         if not self.rows:
             return events
-        if self.solo is not None and self.solo.busy:
+        if self.alone is not None:
             row = self.rows[0]
-            for token, logprobs, drafting in self.solo.step():
+            for token, logprobs, drafting in self.alone.step():
                 events.append((row.rid, row.emit(token, logprobs, 1, drafting)))
                 if row.finished:
                     self._drop([0])
@@ -210,8 +238,8 @@ class BatchDecoder:
         idx = next((i for i, r in enumerate(self.rows) if r.rid == rid), None)
         if idx is None:
             raise BatchingError(f"row {rid} is not running (finished, removed, or never added)")
-        if self.solo is not None and self.solo.busy:
-            return self.solo.layers()
+        if self.alone is not None:
+            return self.alone.layers()
         return [bc.extract(idx) for bc in self.cache]
 
 
