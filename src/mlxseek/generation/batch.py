@@ -35,7 +35,7 @@ from .constraint import make_constraint
 from .prefill import DEFAULT_PREFILL_STEP
 from .rows import BatchRecord, Feed, Row, RowParams, RowSampler
 from .solo import SoloDrafter
-from .steps import generate_step, make_prompt_cache, split_prompt_cache
+from .steps import generate_step, last_logits, make_prompt_cache, split_prompt_cache
 from .stream import _check_lengths, _decode, _vocab_size, encode_prompt, make_records, reply_format
 
 Prompt = Union[str, Sequence[int], mx.array]
@@ -81,27 +81,33 @@ class BatchDecoder:
         solo = prompt_cache if prompt_cache is not None else make_prompt_cache(self.model)
         budget = _check_lengths(self.model, ids.size, solo[0].offset, params.max_tokens)
         row = self._new_row(ids, params, budget)
-        drafter = self._draft_of[row.rid] = self._drafter(params.draft)
+        drafter = self._drafter(params.draft)
         self._next_id += 1
-        first = drafter.prefill(row, solo, ids, self.prefill_step_size, progress) if (
-            drafter is not None and not self.rows) else None
+        first = self._prefill(row, ids, solo, drafter if not self.rows else None, progress)
+        self.pending.append((row.rid, row.emit(*first, 1)))
+        layers = split_prompt_cache(self.model, solo)[0]
+        if not row.finished:
+            self._draft_of[row.rid] = drafter
+            self._join(row, layers)
+        else:
+            if drafter is not None and drafter.row is row:
+                drafter.finish()
+            if self.keep_caches:
+                self.released[row.rid] = layers
+        return row.rid
+
+    def _prefill(self, row: Row, ids: mx.array, solo: list, drafter: Optional[SoloDrafter],
+                 progress) -> tuple[int, mx.array]:
+        """The row's first (token, logprobs); through `drafter` (a row joining an empty batch) when it will
+        draft, so the drafter holds the prompt's history, else plain."""
+        first = drafter.prefill(row, solo, ids, self.prefill_step_size, progress) if drafter is not None else None
         if first is None:
             steps = generate_step(ids, self.model, max_tokens=1, sampler=row.sampler, prompt_cache=solo,
                                   prefill_step_size=self.prefill_step_size, progress=progress,
                                   constraint=row.constraint)
             first = next(steps)
             steps.close()
-        self.pending.append((row.rid, row.emit(*first, 1)))
-        layers = split_prompt_cache(self.model, solo)[0]
-        if not row.finished:
-            self._join(row, layers)
-        else:
-            if drafter is not None and drafter.row is row:
-                drafter.finish()
-            self._draft_of.pop(row.rid)
-            if self.keep_caches:
-                self.released[row.rid] = layers
-        return row.rid
+        return first
 
     def _drafter(self, mode: Optional[str]) -> Optional[SoloDrafter]:
         """The SoloDrafter of draft mode `mode` (None: the decoder's; "none": no drafting)."""
@@ -206,6 +212,9 @@ class BatchDecoder:
         row over its own caches (kinds whose rows cannot share a buffer: see `cache.batch.RowBatchCache`)."""
         if self.cache[0].shared_forward:
             return self.model.head(self.model.trunk(tokens, self.cache)[:, -1])
+        if not hasattr(self.model, "trunk"):  # only mlx-lm's model protocol (a test double): its own logits
+            return mx.concatenate([last_logits(self.model, tokens[i: i + 1], [bc.extract(i) for bc in self.cache])
+                                   for i in range(tokens.shape[0])])
         feats = [self.model.trunk(tokens[i: i + 1], [bc.extract(i) for bc in self.cache])[:, -1]
                  for i in range(tokens.shape[0])]
         return self.model.head(mx.concatenate(feats))
