@@ -1,6 +1,4 @@
-"""Batched decoding: several sequences share one forward per step; each row's tokens are those it gets
-decoded alone.
-
+"""Batched decoding: several sequences share one forward per step; each row's tokens are its solo ones.
 `BatchDecoder` is the API a server's continuous batching drives: `add(prompt, params)` prefills the
 sequence on its own (a solo prompt cache, which a prefix cache may have filled) and makes it a row of
 the next step; `step()` decodes one token for every row and returns (row id, record) events;
@@ -15,9 +13,8 @@ V4's window rings and compressor groups, a quantized latent) it is `cache.batch.
 caches: V4's attention reads them row by row inside one forward (the family's `attends_row_caches`),
 the others run one forward per row; exact by construction.
 A row's prefill is exactly `generate_step`'s, and its decode differs from a solo decode only in the
-rows around it, which the per-row mask keeps out of its attention. With `draft="mtp"` (or "dspark",
-"auto"; a row's own `RowParams.draft` overrides the decoder's) a greedy row that runs alone drafts
-(solo.py), and drafting is off while more than one row runs; each record's `drafting` says which.
+rows around it, which the per-row mask keeps out of its attention. With a draft mode (the decoder's or
+the row's `RowParams.draft`) a greedy row drafts while it runs alone (solo.py); `record.drafting` says so.
 """
 
 from __future__ import annotations
