@@ -1,4 +1,5 @@
 """Batched decoding: several sequences share one forward per step; each row's tokens are its solo ones.
+
 `BatchDecoder` is the API a server's continuous batching drives: `add(prompt, params)` prefills the
 sequence on its own (a solo prompt cache, which a prefix cache may have filled) and makes it a row of
 the next step; `step()` decodes one token for every row and returns (row id, record) events;
