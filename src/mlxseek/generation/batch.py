@@ -1,5 +1,4 @@
-"""Batched decoding: several sequences share one forward per step; each row's tokens are those it gets
-decoded alone.
+"""Batched decoding: several sequences share one forward per step; each row's tokens are its solo ones.
 
 `BatchDecoder` is the API a server's continuous batching drives: `add(prompt, params)` prefills the
 sequence on its own (a solo prompt cache, which a prefix cache may have filled) and makes it a row of
@@ -16,9 +15,8 @@ state at its own position: one attention pass for all rows); for kinds whose row
 solo caches, one forward per row, exact by construction (with `model.fuse_batch_rows = False` every
 family batches that way: the reference the fused caches are tested against).
 A row's prefill is exactly `generate_step`'s, and its decode differs from a solo decode only in the
-rows around it, which the per-row mask keeps out of its attention. With `draft="mtp"` a row that runs
-alone drafts with the MTP module (speculative/), and drafting is off while more than one row runs;
-each record's `drafting` says which.
+rows around it, which the per-row mask keeps out of its attention. With a draft mode (the decoder's or
+the row's `RowParams.draft`) a greedy row drafts while it runs alone (solo.py); `record.drafting` says so.
 """
 
 from __future__ import annotations
@@ -36,7 +34,7 @@ from .constraint import make_constraint
 from .prefill import DEFAULT_PREFILL_STEP
 from .rows import BatchRecord, Feed, Row, RowParams, RowSampler
 from .solo import SoloDrafter
-from .steps import generate_step, make_prompt_cache, split_prompt_cache
+from .steps import generate_step, last_logits, make_prompt_cache, split_prompt_cache
 from .stream import _check_lengths, _decode, _vocab_size, encode_prompt, make_records, reply_format
 
 Prompt = Union[str, Sequence[int], mx.array]
@@ -47,7 +45,7 @@ class BatchDecoder:
     steps. Every family batches: MLA latents, DSA and V4 in shared buffers and one forward per step, other
     kinds (V4.1, a quantized latent) one forward per row."""
 
-    def __init__(self, model, tokenizer, *, prefill_step_size: int = DEFAULT_PREFILL_STEP,
+    def __init__(self, model, tokenizer, *, prefill_step_size: Optional[int] = DEFAULT_PREFILL_STEP,
                  draft: Optional[str] = None, num_draft: int = 1, keep_caches: bool = False,
                  chat_style: Optional[str] = None):
         self.model, self.tokenizer, self.prefill_step_size = model, tokenizer, prefill_step_size
@@ -59,7 +57,11 @@ class BatchDecoder:
         self.rows: list[Row] = []  # in the batch cache's row order
         self.pending: list[tuple[int, BatchRecord]] = []  # first tokens from `add`, returned by the next step
         self.eos = set(tokenizer.eos_token_ids) if tokenizer is not None else set()
-        self.solo = SoloDrafter(model, draft, num_draft) if draft is not None else None
+        self.draft, self.num_draft = draft, num_draft
+        self.solo = SoloDrafter(model, draft, num_draft) if draft not in (None, "none") else None
+        self._drafters = {draft: self.solo}  # draft mode -> its SoloDrafter (None: no drafting), built on first use
+        self._draft_of: dict[int, Optional[SoloDrafter]] = {}  # row id -> the drafter it uses when alone
+        self.alone: Optional[SoloDrafter] = None  # the drafter decoding the one running row, if it drafts
         self._next_id = 0
 
     @property
@@ -78,18 +80,40 @@ class BatchDecoder:
         solo = prompt_cache if prompt_cache is not None else make_prompt_cache(self.model)
         budget = _check_lengths(self.model, ids.size, solo[0].offset, params.max_tokens)
         row = self._new_row(ids, params, budget)
+        drafter = self._drafter(params.draft)
         self._next_id += 1
-        steps = generate_step(ids, self.model, max_tokens=1, sampler=row.sampler, prompt_cache=solo,
-                              prefill_step_size=self.prefill_step_size, progress=progress, constraint=row.constraint)
-        y, logprobs = next(steps)
-        steps.close()
-        self.pending.append((row.rid, row.emit(y, logprobs, 1)))
+        first = self._prefill(row, ids, solo, drafter if not self.rows else None, progress)
+        self.pending.append((row.rid, row.emit(*first, 1)))
         layers = split_prompt_cache(self.model, solo)[0]
         if not row.finished:
+            self._draft_of[row.rid] = drafter
             self._join(row, layers)
-        elif self.keep_caches:
-            self.released[row.rid] = layers
+        else:
+            if drafter is not None and drafter.row is row:
+                drafter.finish()
+            if self.keep_caches:
+                self.released[row.rid] = layers
         return row.rid
+
+    def _prefill(self, row: Row, ids: mx.array, solo: list, drafter: Optional[SoloDrafter],
+                 progress) -> tuple[int, mx.array]:
+        """The row's first (token, logprobs); through `drafter` (a row joining an empty batch) when it will
+        draft, so the drafter holds the prompt's history, else plain."""
+        first = drafter.prefill(row, solo, ids, self.prefill_step_size, progress) if drafter is not None else None
+        if first is None:
+            steps = generate_step(ids, self.model, max_tokens=1, sampler=row.sampler, prompt_cache=solo,
+                                  prefill_step_size=self.prefill_step_size, progress=progress,
+                                  constraint=row.constraint)
+            first = next(steps)
+            steps.close()
+        return first
+
+    def _drafter(self, mode: Optional[str]) -> Optional[SoloDrafter]:
+        """The SoloDrafter of draft mode `mode` (None: the decoder's; "none": no drafting)."""
+        mode = self.draft if mode is None else mode
+        if mode not in self._drafters:
+            self._drafters[mode] = None if mode == "none" else SoloDrafter(self.model, mode, self.num_draft)
+        return self._drafters[mode]
 
     def _new_row(self, ids: mx.array, params: RowParams, budget: int) -> Row:
         """A row whose records come from `stream_generate`'s own text handling (rows.py says how)."""
@@ -108,8 +132,10 @@ class BatchDecoder:
         elif not self.cache[0].accepts(layers[0]):
             raise BatchingError(f"row {row.rid}: its caches ({layers[0].kind}) cannot join a batch of "
                                 f"{self.cache[0].kind} rows; decode it in a batch of its own kind")
-        if self.solo is not None and not self.rows:
-            self.solo.start(row, layers)  # alone: decode it with drafting until another row joins
+        drafter = self._draft_of[row.rid]
+        if drafter is not None and not self.rows:
+            self.alone = drafter  # alone: decode it with drafting until another row joins
+            drafter.start(row, layers)
         else:
             self._settle_solo()
             for bc, c in zip(self.cache, layers):
@@ -118,9 +144,10 @@ class BatchDecoder:
 
     def _settle_solo(self) -> None:
         """A second row joins: the drafting row's solo cache becomes batch row 0."""
-        if self.solo is not None and self.solo.busy:
-            for bc, c in zip(self.cache, self.solo.finish()):
+        if self.alone is not None:
+            for bc, c in zip(self.cache, self.alone.finish()):
                 bc.insert(c)
+            self.alone = None
 
     def remove(self, rid: int) -> None:
         """Drop a row (a cancelled request) at a step boundary; the other rows are not disturbed."""
@@ -134,27 +161,32 @@ class BatchDecoder:
         if self.keep_caches:
             for i in idx:
                 self.released[self.rows[i].rid] = self.row_cache(self.rows[i].rid)
-        if self.solo is not None and self.solo.busy:
-            self.solo.finish()
+        if self.alone is not None:
+            self.alone.finish()
+            self.alone = None
         else:
             for bc in self.cache:
                 bc.remove(idx)
         gone = set(idx)
+        for i in gone:
+            self._draft_of.pop(self.rows[i].rid, None)
         self.rows = [r for i, r in enumerate(self.rows) if i not in gone]
-        if self.solo is not None and len(self.rows) == 1 and not self.solo.busy:  # alone again: draft
+        drafter = self._draft_of.get(self.rows[0].rid) if len(self.rows) == 1 else None
+        if drafter is not None and self.alone is None:  # alone again: draft
             layers = [bc.extract(0) for bc in self.cache]
             for bc in self.cache:
                 bc.remove([0])
-            self.solo.start(self.rows[0], layers)
+            self.alone = drafter
+            drafter.start(self.rows[0], layers)
 
     def step(self) -> list[tuple[int, BatchRecord]]:
         """One decode step for every row: (row id, record) events, first tokens of new rows included."""
         events, self.pending = self.pending, []
         if not self.rows:
             return events
-        if self.solo is not None and self.solo.busy:
+        if self.alone is not None:
             row = self.rows[0]
-            for token, logprobs, drafting in self.solo.step():
+            for token, logprobs, drafting in self.alone.step():
                 events.append((row.rid, row.emit(token, logprobs, 1, drafting)))
                 if row.finished:
                     self._drop([0])
@@ -179,6 +211,9 @@ class BatchDecoder:
         row over its own caches (kinds whose rows cannot share a buffer: see `cache.batch.RowBatchCache`)."""
         if self.cache[0].shared_forward:
             return self.model.head(self.model.trunk(tokens, self.cache)[:, -1])
+        if not hasattr(self.model, "trunk"):  # only mlx-lm's model protocol (a test double): its own logits
+            return mx.concatenate([last_logits(self.model, tokens[i: i + 1], [bc.extract(i) for bc in self.cache])
+                                   for i in range(tokens.shape[0])])
         feats = [self.model.trunk(tokens[i: i + 1], [bc.extract(i) for bc in self.cache])[:, -1]
                  for i in range(tokens.shape[0])]
         return self.model.head(mx.concatenate(feats))
@@ -211,8 +246,8 @@ class BatchDecoder:
         idx = next((i for i, r in enumerate(self.rows) if r.rid == rid), None)
         if idx is None:
             raise BatchingError(f"row {rid} is not running (finished, removed, or never added)")
-        if self.solo is not None and self.solo.busy:
-            return self.solo.layers()
+        if self.alone is not None:
+            return self.alone.layers()
         return [bc.extract(idx) for bc in self.cache]
 
 

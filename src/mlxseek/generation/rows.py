@@ -25,7 +25,8 @@ class RowParams:
     whatever else shares its batch (the row draws from its own key, as `stream_generate(seed=...)` does
     from MLX's global one, so the two give the same tokens); `stop` strings end the row (not included);
     `grammar` (llguidance Lark text, see `mlxseek.formats.constraints`) constrains the row's reply;
-    `reply`: the reply's format when the caller rendered the prompt (stream_generate's `reply`)."""
+    `reply`: the reply's format when the caller rendered the prompt (stream_generate's `reply`); `draft`:
+    the drafter this row uses while it runs alone ("mtp" | "dspark" | "auto" | "none"; None: the decoder's)."""
 
     max_tokens: int = 256
     temperature: float = 0.0
@@ -34,6 +35,7 @@ class RowParams:
     stop: tuple[str, ...] = ()
     grammar: Optional[str] = None
     reply: Optional[ReplyFormat] = None
+    draft: Optional[str] = None
     sampler: Optional[Callable[[mx.array], mx.array]] = field(default=None, compare=False)
 
     def check(self) -> None:

@@ -36,7 +36,7 @@ def split_prompt_cache(model, prompt_cache: list) -> tuple[list, list]:
     return prompt_cache[:n], prompt_cache[n:]
 
 
-def _last_logits(model, tokens: mx.array, cache) -> mx.array:
+def last_logits(model, tokens: mx.array, cache) -> mx.array:
     """Logits (1, V) for the last position only: with `trunk`/`head`, skip the LM head on the rest."""
     if hasattr(model, "trunk") and hasattr(model, "head"):
         return model.head(model.trunk(tokens, cache)[:, -1])
@@ -69,7 +69,7 @@ def generate_step(
 
     def step(tokens: mx.array, first: bool) -> tuple[mx.array, mx.array]:
         nonlocal history
-        logits = _last_logits(model, tokens[None], cache)  # (1, V)
+        logits = last_logits(model, tokens[None], cache)  # (1, V)
         if logits_processors:
             history = prompt if first else mx.concatenate([history, tokens])
             for proc in logits_processors:

@@ -92,10 +92,10 @@ def _pack(entries: list[CacheState]) -> None:
 
 def _share(entries: list[CacheState], like: CacheSnapshot) -> list[dict]:
     """Point the append-only arrays' leading rows at `like`'s (an older snapshot of the same token prefix):
-    each entry keeps only its rows past them. Returns the heads (see CacheSnapshot)."""
+    each entry keeps only its rows past them. Returns the heads (see CacheSnapshot). Entries pair up by
+    position (both are leading runs of the same prompt cache layout); one snapshot may hold a drafter
+    entry the other lacks (a request that decoded in a batch leaves none), and that entry shares nothing."""
     heads = [{} for _ in entries]
-    if len(like.entries) != len(entries):
-        return heads
     for i, (new, old) in enumerate(zip(entries, like.entries)):
         for name, axis in new.append_axis.items():
             if name not in old.arrays or name not in new.arrays or old.kind != new.kind:

@@ -1,14 +1,14 @@
 """The serving engine: one model, one worker thread that owns MLX, a bounded FIFO, a prefix cache.
 
 `Engine.generate` is an async generator of TokenEvents for the HTTP layer. The request waits in the
-scheduler's FIFO. With max_batch > 1 the worker batches continuously (`batching.BatchRunner`: requests
-join the running batch at step boundaries and leave when done or cancelled); with max_batch 1 it looks the prompt up in the prefix cache, restores the longest cached prefix
-into a fresh prompt cache, prefills only the rest and decodes with `mlxseek.stream_generate`, handing each
-token to the consumer's event loop with `loop.call_soon_threadsafe`. The cancel flag is read at every
-prefill chunk and every decode step, so a consumer that stops iterating frees the worker within one step.
-The finished prompt + reply goes back into the prefix cache. For a cache kind that cannot be cut (V4:
-the cache protocol's `capabilities.cut` is False) the prompt is first prefilled up to each snapshot point
-(`prefix_cache.snapshot_points`), keeping an exact snapshot there, in both the solo and the batched path.
+scheduler's FIFO; the worker decodes every running request through one `batching.BatchRunner` (a
+`mlxseek.BatchDecoder`), whatever `max_batch` is: a request alone is a batch of one, and it drafts
+(the engine's `draft`, or the request's) while it runs alone. Requests join the running batch at step
+boundaries and leave when done or cancelled; each is looked up in the prefix cache, restored, prefilled
+from there (up to each snapshot point first, for caches that cannot be cut) and its prompt + reply go
+back into the prefix cache when it leaves. Tokens reach the consumer's event loop through
+`loop.call_soon_threadsafe`; the cancel flag is read at every prefill chunk and every decode step, so a
+consumer that stops iterating frees the worker within one step.
 """
 
 from __future__ import annotations
@@ -18,34 +18,15 @@ import logging
 from collections.abc import AsyncIterator
 
 import mlx.core as mx
-from mlx_lm.sample_utils import make_sampler
 
 from ..errors import GenerationError
-from ..generation.prefill import prefill_chunk
-from ..generation.steps import make_prompt_cache
-from ..generation.stream import stream_generate
 from . import cache_state
 from .batching import BatchRunner
 from .params import DRAFT_MODES, SamplingParams, TokenEvent, check_params
-from .prefix_cache import PrefixCache, chat_marks, model_identity, snapshot_points
-from .scheduler import DONE, Cancelled, Request, Scheduler
+from .prefix_cache import PrefixCache, chat_marks, model_identity
+from .scheduler import DONE, Request, Scheduler
 
 log = logging.getLogger("mlxseek.serve")
-
-
-class _DraftedSteps:
-    """Whether the forward that produced a solo record drafted: records of one verify step share its
-    `verify_steps` count, and a step drafted when `draft_tokens` grew in it (the totals are cumulative,
-    so testing `draft_tokens > 0` would stay true after drafting stopped)."""
-
-    def __init__(self):
-        self.steps, self.drafts, self.drafting = -1, 0, False
-
-    def __call__(self, r) -> bool:
-        steps, drafts = getattr(r, "verify_steps", 0), getattr(r, "draft_tokens", 0)
-        if steps != self.steps:
-            self.steps, self.drafting, self.drafts = steps, drafts > self.drafts, drafts
-        return self.drafting
 
 
 class Engine:
@@ -73,8 +54,8 @@ class Engine:
         self._counts = {"requests": 0, "finished": 0, "cancelled": 0, "errors": 0, "prompt_tokens": 0, "cached_tokens": 0,
                             "generation_tokens": 0}
         self.max_batch = max_batch
-        self._batch = BatchRunner(self, max_batch) if max_batch > 1 else None
-        self._scheduler = Scheduler(run=self._run, max_queue=max_queue, setup=self._setup, batch=self._batch)
+        self._batch = BatchRunner(self, max_batch)
+        self._scheduler = Scheduler(batch=self._batch, max_queue=max_queue, setup=self._setup)
 
     @property
     def queue_depth(self) -> int:
@@ -89,7 +70,7 @@ class Engine:
         self._scheduler.stop()
 
     def count(self, **deltas: int) -> None:
-        """Add to the request and token counters (the solo path and the batch runner both report here)."""
+        """Add to the request and token counters (the batch runner reports here)."""
         for key, n in deltas.items():
             self._counts[key] += n
 
@@ -153,80 +134,10 @@ class Engine:
             marks=self.snapshot_marks)
         if self.prefix_reason:
             log.warning("prefix cache disabled: %s", self.prefix_reason)
-        if self._batch is not None:
-            self._batch.setup()  # every family batches (cache.batch; V4.1 and a quantized latent one forward per row)
+        self._batch.setup()  # every family batches (cache.batch; V4.1 and a quantized latent one forward per row)
 
-    def _run(self, req: Request) -> None:
-        self._counts["requests"] += 1
-        prompt, _p = req.prompt, req.params
-        cached, cache = self.prefix.lookup(prompt) if self.prefix is not None else (0, None)
-        if cache is None:
-            cached, cache = 0, make_prompt_cache(self.model)
-        self._counts["prompt_tokens"] += len(prompt)
-        self._counts["cached_tokens"] += cached
-        generated: list[int] = []
-        try:
-            self._decode(req, cache, cached, generated)
-        except Cancelled:
-            self._counts["cancelled"] += 1
-        except Exception:
-            self._counts["errors"] += 1
-            raise
-        finally:
-            self._counts["generation_tokens"] += len(generated)
-            if self.prefix is not None:
-                self.prefix.insert(prompt + generated, cache)
-            del cache
-            mx.clear_cache()
-
-    def prefill_snapshots(self, req: Request, cache: list, start: int) -> int:
-        """Prefill up to each snapshot point past `start`, keeping an exact snapshot at each; returns the
-        tokens fed. Only for caches that cannot be cut (the snapshot is taken as prefill passes the point)."""
-        if self.prefix is None or not self.prefix.exact:
-            return start
-        prompt = req.prompt
-        for point in snapshot_points(prompt, start, self.snapshot_marks):
-            while start < point:
-                if req.cancelled.is_set():
-                    raise Cancelled
-                n = min(point - start, prefill_chunk(self.model, start))
-                self.model(mx.array(prompt[start: start + n])[None], cache=cache)
-                mx.eval([c.state for c in cache])
-                start += n
-            self.prefix.insert(prompt[:point], cache)
-        return start
-
-    def _decode(self, req: Request, cache: list, cached: int, generated: list[int]) -> None:
-        prompt, p = req.prompt, req.params
-        fed = self.prefill_snapshots(req, cache, cached)
-        draft = p.draft or self.draft
-        # Drafting keeps greedy output unchanged; sampled drafting needs the speculative sampler: plain decode.
-        draft = draft if draft != "none" and p.temperature == 0 else None
-
-        def progress(done: int, total: int) -> None:
-            if req.cancelled.is_set():
-                raise Cancelled
-
-        budget = min(p.max_tokens, self.context_length - len(prompt))
-        steps = stream_generate(
-            self.model, self.tokenizer, prompt[fed:], max_tokens=budget, prompt_cache=cache,
-            sampler=make_sampler(temp=p.temperature, top_p=p.top_p), stop=list(p.stop), seed=p.seed,
-            progress=progress, draft=draft, grammar=p.grammar, reply=p.reply)
-        drafted = _DraftedSteps()
-        try:
-            for r in steps:
-                generated.append(r.token)
-                req.emit(self.event(r, p, len(prompt), cached, drafted(r)))
-                if r.finish_reason is not None:
-                    self._counts["finished"] += 1
-                    return
-                if req.cancelled.is_set():
-                    raise Cancelled
-        finally:
-            steps.close()
-
-    def event(self, r, p: SamplingParams, n_prompt: int, cached: int, drafting: bool | None = None) -> TokenEvent:
-        """The TokenEvent of record `r`; `drafting` None: the record's own `drafting` (batched records)."""
+    def event(self, r, p: SamplingParams, n_prompt: int, cached: int) -> TokenEvent:
+        """The TokenEvent of a BatchDecoder record `r` (its `drafting` says whether its forward drafted)."""
         logprob, top = None, None
         if p.top_logprobs is not None:
             lp = r.logprobs.astype(mx.float32)
@@ -237,8 +148,8 @@ class Engine:
                 top = tuple((i, self._piece(i), v) for i, v in zip(ids, vals))
         return TokenEvent(token=r.token, text=r.text, logprob=logprob, top_logprobs=top,
                           finish_reason=r.finish_reason, prompt_tokens=n_prompt, cached_tokens=cached,
-                          generation_tokens=r.generation_tokens, batch_size=getattr(r, "batch_size", 1),
-                          drafting=getattr(r, "drafting", False) if drafting is None else drafting,
+                          generation_tokens=r.generation_tokens, batch_size=r.batch_size,
+                          drafting=r.drafting,
                           reasoning=r.reasoning, content=r.content, tool_calls=tuple(r.tool_calls))
 
     def _piece(self, token: int) -> str:

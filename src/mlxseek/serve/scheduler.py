@@ -1,8 +1,8 @@
 """The request queue and the one worker thread that owns MLX.
 
-Requests wait in a bounded FIFO; the worker takes them one at a time and runs them, or, given a `batch`
-runner (continuous batching), admits waiting requests into the running batch at every step boundary
-while fewer than `batch.max_batch` run, and steps the batch. A request carries
+Requests wait in a bounded FIFO; the worker admits waiting requests into the running batch (the `batch`
+runner: `serve.batching.BatchRunner`, the one decode path) at every step boundary while fewer than
+`batch.max_batch` run, and steps the batch. A request carries
 its own cancel flag (set by the consumer that stopped listening) and an `emit` callback that hands
 events back to the consumer's event loop; the worker never blocks on a consumer.
 """
@@ -43,28 +43,24 @@ class Request:
 
 
 class Scheduler:
-    """A bounded FIFO of Requests drained by one worker thread calling `run(request)`."""
+    """A bounded FIFO of Requests drained by one worker thread into `batch` (admit, step, close, cancel_all)."""
 
-    def __init__(self, *, run: Callable[[Request], None], max_queue: int, setup: Callable[[], None] | None = None,
-                 batch: Any = None):
+    def __init__(self, *, batch: Any, max_queue: int, setup: Callable[[], None] | None = None):
         if not isinstance(max_queue, int) or max_queue < 1:
             raise ServeError(f"max_queue must be a positive integer, got {max_queue!r}")
         self.max_queue = max_queue
-        self._run, self._setup, self._batch = run, setup, batch
+        self._setup, self._batch = setup, batch
         self._queue: deque[Request] = deque()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self.running: Request | None = None
         self._ready = threading.Event()
         self._setup_error: BaseException | None = None
 
     @property
     def active(self) -> int:
         """Requests being decoded now."""
-        if self._batch is not None:
-            return self._batch.active
-        return int(self.running is not None)
+        return self._batch.active
 
     @property
     def depth(self) -> int:
@@ -103,10 +99,7 @@ class Scheduler:
             self._stopping = True
             waiting = list(self._queue)
             self._queue.clear()
-            if self.running is not None:
-                self.running.cancel()
-            if self._batch is not None:
-                self._batch.cancel_all()
+            self._batch.cancel_all()
             self._cond.notify_all()
         for req in waiting:
             req.cancel()
@@ -133,25 +126,7 @@ class Scheduler:
             self._ready.set()
             return
         self._ready.set()
-        if self._batch is not None:
-            return self._batch_loop()
-        while True:
-            with self._cond:
-                while not self._queue and not self._stopping:
-                    self._cond.wait()
-                if self._stopping:
-                    return
-                req = self.running = self._queue.popleft()
-            try:
-                if not req.cancelled.is_set():
-                    self._run(req)
-            except Exception as e:  # one bad request must not stop the worker
-                log.exception("generation failed")
-                req.emit(e)
-            finally:
-                with self._cond:
-                    self.running = None
-                req.emit(DONE)
+        self._batch_loop()
 
     def _batch_loop(self) -> None:
         batch = self._batch
