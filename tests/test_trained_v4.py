@@ -67,8 +67,9 @@ def test_both_drafters_sit_on_one_stored_backbone(models):
     assert digest[0] == digest[1]
     assert models["mtp"].drafters == ("mtp",) and models["dspark"].drafters == ("dspark",)
     assert len(models["dspark"].dspark.stages) == 3
-    # the HCA layer (ratio 128) and the 32-token window are both crossed by prompt + generation
-    assert PROMPT_TOKENS + GEN >= 128 / 2 and PROMPT_TOKENS + GEN > models["mtp"].config.sliding_window
+    # prompt + generation crosses the 32-token window and many ratio-4 CSA groups; the ratio-128 HCA layer
+    # completes none in 88 tokens (tests/test_dspark.py crosses it on the random 0731 checkpoint)
+    assert PROMPT_TOKENS + GEN > 2 * models["mtp"].config.sliding_window
 
 
 @pytest.fixture(scope="module")
