@@ -13,8 +13,8 @@ Sections (each line has "section"; a section that cannot run says why in one lin
              ~1 GB model written to --work; a tiny one on the CPU), peak memory
   mtp        MTP drafting at k = 1, 2, 3 and auto on the trained fixture (acceptance, tokens per verify
              step, wall speedup, identical outputs); V4 (random weights) at k = 1, 2
-  dspark     DSpark drafting on the trained 0731-shaped fixture (tests/fixtures/trained_dspark) at block 5
-             and 2 and auto: acceptance per block position, tokens per verify, wall speedup, identical
+  dspark     DSpark (tests/fixtures/trained_dspark) vs MTP (tests/fixtures/trained_v4) on one trained V4
+             backbone, DSpark at block 5, 2 and auto, MTP at 1 and 2: acceptance per block position, tokens per verify, wall speedup, identical
              outputs; and one verify / one draft block against one plain step (`measure_draft_costs`)
   batch      aggregate tok/s at B = 1, 2, 4, 8 when `mlxseek.batch_generate` exists (skipped otherwise)
   kv_cache   the quantized latent cache at 8 and 4 bits, packed vs dequantized read: decode tok/s and
@@ -179,19 +179,26 @@ class Check:
             self.emit("mtp", fixture="v4_flash (random weights)", **bench_draft(v4, v4_prompts, gen_tokens=gen, num_draft=k))
 
     def dspark(self) -> None:
+        import mlxseek
         from mlxseek.speculative.costs import measure_draft_costs
-        from mlxseek.tools.draft_bench import bench_draft, random_prompts
+        from mlxseek.tools.draft_bench import bench_draft
 
         n, gen = (2, 16) if self.quick else (8, 64)
-        model = self._load(FIX / "trained_dspark")
-        prompts = random_prompts(model.config.vocab_size - 1, n, 16, seed=1000)  # held out from its training
-        for draft, k in (("dspark", 5), ("dspark", 2), ("auto", 5)):
-            self.emit("dspark", fixture="trained_dspark", **bench_draft(model, prompts, gen_tokens=gen, num_draft=k,
-                                                                        draft=draft))
-        for k in (5, 2):
-            c = measure_draft_costs(model, k, kind="dspark")
-            self.emit("dspark", fixture="trained_dspark", block=k, step_ms=1e3 * c.step_s, verify_ms=1e3 * c.verify_s,
-                      draft_ms=1e3 * c.mtp_s, verify_over_step=c.verify_ratio, draft_over_step=c.mtp_s / c.step_s)
+        # One trained V4 backbone, two drafters: DSpark (trained_dspark, 0731 layout) and MTP (trained_v4).
+        prompts = self._trained_prompts(mlxseek.load_tokenizer(FIX / "trained_v4"), n, 24)
+        for fixture, runs in (("trained_dspark", (("dspark", 5), ("dspark", 2), ("auto", 5))),
+                              ("trained_v4", (("mtp", 1), ("mtp", 2)))):
+            model = self._load(FIX / fixture)
+            for draft, k in runs:
+                self.emit("dspark", fixture=fixture, **bench_draft(model, prompts, gen_tokens=gen, num_draft=k,
+                                                                   draft=draft))
+            kind = runs[0][0]
+            for k in sorted({k for _, k in runs}, reverse=True):
+                c = measure_draft_costs(model, k, kind=kind)
+                self.emit("dspark", fixture=fixture, draft=kind, block=k, step_ms=1e3 * c.step_s,
+                          verify_ms=1e3 * c.verify_s, draft_ms=1e3 * c.mtp_s, verify_over_step=c.verify_ratio,
+                          draft_over_step=c.mtp_s / c.step_s)
+            del model
 
     def batch(self) -> None:
         import mlxseek

@@ -15,7 +15,7 @@ import numpy as np
 
 from mlxseek.config import ModelConfig
 from mlxseek.layers.masks import causal_mask
-from mlxseek.layers.moe import DeepSeekMoE, MoEGate
+from mlxseek.layers.moe import DeepSeekMoE
 
 
 class _Sink:
@@ -25,52 +25,75 @@ class _Sink:
         self.inds: list = []
 
 
-class RecordingGate(MoEGate):
-    """The model's router, recording its expert choices (..., K) so the step can count expert loads."""
+def _recording(gate_cls: type) -> type:
+    """A subclass of the model's router class (V3 `MoEGate`, V4 `V4Gate`) that records its expert choices
+    (..., K) so the step can count expert loads; swapped onto the gate instance and back in `finish`."""
 
-    def __init__(self, cfg: ModelConfig, sink: _Sink, index: int):
-        super().__init__(cfg)
-        self.sink, self.index = sink, index
+    class Recording(gate_cls):
+        def __call__(self, *args):
+            inds, weights = super().__call__(*args)
+            self.sink.inds.append((self.index, inds))
+            return inds, weights
 
-    def __call__(self, x):
-        inds, weights = super().__call__(x)
-        self.sink.inds.append((self.index, inds))
-        return inds, weights
+    return Recording
 
 
-def init_weights(model, cfg: ModelConfig, seed: int) -> None:
+def v3_forward(model, x, y1):
+    """V3: (main logits for t+1, MTP logits for t+2), both (B, L, V). The MTP module reads the final
+    normed hidden and embed(t+1); its output head is the main LM head (V3 report 2.2: shared)."""
+    h = model.model(x)  # (B, L, D)
+    mtp = model.mtp
+    z = mtp.eh_proj(mx.concatenate([mtp.enorm(model.model.embed_tokens(y1)), mtp.hnorm(h)], axis=-1))
+    hm = mtp.block(z, causal_mask(z.shape[1], 0))
+    return model.lm_head(h), model.lm_head(mtp.shared_head.norm(hm))
+
+
+def v3_finish(model) -> None:
+    """The MTP head was trained as the main LM head; the V3 checkpoint stores it as its own copy."""
+    model.mtp.shared_head.head.weight = model.lm_head.weight
+
+
+def init_weights(model, cfg: ModelConfig, seed: int, *, out_proj: tuple[str, ...] = ("o_proj.weight", "down_proj.weight"),
+                 keep: tuple[str, ...] = ()) -> None:
     """Normal(0, 0.02) projections and embeddings (V3 uses 0.006 at width 7168; ours is 128 wide), output
-    projections scaled by 1/sqrt(2 * layers) as in GPT-2, ones for norms, zero router bias."""
+    projections (`out_proj` suffixes) scaled by 1/sqrt(2 * layers) as in GPT-2, ones for norms, zero router
+    bias; parameters ending in a `keep` suffix keep the module's own initial value."""
     rng = np.random.default_rng(seed)
     residual_scale = 1 / math.sqrt(2 * (cfg.num_hidden_layers + cfg.num_nextn_predict_layers))
     new = {}
     for name, p in nn.utils.tree_flatten(model.parameters()):
+        if name.endswith(keep):
+            continue
         if name.endswith("norm.weight") or "layernorm" in name:
             w = np.ones(p.shape)
         elif name.endswith("e_score_correction_bias"):
             w = np.zeros(p.shape)
         else:
-            std = 0.02 * (residual_scale if name.endswith(("o_proj.weight", "down_proj.weight")) else 1.0)
+            std = 0.02 * (residual_scale if name.endswith(out_proj) else 1.0)
             w = rng.standard_normal(p.shape) * std
         new[name] = mx.array(w.astype(np.float32))
     model.update(nn.utils.tree_unflatten(list(new.items())))
 
 
 class Trainer:
+    """`forward(model, x, y1)` -> (main logits, MTP logits) defines the family's two heads (`v3_forward`);
+    `on_finish(model)` runs after training (`v3_finish`)."""
+
     def __init__(self, model, cfg: ModelConfig, *, lr: float, warmup: int, steps: int, mtp_lambda: float,
-                 bias_rate: float):
-        self.model, self.cfg = model, cfg
+                 bias_rate: float, forward=v3_forward, on_finish=v3_finish):
+        self.model, self.cfg, self.forward, self.on_finish = model, cfg, forward, on_finish
         self.sink = _Sink()
-        self.gates, self.gate_names = [], []
+        self.gates, self.gate_names, self.gate_classes = [], [], []
         for name, m in model.named_modules():
             if isinstance(m, DeepSeekMoE):
                 self.gate_names.append(name)
-                gate = RecordingGate(cfg, self.sink, len(self.gates))
-                gate.update(m.gate.parameters())
-                m.gate = gate
-                self.gates.append(gate)
-        # The correction bias is steered by the load rule below, never by the optimizer (V3 report 2.1.2).
-        model.freeze(keys=["e_score_correction_bias"], strict=False)
+                self.gate_classes.append(type(m.gate))
+                m.gate.__class__ = _recording(type(m.gate))
+                m.gate.sink, m.gate.index = self.sink, len(self.gates)
+                self.gates.append(m.gate)
+        # The correction bias is steered by the load rule below, never by the optimizer (V3 report 2.1.2);
+        # V4's hash table (tid2eid) is a fixed token -> experts map.
+        model.freeze(keys=["e_score_correction_bias", "tid2eid"], strict=False)
         schedule = optim.join_schedules(
             [optim.linear_schedule(lr * 0.01, lr, warmup), optim.cosine_decay(lr, max(steps - warmup, 1), lr * 0.1)],
             [warmup],
@@ -85,13 +108,9 @@ class Trainer:
         """windows (B, L+2): inputs [:L], next tokens [1:L+1], MTP targets (t+2) [2:L+2]."""
         self.sink.inds = []
         x, y1, y2 = windows[:, :-2], windows[:, 1:-1], windows[:, 2:]
-        h = model.model(x)  # (B, L, D): final normed hidden
-        main = nn.losses.cross_entropy(model.lm_head(h), y1).mean()
-        mtp = model.mtp
-        z = mtp.eh_proj(mx.concatenate([mtp.enorm(model.model.embed_tokens(y1)), mtp.hnorm(h)], axis=-1))
-        hm = mtp.block(z, causal_mask(z.shape[1], 0))
-        # The MTP output head is the main LM head (V3 report 2.2: shared output head).
-        mtp_loss = nn.losses.cross_entropy(model.lm_head(mtp.shared_head.norm(hm)), y2).mean()
+        main_logits, mtp_logits = self.forward(model, x, y1)
+        main = nn.losses.cross_entropy(main_logits, y1).mean()
+        mtp_loss = nn.losses.cross_entropy(mtp_logits, y2).mean()
         E = self.cfg.n_routed_experts
         # (M, E) in self.gates order (the forward meets the gates in another order than named_modules lists them)
         by_gate = dict(self.sink.inds)
@@ -104,6 +123,8 @@ class Trainer:
         grads, _ = optim.clip_grad_norm(grads, 1.0)
         self.opt.update(self.model, grads)
         for gate, load in zip(self.gates, loads):  # raise under-loaded experts, lower over-loaded ones
+            if "e_score_correction_bias" not in gate:  # a hash-routed layer: nothing to steer
+                continue
             err = load.mean() - load
             gate.e_score_correction_bias = gate.e_score_correction_bias + self.bias_rate * mx.sign(err)
         return main, mtp, loads
@@ -116,24 +137,27 @@ class Trainer:
         return main.item(), mtp.item(), self.last_imbalance
 
     def finish(self) -> None:
-        """Put the plain router class back (the recording one is a training device only)."""
-        for _, m in self.model.named_modules():
-            if isinstance(m, DeepSeekMoE) and isinstance(m.gate, RecordingGate):
-                gate = MoEGate(self.cfg)
-                gate.update(m.gate.parameters())
-                m.gate = gate
+        """Put the plain router classes back (the recording ones are a training device only)."""
+        for gate, cls in zip(self.gates, self.gate_classes):
+            gate.__class__ = cls
+            del gate.sink, gate.index
         self.model.unfreeze()
-        # The MTP head was trained as the main LM head; the checkpoint stores it as its own copy.
-        self.model.mtp.shared_head.head.weight = self.model.lm_head.weight
+        self.on_finish(self.model)
 
 
-def evaluate(model, ids: np.ndarray, *, seq: int, max_windows: int = 64) -> dict:
-    """Held-out perplexity of the next token and of the MTP's t+2 token over non-overlapping windows."""
+def evaluate(model, ids: np.ndarray, *, seq: int, max_windows: int = 64, forward=None) -> dict:
+    """Held-out perplexity of the next token and of the MTP's t+2 token over non-overlapping windows;
+    `forward` as in `Trainer` (default: V3 through the published modules, `model.mtp` with its own head)."""
     n = min((ids.size - 2) // seq, max_windows)
     nll = mtp_nll = 0.0
     for i in range(n):
         w = mx.array(ids[i * seq: i * seq + seq + 2])[None]
         x, y1, y2 = w[:, :-2], w[:, 1:-1], w[:, 2:]
+        if forward is not None:
+            main_logits, logits = forward(model, x, y1)
+            nll += nn.losses.cross_entropy(main_logits, y1).sum().item()
+            mtp_nll += nn.losses.cross_entropy(logits, y2).sum().item()
+            continue
         h = model.hidden_states(x)
         nll += nn.losses.cross_entropy(model.lm_head(h), y1).sum().item()
         logits, _ = model.mtp(h, model.model.embed_tokens(y1), causal_mask(seq, 0))

@@ -61,9 +61,10 @@ def dspark_config(base: dict, stages: int) -> dict:
                 dspark_noise_token_id=base["vocab_size"] - 1)
 
 
-def write_dspark_checkpoint(out: Path, *, stages: int = 3, seed: int = 0, drop: tuple[str, ...] = ()) -> Path:
-    """Write the checkpoint to `out` (created); `drop` leaves those official keys out (partial drafters)."""
-    src = FIXTURES / "v4_flash"
+def write_dspark_checkpoint(out: Path, *, stages: int = 3, seed: int = 0, drop: tuple[str, ...] = (),
+                            src: Path = FIXTURES / "v4_flash") -> Path:
+    """Write the checkpoint to `out` (created) on the backbone of `src` (an April-layout V4 folder with its
+    MTP head); `drop` leaves those official keys out (partial drafters)."""
     base = json.loads((src / "config.json").read_text())
     backbone = {}
     for f in sorted(src.glob("*.safetensors")):

@@ -34,7 +34,8 @@ FP8_SUFFIXES = (
     "gate_proj.weight", "up_proj.weight", "down_proj.weight", "eh_proj.weight",
 )
 # What an export holds: float weights, and FP8 weights as their e4m3 bits in uint8 arrays.
-_ST_DTYPES = {**{d: safetensors.name_of(d) for d in (mx.bfloat16, mx.float32, mx.float16)}, mx.uint8: "F8_E4M3"}
+_ST_DTYPES = {**{d: safetensors.name_of(d) for d in (mx.bfloat16, mx.float32, mx.float16, mx.int32)},
+              mx.uint8: "F8_E4M3"}
 _SWITCH = re.compile(r"^(.*)\.mlp\.switch_mlp\.(gate_proj|up_proj|down_proj)\.weight$")
 
 
@@ -113,17 +114,24 @@ def write_safetensors(path: Path, tensors: dict) -> None:
             f.write(b)
 
 
-def write_official(folder: str | Path, tensors: dict, config: dict, *, shards: int = 2) -> Path:
+def write_official(folder: str | Path, tensors: dict, config: dict, *, shards: int = 2,
+                   groups: list[list[str]] | None = None) -> Path:
     """Write `tensors` as `shards` safetensors files + model.safetensors.index.json + config.json, the
-    official layout (consecutive keys per shard, so one layer's experts may straddle two files)."""
+    official layout (consecutive keys per shard, so one layer's experts may straddle two files). `groups`
+    (key lists, one per shard) chooses the split instead: a backbone shard written alone is byte-identical
+    across checkpoints that share it (git stores it once)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     keys = list(tensors)
-    cut = [round(i * len(keys) / shards) for i in range(shards + 1)]
+    if groups is None:
+        cut = [round(i * len(keys) / shards) for i in range(shards + 1)]
+        groups = [keys[cut[i]: cut[i + 1]] for i in range(shards)]
+    if sorted(k for g in groups for k in g) != sorted(keys):
+        raise ConversionError(f"{folder}: the shard groups must hold every tensor exactly once")
     weight_map = {}
-    for i in range(shards):
-        name = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
-        part = {k: tensors[k] for k in keys[cut[i]: cut[i + 1]]}
+    for i, group in enumerate(groups):
+        name = f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
+        part = {k: tensors[k] for k in group}
         write_safetensors(folder / name, part)
         weight_map.update(dict.fromkeys(part, name))
     total = sum(v.nbytes for v in tensors.values())

@@ -40,7 +40,9 @@ def top_k_mask(scores: mx.array, allowed: mx.array, k: int) -> mx.array:
     if k >= T:
         return mx.broadcast_to(allowed, scores.shape)
     masked = mx.where(allowed, scores, -mx.inf)
-    top = mx.argpartition(-masked, kth=k - 1, axis=-1)[..., :k]
+    # The selection is discrete (no gradient reaches the scores through it); stopping it lets a training
+    # step differentiate the rest of the layer (benchmarks/train_tiny_v4.py).
+    top = mx.stop_gradient(mx.argpartition(-masked, kth=k - 1, axis=-1)[..., :k])
     picked = mx.put_along_axis(mx.zeros(scores.shape, mx.bool_), top, mx.array(True), axis=-1)
     return picked & allowed  # queries with fewer than k ready entries picked some not-ready ones
 
