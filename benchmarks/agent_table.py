@@ -2,6 +2,7 @@
 HTTP (mlxseek serve beside mlx_lm.server).
 
     python benchmarks/agent_table.py benchmarks/results/issue23_agent_16k.jsonl
+    python benchmarks/agent_table.py --combined benchmarks/results/issue23_agent_16k.jsonl   # the README's
 """
 
 from __future__ import annotations
@@ -42,7 +43,29 @@ def http_table(rows: list[dict]) -> list[str]:
     return out
 
 
+def combined_table(rows: list[dict]) -> list[str]:
+    """One row per turn, one column per family: cached tokens / warm TTFT / cold TTFT (warm/cold)."""
+    by_turn: dict[int, dict] = defaultdict(dict)
+    for r in rows:
+        by_turn[r["turn"]][r["family"]] = r
+    fams = list(dict.fromkeys(r["family"] for r in rows))
+    out = ["| turn | prompt | " + " | ".join(f"{f}: cached / warm / cold s (warm/cold)" for f in fams) + " |",
+           "|---|---|" + "---|" * len(fams)]
+    for turn, got in sorted(by_turn.items()):
+        cells = []
+        for f in fams:
+            r = got.get(f)
+            cold = f" / {r['ttft_cold_s']:.0f} (**{r['warm_over_cold']:.2f}**)" if r and "ttft_cold_s" in r else ""
+            cells.append("—" if r is None else f"{r['cached_tokens']} / {r['ttft_warm_s']:.0f}{cold}")
+        out.append(f"| {turn} | {next(iter(got.values()))['prompt_tokens']} | " + " | ".join(cells) + " |")
+    return out
+
+
 def main(paths: list[str]) -> None:
+    if paths[:1] == ["--combined"]:
+        rows = [json.loads(s) for path in paths[1:] for s in open(path)]
+        print("\n".join(combined_table([r for r in rows if r["bench"] == "agent_session"])))
+        return
     groups: dict[tuple, list] = defaultdict(list)
     for path in paths:
         for line in open(path):
