@@ -21,7 +21,8 @@ tokens after its first, over the wall clock from all rows admitted to the last t
 The default models are the repository's tiny fixtures (tests/fixtures: 2-4 layers, hidden 64-128), so the
 figures show the cache's behaviour (what is cached, bytes per snapshot, warm vs cold ratio) rather than
 real-model speed; pass converted folders with --models for that. `v4.1=tiny` builds a V4.1 in miniature
-in process (V41_TINY: random weights, no Engram; no V4.1 fixture folder holds a long enough context). Token ids stand in for <｜User｜> /
+in process (V41_TINY: random weights, no Engram; no V4.1 fixture folder holds a long enough context);
+`v3-wide=wide` writes WIDE_V3 once, a V3 whose per-token work outweighs its attention at 16K. Token ids stand in for <｜User｜> /
 <｜Assistant｜> (the fixtures have no tokenizer): USER_ID / ASSISTANT_ID below.
 """
 
@@ -83,8 +84,32 @@ def tiny_v41(seed: int = 0):
     return model
 
 
+# A V3 whose per-token work outweighs attention at 16K, as a real checkpoint's does (written once, float32):
+# hidden 1024, 2 heads with a 64-wide latent; ~16 ms a token of prefill on this CPU.
+WIDE_V3 = {"vocab_size": 1024, "hidden_size": 1024, "num_hidden_layers": 2, "intermediate_size": 2048,
+           "moe_intermediate_size": 1024, "n_routed_experts": 8, "num_experts_per_tok": 2, "num_attention_heads": 2,
+           "num_key_value_heads": 2, "q_lora_rank": 256, "kv_lora_rank": 64, "qk_nope_head_dim": 32,
+           "qk_rope_head_dim": 32, "v_head_dim": 32, "max_position_embeddings": 32768}
+WIDE_FOLDER = Path(tempfile.gettempdir()) / "mlxseek-bench" / "agent-v3-wide"
+
+
+def wide_v3() -> str:
+    if not (WIDE_FOLDER / "config.json").exists():
+        sys.path.insert(0, str(ROOT / "tests"))
+        from random_checkpoint import PRESETS, write_random_checkpoint
+
+        tiny = PRESETS["tiny"]
+        rope = dict(tiny["rope_scaling"], factor=8, original_max_position_embeddings=4096)
+        write_random_checkpoint(WIDE_FOLDER, dict(tiny, **WIDE_V3, rope_scaling=rope), bits=0, dtype="float32",
+                                tokenizer=False)
+    return str(WIDE_FOLDER)
+
+
 def load_model(folder: str):
-    return tiny_v41() if folder == "tiny" else mlxseek.load(folder, dtype="float32", tokenizer=False)[0]
+    """`tiny`: V41_TINY; `wide`: WIDE_V3; else a checkpoint folder."""
+    if folder == "tiny":
+        return tiny_v41()
+    return mlxseek.load(wide_v3() if folder == "wide" else folder, dtype="float32", tokenizer=False)[0]
 
 
 def _emit(line: dict, out) -> None:
