@@ -60,6 +60,36 @@ def test_the_drafter_loads_from_the_official_layout(loaded, source):
     assert model.dspark.confidence_head.proj.weight.shape == (1, TINY["hidden_size"] + DSPARK["dspark_markov_rank"])
 
 
+class _Entering:
+    """Stands in for one backbone layer and records the streams it is called with (B, L, n, D)."""
+
+    def __init__(self, layer):
+        self.layer, self.seen = layer, []
+
+    def __call__(self, streams, *args):
+        self.seen.append(streams)
+        return self.layer(streams, *args)
+
+
+def test_the_target_hidden_is_the_streams_entering_each_target_layer(loaded):
+    """transformers' V4.1 config (0a2080b4): dspark_target_layer_ids are the layers "whose attention input
+    (mean over the hc streams) feeds the draft model" -- the input, where V4's DSpark reads the output."""
+    model, prompts = loaded
+    backbone, targets = model.model, list(model.dspark.target_layer_ids)
+    originals = list(backbone.layers)
+    spies = {t: _Entering(originals[t]) for t in targets}
+    try:
+        for t, spy in spies.items():
+            backbone.layers[t] = spy
+        _, taps = model.trunk_taps(prompts[0][None], model.make_cache())
+    finally:
+        backbone.layers = originals
+    D = model.config.hidden_size
+    for k, t in enumerate(targets):
+        want = spies[t].seen[0].mean(axis=2)
+        np.testing.assert_array_equal(np.array(taps[..., k * D:(k + 1) * D]), np.array(want), err_msg=str(t))
+
+
 @pytest.mark.parametrize("drop, needle", [
     (("mtp.1.attn.wkv.weight",), "dspark.stages.1.self_attn.kv_proj.weight"),
     (("mtp.2.markov_head.embed.weight",), "dspark.markov_head.embed.weight"),

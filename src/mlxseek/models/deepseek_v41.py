@@ -62,7 +62,8 @@ class V41Backbone(nn.Module):
 
     def __call__(self, inputs: mx.array, cache: list, engram_rows: dict, taps: tuple = ()):
         """-> the final normed hidden (B, L, D); with `taps`, also the mean over streams of those layers'
-        outputs, concatenated (B, L, len(taps)*D): what the DSpark drafter reads."""
+        inputs, concatenated (B, L, len(taps)*D): what the DSpark drafter reads. V4.1 taps the streams entering
+        a target layer ("attention input", transformers' V4.1 config at 0a2080b4), not V4's layer output."""
         streams, pre = expand(self.embed_tokens(inputs), self.hc_mult)
         shared: dict = {}
         tapped = {}
@@ -70,9 +71,9 @@ class V41Backbone(nn.Module):
             rows = engram_rows.get(i)
             if isinstance(rows, PendingRows):
                 rows = rows.get(before=streams)
-            streams, pre = layer(streams, pre, c, shared, rows)
             if i in taps:
                 tapped[i] = streams.mean(axis=2)
+            streams, pre = layer(streams, pre, c, shared, rows)
         out = self.norm(collapse(streams, pre))
         return (out, mx.concatenate([tapped[i] for i in taps], axis=-1)) if taps else out
 

@@ -1,6 +1,6 @@
 """The DSpark drafter of DeepSeek-V4.1-Flash (checkpoint `mtp.{0..S-1}.*`): V4's DSpark (`layers.v4.dspark`)
-with V4.1 stages. What agrees with V4 is reused as is: the context rows (mean of the target layers' output
-streams -> main_proj -> main_norm -> each stage's own key projection at its position), the block
+with V4.1 stages. What agrees with V4 is reused as is: the context rows (mean of the target layers' streams
+-> main_proj -> main_norm -> each stage's own key projection at its position), the block
 [y, NOISE x (K-1)] attending its stage's ring plus the whole block (no causal mask), and the drafter
 protocol (`speculative.dspark_drafter`). What differs:
   stages      V4.1 blocks: lagged mHC (a site's `pre` collapses the streams for the next site), V4.1
@@ -9,6 +9,8 @@ protocol (`speculative.dspark_drafter`). What differs:
   head        no hc_head: the streams collapse with the last stage's FFN `pre`, as the V4.1 backbone does
   markov      `markov_head.embed` (V, r) and `markov_head.head` (V, r) instead of markov_w1 / markov_w2
   confidence  [1, hidden + rank], as V4's
+  target      the streams *entering* each target layer (its attention input, as transformers' V4.1 config
+              documents `dspark_target_layer_ids`), where V4's DSpark reads a target layer's output
 Shapes: B batch, K block slots, S ring rows, n hc streams, D hidden, d head_dim, V vocab, r Markov rank.
 """
 
