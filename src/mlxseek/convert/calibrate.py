@@ -29,6 +29,7 @@ from mlx import nn
 from mlx_lm.models.switch_layers import SwitchLinear
 
 from ..backend import backend_policy
+from ..checkpoint.keymap import Materializer, Target
 from ..errors import ConversionError
 from ..layers.masks import causal_mask
 from ..models import build_model
@@ -193,13 +194,32 @@ def read_calibration(path: str | Path, src: Path, *, ctx: int, limit: int, vocab
 
 
 def _load(root: nn.Module, source: Source, prefix: str, *, relative: bool = True) -> None:
-    """Materialize every target under `prefix` into `root` (named relative to `prefix`, or in full)."""
+    """Materialize every target under `prefix` into `root` (named relative to `prefix`, or in full).
+
+    One target at a time, and a routed-expert stack one expert at a time into its preallocated
+    (E, out, in) array: the peak is what `root` holds plus one source tensor's read and dequantization,
+    not the raw bytes and float32 temporaries of every tensor at once, nor a stack and its parts."""
     mat = source.materializer(source.reader)
     cut = len(prefix) if relative else 0
-    items = [(k[cut:], v) for t in source.plan.targets if t.outputs[0].startswith(prefix)
-             for k, v in mat.materialize(t).items()]
-    root.load_weights(items, strict=False)
-    mx.eval(root.parameters())
+    for t in source.plan.targets:
+        if not t.outputs[0].startswith(prefix):
+            continue
+        arrays = _stacked(mat, t) if t.op == "stack_experts" else mat.materialize(t)
+        mx.eval(arrays)
+        root.load_weights([(k[cut:], v) for k, v in arrays.items()], strict=False)
+
+
+def _stacked(mat: Materializer, t: Target) -> dict[str, mx.array]:
+    """`mat.materialize(t)` of a stack_experts target (the same values: its cast is elementwise), with
+    each expert written into the stack in place (MLX donates the stack's buffer to the slice update)."""
+    out, stack = t.outputs[0], None
+    for e, key in enumerate(t.sources):
+        w = mat.materialize(Target("copy", t.outputs, (key,)))[out]  # (out, in) of expert e
+        if stack is None:
+            stack = mx.zeros((len(t.sources), *w.shape), w.dtype)
+        stack[e] = w
+        mx.eval(stack)
+    return {out: stack}
 
 
 def collect(source: Source, batches: list[np.ndarray], *, ram_bytes: int = RAM_BYTES, on_layer=None) -> Statistics:
@@ -225,21 +245,17 @@ def collect(source: Source, batches: list[np.ndarray], *, ram_bytes: int = RAM_B
         on_layer("model.", _Holder(embed_tokens=model.model.embed_tokens), stats)
         model.model.embed_tokens = nn.Identity()
         for i in range(len(model.model.layers)):
-            layer, prefix = model.model.layers[i], f"model.layers.{i}."
-            _load(layer, source, prefix)
-            attach(layer, prefix, stats)
-            for k, b in enumerate(batches):
-                acts.put(k, layer(acts.get(k, source.dtype), causal_mask(b.shape[1], 0), None))
-            on_layer(prefix, layer, stats)
-            model.model.layers[i] = nn.Identity()  # drop its weights before the next layer is read
-            mx.clear_cache()  # and hand their buffers back: the next layer is read into fresh ones
+            mx.clear_cache()  # hand the dropped embedding's or layer's buffers back before the next is read
+            _through_layer(model.model.layers, i, source, batches, acts, stats, on_layer)
+        mx.clear_cache()
         _load(model.model.norm, source, "model.norm.")
         head = stats.get("lm_head", 1, cfg.hidden_size)
         for k in range(len(batches)):
             h = model.model.norm(acts.get(k, source.dtype))
             _LinearRecorder(nn.Identity(), head)(h)  # lm_head's input only: its (T, vocab) output is not needed
-    _load(model.lm_head, source, "lm_head.")
-    on_layer("", _Holder(lm_head=model.lm_head), stats)
+    if measuring:  # the statistics need only lm_head's input; its (vocab, D) weight is read to be measured
+        _load(model.lm_head, source, "lm_head.")
+        on_layer("", _Holder(lm_head=model.lm_head), stats)
     model.lm_head = nn.Identity()
     stats.weight_only.append("model.embed_tokens")
     if source.plan.has_mtp:
@@ -249,6 +265,19 @@ def collect(source: Source, batches: list[np.ndarray], *, ram_bytes: int = RAM_B
             _load(model.mtp, source, "mtp.")
             on_layer("mtp.", model.mtp, stats)
     return stats
+
+
+def _through_layer(layers: list, i: int, source: Source, batches, acts: Activations, stats: Statistics,
+                   on_layer) -> None:
+    """Decoder layer i read, run over every batch (its outputs replace its inputs in `acts`), measured and
+    dropped: the model's reference goes first, this frame's on return, so the next layer is read alone."""
+    layer, prefix = layers[i], f"model.layers.{i}."
+    layers[i] = nn.Identity()
+    _load(layer, source, prefix)
+    attach(layer, prefix, stats)
+    for k, b in enumerate(batches):
+        acts.put(k, layer(acts.get(k, source.dtype), causal_mask(b.shape[1], 0), None))
+    on_layer(prefix, layer, stats)
 
 
 class _Holder(nn.Module):

@@ -1,0 +1,69 @@
+"""Calibration's memory bound, counted rather than timed: one decoder layer resident at a time, and a layer
+read without a second copy of its weights (raw source bytes, float32 temporaries, an expert stack's parts)."""
+
+from __future__ import annotations
+
+import gc
+import sysconfig
+import weakref
+from pathlib import Path
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+from mlxseek.checkpoint.keymap import build_plan
+from mlxseek.config import ModelConfig
+from mlxseek.convert import calibrate
+from mlxseek.convert.calibrate import collect, read_calibration
+from mlxseek.convert.reader import SourceReader
+from mlxseek.convert.stream import Source
+from mlxseek.models import build_model
+
+FP8 = Path(__file__).parent / "fixtures" / "trained_v3_fp8"  # official FP8 layout: per-expert keys, block scales
+
+
+def _source() -> Source:
+    cfg = ModelConfig.from_file(FP8)
+    reader = SourceReader(FP8)
+    return Source(reader, cfg, build_plan(reader.keys(), cfg), mx.float32)
+
+
+def _nbytes(module) -> int:
+    return sum(v.nbytes for _, v in tree_flatten(module.parameters()))
+
+
+def test_each_layer_is_dropped_before_the_next_is_read(tmp_path):
+    src = _source()
+    text = tmp_path / "calibration.txt"
+    text.write_text((Path(sysconfig.get_paths()["stdlib"]) / "textwrap.py").read_text())
+    batches = read_calibration(text, FP8, ctx=32, limit=64, vocab_size=src.cfg.vocab_size)
+    seen: list[weakref.ref] = []
+
+    def on_layer(prefix, module, stats):
+        gc.collect()
+        alive = [r for r in seen if r() is not None]
+        assert not alive, f"{len(alive)} earlier layer(s) still resident while {prefix!r} is"
+        if prefix.startswith("model.layers."):
+            seen.append(weakref.ref(module))
+
+    collect(src, batches, on_layer=on_layer)
+    assert len(seen) == src.cfg.num_hidden_layers
+
+
+def test_reading_a_moe_layer_holds_it_once_plus_one_expert():
+    src = _source()
+    i = next(i for i in range(src.cfg.num_hidden_layers) if src.cfg.is_moe_layer(i))
+    layer = build_model(src.cfg, with_mtp=False).model.layers[i]
+    mx.synchronize()
+    gc.collect()
+    base = mx.get_active_memory()
+    mx.reset_peak_memory()
+    calibrate._load(layer, src, f"model.layers.{i}.")
+    held = _nbytes(layer)
+    extra = mx.get_peak_memory() - base - held
+    # What a few source tensors cost while one is read and dequantized (its raw bytes, block scales and float32
+    # temporaries; an expert matrix is the largest here) and the allocator's slack: about 5 here. Before, the
+    # layer's raw bytes, float32 temporaries and every expert stack's parts were alive at once: about 25.
+    expert = 4 * src.cfg.moe_intermediate_size * src.cfg.hidden_size
+    assert held > 24 * expert
+    assert extra <= 8 * expert, (extra, held, expert)
