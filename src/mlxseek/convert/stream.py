@@ -59,7 +59,7 @@ class Piece(NamedTuple):
     measure: bool = True  # compute its quantization error for the report
 
 
-def _row_pieces(src: Source, out: str, key: str) -> Iterator[tuple[int, dict[str, mx.array]]]:
+def row_pieces(src: Source, out: str, key: str) -> Iterator[tuple[int, dict[str, mx.array]]]:
     """(first row, {out: lazy array}) for renamed source `key` copied into output `out`, block by block."""
     orig = src.plan.source_of[key]
     shape = src.reader.shape(orig)
@@ -113,7 +113,7 @@ def pieces(job: Job, src: Source) -> Iterator[Piece]:
             yield Piece(row, arrays, measure=e in measured)
         yield Piece(0, {}, done=1)
     elif t.op == "copy":
-        for row, arrays in _row_pieces(src, t.outputs[0], t.sources[0]):
+        for row, arrays in row_pieces(src, t.outputs[0], t.sources[0]):
             yield Piece(row, arrays)
         yield Piece(0, {}, done=1)
     elif t.op == "stack_experts":
@@ -121,7 +121,7 @@ def pieces(job: Job, src: Source) -> Iterator[Piece]:
         rows = job.float_shapes[out][1]  # (E, rows, cols): expert e's row r is flat row e * rows + r
         measured = set(measured_experts(len(t.sources)))
         for e, key in enumerate(t.sources):
-            for row, arrays in _row_pieces(src, out, key):
+            for row, arrays in row_pieces(src, out, key):
                 yield Piece(e * rows + row, arrays, measure=e in measured)
             yield Piece(0, {}, done=1)
     elif t.op == "stack_experts_mxfp4":  # already packed: one expert's bytes at a time, kept as they are
