@@ -1,0 +1,50 @@
+"""Memory of reading one decoder layer for calibration (`convert/calibrate.py`'s `_load`), without its forward.
+
+    python benchmarks/make_synthetic_fp8.py --out /tmp/fp8-2l --layers 2
+    python benchmarks/calibration_layer_read.py --input /tmp/fp8-2l --layer 1
+    PYTHONPATH=/path/to/older/src python benchmarks/calibration_layer_read.py --input /tmp/fp8-2l --layer 1
+
+Prints one JSON line: the bytes the layer holds in MLX's CPU compute dtype (float32), MLX's peak active
+memory above them while it was read (raw source bytes, dequantization temporaries, expert stack parts),
+and the process's peak RSS. Counted by MLX's allocator, so it does not depend on the machine's load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+from pathlib import Path
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+from mlxseek.checkpoint.keymap import build_plan
+from mlxseek.config import ModelConfig
+from mlxseek.convert import calibrate
+from mlxseek.convert.reader import SourceReader
+from mlxseek.convert.stream import Source
+from mlxseek.models import build_model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--input", type=Path, required=True)
+    ap.add_argument("--layer", type=int, default=1)
+    args = ap.parse_args()
+    cfg = ModelConfig.from_file(args.input)
+    reader = SourceReader(args.input)
+    source = Source(reader, cfg, build_plan(reader.keys(), cfg), mx.float32)
+    layer = build_model(cfg, with_mtp=False).model.layers[args.layer]  # lazy: nothing allocated yet
+    base = mx.get_active_memory()
+    mx.reset_peak_memory()
+    calibrate._load(layer, source, f"model.layers.{args.layer}.")
+    held = sum(v.nbytes for _, v in tree_flatten(layer.parameters()))
+    print(json.dumps({"input": str(args.input), "layer": args.layer, "mlxseek": calibrate.__file__,
+                      "layer_fp32_gb": round(held / 1e9, 3),
+                      "peak_above_layer_gb": round((mx.get_peak_memory() - base - held) / 1e9, 3),
+                      "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 3)}))
+
+
+if __name__ == "__main__":
+    main()
