@@ -1,5 +1,6 @@
-"""Calibration's memory bound, counted rather than timed: one decoder layer resident at a time, and a layer
-read without a second copy of its weights (raw source bytes, float32 temporaries, an expert stack's parts)."""
+"""Calibration's cost, counted rather than timed: one decoder layer resident at a time, a layer read without a
+second copy of its weights (raw source bytes, float32 temporaries, an expert stack's parts), and routed experts
+run as one matmul per expert (the recorder's grouped matmul equals SwitchLinear's gather_mm)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ import weakref
 from pathlib import Path
 
 import mlx.core as mx
+import numpy as np
+import pytest
+from mlx_lm.models.switch_layers import SwitchLinear
 from mlx.utils import tree_flatten
 
 from mlxseek.checkpoint.keymap import build_plan
 from mlxseek.config import ModelConfig
 from mlxseek.convert import calibrate
-from mlxseek.convert.calibrate import collect, read_calibration
+from mlxseek.convert.calibrate import ModuleStats, _SwitchRecorder, collect, read_calibration
 from mlxseek.convert.reader import SourceReader
 from mlxseek.convert.stream import Source
 from mlxseek.models import build_model
@@ -67,3 +71,22 @@ def test_reading_a_moe_layer_holds_it_once_plus_one_expert():
     expert = 4 * src.cfg.moe_intermediate_size * src.cfg.hidden_size
     assert held > 24 * expert
     assert extra <= 8 * expert, (extra, held, expert)
+
+
+@pytest.mark.parametrize("sort", [False, True], ids=["broadcast", "sorted"])
+def test_switch_recorder_output_equals_gather_mm(sort):
+    """Both call shapes of RoutedExperts: x (T, 1, 1, I) with indices (T, K), or sorted rows (T*K, 1, I)."""
+    mx.random.seed(3)
+    lin = SwitchLinear(64, 48, 8, bias=True)
+    lin.bias = mx.random.normal(lin.bias.shape)
+    T, K = 40, 2
+    inds = mx.random.randint(0, 6, (T, K))  # experts 6 and 7 get no row
+    x = mx.random.normal((T, 1, 1, 64))
+    if sort:
+        x, inds = mx.random.normal((T * K, 1, 64)), mx.sort(inds.reshape(-1))
+    stats = ModuleStats(np.zeros(8, np.int64), np.zeros((8, 64)))
+    got = _SwitchRecorder(lin, stats)(x, inds, sorted_indices=sort)
+    want = lin(x, inds, sorted_indices=sort)
+    assert got.shape == want.shape
+    assert mx.abs(got - want).max().item() <= 1e-5 * mx.abs(want).max().item()
+    assert stats.count.sum() == T * K and stats.count[6:].sum() == 0

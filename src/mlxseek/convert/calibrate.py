@@ -105,7 +105,11 @@ class _LinearRecorder(nn.Module):
 
 
 class _SwitchRecorder(nn.Module):
-    """SwitchLinear's call: x (..., 1, I) with indices (...): row t goes through expert indices[t]."""
+    """SwitchLinear's call: x (..., 1, I) with indices (...): row t goes through expert indices[t].
+
+    It also computes the call, as one matmul per expert over the rows routed to it, instead of `gather_mm`:
+    MLX's CPU `gather_mm` runs row by row (1024 rows x 16 experts of 512 x 7168: 4.2 CPU s against 0.3 s
+    for the grouped matmuls), and calibration, unlike decoding, routes thousands of rows at once."""
 
     def __init__(self, inner: SwitchLinear, stats: ModuleStats):
         super().__init__()
@@ -113,10 +117,24 @@ class _SwitchRecorder(nn.Module):
 
     def __call__(self, x, indices, *args, **kw):
         I, E = x.shape[-1], self._stats.count.shape[0]
-        xi = mx.broadcast_to(x[..., 0, :], (*indices.shape, I)).reshape(-1, I).astype(mx.float32)
+        xi = mx.broadcast_to(x[..., 0, :], (*indices.shape, I)).reshape(-1, I)  # (N, I): one row per pair
         idx = indices.reshape(-1)
-        self._stats.add(mx.zeros((E,), mx.int32).at[idx].add(1), mx.zeros((E, I)).at[idx].add(xi * xi))
-        return self.inner(x, indices, *args, **kw)
+        x2 = xi.astype(mx.float32)
+        self._stats.add(mx.zeros((E,), mx.int32).at[idx].add(1), mx.zeros((E, I)).at[idx].add(x2 * x2))
+        return grouped_matmul(self.inner, xi, np.array(idx)).reshape(*indices.shape, 1, -1)
+
+
+def grouped_matmul(layer: SwitchLinear, x: mx.array, idx: np.ndarray) -> mx.array:
+    """layer(x[n], idx[n]) for every row n of x (N, I) -> (N, out): rows grouped by expert, one matmul each."""
+    order = np.argsort(idx, kind="stable")
+    counts = np.bincount(idx, minlength=layer.weight.shape[0])
+    xs, outs, start = x[mx.array(order)], [], 0
+    for e in np.flatnonzero(counts):
+        y = xs[start:start + counts[e]] @ layer.weight[e].T
+        outs.append(y + layer.bias[e] if "bias" in layer else y)
+        mx.eval(outs[-1])  # one expert's temporaries at a time (a transposed weight may be copied)
+        start += counts[e]
+    return mx.concatenate(outs)[mx.array(np.argsort(order))]
 
 
 def attach(root: nn.Module, prefix: str, stats: Statistics) -> None:
