@@ -87,7 +87,7 @@ def _table(rows: list[dict]) -> str:
     lines = ["| input | tool | runs | wall s | cpu s | source GB/s | peak RSS GB | vs mlx_lm (wall) | (cpu) |",
              "|" + "---|" * 9]
     ok = [r for r in rows if r["exit"] == 0]
-    med = lambda tool, gb, key: statistics.median(r[key] for r in ok if r["tool"] == tool and r["target_gb"] == gb)
+    med = lambda tool, gb, key: round(statistics.median(r[key] for r in ok if r["tool"] == tool and r["target_gb"] == gb), 4)
     for gb, tool in dict.fromkeys((r["target_gb"], r["tool"]) for r in ok):
         n = sum(1 for r in ok if r["tool"] == tool and r["target_gb"] == gb)
         ref = any(r["tool"] == "mlx_lm" and r["target_gb"] == gb for r in ok)
