@@ -1,4 +1,4 @@
-"""Memory of reading one decoder layer for calibration (`convert/calibrate.py`'s `_load`), without its forward.
+"""Memory (and the forward's CPU time) of one decoder layer held for calibration (`convert/resident.py`).
 
     python benchmarks/make_synthetic_fp8.py --out /tmp/fp8-2l --layers 2
     python benchmarks/calibration_layer_read.py --input /tmp/fp8-2l --layer 1
@@ -27,7 +27,7 @@ from mlx.utils import tree_flatten
 
 from mlxseek.checkpoint.keymap import build_plan
 from mlxseek.config import ModelConfig
-from mlxseek.convert import calibrate
+from mlxseek.convert import calibrate, resident
 from mlxseek.convert.reader import SourceReader
 from mlxseek.convert.stream import Source
 from mlxseek.layers.masks import causal_mask
@@ -46,7 +46,7 @@ def main() -> None:
     layer = build_model(cfg, with_mtp=False).model.layers[args.layer]  # lazy: nothing allocated yet
     base = mx.get_active_memory()
     mx.reset_peak_memory()
-    calibrate._load(layer, source, f"model.layers.{args.layer}.")
+    resident.load_resident(layer, source, f"model.layers.{args.layer}.")
     held = sum(v.nbytes for _, v in tree_flatten(layer.parameters()))
     extra = {}
     if args.forward_tokens:

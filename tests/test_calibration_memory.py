@@ -17,7 +17,7 @@ from mlx.utils import tree_flatten
 
 from mlxseek.checkpoint.keymap import build_plan
 from mlxseek.config import ModelConfig
-from mlxseek.convert import calibrate
+from mlxseek.convert import resident
 from mlxseek.convert.calibrate import ModuleStats, _SwitchRecorder, collect, read_calibration
 from mlxseek.convert.reader import SourceReader
 from mlxseek.convert.stream import Source
@@ -62,7 +62,7 @@ def test_reading_a_moe_layer_holds_it_once_plus_one_expert():
     gc.collect()
     base = mx.get_active_memory()
     mx.reset_peak_memory()
-    calibrate._load(layer, src, f"model.layers.{i}.")
+    resident.load_resident(layer, src, f"model.layers.{i}.")
     held = _nbytes(layer)
     extra = mx.get_peak_memory() - base - held
     # What a few source tensors cost while one is read and dequantized (its raw bytes, block scales and float32

@@ -29,14 +29,13 @@ from mlx import nn
 from mlx_lm.models.switch_layers import SwitchLinear
 
 from ..backend import backend_policy
-from ..checkpoint.keymap import Target
 from ..errors import ConversionError
 from ..layers.masks import causal_mask
 from ..models import build_model
 from ..models.families import has
 from .quantize import is_router
-from .reader import ShapeOnly
-from .stream import Source, row_pieces
+from .resident import load_resident as _load
+from .stream import Source
 
 CALIBRATION_CTX = 512  # tokens per chunk (clipped to max_position_embeddings)
 BATCH_TOKENS = 4096  # tokens per forward: chunks are batched up to this
@@ -210,39 +209,6 @@ def read_calibration(path: str | Path, src: Path, *, ctx: int, limit: int, vocab
     if len(ids) < 2:
         raise ConversionError(f"--calibration {path}: holds {len(ids)} token(s); give it some text")
     return make_batches(ids, bos=tok.bos_token_id, ctx=ctx, limit=limit, batch_tokens=batch_tokens)
-
-
-def _load(root: nn.Module, source: Source, prefix: str, *, relative: bool = True) -> None:
-    """Materialize every target under `prefix` into `root` (named relative to `prefix`, or in full), one
-    target at a time: the peak is what `root` holds plus one piece in flight (see `_filled`)."""
-    mat = source.materializer(source.reader)
-    cut = len(prefix) if relative else 0
-    for t in source.plan.targets:
-        if not t.outputs[0].startswith(prefix):
-            continue
-        if t.op in ("copy", "stack_experts"):
-            arrays = {t.outputs[0]: _filled(source, t)}
-        else:  # the split kv_b (small) and packed FP4 stacks: whole
-            arrays = mat.materialize(t)
-            mx.eval(arrays)
-        root.load_weights([(k[cut:], v) for k, v in arrays.items()], strict=False)
-
-
-def _filled(source: Source, t: Target) -> mx.array:
-    """`materialize(t)[out]` of a copy or stack_experts target, written piece by piece (the converter's row
-    blocks: FP8-block aligned, so the values are the same) into one preallocated array; MLX donates its
-    buffer to each slice update. Never a whole dequantized matrix beside its raw bytes and float32
-    temporaries, nor a stack beside its parts."""
-    out, stack = t.outputs[0], t.op == "stack_experts"
-    shape = source.materializer(ShapeOnly(source.reader)).materialize(t)[out].shape  # lazy: nothing is read
-    buf = None
-    for e, key in enumerate(t.sources):
-        for row, piece in row_pieces(source, out, key):
-            a = piece[out]
-            buf = mx.zeros(shape, a.dtype) if buf is None else buf
-            buf[(e, slice(row, row + a.shape[0])) if stack else slice(row, row + a.shape[0])] = a
-            mx.eval(buf)
-    return buf
 
 
 def collect(source: Source, batches: list[np.ndarray], *, ram_bytes: int = RAM_BYTES, on_layer=None) -> Statistics:
