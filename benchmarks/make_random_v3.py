@@ -39,10 +39,12 @@ def main() -> None:
     ap.add_argument("--bits", type=int, help="0 for unquantized; default per preset (4)")
     ap.add_argument("--group-size", type=int, help="default per preset")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--layers", type=int, help="decoder layers instead of the preset's (2: the ~1 GB bf16 source)")
     args = ap.parse_args()
     bits, gs = DEFAULT_QUANT[args.preset]
+    config = dict(PRESETS[args.preset], **({"num_hidden_layers": args.layers} if args.layers else {}))
     out = write_random_checkpoint(
-        args.out, PRESETS[args.preset], bits=bits if args.bits is None else args.bits,
+        args.out, config, bits=bits if args.bits is None else args.bits,
         group_size=args.group_size or gs, seed=args.seed,
     )
     size = sum(f.stat().st_size for f in out.glob("*.safetensors"))

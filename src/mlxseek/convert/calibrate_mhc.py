@@ -23,7 +23,8 @@ from ..backend import backend_policy
 from ..checkpoint.keymap import DRAFTER_PREFIXES
 from ..layers.v4.mhc import expand_streams
 from ..models import build_model
-from .calibrate import RAM_BYTES, Activations, Statistics, _Holder, _LinearRecorder, _load, attach, check_runner
+from .calibrate import RAM_BYTES, Activations, Statistics, _Holder, _LinearRecorder, attach, check_runner
+from .resident import load_resident as _load
 from .quantize import is_router
 from .stream import Source
 
@@ -61,6 +62,7 @@ def collect_mhc(source: Source, batches: list[np.ndarray], *, ram_bytes: int = R
                 acts.put(k, layer(acts.get(k, source.dtype), mx.array(b), None))
             on_layer(prefix, layer, stats)
             backbone.layers[i] = nn.Identity()  # drop its weights before the next layer is read
+            del layer  # this frame's reference too, or clear_cache frees nothing (as calibrate._through_layer)
             mx.clear_cache()
         _load(backbone.hc_head, source, "model.hc_head.")
         _load(backbone.norm, source, "model.norm.")

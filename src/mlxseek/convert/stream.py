@@ -59,7 +59,7 @@ class Piece(NamedTuple):
     measure: bool = True  # compute its quantization error for the report
 
 
-def _row_pieces(src: Source, out: str, key: str) -> Iterator[tuple[int, dict[str, mx.array]]]:
+def row_pieces(src: Source, out: str, key: str) -> Iterator[tuple[int, dict[str, mx.array]]]:
     """(first row, {out: lazy array}) for renamed source `key` copied into output `out`, block by block."""
     orig = src.plan.source_of[key]
     shape = src.reader.shape(orig)
@@ -79,6 +79,27 @@ def _row_pieces(src: Source, out: str, key: str) -> Iterator[tuple[int, dict[str
         yield r, src.materializer(window).materialize(target)
 
 
+def _stack_pieces(src: Source, out: str, key: str) -> Iterator[tuple[int, int, dict[str, mx.array]]]:
+    """(expert, first flat row, {out: lazy array}) for an already stacked (E, rows, cols) float source (mlx-lm's
+    `switch_mlp` layout) larger than a piece: read one expert at a time and cut into row blocks, as the
+    per-expert keys of an official release are, instead of quantizing the whole stack in one piece."""
+    orig = src.plan.source_of[key]
+    E, rows, cols = src.reader.shape(orig)
+    target = Target("copy", (out,), (key,))
+    step = max(max(GROUP_SIZES), PIECE_BYTES // (4 * cols) // max(GROUP_SIZES) * max(GROUP_SIZES))
+    for e in range(E):
+        a = src.materializer(RowWindow(src.reader, orig, e, e + 1)).materialize(target)[out]  # (1, rows, cols)
+        for r in range(0, rows, step):
+            yield e, e * rows + r, {out: a[0, r:r + step]}
+
+
+def _is_float_stack(src: Source, key: str) -> bool:
+    orig = src.plan.source_of[key]
+    shape = src.reader.shape(orig)
+    return (len(shape) == 3 and src.reader.dtype(orig) in ("BF16", "F16", "F32")
+            and 4 * math.prod(shape) > PIECE_BYTES)
+
+
 def measured_experts(n: int) -> range:
     """The experts of an n-expert stack whose quantization error is measured: evenly spaced."""
     return range(0, n, max(1, n // MEASURED_EXPERTS))
@@ -86,8 +107,13 @@ def measured_experts(n: int) -> range:
 
 def pieces(job: Job, src: Source) -> Iterator[Piece]:
     t = job.target
-    if t.op == "copy":
-        for row, arrays in _row_pieces(src, t.outputs[0], t.sources[0]):
+    if t.op == "copy" and _is_float_stack(src, t.sources[0]):
+        measured = set(measured_experts(src.reader.shape(src.plan.source_of[t.sources[0]])[0]))
+        for e, row, arrays in _stack_pieces(src, t.outputs[0], t.sources[0]):
+            yield Piece(row, arrays, measure=e in measured)
+        yield Piece(0, {}, done=1)
+    elif t.op == "copy":
+        for row, arrays in row_pieces(src, t.outputs[0], t.sources[0]):
             yield Piece(row, arrays)
         yield Piece(0, {}, done=1)
     elif t.op == "stack_experts":
@@ -95,7 +121,7 @@ def pieces(job: Job, src: Source) -> Iterator[Piece]:
         rows = job.float_shapes[out][1]  # (E, rows, cols): expert e's row r is flat row e * rows + r
         measured = set(measured_experts(len(t.sources)))
         for e, key in enumerate(t.sources):
-            for row, arrays in _row_pieces(src, out, key):
+            for row, arrays in row_pieces(src, out, key):
                 yield Piece(e * rows + row, arrays, measure=e in measured)
             yield Piece(0, {}, done=1)
     elif t.op == "stack_experts_mxfp4":  # already packed: one expert's bytes at a time, kept as they are
@@ -188,7 +214,8 @@ def _store(writer: ShardWriter, o: _Out, errors: dict) -> None:
     if o.terms is not None:
         stats = errors.get(name)
         if stats is None:
-            sampled = len(measured_experts(shape[0])) if job.target.op == "stack_experts" else None
+            stacked = job.target.op == "stack_experts" or (len(shape) == 3 and o.shape != tuple(shape))
+            sampled = len(measured_experts(shape[0])) if stacked else None
             stats = errors[name] = TensorError(shape, params["bits"], params["group_size"], sampled,
                                                row_stride=MEASURED_ROW_STRIDE)
         stats.add(np.array(o.terms), o.measured)
