@@ -24,8 +24,8 @@ from ..checkpoint.keymap import DRAFTER_PREFIXES
 from ..layers.v4.mhc import expand_streams
 from ..models import build_model
 from .calibrate import RAM_BYTES, Activations, Statistics, _Holder, _LinearRecorder, attach, check_runner
-from .resident import load_resident as _load
 from .quantize import is_router
+from .resident import load_resident as _load
 from .stream import Source
 
 
