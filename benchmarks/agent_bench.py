@@ -48,21 +48,12 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 DEFAULT_MODELS = {"v3": FIXTURES / "v3", "v3.2": FIXTURES / "v32", "v4": FIXTURES / "v4_flash"}
 USER_ID, ASSISTANT_ID = 5, 6
-# V4.1's schedule in miniature (tests/v41_fixture.py's TINY with a context for 16K-token sessions):
-# window-only layers, ratio-2 and ratio-1 KV sources with reuse layers, index sources, the two-level top-k.
-V41_TINY = {
-    "model_type": "deepseek_v41", "vocab_size": 1024, "hidden_size": 64, "num_hidden_layers": 10,
-    "num_attention_heads": 4, "head_dim": 64, "q_lora_rank": 32, "qk_rope_head_dim": 16, "o_groups": 2,
-    "o_lora_rank": 16, "moe_intermediate_size": 32, "n_routed_experts": 8, "num_experts_per_tok": 2,
-    "n_shared_experts": 1, "routed_scaling_factor": 1.5, "swiglu_limit": 10.0, "rms_norm_eps": 1e-6,
-    "sliding_window": 8, "compress_ratios": [0, 0, 2, 2, 2, 1, 1, 1, 1, 1],
-    "kv_source_layer_ids": [2, 5], "index_source_layer_ids": [2, 4, 5, 7, 9], "candidate_source_layer_id": 5,
-    "candidate_topk_blocks": 3, "candidate_block_size": 4, "index_n_heads": 2, "index_head_dim": 32,
-    "index_topk": 6, "rope_theta": 10000.0, "compress_rope_theta": 160000.0,
-    "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32, "beta_fast": 32,
-                     "beta_slow": 1},
-    "max_position_embeddings": 65536, "hc_mult": 4, "hc_sinkhorn_iters": 20, "hc_eps": 1e-6,
-}
+# V4.1's schedule in miniature: tests/v41_fixture.py's TINY (window-only layers, ratio-2 and ratio-1 KV sources
+# with reuse layers, index sources, the two-level top-k) with a context and vocabulary for 16K-token sessions.
+sys.path.insert(0, str(ROOT / "tests"))
+from v41_fixture import TINY  # noqa: E402
+
+V41_TINY = {**TINY, "vocab_size": 1024, "rms_norm_eps": 1e-6, "max_position_embeddings": 65536}
 MARKS = {"user": USER_ID, "assistant": ASSISTANT_ID}
 
 

@@ -115,6 +115,12 @@ def implements(cls: type) -> list[str]:
     return missing
 
 
+def trim_rows(cache, n: int) -> int:
+    """mlx-lm's `trim` for a batch of independent rows (`cache.batch_size`, `cache.trim_row(row, n)`): every
+    row rolls back by up to n; the answer is the least any row gave back."""
+    return min((cache.trim_row(r, n) for r in range(cache.batch_size)), default=0)
+
+
 NOTHING = Capabilities(cut=False, batch=False, quantize=False)  # a cache outside this protocol
 
 

@@ -24,7 +24,7 @@ from mlx_lm.models.cache import _BaseCache
 
 from ..errors import BatchingError
 from .mla import DSACache, LatentCache
-from .protocol import Capabilities, CacheState, CacheStateError, cut, owned
+from .protocol import Capabilities, CacheState, CacheStateError, cut, owned, trim_rows
 
 STEP = 256  # capacity grows in whole steps, as mlx-lm's KVCache does
 
@@ -141,8 +141,7 @@ class BatchLatentCache(_BaseCache):
         return True
 
     def trim(self, n: int) -> int:
-        """Roll every row back by n tokens (mlx-lm's protocol); returns the least any row gave back."""
-        return min((self.trim_row(r, n) for r in range(self.batch_size)), default=0)
+        return trim_rows(self, n)
 
     def size(self) -> int:
         return self.width

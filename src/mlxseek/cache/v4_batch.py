@@ -16,7 +16,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import _BaseCache
 
 from ..errors import BatchingError
-from .protocol import Capabilities, CacheState, CacheStateError, cut, pack_rows, unpack_rows
+from .protocol import Capabilities, CacheState, CacheStateError, cut, pack_rows, trim_rows, unpack_rows
 from .v4 import V4LayerCache
 from .v4_rings import BatchCompressor, BatchWindow
 
@@ -101,7 +101,7 @@ class BatchV4Cache(_BaseCache):
         return True
 
     def trim(self, n: int) -> int:
-        return min((self.trim_row(r, n) for r in range(self.batch_size)), default=0)
+        return trim_rows(self, n)
 
     def size(self) -> int:
         return max(self.window.offset, default=0)

@@ -65,16 +65,27 @@ V4_BLOCK_RENAMES: list[tuple[re.Pattern, str]] = [
 def v4_rename(key: str, dspark: bool = False) -> str:
     """One official V4 key -> its mlxseek path; unknown keys pass through (and are reported unused)."""
     key = re.sub(r"\.scale$", "." + "weight" + SCALE_SUFFIX, key)
-    for pat, repl, block in DSPARK_TOP_RENAMES if dspark else V4_TOP_RENAMES:
+    renamed = rename_by_tables(key, DSPARK_TOP_RENAMES if dspark else V4_TOP_RENAMES, V4_BLOCK_RENAMES)
+    return key if renamed is None else renamed
+
+
+def rename_by_tables(key: str, top: list, block: list, *, strict: bool = False) -> str | None:
+    """Two-level renaming (this file's tables and export_v4's inverse ones): the first top rule `key` matches
+    renames its head; after a block rule the first block rule matching the rest renames it (none matching:
+    the rest is kept, or None when strict). None when no top rule matches."""
+    for pat, repl, is_block in top:
         m = pat.match(key)
-        if m:
-            head, rest = m.expand(repl), key[m.end():]
-            if block:
-                for bpat, brepl in V4_BLOCK_RENAMES:
-                    if bpat.match(rest):
-                        return head + bpat.sub(brepl, rest, count=1)
-            return head + rest
-    return key
+        if not m:
+            continue
+        head, rest = m.expand(repl), key[m.end():]
+        if is_block:
+            for bpat, brepl in block:
+                if bpat.match(rest):
+                    return head + bpat.sub(brepl, rest, count=1)
+            if strict:
+                return None
+        return head + rest
+    return None
 
 
 def official_v4_key(key: str, dspark: bool = False) -> str:

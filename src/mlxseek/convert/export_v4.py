@@ -15,6 +15,7 @@ from collections import OrderedDict
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
+from ..checkpoint.v4_names import rename_by_tables
 from ..errors import ConversionError
 
 # internal -> official, top level (first match wins; True: the rest is a block path, renamed by _BLOCK)
@@ -61,16 +62,10 @@ _FLOAT32 = re.compile(r"(hc_(attn|ffn|head)_(fn|base|scale)|attn_sink|\.ape|ffn\
 
 def official_v4_name(key: str) -> str:
     """One internal V4 path -> its official name; stacked experts keep an `{e}` slot to fill."""
-    for pat, repl, block in _TOP:
-        m = pat.match(key)
-        if not m:
-            continue
-        head, rest = m.expand(repl), key[m.end():]
-        if not block:
-            return head + rest
-        for bpat, brepl in _BLOCK:
-            if bpat.match(rest):
-                return head + bpat.sub(brepl, rest, count=1)
+    # a block path no block rule names matches no later top rule either (the top rules are disjoint)
+    name = rename_by_tables(key, _TOP, _BLOCK, strict=True)
+    if name is not None:
+        return name
     raise ConversionError(f"{key}: no official DeepSeek-V4 name for this parameter (export_v4 knows V4 + MTP only)")
 
 

@@ -13,7 +13,9 @@ new, stronger one. Evidence: tests/fixtures/make_chat_goldens.py V4_0731_EVIDENC
 
 from __future__ import annotations
 
-from .dsml import encode_block, to_json
+from dataclasses import dataclass
+
+from .dsml import PLAIN, Tags, encode_block, to_json
 from .tokens import (
     ASSISTANT,
     BOS,
@@ -127,20 +129,42 @@ def _user(parts: list[tuple]) -> str:
                               for text, call_id in parts)
 
 
-def render(messages: list[dict], *, tools: list[dict], thinking: bool, reasoning_effort: str | None,
-           v0731: bool = False) -> str:
+@dataclass(frozen=True)
+class Dialect:
+    """What a V4-family encoder changes in V4's per-message loop (V4.1's: formats/v41.py)."""
+
+    block: str = "tool_calls"  # the DSML block name around an assistant's calls
+    tags: Tags = PLAIN  # DSML tag names (V4.1 spaces them)
+    later_system: str = ""  # opens a system message after the first (V4.1: <｜System｜>)
+    later_system_asks: bool = False  # such a message counts as a user turn (gets the assistant prefix)
+
+
+V4_DIALECT = Dialect()
+
+
+def prepare_turns(messages: list[dict], tools: list[dict]) -> list[dict]:
+    """merge_turns, plus the empty system turn the encoders open with when tools are given and none is."""
     turns = merge_turns(messages)
     if tools and turns[0]["role"] != "system":
         turns.insert(0, {"role": "system", "content": ""})
-    keep_reasoning = bool(tools)  # the encoder stops dropping earlier reasoning when tools are present
-    last_user = max((i for i, t in enumerate(turns) if t["role"] == "user"), default=-1)
+    return turns
+
+
+def render_turns(turns: list[dict], *, head: str, tools_text: str, thinking: bool,
+                 dialect: Dialect = V4_DIALECT) -> str:
+    """The prompt after BOS: `head` before the first turn, `tools_text` after the first system message."""
+    keep_reasoning = bool(tools_text)  # the encoder stops dropping earlier reasoning when tools are present
+    asks = [t["role"] == "user" or (dialect.later_system_asks and t["role"] == "system" and i > 0)
+            for i, t in enumerate(turns)]
+    last_user = max((i for i, a in enumerate(asks) if a), default=-1)
     out = [BOS]
     for i, t in enumerate(turns):
-        if i == 0 and thinking:
-            out.append(effort_prompt(reasoning_effort, v0731=v0731))
+        if i == 0:
+            out.append(head)
         role = t["role"]
         if role == "system":
-            out.append(t["content"] + ("\n\n" + tools_prompt(tools) if tools and i == 0 else ""))
+            out.append((dialect.later_system if i > 0 else "") + t["content"]
+                       + ("\n\n" + tools_text if tools_text and i == 0 else ""))
         elif role == "user":
             out.append(_user(t["parts"]))
         elif role == "latest_reminder":
@@ -149,10 +173,17 @@ def render(messages: list[dict], *, tools: list[dict], thinking: bool, reasoning
             reasoning = ""
             if thinking and (keep_reasoning or i > last_user):
                 reasoning = (t["reasoning_content"] or "") + THINK_END
-            calls = encode_block(t["tool_calls"], "tool_calls") if t["tool_calls"] else ""
+            calls = encode_block(t["tool_calls"], dialect.block, dialect.tags) if t["tool_calls"] else ""
             out.append(reasoning + (t["content"] or "") + calls + EOS)
         nxt = turns[i + 1]["role"] if i + 1 < len(turns) else None
-        if role == "user" and nxt in (None, "assistant", "latest_reminder"):
+        if asks[i] and nxt in (None, "assistant", "latest_reminder"):
             opens = thinking and (keep_reasoning or i >= last_user)
             out.append(ASSISTANT + (THINK_START if opens else THINK_END))
     return "".join(out)
+
+
+def render(messages: list[dict], *, tools: list[dict], thinking: bool, reasoning_effort: str | None,
+           v0731: bool = False) -> str:
+    head = effort_prompt(reasoning_effort, v0731=v0731) if thinking else ""
+    return render_turns(prepare_turns(messages, tools), head=head, tools_text=tools_prompt(tools) if tools else "",
+                        thinking=thinking)

@@ -15,15 +15,16 @@ Evidence and goldens: tests/fixtures/make_chat_goldens.py V41_EVIDENCE.
 from __future__ import annotations
 
 from ..errors import ChatFormatError
-from .dsml import SPACED, encode_block, to_json
-from .tokens import ASSISTANT, BOS, DSML, EOS, LATEST_REMINDER, SYSTEM, THINK_END, THINK_START
-from .v4 import TOOLS_PROMPT, _user, merge_turns
+from .dsml import SPACED, to_json
+from .tokens import DSML, SYSTEM, THINK_END, THINK_START
+from .v4 import TOOLS_PROMPT, Dialect, prepare_turns, render_turns
 
 BLOCK = " calls"
 EFFORTS = {"low": 50, "high": 75, "max": 100}  # the released encoder's table (vLLM PR #58316 aligned to it)
 DEFAULT_EFFORT = "high"
 EFFORT_LINE = "Reasoning Effort: {} (range 1-100, the higher the value, the more thorough the reasoning)\n\n"
 IMAGE_PLACEHOLDER = "<｜deepseek_image｜>"
+DIALECT = Dialect(block=BLOCK, tags=SPACED, later_system=SYSTEM, later_system_asks=True)
 
 
 def effort_budget(reasoning_effort: str | int | None) -> int:
@@ -57,32 +58,8 @@ def _check_no_image_token(messages: list[dict]) -> None:
 def render(messages: list[dict], *, tools: list[dict], thinking: bool, reasoning_effort: str | int | None) -> str:
     _check_no_image_token(messages)
     effort = EFFORT_LINE.format(effort_budget(reasoning_effort)) if thinking else ""
-    turns = merge_turns(messages)
-    if tools and turns[0]["role"] != "system":
-        turns.insert(0, {"role": "system", "content": ""})
-    keep_reasoning = bool(tools)  # the encoder stops dropping earlier reasoning when tools are present
-    asks = [t["role"] == "user" or (t["role"] == "system" and i > 0) for i, t in enumerate(turns)]
-    last_user = max((i for i, a in enumerate(asks) if a), default=-1)
-    out = [BOS]
-    for i, t in enumerate(turns):
-        role = t["role"]
-        if i == 0 and (effort or role == "system"):
-            out.append(SYSTEM + effort)
-        if role == "system":
-            out.append((SYSTEM if i > 0 else "") + t["content"]
-                       + ("\n\n" + tools_prompt(tools) if tools and i == 0 else ""))
-        elif role == "user":
-            out.append(_user(t["parts"]))
-        elif role == "latest_reminder":
-            out.append(LATEST_REMINDER + t["content"])
-        else:
-            reasoning = ""
-            if thinking and (keep_reasoning or i > last_user):
-                reasoning = (t["reasoning_content"] or "") + THINK_END
-            calls = encode_block(t["tool_calls"], BLOCK, SPACED) if t["tool_calls"] else ""
-            out.append(reasoning + (t["content"] or "") + calls + EOS)
-        nxt = turns[i + 1]["role"] if i + 1 < len(turns) else None
-        if asks[i] and nxt in (None, "assistant", "latest_reminder"):
-            opens = thinking and (keep_reasoning or i >= last_user)
-            out.append(ASSISTANT + (THINK_START if opens else THINK_END))
-    return "".join(out)
+    turns = prepare_turns(messages, tools)
+    # <｜System｜> opens the prompt when the first message is a system one or the effort line is written
+    head = SYSTEM + effort if effort or (turns and turns[0]["role"] == "system") else ""
+    return render_turns(turns, head=head, tools_text=tools_prompt(tools) if tools else "", thinking=thinking,
+                        dialect=DIALECT)
