@@ -60,7 +60,7 @@ def test_logits_match_mlx_lm_with_fake_quant(pair, monkeypatch):
         _fake_quant_off(ours, monkeypatch)
         off = mx.abs(ref(ids) - ours(ids)).max().item()
     finally:
-        ours.set_fake_quant(True)
+        ours.set_fake_quant(True, activations=False)
     assert off < NOISE, "the rows that differ are not the fake quant's rounding"
 
 
@@ -95,7 +95,7 @@ def test_16_greedy_tokens_match_mlx_lm_fake_quant_off(pair, monkeypatch):
         _fake_quant_off(ours, monkeypatch)
         assert _greedy(ours, ids, 16) == _greedy(ref, ids, 16)
     finally:
-        ours.set_fake_quant(True)
+        ours.set_fake_quant(True, activations=False)
 
 
 def test_greedy_tokens_with_fake_quant_mostly_match_mlx_lm(pair):
@@ -131,7 +131,7 @@ def test_prefill_equals_chunked_and_token_by_token(pair, chunks):
         ours.set_fake_quant(False)
         off = mx.abs(_chunked(ours, ids, chunks) - ours(ids)).max().item()
     finally:
-        ours.set_fake_quant(True)
+        ours.set_fake_quant(True, activations=False)
     print(f"chunks {chunks[:3]}...: max diff {off:.2e} with fake quant off")
     assert off < NOISE
     _assert_mostly_tight(_chunked(ours, ids, chunks), ours(ids), f"chunks {chunks[:3]}...")
