@@ -10,10 +10,10 @@ Provenance: transformers' V4.1 port (`_fake_quant_fp8_block`, `_fake_quant_fp4_b
 block does not divide passes through unquantized, as in both references (tiny test configs).
 Matmul inputs: DeepSeek's reference also rounds the *input* of each linear whose weight is stored FP8/FP4 to
 FP8 (`linear()` -> `act_quant` before `fp8_gemm`/`fp4_gemm`, ue8m0 scales; vLLM's V4.1 path does the same,
-MXFP8); the port and mlx-lm do not. `set_fake_quant(True, activations=True)` does it with `fake_fp8` per weight
-block column (32): wq_a, wq_b (attention and indexer), wkv, wo_b, shared and routed experts, the route weight
-applied before w2's input is rounded, as in DeepSeek's Expert.forward. Off by default: it is the kernels'
-arithmetic, not the model's, and moves the tiny fixture's logits by ~0.09 (README, V4.1).
+MXFP8); the port and mlx-lm do not. mlxseek follows DeepSeek: a built V4.1 does it (`set_fake_quant(True)`)
+with `fake_fp8` per weight block column (32): wq_a, wq_b (attention and indexer), wkv, wo_b, shared and routed
+experts, the route weight applied before w2's input is rounded, as in DeepSeek's Expert.forward. It moves the
+tiny fixture's logits by ~0.09 (README, V4.1); `set_fake_quant(True, activations=False)` is the port's forward.
 Each function takes x (..., C) and returns the quantized-then-dequantized values in x's dtype.
 """
 
