@@ -16,7 +16,7 @@ WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters":
     "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}}}
 CALL = {"id": "x", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo", "days": 2}'}}
 USER = [{"role": "user", "content": "Weather in Oslo?"}]
-THINKING = {"v3": None, "r1": None, "v3.1": True, "v3.2": True, "v4": True, "v4-0731": True}
+THINKING = {"v3": None, "r1": None, "v3.1": True, "v3.2": True, "v4": True, "v4-0731": True, "v4.1": True}
 
 
 def written_reply(style: str) -> str:
@@ -27,7 +27,7 @@ def written_reply(style: str) -> str:
     full = render_chat(msgs, style=style, add_generation_prompt=False, **kw)
     turn = full[len(render_chat(USER, style=style, add_generation_prompt=False, **kw)):]
     turn = turn.removesuffix("<｜end▁of▁sentence｜>")
-    if style in ("v3.2", "v4", "v4-0731"):  # the user turn already carried <｜Assistant｜><think>; the turn is the reply
+    if style in ("v3.2", "v4", "v4-0731", "v4.1"):  # the user turn carried <｜Assistant｜><think>; the turn is the reply
         return "I should call the tool twice." + turn
     turn = turn.removeprefix("<｜Assistant｜>").removeprefix("</think>")
     if style == "r1":  # R1's template writes the calls, then the content as a turn of its own
@@ -63,7 +63,8 @@ def test_stream_generate_splits_reasoning_content_and_tool_calls(tok, style):
     assert [(c.name, json.loads(c.arguments)) for c in calls] == [("get_weather", {"city": "Oslo", "days": 2})] * 2
     assert expected.reasoning.rstrip("\n") == ("" if style == "v3" else "I should call the tool twice.")
     assert len({c.id for c in calls}) == 2
-    end_tag = "</｜DSML｜invoke>" if style in ("v3.2", "v4", "v4-0731") else "<｜tool▁call▁end｜>"
+    end_tag = {"v3.2": "</｜DSML｜invoke>", "v4": "</｜DSML｜invoke>", "v4-0731": "</｜DSML｜invoke>",
+               "v4.1": "</｜DSML｜ invoke>"}.get(style, "<｜tool▁call▁end｜>")  # V4.1's DSML tags have a space
     seen, emitted = "", 0
     for r in records:  # a call comes out with the record whose text completes it, never before or after
         seen += r.text
