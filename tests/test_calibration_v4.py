@@ -15,9 +15,10 @@ from v4_calibration_kit import FIX, statistics, tensors, unpacked_source, weight
 
 import mlxseek
 from mlxseek.config import ModelConfig
-from mlxseek.convert.calibrate import CALIBRATION_CTX, Statistics, _load, attach, collect, read_calibration
+from mlxseek.convert.calibrate import CALIBRATION_CTX, Statistics, attach, collect, read_calibration
 from mlxseek.convert.calibrate_mhc import build_stored, collect_mhc
 from mlxseek.convert.requantize import requantizes_fp4
+from mlxseek.convert.resident import load_resident
 from mlxseek.convert.stream import Source
 from mlxseek.errors import ConversionError
 
@@ -134,8 +135,8 @@ def test_streaming_statistics_equal_a_whole_model_forward(converted):
     source, streamed = statistics(src, text, TOKENS)
     source = dataclasses.replace(source, dtype=mx.float32)  # the pass's compute dtype on the CPU backend
     model = build_stored(source)
-    _load(model, source, "model.", relative=False)
-    _load(model, source, "lm_head.", relative=False)
+    load_resident(model, source, "model.", relative=False)
+    load_resident(model, source, "lm_head.", relative=False)
     whole = Statistics()
     for i, layer in enumerate(model.model.layers):
         attach(layer, f"model.layers.{i}.", whole)

@@ -34,7 +34,7 @@ from ..layers.masks import causal_mask
 from ..models import build_model
 from ..models.families import family_of
 from .quantize import is_router
-from .resident import load_resident as _load
+from .resident import load_resident
 from .stream import Source
 
 CALIBRATION_CTX = 512  # tokens per chunk (clipped to max_position_embeddings)
@@ -231,13 +231,13 @@ def collect(source: Source, batches: list[np.ndarray], *, ram_bytes: int = RAM_B
     check_runner(cfg, "mla")
     # The backend policy's compute dtype (float32 on MLX's CPU backend, whose gather_mm takes nothing else).
     source = dataclasses.replace(source, dtype=backend_policy().dtype)
-    model = build_model(cfg, with_mtp=source.plan.has_mtp)  # lazy: only what _load fills is ever allocated
+    model = build_model(cfg, with_mtp=source.plan.has_mtp)  # lazy: only what load_resident fills is ever allocated
     measuring, on_layer = on_layer is not None, on_layer or (lambda *_: None)
     stats = Statistics.of(batches)
     width = 4 * cfg.hidden_size * stats.tokens
     with tempfile.TemporaryDirectory(prefix="mlxseek-calibration-") as tmp:
         acts = Activations(Path(tmp) if width > ram_bytes else None)
-        _load(model.model.embed_tokens, source, "model.embed_tokens.")
+        load_resident(model.model.embed_tokens, source, "model.embed_tokens.")
         for k, b in enumerate(batches):
             acts.put(k, model.model.embed_tokens(mx.array(b)))
         on_layer("model.", _Holder(embed_tokens=model.model.embed_tokens), stats)
@@ -246,13 +246,13 @@ def collect(source: Source, batches: list[np.ndarray], *, ram_bytes: int = RAM_B
             mx.clear_cache()  # hand the dropped embedding's or layer's buffers back before the next is read
             _through_layer(model.model.layers, i, source, batches, acts, stats, on_layer)
         mx.clear_cache()
-        _load(model.model.norm, source, "model.norm.")
+        load_resident(model.model.norm, source, "model.norm.")
         head = stats.get("lm_head", 1, cfg.hidden_size)
         for k in range(len(batches)):
             h = model.model.norm(acts.get(k, source.dtype))
             _LinearRecorder(nn.Identity(), head)(h)  # lm_head's input only: its (T, vocab) output is not needed
     if measuring:  # the statistics need only lm_head's input; its (vocab, D) weight is read to be measured
-        _load(model.lm_head, source, "lm_head.")
+        load_resident(model.lm_head, source, "lm_head.")
         on_layer("", _Holder(lm_head=model.lm_head), stats)
     model.lm_head = nn.Identity()
     stats.weight_only.append("model.embed_tokens")
@@ -260,7 +260,7 @@ def collect(source: Source, batches: list[np.ndarray], *, ram_bytes: int = RAM_B
         stats.weight_only += ["mtp." + rel for rel, m in model.mtp.named_modules()
                               if rel and hasattr(m, "to_quantized") and not is_router("mtp." + rel)]
         if measuring:
-            _load(model.mtp, source, "mtp.")
+            load_resident(model.mtp, source, "mtp.")
             on_layer("mtp.", model.mtp, stats)
     return stats
 
@@ -271,7 +271,7 @@ def _through_layer(layers: list, i: int, source: Source, batches, acts: Activati
     dropped: the model's reference goes first, this frame's on return, so the next layer is read alone."""
     layer, prefix = layers[i], f"model.layers.{i}."
     layers[i] = nn.Identity()
-    _load(layer, source, prefix)
+    load_resident(layer, source, prefix)
     attach(layer, prefix, stats)
     for k, b in enumerate(batches):
         acts.put(k, layer(acts.get(k, source.dtype), causal_mask(b.shape[1], 0), None))
@@ -292,8 +292,8 @@ def collect_in_memory(source: Source, batches: list[np.ndarray]) -> Statistics:
     `collect` is tested against (it needs the model's size in memory, so conversion never uses it)."""
     source = dataclasses.replace(source, dtype=backend_policy().dtype)
     model = build_model(source.cfg, with_mtp=False)
-    _load(model, source, "model.", relative=False)
-    _load(model, source, "lm_head.", relative=False)
+    load_resident(model, source, "model.", relative=False)
+    load_resident(model, source, "lm_head.", relative=False)
     stats = Statistics.of(batches)
     for i, layer in enumerate(model.model.layers):
         attach(layer, f"model.layers.{i}.", stats)

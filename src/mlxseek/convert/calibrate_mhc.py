@@ -25,7 +25,7 @@ from ..layers.v4.mhc import expand_streams
 from ..models import build_model
 from .calibrate import RAM_BYTES, Activations, Statistics, _Holder, _LinearRecorder, attach, check_runner
 from .quantize import is_router
-from .resident import load_resident as _load
+from .resident import load_resident
 from .stream import Source
 
 
@@ -49,14 +49,14 @@ def collect_mhc(source: Source, batches: list[np.ndarray], *, ram_bytes: int = R
     width = 4 * cfg.hc_mult * cfg.hidden_size * stats.tokens  # float32 streams of every token
     with tempfile.TemporaryDirectory(prefix="mlxseek-calibration-") as tmp:
         acts = Activations(Path(tmp) if width > ram_bytes else None)
-        _load(backbone.embed_tokens, source, "model.embed_tokens.")
+        load_resident(backbone.embed_tokens, source, "model.embed_tokens.")
         for k, b in enumerate(batches):
             acts.put(k, expand_streams(backbone.embed_tokens(mx.array(b)), cfg.hc_mult))
         on_layer("model.", _Holder(embed_tokens=backbone.embed_tokens), stats)
         backbone.embed_tokens = nn.Identity()
         for i in range(len(backbone.layers)):
             layer, prefix = backbone.layers[i], f"model.layers.{i}."
-            _load(layer, source, prefix)
+            load_resident(layer, source, prefix)
             attach(layer, prefix, stats)
             for k, b in enumerate(batches):
                 acts.put(k, layer(acts.get(k, source.dtype), mx.array(b), None))
@@ -64,12 +64,12 @@ def collect_mhc(source: Source, batches: list[np.ndarray], *, ram_bytes: int = R
             backbone.layers[i] = nn.Identity()  # drop its weights before the next layer is read
             del layer  # this frame's reference too, or clear_cache frees nothing (as calibrate._through_layer)
             mx.clear_cache()
-        _load(backbone.hc_head, source, "model.hc_head.")
-        _load(backbone.norm, source, "model.norm.")
+        load_resident(backbone.hc_head, source, "model.hc_head.")
+        load_resident(backbone.norm, source, "model.norm.")
         head = stats.get("lm_head", 1, cfg.hidden_size)
         for k in range(len(batches)):  # lm_head's input only: its (T, vocab) output is not needed
             _LinearRecorder(nn.Identity(), head)(backbone.norm(backbone.hc_head(acts.get(k, source.dtype))))
-    _load(model.lm_head, source, "lm_head.")
+    load_resident(model.lm_head, source, "lm_head.")
     on_layer("", _Holder(lm_head=model.lm_head), stats)
     model.lm_head = nn.Identity()
     stats.weight_only.append("model.embed_tokens")
@@ -86,5 +86,5 @@ def _drafter(model: nn.Module, source: Source, stats: Statistics, on_layer) -> N
         stats.weight_only += [prefix + rel for rel, m in drafter.named_modules()
                               if rel and hasattr(m, "to_quantized") and not is_router(prefix + rel)]
         if on_layer is not None:
-            _load(drafter, source, prefix)
+            load_resident(drafter, source, prefix)
             on_layer(prefix, drafter, stats)
